@@ -1,0 +1,145 @@
+"""`shipyard` command line. Thin: parses arguments, calls shipyard.flow, prints results.
+
+Human output by default; `--json` prints the result document alone on stdout while progress and
+logs go to stderr. Errors exit with the code of their ShipyardError subclass. Nothing here
+imports TensorFlow at start-up, so `--help` and spec errors answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shipyard import __version__
+from shipyard.errors import ShipyardError, UsageError
+
+log = logging.getLogger("shipyard")
+
+
+class _ShipyardGroup(click.Group):
+    """Maps ShipyardError to its exit code with a one-paragraph message on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShipyardError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=_ShipyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shipyard")
+@click.option("-q", "--quiet", is_flag=True, help="Only print errors and the result.")
+def main(quiet: bool) -> None:
+    """Export, verify, register and roll out TensorFlow/Keras models to TF Serving."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(message)s")
+    # TensorFlow's C++ start-up chatter hides our own messages; users can still override.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _progress(quiet: bool = False) -> Any:
+    from shipyard.progress import LogProgress, NullProgress, RichProgress
+
+    if quiet:
+        return NullProgress()
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        return RichProgress(Console(stderr=True))
+    return LogProgress()
+
+
+def _emit(document: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        click.echo(human)
+
+
+def _quiet() -> bool:
+    return logging.getLogger().level > logging.INFO
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
+              help="Export spec YAML: endpoints, variable collections, tolerance.")
+@click.option("--repo", required=True, type=click.Path(path_type=Path),
+              help="Model repository root; the version is written to REPO/NAME/N.")
+@click.option("--name", required=True, help="Model name (a DNS-1123 label).")
+@click.option("--version", "version", type=int, default=None,
+              help="Version number N (default: 1 + the highest existing version).")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first (registers custom Keras objects). Repeatable.")
+@click.option("--unsafe", is_flag=True,
+              help="Load .keras files with safe_mode off (allows Lambda layers).")
+@click.option("--allow-breaking", is_flag=True,
+              help="Publish even if signatures break clients of the latest version.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def export_command(model: Path, spec_path: Path, repo: Path, name: str, version: int | None,
+                   imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
+                   as_json: bool) -> None:
+    """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
+
+    Writes REPO/NAME/N atomically: the SavedModel is written under a staging name, verified in a
+    fresh CPU-only process against the original model, and only then renamed to N.
+
+    Exit codes: 0 ok, 2 bad spec/arguments/name, 3 version exists, 4 verification failed,
+    5 breaking signature change, 1 anything else.
+    """
+    from shipyard.flow import ExportRequest, export_model
+    from shipyard.names import validate_model_name
+    from shipyard.spec import load_spec
+
+    validate_model_name(name)
+    spec = load_spec(spec_path)
+    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
+                            imports=imports, unsafe=unsafe, allow_breaking=allow_breaking)
+    result = export_model(request, progress=_progress(_quiet()))
+    _emit(result.to_json(), as_json, _describe_export(result.to_json()))
+
+
+def _describe_export(doc: dict[str, Any]) -> str:
+    parity = ", ".join(f"{k} (max abs error {v:.2g})" for k, v in doc["parity"].items())
+    collections = ", ".join(f"{k} ({v} variables)" for k, v in doc["variable_collections"].items())
+    return (f"Published {doc['name']} version {doc['version']} at {doc['path']}\n"
+            f"  fingerprint: {doc['fingerprint']}\n"
+            f"  endpoints: {parity}\n"
+            f"  variable collections: {collections or 'none'}")
+
+
+@main.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".shipyard/demo"),
+              show_default=True, help="Where the demo model, spec and repository go.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def demo_command(workdir: Path, as_json: bool) -> None:
+    """Train a small model and ship it: export, verify and publish into a local repository."""
+    from shipyard.demo import run_demo
+
+    document = run_demo(workdir, progress=_progress(_quiet()))
+    _emit(document, as_json, _describe_export(document["export"]) +
+          f"\n  model repository: {document['repo']}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point returning the exit code (for tests and embedding)."""
+    try:
+        main.main(args=argv, prog_name="shipyard", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        return 1
+    return 0
+
+
+__all__ = ["main", "run", "UsageError"]

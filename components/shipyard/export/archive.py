@@ -1,0 +1,254 @@
+"""Builds a Keras ExportArchive from a source model and an export spec.
+
+Each endpoint becomes a signature whose input names are the declared names and whose output
+names are the model's output names; the default endpoint is added first, because ExportArchive
+serves its first endpoint as `serving_default`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from shipyard.errors import SpecError
+from shipyard.export.samples import Vocabularies
+from shipyard.export.source import SourceModel
+from shipyard.spec import Endpoint, ExportSpec, RegexSelect, TensorDecl
+
+EndpointFn = Callable[..., dict[str, Any]]
+_LOOKUP_LAYERS = (keras.layers.StringLookup, keras.layers.IntegerLookup,
+                  keras.layers.TextVectorization)
+
+
+@dataclass
+class BuiltArchive:
+    archive: Any  # keras.export.ExportArchive
+    endpoint_fns: dict[str, EndpointFn]  # the ORIGINAL model's callables, outputs named
+    collections: dict[str, list[Any]]  # variable collection name -> variables
+    vocabularies: Vocabularies
+
+    def write(self, directory: Path) -> None:
+        self.archive.write_out(str(directory), verbose=False)
+
+
+def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
+    archive = keras.export.ExportArchive()
+    archive.track(source.obj)
+    ordered = [spec.default] + [e for e in spec.endpoints if e.name != spec.default.name]
+    endpoint_fns: dict[str, EndpointFn] = {}
+    for endpoint in ordered:
+        index = spec.endpoints.index(endpoint)
+        fn = _endpoint_fn(source, endpoint, index)
+        try:
+            archive.add_endpoint(endpoint.name, fn, input_signature=_input_signature(endpoint))
+        except SpecError:
+            raise
+        except Exception as err:  # tracing runs user code: any error means the inputs misfit
+            raise SpecError(
+                f"endpoints[{index}] ({endpoint.name!r}): calling {endpoint.method!r} with the "
+                f"declared inputs failed: {type(err).__name__}: {_first_line(err)}. Declare one "
+                "entry in `inputs` per positional argument, with the shapes and dtypes the "
+                "method expects.") from None
+        endpoint_fns[endpoint.name] = fn
+    collections = {}
+    for index, collection in enumerate(spec.variable_collections):
+        variables = _select_variables(source, collection.select, index)
+        archive.add_variable_collection(collection.name, variables)
+        collections[collection.name] = variables
+    return BuiltArchive(archive, endpoint_fns, collections, _vocabularies(source))
+
+
+def tensor_spec(decl: TensorDecl, name: str) -> tf.TensorSpec:
+    return tf.TensorSpec(shape=decl.shape, dtype=tf.dtypes.as_dtype(decl.dtype), name=name)
+
+
+def _input_signature(endpoint: Endpoint) -> list[Any]:
+    names = iter(name for name, _ in endpoint.signature_inputs())
+    signature: list[Any] = []
+    for argument in endpoint.inputs:
+        if isinstance(argument, TensorDecl):
+            signature.append(tensor_spec(argument, next(names)))
+        elif isinstance(argument, dict):
+            signature.append({key: tensor_spec(decl, next(names)) for key, decl in argument.items()})
+        else:
+            signature.append([tensor_spec(decl, next(names)) for decl in argument])
+    return signature
+
+
+def _endpoint_fn(source: SourceModel, endpoint: Endpoint, index: int) -> EndpointFn:
+    if source.format == "keras":
+        return _keras_endpoint_fn(source.obj, endpoint, index)
+    return _saved_model_endpoint_fn(source.obj, endpoint, index)
+
+
+def _keras_endpoint_fn(model: Any, endpoint: Endpoint, index: int) -> EndpointFn:
+    if endpoint.method == "call":
+        training = bool(endpoint.training)
+        output_names = _model_output_names(model)
+
+        def call(*args: Any) -> dict[str, Any]:
+            return _name_outputs(model(*args, training=training), output_names)
+
+        return call
+    method = getattr(model, endpoint.method, None)
+    if not callable(method):
+        raise SpecError(
+            f"endpoints[{index}].method: {type(model).__name__} has no public method "
+            f"{endpoint.method!r}; its own methods are {_own_methods(model)} (or use 'call')")
+
+    def custom(*args: Any) -> dict[str, Any]:
+        return _name_outputs(method(*args), None)
+
+    return custom
+
+
+def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> EndpointFn:
+    declared = [name for name, _ in endpoint.signature_inputs()]
+    signatures = dict(getattr(loaded, "signatures", {}) or {})
+    if endpoint.method in signatures:
+        signature = signatures[endpoint.method]
+        expected = sorted(signature.structured_input_signature[1])
+        if sorted(declared) != expected:
+            raise SpecError(
+                f"endpoints[{index}].inputs: signature {endpoint.method!r} of the SavedModel "
+                f"takes inputs {expected}, the spec declares {sorted(declared)}; declare "
+                "exactly the signature's input names")
+
+        def call_signature(*args: Any) -> dict[str, Any]:
+            flat = tf.nest.flatten(args)
+            return dict(signature(**dict(zip(declared, flat))))
+
+        return call_signature
+    function = getattr(loaded, endpoint.method, None)
+    if function is None or not callable(function):
+        restored = sorted(name for name in dir(loaded) if not name.startswith("_")
+                          and callable(getattr(loaded, name, None)))
+        raise SpecError(
+            f"endpoints[{index}].method: the SavedModel has no signature or restored function "
+            f"{endpoint.method!r}; signatures: {sorted(signatures)}, functions: {restored}")
+
+    def call_function(*args: Any) -> dict[str, Any]:
+        return _name_outputs(function(*args), None)
+
+    return call_function
+
+
+def _name_outputs(result: Any, output_names: list[str] | None) -> dict[str, Any]:
+    """Signature outputs keyed by the model's output names (Keras would say output_0, ...)."""
+    if isinstance(result, dict):
+        return dict(result)
+    flat = list(result) if isinstance(result, (list, tuple)) else [result]
+    if output_names and len(output_names) == len(flat):
+        return dict(zip(output_names, flat))
+    return {f"output_{i}": tensor for i, tensor in enumerate(flat)}
+
+
+def _model_output_names(model: Any) -> list[str] | None:
+    try:
+        names = list(model.output_names)
+    except Exception:  # subclassed models without a functional graph have none
+        return None
+    return names or None
+
+
+def _own_methods(model: Any) -> list[str]:
+    names: set[str] = set()
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith(("keras", "tensorflow", "builtins")):
+            break
+        names.update(n for n, v in vars(cls).items() if callable(v) and not n.startswith("_"))
+    return sorted(names)
+
+
+def _select_variables(source: SourceModel, select: Any, index: int) -> list[Any]:
+    obj = source.obj
+    field = f"variable_collections[{index}].select"
+    if select == "optimizer":
+        optimizer = getattr(obj, "optimizer", None)
+        variables = list(getattr(optimizer, "variables", []) or [])
+        if optimizer is None or not variables:
+            raise SpecError(f"{field}: 'optimizer' selected, but the model has no optimizer "
+                            "state (it was saved without compile(), or never built its "
+                            "optimizer); compile and train it before saving, or choose another "
+                            "selection")
+        return variables
+    attribute = {"trainable": "trainable_variables", "non_trainable": "non_trainable_variables",
+                 "all": "variables"}.get(select if isinstance(select, str) else "all")
+    variables = list(getattr(obj, attribute, None) or [])
+    if isinstance(select, RegexSelect):
+        optimizer = getattr(obj, "optimizer", None)
+        pool = variables + list(getattr(optimizer, "variables", []) or [])
+        pattern = re.compile(select.regex)
+        variables = [v for v in pool if pattern.search(variable_path(v))]
+        if not variables:
+            examples = [variable_path(v) for v in pool[:8]]
+            raise SpecError(f"{field}.regex: {select.regex!r} matches no variable; variable "
+                            f"paths look like {examples}")
+        return variables
+    if not variables and select != "non_trainable":
+        raise SpecError(f"{field}: {select!r} selects no variables from this model")
+    return variables
+
+
+def variable_path(variable: Any) -> str:
+    return getattr(variable, "path", None) or variable.name
+
+
+def _vocabularies(source: SourceModel) -> Vocabularies:
+    if source.format != "keras":
+        return Vocabularies()
+    strings: list[str] = []
+    integers: list[int] = []
+    for layer in _all_layers(source.obj):
+        if not isinstance(layer, _LOOKUP_LAYERS):
+            continue
+        for item in layer.get_vocabulary():
+            if isinstance(item, (bytes, str)):
+                text = item.decode() if isinstance(item, bytes) else item
+                if text and text != "[UNK]":
+                    strings.append(text)
+            else:
+                integers.append(int(item))
+    return Vocabularies(tuple(dict.fromkeys(strings)), tuple(dict.fromkeys(integers)))
+
+
+def _all_layers(model: Any) -> list[Any]:
+    try:
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    except AttributeError:  # not a Keras layer tree
+        return list(getattr(model, "layers", []))
+
+
+def read_signatures(saved_model_dir: Path) -> dict[str, Any]:
+    """The signature defs of a SavedModel as plain data (what TF Serving will expose)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    meta_graph = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
+    return {
+        name: {
+            "method_name": sig.method_name,
+            "inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
+            "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
+        }
+        for name, sig in sorted(meta_graph.signature_def.items())
+        # TF2 adds `__saved_model_init_op` (initialisation, not a signature clients call).
+        if not name.startswith("__")
+    }
+
+
+def _tensor_info(info: Any) -> dict[str, Any]:
+    shape = info.tensor_shape
+    dims = None if shape.unknown_rank else [None if d.size < 0 else d.size for d in shape.dim]
+    return {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": dims}
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else ""

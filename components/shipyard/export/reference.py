@@ -1,0 +1,79 @@
+"""Reference outputs of the ORIGINAL model, computed in the exporting process.
+
+Order matters: the variable collections are digested and the reference outputs computed only
+after the SavedModel was written, and the verifier replays the same calls in the same order.
+That way an endpoint with `training: true` (e.g. active dropout) still compares exactly: Keras
+draws its random seeds from a seed-state variable, which the SavedModel stores as it was when
+written, and which both sides then advance identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from shipyard.export.archive import BuiltArchive
+from shipyard.export.samples import Sample, make_samples
+from shipyard.export.verifier import KEY_SEPARATOR, array_digest
+from shipyard.spec import Endpoint, ExportSpec, TensorDecl
+
+
+@dataclass
+class Reference:
+    sample: Sample
+    outputs: dict[str, np.ndarray]
+
+
+def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
+    return {name: [array_digest(_to_numpy(v)) for v in variables]
+            for name, variables in built.collections.items()}
+
+
+def compute_references(built: BuiltArchive, spec: ExportSpec) -> list[Reference]:
+    references = []
+    for endpoint in spec.endpoints:
+        fn = built.endpoint_fns[endpoint.name]
+        for sample in make_samples(endpoint, built.vocabularies):
+            outputs = fn(*_as_tensors(endpoint, sample.arguments))
+            references.append(Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}))
+    return references
+
+
+def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path]:
+    """inputs.npz and expected.npz, keyed '<endpoint>|<batch>|<tensor name>'."""
+    inputs: dict[str, np.ndarray] = {}
+    expected: dict[str, np.ndarray] = {}
+    for ref in references:
+        prefix = f"{ref.sample.endpoint}{KEY_SEPARATOR}{ref.sample.batch_size}{KEY_SEPARATOR}"
+        inputs.update({prefix + k: v for k, v in ref.sample.named.items()})
+        expected.update({prefix + k: v for k, v in ref.outputs.items()})
+    inputs_path, expected_path = job_dir / "inputs.npz", job_dir / "expected.npz"
+    np.savez(inputs_path, **inputs)
+    np.savez(expected_path, **expected)
+    return inputs_path, expected_path
+
+
+def _as_tensors(endpoint: Endpoint, arguments: list[Any]) -> list[Any]:
+    converted = []
+    for declared, value in zip(endpoint.inputs, arguments):
+        if isinstance(declared, TensorDecl):
+            converted.append(_tensor(declared, value))
+        elif isinstance(declared, dict):
+            converted.append({k: _tensor(declared[k], v) for k, v in value.items()})
+        else:
+            converted.append([_tensor(d, v) for d, v in zip(declared, value)])
+    return converted
+
+
+def _tensor(decl: TensorDecl, value: np.ndarray) -> tf.Tensor:
+    return tf.constant(value, dtype=tf.dtypes.as_dtype(decl.dtype))
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return np.asarray(tf.convert_to_tensor(value))

@@ -1,0 +1,255 @@
+"""Verification of a written SavedModel in a fresh, CPU-only process.
+
+Why a separate process: it proves the SavedModel stands alone (no Python objects, custom
+classes or GPU state of the exporting process leak in), and CUDA_VISIBLE_DEVICES="" proves that
+a model exported on a GPU worker loads and answers on plain CPU TF Serving.
+
+Why start it early: importing TensorFlow costs ~15 s. The parent starts the verifier before it
+imports TensorFlow itself, so that cost overlaps the export instead of following it. The
+child imports TensorFlow (never Keras: a SavedModel must not need it), then waits on stdin for
+exactly one job (a JSON line) and writes its result as JSON to the file the job names.
+
+The parent side of this module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KEY_SEPARATOR = "|"
+DEFAULT_TIMEOUT_S = 900.0
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Digest of a variable's value: dtype, shape and bytes."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class VerifierProcess:
+    """A started verifier child; give it one job with `run`, or `close` it."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-verify-"))
+        self.log_path = self.workdir / "verifier.log"
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        with open(self.log_path, "wb") as log_file:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "shipyard.export.verifier"],
+                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def run(self, job: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """Sends `job`, waits for the child to finish, returns its result document."""
+        result_path = self.workdir / "result.json"
+        job = dict(job, result=str(result_path))
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write((json.dumps(job) + "\n").encode())
+            self._process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died early; reported below with its log
+        try:
+            code = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            return {"ok": False, "failures": [f"the verifier did not finish within {timeout:.0f} s"],
+                    "log": self.log_tail()}
+        if not result_path.exists():
+            return {"ok": False, "failures": [f"the verifier exited with code {code} and no "
+                                              "result (crashed or killed)"],
+                    "log": self.log_tail()}
+        result = json.loads(result_path.read_text())
+        if not result.get("ok"):
+            result["log"] = self.log_tail()
+        return result
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for path in self.workdir.iterdir():
+            path.unlink(missing_ok=True)
+        self.workdir.rmdir()
+
+    def __enter__(self) -> VerifierProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_verifier() -> VerifierProcess:
+    return VerifierProcess()
+
+
+class PrefetchingLauncher:
+    """Hands out a verifier that was started earlier and starts the next one at once.
+
+    For processes that export many models in a row (a test session, a long-lived worker): each
+    export then finds a verifier that has already imported TensorFlow.
+    """
+
+    def __init__(self) -> None:
+        self._spare: VerifierProcess | None = VerifierProcess()
+
+    def __call__(self) -> VerifierProcess:
+        verifier = self._spare or VerifierProcess()
+        self._spare = VerifierProcess()
+        return verifier
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The child side.
+
+
+def _main() -> int:
+    import tensorflow as tf  # the cost this process exists to pay early
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # the parent gave up before sending a job
+    job = json.loads(line)
+    result = _verify(tf, job)
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def _verify(tf: Any, job: dict[str, Any]) -> dict[str, Any]:
+    failures: list[str] = []
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    if any(d != "CPU" for d in devices):
+        failures.append(f"an accelerator is visible to the verifier ({devices}); it must run "
+                        "on CPU only")
+    started = time.monotonic()
+    try:
+        loaded = tf.saved_model.load(job["saved_model_dir"])
+    except Exception as err:  # any load failure is a verification failure
+        return {"ok": False, "failures": [f"the SavedModel does not load: "
+                                          f"{type(err).__name__}: {err}"], "devices": devices}
+    load_seconds = time.monotonic() - started
+
+    failures += _check_collections(loaded, job["collections"])
+    parity, parity_failures = _check_endpoints(tf, loaded, job)
+    failures += parity_failures
+    failures += _check_serving_default(loaded, job["default_endpoint"])
+    return {"ok": not failures, "failures": failures, "parity": parity, "devices": devices,
+            "load_seconds": load_seconds}
+
+
+def _check_collections(loaded: Any, expected: dict[str, list[str]]) -> list[str]:
+    failures = []
+    for name, digests in expected.items():
+        restored = getattr(loaded, name, None)
+        if restored is None:
+            failures.append(f"variable collection {name!r} is missing from the SavedModel")
+            continue
+        restored = list(restored)
+        if len(restored) != len(digests):
+            failures.append(f"variable collection {name!r}: {len(restored)} variables restored, "
+                            f"{len(digests)} exported")
+            continue
+        changed = sum(array_digest(np.asarray(v.numpy())) != d for v, d in zip(restored, digests))
+        if changed:
+            failures.append(f"variable collection {name!r}: {changed} of {len(digests)} "
+                            "variables restored with different values")
+    return failures
+
+
+def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
+                     ) -> tuple[dict[str, float], list[str]]:
+    inputs = np.load(job["inputs"])
+    expected = np.load(job["expected"])
+    atol, rtol = job["tolerance"]["atol"], job["tolerance"]["rtol"]
+    parity: dict[str, float] = {}
+    failures: list[str] = []
+    for step in job["plan"]:  # the exporter's call order (see reference.py)
+        endpoint, batch = step["endpoint"], step["batch_size"]
+        signature = loaded.signatures.get(endpoint)
+        if signature is None:
+            failures.append(f"endpoint {endpoint!r} is not a signature of the SavedModel")
+            continue
+        prefix = f"{endpoint}{KEY_SEPARATOR}{batch}{KEY_SEPARATOR}"
+        specs = signature.structured_input_signature[1]
+        feed = {k[len(prefix):]: tf.constant(inputs[k], dtype=specs[k[len(prefix):]].dtype)
+                for k in inputs.files if k.startswith(prefix)}
+        try:
+            outputs = {k: np.asarray(v.numpy()) for k, v in signature(**feed).items()}
+        except Exception as err:  # the call itself failing is the finding
+            failures.append(f"endpoint {endpoint!r} (batch {batch}) fails when called: "
+                            f"{type(err).__name__}: {str(err)[:300]}")
+            continue
+        wanted = {k[len(prefix):]: expected[k] for k in expected.files if k.startswith(prefix)}
+        if sorted(outputs) != sorted(wanted):
+            failures.append(f"endpoint {endpoint!r}: outputs {sorted(outputs)} differ from the "
+                            f"original model's {sorted(wanted)}")
+            continue
+        for name in sorted(wanted):
+            error, problem = _compare(outputs[name], wanted[name], atol, rtol)
+            parity[endpoint] = max(parity.get(endpoint, 0.0), error)
+            if problem:
+                failures.append(f"endpoint {endpoint!r} output {name!r} (batch {batch}): {problem}")
+    return parity, failures
+
+
+def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+             ) -> tuple[float, str | None]:
+    if got.shape != want.shape:
+        return float("inf"), f"shape {got.shape} != original {want.shape}"
+    if got.dtype.kind in "SUOb" or want.dtype.kind in "SUOb":
+        same = bool(np.array_equal(got, want))
+        return (0.0 if same else float("inf")), None if same else "values differ"
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    error = float(np.max(np.abs(got64 - want64))) if got.size else 0.0
+    if not np.allclose(got64, want64, atol=atol, rtol=rtol, equal_nan=True):
+        return error, (f"max abs error {error:.3g} exceeds the tolerance "
+                       f"(atol={atol:g}, rtol={rtol:g})")
+    return error, None
+
+
+def _check_serving_default(loaded: Any, default_endpoint: str) -> list[str]:
+    signatures = loaded.signatures
+    if "serving_default" not in signatures:
+        return ["the SavedModel has no serving_default signature (TF Serving needs one)"]
+    if default_endpoint not in signatures:
+        return []  # already reported by the endpoint check
+    served, declared = signatures["serving_default"], signatures[default_endpoint]
+    if (served.structured_input_signature != declared.structured_input_signature
+            or served.structured_outputs != declared.structured_outputs):
+        return [f"serving_default does not serve endpoint {default_endpoint!r}"]
+    return []
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,179 @@
+"""The one place that strings the steps together: export -> verify -> publish.
+
+The CLI, the TFX executor and the KFP components all call this module, so a fix to the flow
+lands in all three at once. TensorFlow is imported only inside the steps that need it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from shipyard import __version__
+from shipyard.errors import BreakingChangeError, VerificationError
+from shipyard.export.verifier import VerifierProcess, start_verifier
+from shipyard.manifest import (
+    MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, read_manifest, write_manifest,
+)
+from shipyard.names import validate_model_name, validate_version
+from shipyard.progress import NullProgress, Progress
+from shipyard.repository import LocalModelRepository, StagingDir
+from shipyard.signatures import breaking_changes
+from shipyard.spec import ExportSpec
+
+VerifierLauncher = Callable[[], VerifierProcess]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model: Path
+    spec: ExportSpec
+    repo: Path
+    name: str
+    version: int | None = None
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    allow_breaking: bool = False
+
+
+@dataclass
+class ExportResult:
+    name: str
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path.resolve()),
+            "fingerprint": self.manifest["fingerprint"],
+            "endpoints": [e["name"] for e in self.manifest["spec"]["endpoints"]],
+            "variable_collections": self.manifest["variable_collections"],
+            "parity": {k: v["max_abs_error"] for k, v in self.manifest["parity"].items()},
+        }
+
+
+def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
+                 launch_verifier: VerifierLauncher = start_verifier) -> ExportResult:
+    """Exports, verifies and publishes `request.model` as <repo>/<name>/<N>; returns N and more.
+
+    Nothing becomes visible as a version unless every step succeeded.
+    """
+    validate_model_name(request.name)
+    repo = LocalModelRepository(request.repo)
+    if request.version is not None:
+        validate_version(request.version)
+        repo.ensure_version_free(request.name, request.version)
+    # Started first, so its TensorFlow import overlaps loading and writing the model.
+    verifier = launch_verifier()
+    try:
+        with repo.create_staging(request.name) as staging:
+            manifest, timings = stage_export(request, repo, staging, verifier, progress)
+            with progress.step("publish"):
+                version = repo.publish(staging, request.name, request.version)
+            return ExportResult(request.name, version, staging.path, manifest, timings)
+    finally:
+        verifier.close()
+
+
+def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: StagingDir,
+                 verifier: VerifierProcess, progress: Progress
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Writes and verifies the export into `staging`; returns its manifest and step timings."""
+    from shipyard.export import archive, reference, source, warmup
+
+    started = time.monotonic()
+    with progress.step(f"load {request.model}"):
+        source.import_modules(request.imports)
+        model = source.load_source_model(request.model, unsafe=request.unsafe)
+    with progress.step("build endpoints"):
+        built = archive.build_archive(model, request.spec)
+    with progress.step("write SavedModel"):
+        built.write(staging.path)
+    signatures = archive.read_signatures(staging.path)
+    _check_compatibility(repo, request, signatures, archive.read_signatures)
+    with progress.step("compute reference outputs"):
+        digests = reference.collection_digests(built)
+        references = reference.compute_references(built, request.spec)
+        dtypes = {e.name: {n: t.dtype for n, t in e.signature_inputs()}
+                  for e in request.spec.endpoints}
+        warmup_records = warmup.write_warmup(staging.path / MANIFEST_DIR, request.name,
+                                             [r.sample for r in references], dtypes)
+        inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
+    export_seconds = time.monotonic() - started
+
+    verify_started = time.monotonic()
+    with progress.step("verify in a fresh CPU-only process"):
+        outcome = verifier.run({
+            "saved_model_dir": str(staging.path),
+            "inputs": str(inputs_path),
+            "expected": str(expected_path),
+            "plan": [{"endpoint": r.sample.endpoint, "batch_size": r.sample.batch_size}
+                     for r in references],
+            "default_endpoint": request.spec.default.name,
+            "tolerance": request.spec.tolerance.model_dump(),
+            "collections": digests,
+        })
+    if not outcome["ok"]:
+        details = "\n".join(f"  - {f}" for f in outcome["failures"])
+        log_tail = outcome.get("log", "")
+        raise VerificationError(
+            f"verification of the export of {request.model} failed; nothing was published:\n"
+            f"{details}" + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
+    verify_seconds = time.monotonic() - verify_started
+
+    files = list_files(staging.path)
+    spec = request.spec
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": request.name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": model.describe(),
+        "spec": spec.normalized(),
+        "fingerprint": fingerprint(files, spec.normalized(), signatures),
+        "signatures": signatures,
+        "default_endpoint": spec.default.name,
+        "variable_collections": {name: len(v) for name, v in built.collections.items()},
+        "parity": {
+            e.name: {"max_abs_error": outcome["parity"].get(e.name, 0.0),
+                     "batch_sizes": sorted({r.sample.batch_size for r in references
+                                            if r.sample.endpoint == e.name}),
+                     **spec.tolerance.model_dump()}
+            for e in spec.endpoints
+        },
+        "warmup_records": warmup_records,
+        "verification": {"devices": outcome["devices"], "load_seconds": outcome["load_seconds"]},
+        "producer": {"shipyard": __version__, **_library_versions()},
+        "files": files,
+    }
+    write_manifest(staging.path, manifest)
+    return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
+
+
+def _check_compatibility(repo: LocalModelRepository, request: ExportRequest,
+                         signatures: dict[str, Any],
+                         read_signatures: Callable[[Path], dict[str, Any]]) -> None:
+    latest = repo.latest_version(request.name)
+    if latest is None:
+        return
+    latest_dir = repo.version_dir(request.name, latest)
+    previous = (read_manifest(latest_dir) or {}).get("signatures") or read_signatures(latest_dir)
+    problems = breaking_changes(previous, signatures)
+    if problems and not request.allow_breaking:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise BreakingChangeError(
+            f"the new export breaks clients of version {latest} ({latest_dir}):\n{listed}\n"
+            "Keep the signatures compatible, or pass --allow-breaking if clients are ready.")
+
+
+def _library_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}

@@ -1,0 +1,86 @@
+"""shipyard.json: what a version directory holds, and the content fingerprint. Pure (hashlib, os).
+
+The fingerprint must be equal whenever the same source model is exported with the same spec.
+saved_model.pb is NOT byte-stable between two exports of one model (function names and graph
+order vary), while the variables and assets are; so the fingerprint hashes the variables and
+assets files plus the normalized spec and the normalized signatures, which together determine
+what the version computes and how it is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MANIFEST_DIR = "assets.extra"
+MANIFEST_NAME = "shipyard.json"
+MANIFEST_PATH = f"{MANIFEST_DIR}/{MANIFEST_NAME}"
+MANIFEST_FORMAT = 1
+_FINGERPRINTED_DIRS = ("variables", "assets")
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(root: Path) -> list[dict[str, Any]]:
+    """Every file under `root` (except the manifest itself) with size and sha256, sorted."""
+    entries = []
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root).as_posix()
+            if rel == MANIFEST_PATH:
+                continue
+            entries.append({"path": rel, "size": path.stat().st_size,
+                            "sha256": sha256_file(path)})
+    return sorted(entries, key=lambda e: e["path"])
+
+
+def fingerprint(files: list[dict[str, Any]], normalized_spec: dict[str, Any],
+                signatures: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    digest.update(_canonical({"spec": normalized_spec, "signatures": signatures}).encode())
+    for entry in files:
+        if entry["path"].split("/", 1)[0] in _FINGERPRINTED_DIRS:
+            digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def write_manifest(version_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = version_dir / MANIFEST_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any] | None:
+    """The version's manifest, or None if it has none (not written by shipyard)."""
+    path = version_dir / MANIFEST_PATH
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def checksum_mismatches(version_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files whose size or sha256 differ from the manifest, or that are missing."""
+    problems = []
+    for entry in manifest["files"]:
+        path = version_dir / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+        elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: content differs from {MANIFEST_NAME}")
+    return problems
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,139 @@
+"""A model repository on a local (or mounted) filesystem.
+
+Layout: <root>/<name>/<N>/ is version N in TF Serving layout. TF Serving only considers
+directories whose name is an integer, so a version is written under a staging name
+(`.staging-<id>`) in the same directory and renamed to N once verified: rename is atomic on one
+filesystem, so a server polling the directory never sees a half-written version.
+
+A staging directory is owned through an flock on `.staging-<id>.lock`; the kernel drops the lock
+when its process dies (even by SIGKILL), so any run can tell abandoned staging directories
+from live ones and remove them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from shipyard.errors import ShipyardError, VersionExistsError
+from shipyard.names import validate_model_name
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".staging-"
+PUBLISH_LOCK = ".publish.lock"
+
+
+@dataclass
+class StagingDir:
+    """A directory a version is written into before it is published; removed if abandoned."""
+
+    path: Path
+    _lock: FileLock = field(repr=False)
+    published: bool = False
+
+    def discard(self) -> None:
+        if not self.published:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.release()
+        Path(self._lock.lock_file).unlink(missing_ok=True)
+
+    def __enter__(self) -> StagingDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+class LocalModelRepository:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / validate_model_name(name)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / str(version)
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions, ascending (integer-named directories only)."""
+        model_dir = self.model_dir(name)
+        if not model_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in model_dir.iterdir()
+                      if p.is_dir() and p.name.isdigit())
+
+    def latest_version(self, name: str) -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def ensure_version_free(self, name: str, version: int) -> None:
+        if self.version_dir(name, version).exists():
+            raise VersionExistsError(
+                f"--version: {self.version_dir(name, version)} already exists and published "
+                f"versions are never overwritten; omit --version to use "
+                f"{self._next_version(name)}, or pass an unused number")
+
+    def create_staging(self, name: str) -> StagingDir:
+        """A fresh staging directory inside <root>/<name>, after removing abandoned ones."""
+        model_dir = self.model_dir(name)
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ShipyardError(f"--repo: cannot create {model_dir}: {err.strerror}") from None
+        self.remove_abandoned_staging(name)
+        staging_id = uuid.uuid4().hex[:12]
+        lock = FileLock(model_dir / f"{STAGING_PREFIX}{staging_id}.lock")
+        lock.acquire()
+        path = model_dir / f"{STAGING_PREFIX}{staging_id}"
+        path.mkdir()
+        return StagingDir(path=path, _lock=lock)
+
+    def remove_abandoned_staging(self, name: str) -> list[Path]:
+        """Removes staging directories whose owning process is gone; returns them."""
+        removed = []
+        model_dir = self.model_dir(name)
+        for path in sorted(model_dir.glob(f"{STAGING_PREFIX}*")):
+            if path.suffix == ".lock" or not path.is_dir():
+                continue
+            lock_path = path.with_name(path.name + ".lock")
+            lock = FileLock(lock_path)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # a live run owns it
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                log.info("removed abandoned staging directory %s", path)
+            finally:
+                lock.release()
+                lock_path.unlink(missing_ok=True)
+        return removed
+
+    def publish(self, staging: StagingDir, name: str, version: int | None = None) -> int:
+        """Renames `staging` to version `version` (default: next free) and returns it.
+
+        The version number is chosen under a lock, so concurrent runs get distinct numbers.
+        """
+        model_dir = self.model_dir(name)
+        with FileLock(model_dir / PUBLISH_LOCK):
+            if version is None:
+                version = self._next_version(name)
+            target = model_dir / str(version)
+            # os.rename would silently replace an empty directory: check under the lock.
+            self.ensure_version_free(name, version)
+            os.rename(staging.path, target)
+            staging.published = True
+            staging.path = target
+        log.info("published %s", target)
+        return version
+
+    def _next_version(self, name: str) -> int:
+        return (self.latest_version(name) or 0) + 1
