@@ -56,6 +56,13 @@ def _progress(quiet: bool = False) -> Any:
     return LogProgress()
 
 
+def _injected() -> dict[str, Any]:
+    """Collaborators a caller passed through click's context object (tests pass a verifier
+    launcher that keeps a warm verifier ready); empty for a normal run."""
+    obj = click.get_current_context().obj or {}
+    return {k: v for k, v in obj.items() if k == "launch_verifier"}
+
+
 def _emit(document: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
         click.echo(json.dumps(document, indent=2, sort_keys=True))
@@ -102,7 +109,7 @@ def export_command(model: Path, spec_path: Path, repo: Path, name: str, version:
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
                             imports=imports, unsafe=unsafe, allow_breaking=allow_breaking)
-    result = export_model(request, progress=_progress(_quiet()))
+    result = export_model(request, progress=_progress(_quiet()), **_injected())
     _emit(result.to_json(), as_json, _describe_export(result.to_json()))
 
 

@@ -1,0 +1,42 @@
+"""Shared fixtures. TensorFlow is imported once per test process, lazily, by the fixtures that
+need it; pure tests (spec, signatures, repository, CLI help) never import it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+REPO_ROOT = TESTS_DIR.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    """Verifiers started ahead of need, so each export finds one that imported TensorFlow."""
+    from shipyard.export.verifier import PrefetchingLauncher
+
+    prefetching = PrefetchingLauncher()
+    yield prefetching
+    prefetching.close()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """The test models, each built and saved once per session (see test_models.py)."""
+    import shipyard_test_models
+
+    return shipyard_test_models.ModelFactory(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return tmp_path / "repo"
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `shipyard` child processes: test models importable, TF quiet."""
+    paths = [str(TESTS_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="2")

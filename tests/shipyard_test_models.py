@@ -1,0 +1,116 @@
+"""Models the tests export, built small and saved once per session.
+
+Custom classes are registered with Keras here, so `--import shipyard_test_models` makes them
+loadable (the tests put this directory on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+COLORS = ["red", "green", "blue"]
+
+
+@keras.saving.register_keras_serializable(package="shipyard_tests")
+class Embedder(keras.Model):
+    """A subclassed model with a custom method (`embed`) and dropout active in training."""
+
+    def __init__(self, units: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.dropout = keras.layers.Dropout(0.5, seed=7)
+        self.head = keras.layers.Dense(1)
+
+    def embed(self, features):
+        return self.hidden(features)
+
+    def call(self, features, training=False):
+        return self.head(self.dropout(self.hidden(features), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="shipyard_tests")
+class Noisy(keras.layers.Layer):
+    """Adds unseeded noise at inference: an export of it cannot answer like the original."""
+
+    def call(self, x):
+        return x + tf.random.uniform(tf.shape(x))
+
+
+class ModelFactory:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._cache: dict[str, Path] = {}
+
+    def path(self, kind: str) -> Path:
+        if kind not in self._cache:
+            model = getattr(self, f"_{kind}")()
+            target = self.directory / f"{kind}.keras"
+            model.save(target)
+            self._cache[kind] = target
+        return self._cache[kind]
+
+    def saved_model(self) -> Path:
+        """A SavedModel directory written with plain `model.export()` (endpoint `serve`)."""
+        target = self.directory / "exported_saved_model"
+        if not target.exists():
+            self._sequential().export(str(target), verbose=False)
+        return target
+
+    @staticmethod
+    def _sequential() -> keras.Model:
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+                                  keras.layers.Dense(2, name="logits")])
+        return model
+
+    @staticmethod
+    def _sequential_wide() -> keras.Model:
+        keras.utils.set_random_seed(2)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, name="logits")])
+
+    @staticmethod
+    def _functional() -> keras.Model:
+        """Dict inputs (one of them strings through a StringLookup), two named outputs,
+        compiled and trained so that the optimizer has state."""
+        keras.utils.set_random_seed(3)
+        x1 = keras.Input((3,), name="x1")
+        color = keras.Input((1,), dtype="string", name="color")
+        one_hot = keras.layers.StringLookup(vocabulary=COLORS, output_mode="one_hot")(color)
+        hidden = keras.layers.Concatenate()([x1, keras.layers.Flatten()(one_hot)])
+        hidden = keras.layers.Dense(8, activation="relu")(hidden)
+        score = keras.layers.Dense(1, name="score")(hidden)
+        probs = keras.layers.Dense(3, activation="softmax", name="probs")(hidden)
+        model = keras.Model({"x1": x1, "color": color}, {"score": score, "probs": probs})
+        model.compile(optimizer="adam",
+                      loss={"score": "mse", "probs": "sparse_categorical_crossentropy"})
+        rng = np.random.default_rng(0)
+        features = rng.standard_normal((64, 3)).astype("float32")
+        ids = rng.integers(0, 3, 64)
+        colors = tf.constant([[COLORS[i]] for i in ids])
+        model.fit({"x1": features, "color": colors},
+                  {"score": features.sum(1, keepdims=True), "probs": ids},
+                  epochs=1, batch_size=16, verbose=0)
+        return model
+
+    @staticmethod
+    def _subclassed() -> keras.Model:
+        keras.utils.set_random_seed(4)
+        model = Embedder()
+        model(np.zeros((1, 3), "float32"))
+        return model
+
+    @staticmethod
+    def _noisy() -> keras.Model:
+        return keras.Sequential([keras.Input((3,)), Noisy(), keras.layers.Dense(1)])
+
+    @staticmethod
+    def _lambda() -> keras.Model:
+        return keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2.0)])

@@ -1,0 +1,105 @@
+"""The local model repository: versions, staging, atomic publish (no TensorFlow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from shipyard.errors import UsageError, VersionExistsError
+from shipyard.names import validate_model_name
+from shipyard.repository import LocalModelRepository
+
+
+def write_version(staging, marker: str) -> None:
+    (staging.path / "saved_model.pb").write_text(marker)
+
+
+def test_publish_assigns_the_next_version_and_never_overwrites(tmp_path):
+    repo = LocalModelRepository(tmp_path)
+    (tmp_path / "m" / "7").mkdir(parents=True)
+    (tmp_path / "m" / "not-a-version").mkdir()
+    with repo.create_staging("m") as staging:
+        write_version(staging, "eight")
+        assert staging.path.name.startswith(".staging-")  # TF Serving ignores it
+        assert repo.publish(staging, "m") == 8
+    assert repo.versions("m") == [7, 8]
+    assert (tmp_path / "m" / "8" / "saved_model.pb").read_text() == "eight"
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".staging")] == []
+
+    with repo.create_staging("m") as staging:
+        write_version(staging, "other")
+        with pytest.raises(VersionExistsError, match=r"m/8 already exists and published versions "
+                                                     r"are never overwritten; omit --version to "
+                                                     r"use 9"):
+            repo.publish(staging, "m", 8)
+    assert (tmp_path / "m" / "8" / "saved_model.pb").read_text() == "eight"
+
+
+def test_an_empty_existing_version_directory_is_not_replaced(tmp_path):
+    # os.rename would silently replace an empty directory; publish must refuse instead.
+    repo = LocalModelRepository(tmp_path)
+    (tmp_path / "m" / "2").mkdir(parents=True)
+    with repo.create_staging("m") as staging:
+        write_version(staging, "x")
+        with pytest.raises(VersionExistsError, match="m/2 already exists"):
+            repo.publish(staging, "m", 2)
+
+
+def test_a_failed_run_leaves_no_staging_behind(tmp_path):
+    repo = LocalModelRepository(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        with repo.create_staging("m") as staging:
+            write_version(staging, "x")
+            raise RuntimeError("boom")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_staging_of_a_killed_process_is_removed_by_the_next_run(tmp_path):
+    # A child creates a staging directory and is SIGKILLed while holding it.
+    code = ("import sys, time; from shipyard.repository import LocalModelRepository;"
+            f"s = LocalModelRepository({str(tmp_path)!r}).create_staging('m');"
+            "(s.path / 'saved_model.pb').write_text('half'); print(s.path, flush=True);"
+            "time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    abandoned = child.stdout.readline().strip()
+    repo = LocalModelRepository(tmp_path)
+    # While its owner lives, a staging directory is left alone.
+    assert repo.remove_abandoned_staging("m") == []
+    child.kill()
+    child.wait()
+    with repo.create_staging("m") as staging:
+        assert str(staging.path) != abandoned
+        assert [str(p) for p in (tmp_path / "m").glob(".staging-*") if p.is_dir()] == [
+            str(staging.path)]
+    assert repo.versions("m") == []
+
+
+def test_concurrent_publishes_get_distinct_versions(tmp_path):
+    repo = LocalModelRepository(tmp_path)
+    stagings = [repo.create_staging("m") for _ in range(6)]
+    versions: list[int] = []
+    threads = [threading.Thread(target=lambda s=s: versions.append(repo.publish(s, "m")))
+               for s in stagings]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    for staging in stagings:
+        staging.discard()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "Model", "-m", "m-", ".hidden", "", "x" * 64])
+def test_names_that_are_not_dns_labels_are_refused(name):
+    with pytest.raises(UsageError, match=r"--name: .* is not a valid model name\. Expected a "
+                                         r"DNS-1123 label"):
+        validate_model_name(name)
+
+
+def test_repository_refuses_bad_names_before_touching_disk(tmp_path):
+    with pytest.raises(UsageError, match=r"'\.\./x' is not a valid model name"):
+        LocalModelRepository(tmp_path / "repo").create_staging("../x")
+    assert not (tmp_path / "repo").exists()
