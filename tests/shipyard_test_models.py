@@ -109,7 +109,7 @@ class ModelFactory:
 
     @staticmethod
     def _noisy() -> keras.Model:
-        return keras.Sequential([keras.Input((3,)), Noisy(), keras.layers.Dense(1)])
+        return keras.Sequential([keras.Input((3,)), Noisy(), keras.layers.Dense(1, name="out")])
 
     @staticmethod
     def _lambda() -> keras.Model:

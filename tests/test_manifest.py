@@ -17,15 +17,22 @@ def make_version(root, graph: bytes, weights: bytes):
     return root
 
 
-def test_fingerprint_ignores_the_unstable_graph_but_not_weights_spec_or_signatures(tmp_path):
-    a = list_files(make_version(tmp_path / "a", b"graph-1", b"weights"))
-    b = list_files(make_version(tmp_path / "b", b"graph-2", b"weights"))
-    c = list_files(make_version(tmp_path / "c", b"graph-1", b"other weights"))
-    assert fingerprint(a, SPEC, SIGNATURES) == fingerprint(b, SPEC, SIGNATURES)
-    assert fingerprint(a, SPEC, SIGNATURES) != fingerprint(c, SPEC, SIGNATURES)
-    assert fingerprint(a, SPEC, SIGNATURES) != fingerprint(a, {"endpoints": []}, SIGNATURES)
-    assert fingerprint(a, SPEC, SIGNATURES) != fingerprint(a, SPEC, {})
-    assert fingerprint(a, SPEC, SIGNATURES).startswith("sha256:")
+def test_fingerprint_hashes_content_not_unstable_files(tmp_path):
+    a = list_files(make_version(tmp_path / "a", b"graph-1", b"checkpoint layout 1"))
+    b = list_files(make_version(tmp_path / "b", b"graph-2", b"checkpoint layout 2"))
+    weights, vocab = ["d1", "d2"], [["red", "blue"]]
+    base = fingerprint(a, SPEC, SIGNATURES, weights, vocab)
+    assert base.startswith("sha256:")
+    # saved_model.pb and the variables files vary between exports of one model; order of
+    # variable digests too.
+    assert fingerprint(b, SPEC, SIGNATURES, ["d2", "d1"], vocab) == base
+    assert fingerprint(a, SPEC, SIGNATURES, ["d1", "d3"], vocab) != base
+    assert fingerprint(a, SPEC, SIGNATURES, weights, [["red", "green"]]) != base
+    assert fingerprint(a, {"endpoints": []}, SIGNATURES, weights, vocab) != base
+    assert fingerprint(a, SPEC, {}, weights, vocab) != base
+    (tmp_path / "a" / "assets").mkdir()
+    (tmp_path / "a" / "assets" / "vocab.txt").write_text("x")
+    assert fingerprint(list_files(tmp_path / "a"), SPEC, SIGNATURES, weights, vocab) != base
 
 
 def test_manifest_round_trip_and_checksums(tmp_path):

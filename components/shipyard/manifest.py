@@ -1,10 +1,12 @@
 """shipyard.json: what a version directory holds, and the content fingerprint. Pure (hashlib, os).
 
 The fingerprint must be equal whenever the same source model is exported with the same spec.
-saved_model.pb is NOT byte-stable between two exports of one model (function names and graph
-order vary), while the variables and assets are; so the fingerprint hashes the variables and
-assets files plus the normalized spec and the normalized signatures, which together determine
-what the version computes and how it is called.
+Neither saved_model.pb nor the variables files are byte-stable between two exports of one model:
+function names vary, and ExportArchive lists the variables its endpoints use in no fixed order,
+which permutes checkpoint keys and the object graph. What is stable is the content: the multiset
+of variable values, the lookup vocabularies (StringLookup keeps an inline vocabulary as a graph
+constant, not a variable), the assets files, the normalized spec and the signatures. Together
+they determine what the version computes and how it is called, so the fingerprint hashes them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ MANIFEST_DIR = "assets.extra"
 MANIFEST_NAME = "shipyard.json"
 MANIFEST_PATH = f"{MANIFEST_DIR}/{MANIFEST_NAME}"
 MANIFEST_FORMAT = 1
-_FINGERPRINTED_DIRS = ("variables", "assets")
+_FINGERPRINTED_DIRS = ("assets",)
 _CHUNK = 1 << 20
 
 
@@ -46,9 +48,13 @@ def list_files(root: Path) -> list[dict[str, Any]]:
 
 
 def fingerprint(files: list[dict[str, Any]], normalized_spec: dict[str, Any],
-                signatures: dict[str, Any]) -> str:
+                signatures: dict[str, Any], variable_digests: list[str],
+                vocabularies: list[list[Any]]) -> str:
+    """`variable_digests`: one digest per checkpoint tensor, in any order (sorted here)."""
     digest = hashlib.sha256()
-    digest.update(_canonical({"spec": normalized_spec, "signatures": signatures}).encode())
+    digest.update(_canonical({"spec": normalized_spec, "signatures": signatures,
+                              "variables": sorted(variable_digests),
+                              "vocabularies": vocabularies}).encode())
     for entry in files:
         if entry["path"].split("/", 1)[0] in _FINGERPRINTED_DIRS:
             digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from shipyard.errors import SpecError
@@ -30,7 +31,8 @@ class BuiltArchive:
     archive: Any  # keras.export.ExportArchive
     endpoint_fns: dict[str, EndpointFn]  # the ORIGINAL model's callables, outputs named
     collections: dict[str, list[Any]]  # variable collection name -> variables
-    vocabularies: Vocabularies
+    vocabularies: Vocabularies  # what sample inputs draw from
+    lookup_vocabularies: list[list[Any]]  # per lookup layer, in layer order (fingerprinted)
 
     def write(self, directory: Path) -> None:
         self.archive.write_out(str(directory), verbose=False)
@@ -45,7 +47,9 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         index = spec.endpoints.index(endpoint)
         fn = _endpoint_fn(source, endpoint, index)
         try:
-            archive.add_endpoint(endpoint.name, fn, input_signature=_input_signature(endpoint))
+            traced = archive.add_endpoint(endpoint.name, fn,
+                                          input_signature=_input_signature(endpoint))
+            traced.get_concrete_function()  # trace now, so a misfit is reported as one
         except SpecError:
             raise
         except Exception as err:  # tracing runs user code: any error means the inputs misfit
@@ -60,7 +64,8 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         variables = _select_variables(source, collection.select, index)
         archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = variables
-    return BuiltArchive(archive, endpoint_fns, collections, _vocabularies(source))
+    lookups = _lookup_vocabularies(source)
+    return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups), lookups)
 
 
 def tensor_spec(decl: TensorDecl, name: str) -> tf.TensorSpec:
@@ -110,21 +115,22 @@ def _keras_endpoint_fn(model: Any, endpoint: Endpoint, index: int) -> EndpointFn
 def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> EndpointFn:
     declared = [name for name, _ in endpoint.signature_inputs()]
     signatures = dict(getattr(loaded, "signatures", {}) or {})
+    function = getattr(loaded, endpoint.method, None)
     if endpoint.method in signatures:
         signature = signatures[endpoint.method]
         expected = sorted(signature.structured_input_signature[1])
-        if sorted(declared) != expected:
+        if sorted(declared) == expected:
+            def call_signature(*args: Any) -> dict[str, Any]:
+                flat = tf.nest.flatten(args)
+                return dict(signature(**dict(zip(declared, flat))))
+
+            return call_signature
+        if function is None:
             raise SpecError(
                 f"endpoints[{index}].inputs: signature {endpoint.method!r} of the SavedModel "
                 f"takes inputs {expected}, the spec declares {sorted(declared)}; declare "
                 "exactly the signature's input names")
-
-        def call_signature(*args: Any) -> dict[str, Any]:
-            flat = tf.nest.flatten(args)
-            return dict(signature(**dict(zip(declared, flat))))
-
-        return call_signature
-    function = getattr(loaded, endpoint.method, None)
+        # A restored function of the same name takes positional arguments: names are free.
     if function is None or not callable(function):
         restored = sorted(name for name in dir(loaded) if not name.startswith("_")
                           and callable(getattr(loaded, name, None)))
@@ -149,6 +155,9 @@ def _name_outputs(result: Any, output_names: list[str] | None) -> dict[str, Any]
 
 
 def _model_output_names(model: Any) -> list[str] | None:
+    if isinstance(model, keras.Sequential):
+        # Sequential has no output_names; its single output is its last layer's.
+        return [model.layers[-1].name] if model.layers else None
     try:
         names = list(model.output_names)
     except Exception:  # subclassed models without a functional graph have none
@@ -199,21 +208,21 @@ def variable_path(variable: Any) -> str:
     return getattr(variable, "path", None) or variable.name
 
 
-def _vocabularies(source: SourceModel) -> Vocabularies:
+def _lookup_vocabularies(source: SourceModel) -> list[list[Any]]:
     if source.format != "keras":
-        return Vocabularies()
-    strings: list[str] = []
-    integers: list[int] = []
+        return []
+    vocabularies = []
     for layer in _all_layers(source.obj):
-        if not isinstance(layer, _LOOKUP_LAYERS):
-            continue
-        for item in layer.get_vocabulary():
-            if isinstance(item, (bytes, str)):
-                text = item.decode() if isinstance(item, bytes) else item
-                if text and text != "[UNK]":
-                    strings.append(text)
-            else:
-                integers.append(int(item))
+        if isinstance(layer, _LOOKUP_LAYERS):
+            vocabularies.append([item.decode() if isinstance(item, bytes) else
+                                 item if isinstance(item, str) else int(item)
+                                 for item in layer.get_vocabulary()])
+    return vocabularies
+
+
+def _sample_vocabularies(lookups: list[list[Any]]) -> Vocabularies:
+    strings = [i for vocab in lookups for i in vocab if isinstance(i, str) and i and i != "[UNK]"]
+    integers = [i for vocab in lookups for i in vocab if isinstance(i, int)]
     return Vocabularies(tuple(dict.fromkeys(strings)), tuple(dict.fromkeys(integers)))
 
 
@@ -222,6 +231,21 @@ def _all_layers(model: Any) -> list[Any]:
         return list(model._flatten_layers(include_self=False, recursive=True))
     except AttributeError:  # not a Keras layer tree
         return list(getattr(model, "layers", []))
+
+
+def checkpoint_digests(saved_model_dir: Path) -> list[str]:
+    """One digest per tensor in the SavedModel's checkpoint (object graph excluded)."""
+    from shipyard.export.verifier import array_digest
+
+    reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
+    digests = []
+    for key in reader.get_variable_to_shape_map():
+        if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
+            continue  # layout, not content: it varies between exports of one model
+        value = reader.get_tensor(key)
+        digests.append(array_digest(np.asarray(value, dtype=object if isinstance(value, bytes)
+                                               else None)))
+    return digests
 
 
 def read_signatures(saved_model_dir: Path) -> dict[str, Any]:

@@ -79,10 +79,7 @@ class VerifierProcess:
             return {"ok": False, "failures": [f"the verifier exited with code {code} and no "
                                               "result (crashed or killed)"],
                     "log": self.log_tail()}
-        result = json.loads(result_path.read_text())
-        if not result.get("ok"):
-            result["log"] = self.log_tail()
-        return result
+        return json.loads(result_path.read_text())
 
     def log_tail(self, lines: int = 30) -> str:
         try:

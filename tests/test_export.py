@@ -1,0 +1,291 @@
+"""`shipyard export` end to end on real TensorFlow: every export is written, reloaded in a fresh
+CPU-only process, compared with the original model, and only then published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shipyard.errors import (
+    BreakingChangeError, ModelLoadError, SpecError, VerificationError, VersionExistsError,
+)
+from shipyard.flow import ExportRequest, export_model
+from shipyard.manifest import checksum_mismatches, read_manifest
+from shipyard.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
+                                  "inputs": [{"name": "x", "shape": [None, 3],
+                                              "dtype": "float32"}]}]}
+FUNCTIONAL_SPEC = {
+    "endpoints": [{"name": "serve", "method": "call", "training": False,
+                   "inputs": [{"x1": {"shape": [None, 3], "dtype": "float32"},
+                               "color": {"shape": [None, 1], "dtype": "string"}}]}],
+    "variable_collections": [
+        {"name": "optimizer_variables", "select": "optimizer"},
+        {"name": "trainable", "select": "trainable"},
+        {"name": "kernels", "select": {"regex": r"/kernel$"}},
+    ],
+}
+
+
+def export(launcher, model: Path, spec: dict, repo: Path, name: str = "m", **options):
+    request = ExportRequest(model=model, spec=parse_spec(spec), repo=repo, name=name, **options)
+    return export_model(request, launch_verifier=launcher)
+
+
+def staging_leftovers(repo: Path, name: str = "m") -> list[str]:
+    """Every directory in the model's folder: versions and any staging left behind."""
+    model_dir = repo / name
+    return sorted(p.name for p in model_dir.iterdir() if p.is_dir()) if model_dir.exists() else []
+
+
+def read_warmup(version_dir: Path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    logs = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    return logs
+
+
+def test_sequential_model_round_trip(launcher, models, repo):
+    import keras
+    import tensorflow as tf
+
+    result = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo)
+
+    assert result.version == 1
+    version_dir = repo / "m" / "1"
+    assert result.path == version_dir
+    assert {p.name for p in version_dir.iterdir()} >= {"saved_model.pb", "variables",
+                                                      "assets.extra"}
+    loaded = tf.saved_model.load(str(version_dir))
+    assert set(loaded.signatures) == {"serve", "serving_default"}
+    serve = loaded.signatures["serve"]
+    assert list(serve.structured_input_signature[1]) == ["x"]  # the declared name
+    assert list(serve.structured_outputs) == ["logits"]  # the model's output name
+    x = np.random.default_rng(5).standard_normal((7, 3)).astype("float32")
+    original = keras.saving.load_model(models.path("sequential"))(x)
+    np.testing.assert_allclose(serve(x=tf.constant(x))["logits"].numpy(), original, atol=1e-6)
+
+    manifest = read_manifest(version_dir)
+    assert checksum_mismatches(version_dir, manifest) == []
+    assert manifest["fingerprint"] == result.to_json()["fingerprint"]
+    assert manifest["source"]["format"] == "keras"
+    assert manifest["parity"]["serve"]["batch_sizes"] == [1, 4]
+    assert manifest["parity"]["serve"]["max_abs_error"] <= 1e-5
+    assert manifest["verification"]["devices"] == ["CPU"]
+    assert result.to_json() == {
+        "name": "m", "version": 1, "path": str(version_dir.resolve()),
+        "fingerprint": manifest["fingerprint"], "endpoints": ["serve"],
+        "variable_collections": {}, "parity": {"serve": manifest["parity"]["serve"]["max_abs_error"]},
+    }
+    warmup = read_warmup(version_dir)
+    assert manifest["warmup_records"] == len(warmup) == 2
+    assert {w.predict_log.request.model_spec.signature_name for w in warmup} == {"serve"}
+    assert [list(w.predict_log.request.inputs) for w in warmup] == [["x"], ["x"]]
+    assert staging_leftovers(repo) == ["1"]
+
+
+def test_functional_model_with_lookup_two_outputs_and_optimizer_state(launcher, models, repo):
+    import keras
+    import tensorflow as tf
+
+    from shipyard_test_models import COLORS
+
+    result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
+
+    model = keras.saving.load_model(models.path("functional"))
+    collections = result.to_json()["variable_collections"]
+    assert collections["optimizer_variables"] == len(model.optimizer.variables) > 2
+    assert collections["trainable"] == len(model.trainable_variables)
+    assert collections["kernels"] == 3  # the three Dense kernels, no biases
+    loaded = tf.saved_model.load(str(result.path))
+    for restored, original in zip(loaded.optimizer_variables, model.optimizer.variables):
+        np.testing.assert_array_equal(restored.numpy(), np.asarray(original))
+    signature = loaded.signatures["serving_default"]
+    assert sorted(signature.structured_input_signature[1]) == ["color", "x1"]
+    assert sorted(signature.structured_outputs) == ["probs", "score"]
+    # Warmup strings come from the StringLookup vocabulary, so they exercise real entries.
+    for log in read_warmup(result.path):
+        colors = tf.make_ndarray(log.predict_log.request.inputs["color"]).ravel()
+        assert {c.decode() for c in colors} <= set(COLORS)
+
+
+def test_the_export_serves_through_tf_servings_session_loader(launcher, models, repo):
+    """TF Serving loads with the TF1 session loader and tags {serve}: do the same."""
+    import tensorflow as tf
+
+    result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
+    signature = tf.saved_model.load(str(result.path)).signatures["serve"]
+    feed = {"x1": np.ones((2, 3), "float32"), "color": np.array([[b"red"], [b"blue"]])}
+    expected = {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in feed.items()}).items()}
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(result.path))
+        sig = meta_graph.signature_def["serving_default"]
+        assert sig.method_name == "tensorflow/serving/predict"
+        names = sorted(sig.outputs)
+        outputs = session.run([sig.outputs[n].name for n in names],
+                              {sig.inputs[k].name: v for k, v in feed.items()})
+    for name, value in zip(names, outputs):
+        np.testing.assert_allclose(value, expected[name], atol=1e-6)
+
+
+def test_subclassed_model_with_custom_method_and_training_endpoint(launcher, models, repo):
+    import tensorflow as tf
+
+    spec = {
+        "endpoints": [
+            {"name": "serve", "method": "call", "training": False,
+             "inputs": [{"name": "features", "shape": [None, 3], "dtype": "float32"}]},
+            {"name": "train", "method": "call", "training": True,
+             "inputs": [{"name": "features", "shape": [None, 3], "dtype": "float32"}]},
+            {"name": "embed", "method": "embed",
+             "inputs": [{"name": "features", "shape": [None, 3], "dtype": "float32"}]},
+        ],
+        "variable_collections": [{"name": "all_variables", "select": "all"}],
+        "default_endpoint": "embed",
+    }
+    result = export(launcher, models.path("subclassed"), spec, repo)
+
+    # Active dropout is compared exactly: both sides replay the same seed-state sequence.
+    assert result.manifest["parity"]["train"]["max_abs_error"] <= 1e-5
+    loaded = tf.saved_model.load(str(result.path))
+    assert set(loaded.signatures) == {"serve", "train", "embed", "serving_default"}
+    default = loaded.signatures["serving_default"]
+    assert list(default.structured_outputs) == ["output_0"]
+    assert default.structured_outputs["output_0"].shape.as_list() == [None, 4]  # embed, not call
+    x = tf.constant(np.ones((64, 3), "float32"))
+    serve = loaded.signatures["serve"]
+    np.testing.assert_array_equal(serve(features=x)["output_0"], serve(features=x)["output_0"])
+    train = loaded.signatures["train"]
+    assert not np.array_equal(train(features=x)["output_0"], train(features=x)["output_0"])
+
+
+def test_saved_model_directory_as_source(launcher, models, repo):
+    import tensorflow as tf
+
+    source = models.saved_model()
+    spec = {"endpoints": [{"name": "predict", "method": "serve",  # a restored function
+                           "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+    result = export(launcher, source, spec, repo)
+    assert result.manifest["source"]["format"] == "saved_model"
+    loaded = tf.saved_model.load(str(result.path))
+    assert list(loaded.signatures["predict"].structured_input_signature[1]) == ["x"]
+
+    original_names = sorted(tf.saved_model.load(str(source)).signatures["serving_default"]
+                            .structured_input_signature[1])
+    by_signature = {"endpoints": [{"name": "predict", "method": "serving_default",
+                                   "inputs": [{"name": "x", "shape": [None, 3],
+                                               "dtype": "float32"}]}]}
+    with pytest.raises(SpecError, match=rf"endpoints\[0\]\.inputs: signature 'serving_default' "
+                                        rf"of the SavedModel takes inputs \{original_names}"):
+        export(launcher, source, by_signature, repo)
+    missing = {"endpoints": [{**spec["endpoints"][0], "method": "nope"}]}
+    with pytest.raises(SpecError, match=r"endpoints\[0\]\.method: the SavedModel has no signature "
+                                        r"or restored function 'nope'; signatures: "
+                                        r"\['serve', 'serving_default'\]"):
+        export(launcher, source, missing, repo)
+
+
+def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models, repo):
+    first = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
+    second = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
+    assert (first.version, second.version) == (1, 2)
+    assert (repo / "m" / "1" / "saved_model.pb").read_bytes() != (
+        repo / "m" / "2" / "saved_model.pb").read_bytes()  # why the fingerprint skips it
+    assert first.manifest["fingerprint"] == second.manifest["fingerprint"]
+    looser = {**FUNCTIONAL_SPEC, "tolerance": {"atol": 1e-3, "rtol": 1e-3}}
+    third = export(launcher, models.path("functional"), looser, repo)
+    assert third.manifest["fingerprint"] != first.manifest["fingerprint"]
+
+
+def test_a_model_that_does_not_answer_like_its_export_fails_and_publishes_nothing(
+        launcher, models, repo):
+    spec = {"endpoints": [{"name": "serve", "method": "call",
+                           "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+    with pytest.raises(VerificationError, match=r"(?s)nothing was published.*endpoint 'serve' "
+                                                r"output 'dense' \(batch 1\): max abs error "
+                                                r".* exceeds the tolerance"):
+        export(launcher, models.path("noisy"), spec, repo)
+    assert staging_leftovers(repo) == []
+
+
+def test_breaking_signature_change_is_refused_unless_allowed(launcher, models, repo):
+    export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo)
+    wide = {"endpoints": [{"name": "serve", "method": "call",
+                           "inputs": [{"name": "x", "shape": [None, 5], "dtype": "float32"}]}]}
+    with pytest.raises(BreakingChangeError, match=r"(?s)breaks clients of version 1.*signature "
+                                                  r"'serve' input 'x': shape changed \[None, 3\] "
+                                                  r"-> \[None, 5\].*--allow-breaking"):
+        export(launcher, models.path("sequential_wide"), wide, repo)
+    assert staging_leftovers(repo) == ["1"]
+    result = export(launcher, models.path("sequential_wide"), wide, repo, allow_breaking=True)
+    assert result.version == 2
+
+
+def test_an_existing_version_is_refused_before_any_work(launcher, models, repo):
+    export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo, version=4)
+    with pytest.raises(VersionExistsError, match=r"m/4 already exists .* omit --version to use 5"):
+        export(lambda: pytest.fail("no verifier should start"), models.path("sequential"),
+               SEQUENTIAL_SPEC, repo, version=4)
+
+
+@pytest.mark.parametrize("kind, spec, message", [
+    ("sequential", {"endpoints": [{"name": "e", "method": "embed",
+                                   "inputs": [{"shape": [None, 3], "dtype": "float32"}]}]},
+     r"endpoints\[0\]\.method: Sequential has no public method 'embed'"),
+    ("sequential", {"endpoints": [{"name": "serve", "method": "call",
+                                   "inputs": [{"shape": [None, 4], "dtype": "float32"}]}]},
+     r"endpoints\[0\] \('serve'\): calling 'call' with the declared inputs failed: .*Declare "
+     r"one entry in `inputs` per positional argument"),
+    ("sequential", {**SEQUENTIAL_SPEC,
+                    "variable_collections": [{"name": "opt", "select": "optimizer"}]},
+     r"variable_collections\[0\]\.select: 'optimizer' selected, but the model has no optimizer "
+     r"state"),
+    ("sequential", {**SEQUENTIAL_SPEC,
+                    "variable_collections": [{"name": "v", "select": {"regex": "^nomatch"}}]},
+     r"variable_collections\[0\]\.select\.regex: '\^nomatch' matches no variable; variable "
+     r"paths look like \['dense/kernel'"),
+])
+def test_specs_that_do_not_fit_the_model_name_the_field(launcher, models, repo, kind, spec,
+                                                         message):
+    with pytest.raises(SpecError, match=message):
+        export(launcher, models.path(kind), spec, repo)
+    assert staging_leftovers(repo) == []
+
+
+def test_model_load_errors_name_the_file_and_the_fix(launcher, models, repo, tmp_path):
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip archive")
+    with pytest.raises(ModelLoadError, match=r"MODEL: .*corrupt\.keras is corrupt: a \.keras "
+                                             r"file is a zip archive"):
+        export(launcher, corrupt, SEQUENTIAL_SPEC, repo)
+    with pytest.raises(ModelLoadError, match=r"MODEL: .*missing\.keras does not exist"):
+        export(launcher, tmp_path / "missing.keras", SEQUENTIAL_SPEC, repo)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(ModelLoadError, match=r"is a directory without saved_model\.pb"):
+        export(launcher, empty_dir, SEQUENTIAL_SPEC, repo)
+    broken = tmp_path / "broken_saved_model"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelLoadError, match=r"cannot load SavedModel .*broken_saved_model"):
+        export(launcher, broken, SEQUENTIAL_SPEC, repo)
+    assert staging_leftovers(repo) == []
+
+
+def test_lambda_layers_need_unsafe(launcher, models, repo):
+    with pytest.raises(ModelLoadError, match=r"contains a Lambda layer .* pass --unsafe if you "
+                                             r"trust this file"):
+        export(launcher, models.path("lambda"), SEQUENTIAL_SPEC, repo)
+    result = export(launcher, models.path("lambda"), SEQUENTIAL_SPEC, repo, unsafe=True)
+    assert result.version == 1
