@@ -154,6 +154,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    # Other work on the machine skews both sides (on 2 cores, a lot): recorded, to check.
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -178,7 +180,7 @@ def main() -> int:
     results = {
         "model": {"params": params, "width": width, "layers": LAYERS,
                   "weights_mib": params * 4 / MIB, "keras_file_bytes": model_bytes},
-        "repeat": args.repeat, "baseline": b, "shipyard": s,
+        "repeat": args.repeat, "loadavg_before": load_before, "baseline": b, "shipyard": s,
         "ratios": {"wall_vs_export_plus_fresh_load": s["wall_s"] / b["total_s"],
                    "export_vs_raw_export": s["export_s"] / b["export_s"],
                    # The verifier starts with export_model, so it lives ~export_s + verify_s.
@@ -215,7 +217,7 @@ def table(r: dict) -> str:
     return "\n".join(
         [f"model: {m['params']:,} params ({m['weights_mib']:.1f} MiB float32, {m['layers']} x "
          f"Dense({m['width']})), .keras file {m['keras_file_bytes'] / MIB:.1f} MiB; "
-         f"median of {r['repeat']} repeats"]
+         f"median of {r['repeat']} repeats; load average before {r['loadavg_before']:.2f}"]
         + [f"  {label:<54} {seconds:8.2f} s" for label, seconds in rows]
         + [f"  {'bytes: raw export / shipyard version dir':<54} {b['bytes'] / MIB:8.1f} / "
            f"{s['bytes'] / MIB:.1f} MiB",

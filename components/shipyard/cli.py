@@ -138,15 +138,14 @@ def demo_command(workdir: Path, as_json: bool) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Entry point returning the exit code (for tests and embedding)."""
     try:
-        main.main(args=argv, prog_name="shipyard", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        return done.exit_code
+        # Without standalone mode click returns ctx.exit()'s code instead of raising SystemExit.
+        code = main.main(args=argv, prog_name="shipyard", standalone_mode=False)
     except click.ClickException as err:
         err.show()
         return err.exit_code
     except click.exceptions.Abort:
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 __all__ = ["main", "run", "UsageError"]
