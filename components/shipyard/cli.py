@@ -130,7 +130,7 @@ def demo_command(workdir: Path, as_json: bool) -> None:
     """Train a small model and ship it: export, verify and publish into a local repository."""
     from shipyard.demo import run_demo
 
-    document = run_demo(workdir, progress=_progress(_quiet()))
+    document = run_demo(workdir, progress=_progress(_quiet()), **_injected())
     _emit(document, as_json, _describe_export(document["export"]) +
           f"\n  model repository: {document['repo']}")
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.flow import ExportRequest, export_model
 from shipyard.progress import NullProgress, Progress
 from shipyard.spec import parse_spec
@@ -27,11 +28,10 @@ DEMO_SPEC = {
 }
 
 
-def run_demo(workdir: Path, *, progress: Progress = NullProgress()) -> dict[str, Any]:
-    from shipyard.export.verifier import start_verifier
-
+def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
+             launch_verifier: Callable[[], VerifierProcess] = start_verifier) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
-    verifier = start_verifier()  # its TensorFlow import overlaps the training below
+    verifier = launch_verifier()  # its TensorFlow import overlaps the training below
     spec_path = workdir / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(DEMO_SPEC, sort_keys=False))
     with progress.step("train the demo model"):
