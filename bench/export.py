@@ -1,14 +1,11 @@
 """Benchmark: shipyard's export+verify of a large Keras model against the raw baseline.
 
-Both sides run in this one process on the same .keras file, alternating repeat by repeat, so
-machine noise hits them alike. Baseline = keras load_model + model.export, then
-tf.saved_model.load in a fresh process (shipyard verifies in a fresh process, so a fair
-baseline loads in one too). See bench/README.md for how to read the numbers.
-
-    .venv/bin/python bench/export.py [--repeat 3] [--size-mb 130] [--json]
+Both sides run alternately in this one process on the same .keras file, so machine noise hits
+them alike. Usage and how to read the numbers: bench/README.md.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -47,10 +44,8 @@ def vm_hwm_mib(pid: str = "self") -> float:
 def reset_peak() -> None:
     # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each phase gets its own peak
     # rather than the whole run's. It also lowers ru_maxrss, hence the running max in main().
-    try:
+    with contextlib.suppress(OSError):  # if refused, phase peaks are cumulative: upper bounds
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # then the phase peaks are cumulative: still upper bounds
 
 
 def watch_peak(pid: int, into: dict) -> None:
@@ -60,12 +55,10 @@ def watch_peak(pid: int, into: dict) -> None:
     moment, so a child of this ~1 GiB process "peaks" at >= 1 GiB even if it is `true`.
     """
     def sample() -> None:
-        try:
+        with contextlib.suppress(OSError):  # raised once the child is reaped
             while True:
                 into["peak"] = max(into.get("peak", 0.0), vm_hwm_mib(str(pid)))
                 time.sleep(0.02)
-        except OSError:
-            pass  # reaped
 
     threading.Thread(target=sample, daemon=True).start()
 
@@ -89,7 +82,6 @@ def warm_up(tmp: Path) -> None:
     import keras
     import shipyard.export.archive, shipyard.export.reference  # noqa: F401,E401
     import shipyard.export.source, shipyard.export.warmup  # noqa: F401,E401
-
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).export(
         str(tmp / "warmup"), verbose=False)
     shutil.rmtree(tmp / "warmup")
