@@ -44,6 +44,14 @@ class Noisy(keras.layers.Layer):
         return x + tf.random.uniform(tf.shape(x))
 
 
+@keras.saving.register_keras_serializable(package="shipyard_tests")
+class Nested(keras.Model):
+    """Returns a dict holding a list: no serving signature can carry that."""
+
+    def call(self, x):
+        return {"pair": [x, x]}
+
+
 class ModelFactory:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -57,11 +65,11 @@ class ModelFactory:
             self._cache[kind] = target
         return self._cache[kind]
 
-    def saved_model(self) -> Path:
+    def saved_model(self, kind: str = "sequential") -> Path:
         """A SavedModel directory written with plain `model.export()` (endpoint `serve`)."""
-        target = self.directory / "exported_saved_model"
+        target = self.directory / f"{kind}_saved_model"
         if not target.exists():
-            self._sequential().export(str(target), verbose=False)
+            keras.saving.load_model(self.path(kind)).export(str(target), verbose=False)
         return target
 
     @staticmethod
@@ -69,6 +77,29 @@ class ModelFactory:
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
                                   keras.layers.Dense(2, name="logits")])
+        return model
+
+    @staticmethod
+    def _sequential_tanh() -> keras.Model:
+        """The same weights as _sequential (same seed, same shapes), another activation."""
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                                 keras.layers.Dense(2, name="logits")])
+
+    @staticmethod
+    def _labeler() -> keras.Model:
+        """Class ids in, a string label (inverse StringLookup) and a float score out."""
+        keras.utils.set_random_seed(5)
+        ids = keras.Input((1,), dtype="int64", name="ids")
+        label = keras.layers.StringLookup(vocabulary=COLORS, invert=True, name="label")(ids)
+        score = keras.layers.Dense(1, name="score")(keras.layers.Flatten()(
+            keras.layers.Embedding(4, 2)(ids)))
+        return keras.Model({"ids": ids}, {"label": label, "score": score})
+
+    @staticmethod
+    def _nested() -> keras.Model:
+        model = Nested()
+        model(np.zeros((1, 3), "float32"))
         return model
 
     @staticmethod

@@ -200,12 +200,59 @@ def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models
     first = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
     second = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
     assert (first.version, second.version) == (1, 2)
-    assert (repo / "m" / "1" / "saved_model.pb").read_bytes() != (
-        repo / "m" / "2" / "saved_model.pb").read_bytes()  # why the fingerprint skips it
     assert first.manifest["fingerprint"] == second.manifest["fingerprint"]
     looser = {**FUNCTIONAL_SPEC, "tolerance": {"atol": 1e-3, "rtol": 1e-3}}
     third = export(launcher, models.path("functional"), looser, repo)
     assert third.manifest["fingerprint"] != first.manifest["fingerprint"]
+
+
+def test_models_that_compute_differently_get_different_fingerprints(launcher, models, repo):
+    relu = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo, name="relu")
+    tanh = export(launcher, models.path("sequential_tanh"), SEQUENTIAL_SPEC, repo, name="tanh")
+    # Same weights (same seed and shapes): only the architecture tells them apart.
+    weights = sorted(f["sha256"] for f in relu.manifest["files"] if f["path"].startswith("var"))
+    assert relu.manifest["fingerprint"] != tanh.manifest["fingerprint"]
+    assert weights  # the comparison above is about more than missing weights
+
+
+def test_string_and_integer_outputs_are_compared_exactly(launcher, models, repo):
+    import tensorflow as tf
+
+    spec = {"endpoints": [{"name": "serve", "method": "call",
+                           "inputs": [{"ids": {"shape": [None, 1], "dtype": "int64"}}]}]}
+    result = export(launcher, models.path("labeler"), spec, repo)
+    assert result.manifest["parity"]["serve"]["max_abs_error"] <= 1e-5
+    label = tf.saved_model.load(str(result.path)).signatures["serve"](
+        ids=tf.constant([[1], [3]], tf.int64))["label"]
+    assert label.numpy().ravel().tolist() == [b"red", b"blue"]
+
+
+def test_saved_model_signature_with_dict_inputs_keeps_each_input_in_place(launcher, models,
+                                                                          repo):
+    import tensorflow as tf
+
+    source = models.saved_model("functional")
+    # Declared x1 first; TensorFlow flattens dicts by sorted key (color first).
+    spec = {"endpoints": [{"name": "predict", "method": "serve", "inputs": [
+        {"x1": {"shape": [None, 3], "dtype": "float32"},
+         "color": {"shape": [None, 1], "dtype": "string"}}]}]}
+    original_inputs = sorted(tf.saved_model.load(str(source)).signatures["serve"]
+                             .structured_input_signature[1])
+    assert original_inputs == ["color", "x1"]
+    result = export(launcher, source, spec, repo)
+    feed = {"x1": tf.constant(np.ones((2, 3), "float32")),
+            "color": tf.constant([[b"red"], [b"green"]])}
+    got = tf.saved_model.load(str(result.path)).signatures["predict"](**feed)
+    want = tf.saved_model.load(str(source)).signatures["serve"](**feed)
+    for name in want:
+        np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), atol=1e-6)
+
+
+def test_nested_outputs_are_refused_with_the_output_named(launcher, models, repo):
+    with pytest.raises(SpecError, match=r"output 'pair' is list-valued .* add an endpoint method "
+                                        r"that flattens the outputs"):
+        export(launcher, models.path("nested"), SEQUENTIAL_SPEC, repo, unsafe=False)
+    assert not (repo / "m").exists()
 
 
 def test_a_model_that_does_not_answer_like_its_export_fails_and_publishes_nothing(

@@ -21,18 +21,19 @@ def test_fingerprint_hashes_content_not_unstable_files(tmp_path):
     a = list_files(make_version(tmp_path / "a", b"graph-1", b"checkpoint layout 1"))
     b = list_files(make_version(tmp_path / "b", b"graph-2", b"checkpoint layout 2"))
     weights, vocab = ["d1", "d2"], [["red", "blue"]]
-    base = fingerprint(a, SPEC, SIGNATURES, weights, vocab)
+    base = fingerprint(a, SPEC, SIGNATURES, weights, vocab, "arch")
     assert base.startswith("sha256:")
     # saved_model.pb and the variables files vary between exports of one model; order of
     # variable digests too.
-    assert fingerprint(b, SPEC, SIGNATURES, ["d2", "d1"], vocab) == base
-    assert fingerprint(a, SPEC, SIGNATURES, ["d1", "d3"], vocab) != base
-    assert fingerprint(a, SPEC, SIGNATURES, weights, [["red", "green"]]) != base
-    assert fingerprint(a, {"endpoints": []}, SIGNATURES, weights, vocab) != base
-    assert fingerprint(a, SPEC, {}, weights, vocab) != base
+    assert fingerprint(b, SPEC, SIGNATURES, ["d2", "d1"], vocab, "arch") == base
+    assert fingerprint(a, SPEC, SIGNATURES, ["d1", "d3"], vocab, "arch") != base
+    assert fingerprint(a, SPEC, SIGNATURES, weights, [["red", "green"]], "arch") != base
+    assert fingerprint(a, {"endpoints": []}, SIGNATURES, weights, vocab, "arch") != base
+    assert fingerprint(a, SPEC, {}, weights, vocab, "arch") != base
+    assert fingerprint(a, SPEC, SIGNATURES, weights, vocab, "other arch") != base
     (tmp_path / "a" / "assets").mkdir()
     (tmp_path / "a" / "assets" / "vocab.txt").write_text("x")
-    assert fingerprint(list_files(tmp_path / "a"), SPEC, SIGNATURES, weights, vocab) != base
+    assert fingerprint(list_files(tmp_path / "a"), SPEC, SIGNATURES, weights, vocab, "arch") != base
 
 
 def test_manifest_round_trip_and_checksums(tmp_path):

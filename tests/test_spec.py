@@ -76,6 +76,11 @@ def test_regex_selection_is_accepted_and_checked():
      r"variable_collections\[0\]\.select: Input should be 'trainable', 'non_trainable', 'all' "
      r"or 'optimizer' \(got 'optimiser'\)"),
     ({"tolerance": {"atol": -1}}, r"tolerance\.atol: Input should be greater than or equal to 0"),
+    ({"endpoints": [{**EMBED, "inputs": [{"shape": [-1, 3], "dtype": "float32"}]}]},
+     r"endpoints\[0\]\.inputs\[0\]\.shape: dimensions must be >= 0; write null \(not -1\)"),
+    ({"endpoints": [{**SERVE, "inputs": [{"x1": {"shape": [None], "dtype": "float32",
+                                                 "name": "other"}}]}]},
+     r"input 'x1' also says name: 'other'; in a dict the key is the signature input name"),
     ({"tolerance": {"atl": 1}}, r"tolerance\.atl: unknown field: remove it or correct its spelling"),
     ({"endpoints": [{**SERVE, "inputs": [7]}]},
      r"endpoints\[0\]\.inputs\[0\]: expected a tensor \{shape, dtype\[, name\]\}, a dict of "

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from shipyard import __version__
-from shipyard.errors import ShipyardError, UsageError
+from shipyard.errors import ShipyardError
 
 log = logging.getLogger("shipyard")
 
@@ -147,5 +147,3 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     return code if isinstance(code, int) else 0
 
-
-__all__ = ["main", "run", "UsageError"]

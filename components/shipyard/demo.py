@@ -34,10 +34,14 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     verifier = launch_verifier()  # its TensorFlow import overlaps the training below
     spec_path = workdir / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(DEMO_SPEC, sort_keys=False))
-    with progress.step("train the demo model"):
-        from shipyard.export.demo_model import train_demo_model
+    try:
+        with progress.step("train the demo model"):
+            from shipyard.export.demo_model import train_demo_model
 
-        model_path = train_demo_model(workdir / "demo.keras")
+            model_path = train_demo_model(workdir / "demo.keras")
+    except BaseException:
+        verifier.close()  # export_model closes it otherwise
+        raise
     request = ExportRequest(model=model_path, spec=parse_spec(DEMO_SPEC, source=str(spec_path)),
                             repo=workdir / "models", name=DEMO_NAME)
     result = export_model(request, progress=progress, launch_verifier=lambda: verifier)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shipyard import __version__
-from shipyard.errors import BreakingChangeError, VerificationError
+from shipyard.errors import BreakingChangeError, ShipyardError, VerificationError
 from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.manifest import (
     MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, read_manifest, write_manifest,
@@ -65,7 +65,10 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
 
     Nothing becomes visible as a version unless every step succeeded.
     """
+    from shipyard.export.source import check_model_path
+
     validate_model_name(request.name)
+    check_model_path(request.model)  # before anything starts or is created
     repo = LocalModelRepository(request.repo)
     if request.version is not None:
         validate_version(request.version)
@@ -76,7 +79,9 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
         with repo.create_staging(request.name) as staging:
             manifest, timings = stage_export(request, repo, staging, verifier, progress)
             with progress.step("publish"):
-                version = repo.publish(staging, request.name, request.version)
+                version = repo.publish(
+                    staging, request.name, request.version,
+                    precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
             return ExportResult(request.name, version, staging.path, manifest, timings)
     finally:
         verifier.close()
@@ -97,14 +102,15 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
     with progress.step("write SavedModel"):
         built.write(staging.path)
     signatures = archive.read_signatures(staging.path)
-    _check_compatibility(repo, request, signatures, archive.read_signatures)
+    check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
     with progress.step("compute reference outputs"):
         digests = reference.collection_digests(built)
         references = reference.compute_references(built, request.spec)
         dtypes = {e.name: {n: t.dtype for n, t in e.signature_inputs()}
                   for e in request.spec.endpoints}
-        warmup_records = warmup.write_warmup(staging.path / MANIFEST_DIR, request.name,
-                                             [r.sample for r in references], dtypes)
+        warmup_records = warmup.write_warmup(
+            staging.path / MANIFEST_DIR, request.name,
+            [r.sample for r in references if r.signature == r.sample.endpoint], dtypes)
         inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
     export_seconds = time.monotonic() - started
 
@@ -114,9 +120,8 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
             "saved_model_dir": str(staging.path),
             "inputs": str(inputs_path),
             "expected": str(expected_path),
-            "plan": [{"endpoint": r.sample.endpoint, "batch_size": r.sample.batch_size}
+            "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size}
                      for r in references],
-            "default_endpoint": request.spec.default.name,
             "tolerance": request.spec.tolerance.model_dump(),
             "collections": digests,
         })
@@ -138,14 +143,15 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
         "spec": spec.normalized(),
         "fingerprint": fingerprint(files, spec.normalized(), signatures,
                                    archive.checkpoint_digests(staging.path),
-                                   built.lookup_vocabularies),
+                                   built.lookup_vocabularies,
+                                   archive.architecture_digest(model)),
         "signatures": signatures,
         "default_endpoint": spec.default.name,
         "variable_collections": {name: len(v) for name, v in built.collections.items()},
         "parity": {
             e.name: {"max_abs_error": outcome["parity"].get(e.name, 0.0),
                      "batch_sizes": sorted({r.sample.batch_size for r in references
-                                            if r.sample.endpoint == e.name}),
+                                            if r.signature == e.name}),
                      **spec.tolerance.model_dump()}
             for e in spec.endpoints
         },
@@ -158,16 +164,25 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
 
 
-def _check_compatibility(repo: LocalModelRepository, request: ExportRequest,
-                         signatures: dict[str, Any],
-                         read_signatures: Callable[[Path], dict[str, Any]]) -> None:
+def check_compatibility(repo: LocalModelRepository, request: ExportRequest,
+                        signatures: dict[str, Any]) -> None:
+    """Refuses signatures that break clients of the latest version (unless allowed)."""
+    from shipyard.export.archive import read_signatures
+
     latest = repo.latest_version(request.name)
-    if latest is None:
+    if latest is None or request.allow_breaking:
         return
     latest_dir = repo.version_dir(request.name, latest)
-    previous = (read_manifest(latest_dir) or {}).get("signatures") or read_signatures(latest_dir)
+    try:
+        previous = (read_manifest(latest_dir) or {}).get("signatures") or read_signatures(
+            latest_dir)
+    except Exception as err:  # unreadable JSON or proto: say which version and what to do
+        raise ShipyardError(
+            f"cannot read the signatures of version {latest} ({latest_dir}) to check "
+            f"compatibility: {type(err).__name__}: {err}. Repair or remove that version, or "
+            "pass --allow-breaking to skip the check.") from None
     problems = breaking_changes(previous, signatures)
-    if problems and not request.allow_breaking:
+    if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise BreakingChangeError(
             f"the new export breaks clients of version {latest} ({latest_dir}):\n{listed}\n"

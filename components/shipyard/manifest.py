@@ -3,9 +3,10 @@
 The fingerprint must be equal whenever the same source model is exported with the same spec.
 Neither saved_model.pb nor the variables files are byte-stable between two exports of one model:
 function names vary, and ExportArchive lists the variables its endpoints use in no fixed order,
-which permutes checkpoint keys and the object graph. What is stable is the content: the multiset
-of variable values, the lookup vocabularies (StringLookup keeps an inline vocabulary as a graph
-constant, not a variable), the assets files, the normalized spec and the signatures. Together
+which permutes checkpoint keys and the object graph. What is stable is the content: the model's
+architecture (its Keras config), the multiset of variable values, the lookup vocabularies
+(StringLookup keeps an inline vocabulary as a graph constant, not a variable), the assets
+files, the normalized spec and the signatures. Together
 they determine what the version computes and how it is called, so the fingerprint hashes them.
 """
 
@@ -49,12 +50,14 @@ def list_files(root: Path) -> list[dict[str, Any]]:
 
 def fingerprint(files: list[dict[str, Any]], normalized_spec: dict[str, Any],
                 signatures: dict[str, Any], variable_digests: list[str],
-                vocabularies: list[list[Any]]) -> str:
-    """`variable_digests`: one digest per checkpoint tensor, in any order (sorted here)."""
+                vocabularies: list[list[Any]], architecture: str) -> str:
+    """`variable_digests`: one digest per checkpoint tensor, in any order (sorted here);
+    `architecture`: a digest of what the model computes beyond its weights."""
     digest = hashlib.sha256()
     digest.update(_canonical({"spec": normalized_spec, "signatures": signatures,
                               "variables": sorted(variable_digests),
-                              "vocabularies": vocabularies}).encode())
+                              "vocabularies": vocabularies,
+                              "architecture": architecture}).encode())
     for entry in files:
         if entry["path"].split("/", 1)[0] in _FINGERPRINTED_DIRS:
             digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())

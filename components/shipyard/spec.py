@@ -42,7 +42,6 @@ DType = Literal[
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "bool", "string",
 ]
-SELECTIONS = ("trainable", "non_trainable", "all", "optimizer")
 _IDENTIFIER = r"^[A-Za-z][A-Za-z0-9_]*$"
 # Attributes that ExportArchive or the revived SavedModel object already use: an endpoint or a
 # variable collection with one of these names would shadow it.
@@ -59,9 +58,17 @@ class _Strict(BaseModel):
 class TensorDecl(_Strict):
     """One tensor of an endpoint's input signature."""
 
-    shape: list[Annotated[int, Field(ge=0)] | None]
+    shape: list[int | None]
     dtype: DType
     name: Annotated[str, Field(pattern=_IDENTIFIER)] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _known_or_null(cls, shape: list[int | None]) -> list[int | None]:
+        if any(d is not None and d < 0 for d in shape):
+            raise ValueError(f"dimensions must be >= 0; write null (not -1) for a dimension of "
+                             f"unknown size, e.g. [null, 3] (got {shape})")
+        return shape
 
 
 def _argument_kind(value: Any) -> str | None:
@@ -129,7 +136,11 @@ class Endpoint(_Strict):
             if isinstance(argument, TensorDecl):
                 named.append((argument.name or f"input_{i}", argument))
             elif isinstance(argument, dict):
-                named.extend((key, tensor) for key, tensor in argument.items())
+                for key, tensor in argument.items():
+                    if tensor.name is not None and tensor.name != key:
+                        raise ValueError(f"input {key!r} also says name: {tensor.name!r}; in a "
+                                         "dict the key is the signature input name: drop `name`")
+                    named.append((key, tensor))
             else:
                 named.extend((tensor.name or f"input_{i}_{j}", tensor)
                              for j, tensor in enumerate(argument))

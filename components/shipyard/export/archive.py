@@ -7,6 +7,7 @@ serves its first endpoint as `serving_default`.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
                                           input_signature=_input_signature(endpoint))
             traced.get_concrete_function()  # trace now, so a misfit is reported as one
         except SpecError:
-            raise
+            raise  # already names the field (e.g. an output that cannot be a signature output)
         except Exception as err:  # tracing runs user code: any error means the inputs misfit
             raise SpecError(
                 f"endpoints[{index}] ({endpoint.name!r}): calling {endpoint.method!r} with the "
@@ -113,7 +114,9 @@ def _keras_endpoint_fn(model: Any, endpoint: Endpoint, index: int) -> EndpointFn
 
 
 def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> EndpointFn:
-    declared = [name for name, _ in endpoint.signature_inputs()]
+    # Names in the order tf.nest.flatten yields the tensors (dict values sorted by key), which
+    # is not the spec's order: zip the arguments with these, never with signature_inputs().
+    declared = [spec.name for spec in tf.nest.flatten(_input_signature(endpoint))]
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     function = getattr(loaded, endpoint.method, None)
     if endpoint.method in signatures:
@@ -147,11 +150,21 @@ def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> End
 def _name_outputs(result: Any, output_names: list[str] | None) -> dict[str, Any]:
     """Signature outputs keyed by the model's output names (Keras would say output_0, ...)."""
     if isinstance(result, dict):
-        return dict(result)
-    flat = list(result) if isinstance(result, (list, tuple)) else [result]
-    if output_names and len(output_names) == len(flat):
-        return dict(zip(output_names, flat))
-    return {f"output_{i}": tensor for i, tensor in enumerate(flat)}
+        named = dict(result)
+    else:
+        flat = list(result) if isinstance(result, (list, tuple)) else [result]
+        if output_names and len(output_names) == len(flat):
+            named = dict(zip(output_names, flat))
+        else:
+            named = {f"output_{i}": tensor for i, tensor in enumerate(flat)}
+    # A serving signature maps string names to tensors; nothing nested fits in one.
+    for name, value in named.items():
+        if not isinstance(name, str) or isinstance(value, (dict, list, tuple)):
+            raise SpecError(
+                f"output {name!r} is {type(value).__name__}-valued or not named by a string: "
+                "a signature returns a tensor, a list of tensors or a flat dict of tensors "
+                "keyed by name; add an endpoint method that flattens the outputs")
+    return named
 
 
 def _model_output_names(model: Any) -> list[str] | None:
@@ -222,7 +235,8 @@ def _lookup_vocabularies(source: SourceModel) -> list[list[Any]]:
 
 def _sample_vocabularies(lookups: list[list[Any]]) -> Vocabularies:
     strings = [i for vocab in lookups for i in vocab if isinstance(i, str) and i and i != "[UNK]"]
-    integers = [i for vocab in lookups for i in vocab if isinstance(i, int)]
+    # IntegerLookup lists its OOV token (-1) in the vocabulary; it is not a real entry.
+    integers = [i for vocab in lookups for i in vocab if isinstance(i, int) and i >= 0]
     return Vocabularies(tuple(dict.fromkeys(strings)), tuple(dict.fromkeys(integers)))
 
 
@@ -231,6 +245,24 @@ def _all_layers(model: Any) -> list[Any]:
         return list(model._flatten_layers(include_self=False, recursive=True))
     except AttributeError:  # not a Keras layer tree
         return list(getattr(model, "layers", []))
+
+
+def architecture_digest(source: SourceModel) -> str:
+    """What the model computes beyond its weights: activations, constants, layer wiring.
+
+    For a .keras file, its config.json (stable across saves of one model); for a SavedModel
+    source, its saved_model.pb (one source directory, one graph).
+    """
+    import hashlib
+    import zipfile
+
+    if source.format == "keras":
+        with zipfile.ZipFile(source.path) as archive:
+            config = json.loads(archive.read("config.json"))
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    graph = next(source.path / name for name in ("saved_model.pb", "saved_model.pbtxt")
+                 if (source.path / name).is_file())
+    return hashlib.sha256(graph.read_bytes()).hexdigest()
 
 
 def checkpoint_digests(saved_model_dir: Path) -> list[str]:
@@ -243,8 +275,7 @@ def checkpoint_digests(saved_model_dir: Path) -> list[str]:
         if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
             continue  # layout, not content: it varies between exports of one model
         value = reader.get_tensor(key)
-        digests.append(array_digest(np.asarray(value, dtype=object if isinstance(value, bytes)
-                                               else None)))
+        digests.append(array_digest(np.asarray([value]) if isinstance(value, bytes) else value))
     return digests
 
 

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from shipyard.export.archive import BuiltArchive
 from shipyard.export.samples import Sample, make_samples
-from shipyard.export.verifier import KEY_SEPARATOR, array_digest
+from shipyard.errors import SpecError
+from shipyard.export.verifier import KEY_SEPARATOR, array_digest, plain_array
 from shipyard.spec import Endpoint, ExportSpec, TensorDecl
 
 
@@ -26,6 +27,7 @@ from shipyard.spec import Endpoint, ExportSpec, TensorDecl
 class Reference:
     sample: Sample
     outputs: dict[str, np.ndarray]
+    signature: str  # the signature the verifier calls: the endpoint, or serving_default
 
 
 def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
@@ -34,13 +36,29 @@ def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
 
 
 def compute_references(built: BuiltArchive, spec: ExportSpec) -> list[Reference]:
+    """Every endpoint at each batch size, then serving_default on the default endpoint."""
     references = []
     for endpoint in spec.endpoints:
-        fn = built.endpoint_fns[endpoint.name]
         for sample in make_samples(endpoint, built.vocabularies):
-            outputs = fn(*_as_tensors(endpoint, sample.arguments))
-            references.append(Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}))
+            references.append(_reference(built, endpoint, sample, endpoint.name))
+    default = spec.default
+    first = make_samples(default, built.vocabularies)[0]
+    references.append(_reference(built, default, first, "serving_default"))
     return references
+
+
+def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
+               signature: str) -> Reference:
+    try:
+        outputs = built.endpoint_fns[endpoint.name](*_as_tensors(endpoint, sample.arguments))
+    except Exception as err:  # user code on generated inputs: name the endpoint and the cause
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise SpecError(
+            f"endpoint {endpoint.name!r}: the original model fails on inputs generated from the "
+            f"declared signature (batch {sample.batch_size}): {type(err).__name__}: {text}. "
+            "Declare the exact shapes the model accepts (fixed sizes instead of null where it "
+            "needs them).") from None
+    return Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}, signature)
 
 
 def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path]:
@@ -48,7 +66,7 @@ def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path
     inputs: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
     for ref in references:
-        prefix = f"{ref.sample.endpoint}{KEY_SEPARATOR}{ref.sample.batch_size}{KEY_SEPARATOR}"
+        prefix = f"{ref.signature}{KEY_SEPARATOR}{ref.sample.batch_size}{KEY_SEPARATOR}"
         inputs.update({prefix + k: v for k, v in ref.sample.named.items()})
         expected.update({prefix + k: v for k, v in ref.outputs.items()})
     inputs_path, expected_path = job_dir / "inputs.npz", job_dir / "expected.npz"
@@ -75,5 +93,5 @@ def _tensor(decl: TensorDecl, value: np.ndarray) -> tf.Tensor:
 
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "numpy"):
-        return np.asarray(value.numpy())
-    return np.asarray(tf.convert_to_tensor(value))
+        return plain_array(value.numpy())
+    return plain_array(tf.convert_to_tensor(value).numpy())

@@ -38,16 +38,26 @@ def import_modules(modules: list[str] | tuple[str, ...]) -> None:
                              f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH.") from None
 
 
-def load_source_model(path: str | Path, *, unsafe: bool = False) -> SourceModel:
+def check_model_path(path: str | Path) -> None:
+    """Cheap checks (no TensorFlow) that MODEL can be what it must be."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"MODEL: {path} does not exist; pass a .keras file or a "
                              "SavedModel directory")
     if path.is_dir():
-        return _load_saved_model(path)
-    if path.suffix != ".keras":
+        if not any((path / name).is_file() for name in SAVED_MODEL_FILES):
+            raise ModelLoadError(f"MODEL: {path} is a directory without saved_model.pb; pass a "
+                                 ".keras file or a SavedModel directory")
+    elif path.suffix != ".keras":
         raise ModelLoadError(f"MODEL: {path} is neither a .keras file nor a SavedModel directory; "
                              "save the model with model.save('model.keras') or model.export(dir)")
+
+
+def load_source_model(path: str | Path, *, unsafe: bool = False) -> SourceModel:
+    path = Path(path)
+    check_model_path(path)
+    if path.is_dir():
+        return _load_saved_model(path)
     return _load_keras(path, unsafe=unsafe)
 
 
@@ -78,9 +88,6 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
 def _load_saved_model(path: Path) -> SourceModel:
     import tensorflow as tf
 
-    if not any((path / name).is_file() for name in SAVED_MODEL_FILES):
-        raise ModelLoadError(f"MODEL: {path} is a directory without saved_model.pb; pass a "
-                             ".keras file or a SavedModel directory")
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as err:  # TF raises several types for corrupt protos and variables

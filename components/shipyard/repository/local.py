@@ -18,6 +18,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock, Timeout
 
@@ -43,6 +44,11 @@ class StagingDir:
             shutil.rmtree(self.path, ignore_errors=True)
         self._lock.release()
         Path(self._lock.lock_file).unlink(missing_ok=True)
+        if not self.published:
+            try:  # a failed first export of a model leaves no empty <repo>/<name> behind
+                self.path.parent.rmdir()
+            except OSError:
+                pass  # not empty: other versions or runs live there
 
     def __enter__(self) -> StagingDir:
         return self
@@ -67,7 +73,7 @@ class LocalModelRepository:
         if not model_dir.is_dir():
             return []
         return sorted(int(p.name) for p in model_dir.iterdir()
-                      if p.is_dir() and p.name.isdigit())
+                      if p.is_dir() and p.name.isascii() and p.name.isdigit())
 
     def latest_version(self, name: str) -> int | None:
         versions = self.versions(name)
@@ -117,13 +123,18 @@ class LocalModelRepository:
                 lock_path.unlink(missing_ok=True)
         return removed
 
-    def publish(self, staging: StagingDir, name: str, version: int | None = None) -> int:
+    def publish(self, staging: StagingDir, name: str, version: int | None = None,
+                precheck: Callable[[], None] | None = None) -> int:
         """Renames `staging` to version `version` (default: next free) and returns it.
 
-        The version number is chosen under a lock, so concurrent runs get distinct numbers.
+        The version number is chosen under a lock, so concurrent runs get distinct numbers;
+        `precheck` (e.g. the signature diff against the latest version) runs under the same
+        lock, so no other run can publish between the check and the rename.
         """
         model_dir = self.model_dir(name)
         with FileLock(model_dir / PUBLISH_LOCK):
+            if precheck is not None:
+                precheck()
             if version is None:
                 version = self._next_version(name)
             target = model_dir / str(version)
