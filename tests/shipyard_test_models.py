@@ -93,7 +93,7 @@ class ModelFactory:
         ids = keras.Input((1,), dtype="int64", name="ids")
         label = keras.layers.StringLookup(vocabulary=COLORS, invert=True, name="label")(ids)
         score = keras.layers.Dense(1, name="score")(keras.layers.Flatten()(
-            keras.layers.Embedding(4, 2)(ids)))
+            keras.layers.Embedding(10, 2)(ids)))
         return keras.Model({"ids": ids}, {"label": label, "score": score})
 
     @staticmethod
