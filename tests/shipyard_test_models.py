@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-COLORS = ["red", "green", "blue"]
+from shipyard.export.demo_model import COLORS, build_demo_model
+
 
 
 @keras.saving.register_keras_serializable(package="shipyard_tests")
@@ -109,19 +110,10 @@ class ModelFactory:
 
     @staticmethod
     def _functional() -> keras.Model:
-        """Dict inputs (one of them strings through a StringLookup), two named outputs,
-        compiled and trained so that the optimizer has state."""
+        """The demo's model: dict inputs (strings through a StringLookup), two named outputs,
+        compiled and trained once so that the optimizer has state."""
         keras.utils.set_random_seed(3)
-        x1 = keras.Input((3,), name="x1")
-        color = keras.Input((1,), dtype="string", name="color")
-        one_hot = keras.layers.StringLookup(vocabulary=COLORS, output_mode="one_hot")(color)
-        hidden = keras.layers.Concatenate()([x1, keras.layers.Flatten()(one_hot)])
-        hidden = keras.layers.Dense(8, activation="relu")(hidden)
-        score = keras.layers.Dense(1, name="score")(hidden)
-        probs = keras.layers.Dense(3, activation="softmax", name="probs")(hidden)
-        model = keras.Model({"x1": x1, "color": color}, {"score": score, "probs": probs})
-        model.compile(optimizer="adam",
-                      loss={"score": "mse", "probs": "sparse_categorical_crossentropy"})
+        model = build_demo_model()
         rng = np.random.default_rng(0)
         features = rng.standard_normal((64, 3)).astype("float32")
         ids = rng.integers(0, 3, 64)
