@@ -189,6 +189,10 @@ def test_saved_model_directory_as_source(launcher, models, repo):
     with pytest.raises(SpecError, match=rf"endpoints\[0\]\.inputs: signature 'serving_default' "
                                         rf"of the SavedModel takes inputs \{original_names}"):
         export(launcher, source, by_signature, repo)
+    with pytest.raises(SpecError, match=r"endpoints\[0\]\.training: a SavedModel source has no "
+                                        r"training switch"):
+        export(launcher, source, {"endpoints": [{**spec["endpoints"][0], "method": "call",
+                                                 "training": True}]}, repo)
     missing = {"endpoints": [{**spec["endpoints"][0], "method": "nope"}]}
     with pytest.raises(SpecError, match=r"endpoints\[0\]\.method: the SavedModel has no signature "
                                         r"or restored function 'nope'; signatures: "
@@ -325,7 +329,8 @@ def test_model_load_errors_name_the_file_and_the_fix(launcher, models, repo, tmp
     broken = tmp_path / "broken_saved_model"
     broken.mkdir()
     (broken / "saved_model.pb").write_bytes(b"\x00garbage")
-    with pytest.raises(ModelLoadError, match=r"cannot load SavedModel .*broken_saved_model"):
+    with pytest.raises(ModelLoadError, match=r"MODEL: .*broken_saved_model/saved_model\.pb is "
+                                             r"corrupt \(not a SavedModel protocol buffer"):
         export(launcher, broken, SEQUENTIAL_SPEC, repo)
     assert staging_leftovers(repo) == []
 

@@ -114,6 +114,9 @@ def _keras_endpoint_fn(model: Any, endpoint: Endpoint, index: int) -> EndpointFn
 
 
 def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> EndpointFn:
+    if endpoint.training is not None:
+        raise SpecError(f"endpoints[{index}].training: a SavedModel source has no training "
+                        "switch (its functions were traced with one fixed); remove `training`")
     # Names in the order tf.nest.flatten yields the tensors (dict values sorted by key), which
     # is not the spec's order: zip the arguments with these, never with signature_inputs().
     declared = [spec.name for spec in tf.nest.flatten(_input_signature(endpoint))]

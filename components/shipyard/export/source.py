@@ -88,11 +88,21 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
 def _load_saved_model(path: Path) -> SourceModel:
     import tensorflow as tf
 
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph = path / "saved_model.pb"
+    if graph.is_file():
+        try:
+            saved_model_pb2.SavedModel().ParseFromString(graph.read_bytes())
+        except DecodeError as err:
+            raise ModelLoadError(f"MODEL: {graph} is corrupt (not a SavedModel protocol buffer: "
+                                 f"{err}); export the model again") from None
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as err:  # TF raises several types for corrupt protos and variables
+    except Exception as err:  # the graph parsed, so the variables or assets are at fault
         first = str(err).strip().splitlines()[0][:500] if str(err).strip() else ""
-        raise ModelLoadError(f"MODEL: cannot load SavedModel {path} (saved_model.pb or "
-                             f"variables/ is corrupt or incomplete): {type(err).__name__}: "
-                             f"{first}") from None
+        raise ModelLoadError(f"MODEL: cannot load SavedModel {path}: its variables/ or "
+                             f"assets/ are corrupt or incomplete ({type(err).__name__}: "
+                             f"{first}); export the model again") from None
     return SourceModel(path=path, format="saved_model", obj=loaded, sha256=None)

@@ -65,7 +65,7 @@ class VerifierProcess:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
         with open(self.log_path, "wb") as log_file:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "shipyard.export.verifier"],
+                [sys.executable, "-m", "shipyard.export.verifier", str(self.workdir)],
                 stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -142,7 +142,10 @@ def _main() -> int:
 
     line = sys.stdin.readline()
     if not line.strip():
-        return 0  # the parent gave up before sending a job
+        # The parent closed stdin without a job: it gave up or was killed. Nobody else will
+        # remove the working folder then.
+        shutil.rmtree(sys.argv[1], ignore_errors=True)
+        return 0
     job = json.loads(line)
     result = _verify(tf, job)
     Path(job["result"]).write_text(json.dumps(result))

@@ -29,6 +29,26 @@ log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 PUBLISH_LOCK = ".publish.lock"
+PUBLISH_LOCK_TIMEOUT_S = 300
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -132,7 +152,17 @@ class LocalModelRepository:
         lock, so no other run can publish between the check and the rename.
         """
         model_dir = self.model_dir(name)
-        with FileLock(model_dir / PUBLISH_LOCK):
+        # A version must survive a power loss intact once TF Serving can see it.
+        _fsync_tree(staging.path)
+        lock_path = model_dir / PUBLISH_LOCK
+        try:
+            lock = FileLock(lock_path, timeout=PUBLISH_LOCK_TIMEOUT_S)
+            lock.acquire()
+        except Timeout:
+            raise ShipyardError(
+                f"another run has been publishing {name} for over {PUBLISH_LOCK_TIMEOUT_S} s "
+                f"(it holds {lock_path}); wait for it to finish or stop it") from None
+        try:
             if precheck is not None:
                 precheck()
             if version is None:
@@ -143,6 +173,9 @@ class LocalModelRepository:
             os.rename(staging.path, target)
             staging.published = True
             staging.path = target
+            _fsync_dir(model_dir)
+        finally:
+            lock.release()
         log.info("published %s", target)
         return version
 
