@@ -122,6 +122,112 @@ def _describe_export(doc: dict[str, Any]) -> str:
             f"  variable collections: {collections or 'none'}")
 
 
+def _registry_options(command: Any) -> Any:
+    """--tracking-uri / --registry-uri, shared by every command that talks to MLflow."""
+    command = click.option("--registry-uri", default=None,
+                           help="MLflow registry URI (default: MLFLOW_REGISTRY_URI, else the "
+                                "tracking URI).")(command)
+    return click.option("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else an "
+                             "embedded SQLite store under ./.shipyard/).")(command)
+
+
+@main.command("register")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
+              help="Export spec YAML: endpoints, variable collections, tolerance.")
+@click.option("--repo", required=True, type=click.Path(path_type=Path),
+              help="Model repository root; the version is written to REPO/NAME/N.")
+@click.option("--name", required=True, help="Model name (a DNS-1123 label), also the "
+                                            "registered model's name.")
+@_registry_options
+@click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first (registers custom Keras objects). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def register_command(model: Path, spec_path: Path, repo: Path, name: str,
+                     tracking_uri: str | None, registry_uri: str | None,
+                     pipeline_run_id: str | None, imports: tuple[str, ...],
+                     as_json: bool) -> None:
+    """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
+
+    The TF Serving version directory N is the MLflow registered model version N. Content that
+    already has a version (same fingerprint) reuses it. Alias `candidate` then points to N.
+
+    Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (nothing published).
+    """
+    from shipyard.flow import ExportRequest
+    from shipyard.names import validate_model_name
+    from shipyard.registration import register_model
+    from shipyard.registry.client import RegistryLocation
+    from shipyard.spec import load_spec
+
+    validate_model_name(name)
+    spec = load_spec(spec_path)
+    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports)
+    result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
+                            pipeline_run_id=pipeline_run_id, progress=_progress(_quiet()),
+                            **_injected())
+    doc = result.to_json()
+    verb = "Reused" if doc["reused"] else "Registered and published"
+    _emit(doc, as_json, f"{verb} {doc['name']} version {doc['version']} at {doc['path']}\n"
+                        f"  run: {doc['run_id']}\n  fingerprint: {doc['fingerprint']}\n"
+                        f"  aliases: {doc['aliases']}")
+
+
+@main.group("alias")
+def alias_group() -> None:
+    """Move registry aliases (candidate, canary, champion, ...) with an audit trail."""
+
+
+@alias_group.command("set")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@click.option("--reason", required=True, help="Why the alias moves (recorded).")
+@click.option("--pipeline-run-id", default=None, help="Recorded with the move.")
+@click.option("--force", is_flag=True, help="Allow moving 'champion' outside a rollout.")
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded move as JSON.")
+def alias_set_command(name: str, alias: str, version: int, reason: str,
+                      pipeline_run_id: str | None, force: bool, tracking_uri: str | None,
+                      registry_uri: str | None, as_json: bool) -> None:
+    """Point ALIAS of registered model NAME at VERSION, and record the move.
+
+    The version must be published; 'champion' moves only through a rollout or with --force.
+    """
+    from shipyard.aliases import move_alias
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+
+    registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+    move = move_alias(registry, name, alias, version, reason=reason,
+                      pipeline_run_id=pipeline_run_id, force=force)
+    doc = move.to_json()
+    _emit(doc, as_json, f"{name}: {alias} {doc['from'] or '(unset)'} -> {doc['to']}")
+
+
+@alias_group.command("history")
+@click.argument("name")
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the moves as a JSON list.")
+def alias_history_command(name: str, tracking_uri: str | None, registry_uri: str | None,
+                          as_json: bool) -> None:
+    """Every recorded alias move of registered model NAME, oldest first."""
+    from shipyard.aliases import alias_history
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+
+    registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+    moves = alias_history(registry, name)
+    if as_json:
+        click.echo(json.dumps(moves, indent=2, sort_keys=True))
+        return
+    for m in moves:
+        click.echo(f"{m['time']}  {m['alias']:<10} {m['from'] or '-'} -> {m['to']}  "
+                   f"by {m['user']}"
+                   + (f" (run {m['pipeline_run_id']})" if m.get("pipeline_run_id") else "")
+                   + f": {m['reason']}")
+
+
 @main.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".shipyard/demo"),
               show_default=True, help="Where the demo model, spec and repository go.")

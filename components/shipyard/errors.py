@@ -45,3 +45,9 @@ class ModelLoadError(ShipyardError):
     """The source model is missing, corrupt or cannot be loaded (exit 1)."""
 
     exit_code = 1
+
+
+class RegistryUnavailableError(ShipyardError):
+    """The MLflow tracking or registry server could not be reached (exit 6)."""
+
+    exit_code = 6

@@ -1,0 +1,247 @@
+"""MLflow adapter: where the store is, and every call shipyard makes to it.
+
+The store: `--tracking-uri`/`--registry-uri`, else MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
+else an embedded one needing no server: SQLite at `.shipyard/mlflow.db` and artifacts under
+`.shipyard/mlartifacts` (relative to the working directory).
+
+Unreachable servers: MLflow retries HTTP requests with exponential backoff by itself;
+shipyard bounds that through MLflow's own settings, MLFLOW_HTTP_REQUEST_MAX_RETRIES (default
+here 2), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (1) and MLFLOW_HTTP_REQUEST_TIMEOUT (10 s),
+unless they are set, and reports failure as RegistryUnavailableError (exit 6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from shipyard.errors import RegistryUnavailableError, ShipyardError, UsageError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_HOME = Path(".shipyard")
+RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@dataclass(frozen=True)
+class RegistryLocation:
+    tracking_uri: str
+    registry_uri: str
+    artifact_location: str | None  # set for the embedded store only
+
+    @classmethod
+    def resolve(cls, tracking_uri: str | None = None, registry_uri: str | None = None,
+                home: Path = EMBEDDED_HOME) -> RegistryLocation:
+        tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None
+        if not tracking:
+            home.mkdir(parents=True, exist_ok=True)
+            tracking = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+            artifacts = (home / "mlartifacts").resolve().as_uri()
+        registry = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+        return cls(tracking, registry, artifacts)
+
+
+@contextlib.contextmanager
+def translate_errors(location: RegistryLocation) -> Iterator[None]:
+    """MLflow and HTTP failures -> shipyard errors that name the URI and the fix."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        text = str(err)
+        if _is_unreachable(text):
+            raise RegistryUnavailableError(
+                f"MLflow at {location.tracking_uri} (registry {location.registry_uri}) is "
+                f"unreachable after bounded retries: {text.splitlines()[0][:300]}. Start the "
+                "server or fix --tracking-uri/--registry-uri; retries are set by "
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_TIMEOUT") from None
+        raise ShipyardError(f"MLflow at {location.tracking_uri} refused the request: "
+                            f"{text.splitlines()[0][:500]}") from None
+    except OSError as err:  # connection errors that escape MLflow's wrapping
+        raise RegistryUnavailableError(
+            f"MLflow at {location.tracking_uri} is unreachable: {err}") from None
+
+
+def _is_unreachable(text: str) -> bool:
+    markers = ("Max retries exceeded", "Connection refused", "Failed to establish",
+               "timed out", "Read timed out", "Name or service not known")
+    return any(m in text for m in markers)
+
+
+class ModelRegistry:
+    """Every MLflow call shipyard makes, on one MlflowClient (the seam tests use for real)."""
+
+    def __init__(self, location: RegistryLocation):
+        for key, value in RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        from mlflow import MlflowClient
+
+        self.location = location
+        self.client = MlflowClient(tracking_uri=location.tracking_uri,
+                                   registry_uri=location.registry_uri)
+
+    def check_reachable(self) -> None:
+        with translate_errors(self.location):
+            self.client.search_experiments(max_results=1)
+
+    # -- versions ---------------------------------------------------------------------------
+
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as err:
+                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                    return None
+                raise
+            versions = self.client.search_model_versions(
+                f"name='{name}' and tags.`shipyard.fingerprint`='{fingerprint}'")
+        return min(versions, key=lambda v: int(v.version)) if versions else None
+
+    def latest_version_number(self, name: str) -> int:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as err:
+                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                    return 0
+                raise
+            versions = self.client.search_model_versions(f"name='{name}'")
+        return max((int(v.version) for v in versions), default=0)
+
+    def log_run(self, name: str, *, params: dict[str, str], metrics: dict[str, float],
+                tags: dict[str, str], saved_model_dir: Path, manifest_path: Path,
+                spec_text: str) -> tuple[str, str]:
+        """Creates the run with everything logged; returns (run_id, model uri)."""
+        import mlflow
+
+        from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
+
+        with translate_errors(self.location):
+            experiment_id = self._experiment(f"shipyard/{name}")
+            run = self.client.create_run(experiment_id, tags=tags, run_name=f"{name}-export")
+            run_id = run.info.run_id
+            for chunk in _chunks(list(params.items()), 100):
+                self.client.log_batch(run_id, params=[_param(k, v) for k, v in chunk])
+            self.client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+            self.client.log_artifact(run_id, str(manifest_path))
+            self.client.log_text(run_id, spec_text, "spec.yaml")
+            # The one copy of the SavedModel's bytes into the artifact store.
+            mlflow.set_tracking_uri(self.location.tracking_uri)
+            mlflow.set_registry_uri(self.location.registry_uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=ShipyardSavedModel(),
+                    artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
+                    pip_requirements=[f"shipyard", "tensorflow==2.21.*"])
+            self.client.set_terminated(run_id)
+        return run_id, info.model_uri
+
+    def create_version(self, name: str, *, model_uri: str, run_id: str,
+                       tags: dict[str, str]) -> int:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as err:
+                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                    raise
+            version = self.client.create_model_version(name, source=model_uri, run_id=run_id,
+                                                       tags=tags)
+        return int(version.version)
+
+    def set_tags(self, name: str, version: int, run_id: str | None, tags: dict[str, str]) -> None:
+        with translate_errors(self.location):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, str(version), key, value)
+                if run_id:
+                    self.client.set_tag(run_id, key, value)
+
+    def version(self, name: str, version: int) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                return self.client.get_model_version(name, str(version))
+            except MlflowException as err:
+                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                    raise UsageError(f"VERSION: registered model {name!r} has no version "
+                                     f"{version}") from None
+                raise
+
+    # -- aliases ----------------------------------------------------------------------------
+
+    def registered_model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                return self.client.get_registered_model(name)
+            except MlflowException as err:
+                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                    raise UsageError(f"NAME: there is no registered model {name!r} at "
+                                     f"{self.location.registry_uri}; register one with "
+                                     "`shipyard register`") from None
+                raise
+
+    def set_alias(self, name: str, alias: str, version: int | None) -> None:
+        with translate_errors(self.location):
+            if version is None:
+                self.client.delete_registered_model_alias(name, alias)
+            else:
+                self.client.set_registered_model_alias(name, alias, str(version))
+
+    def append_log(self, name: str, key: str, value: str) -> None:
+        with translate_errors(self.location):
+            self.client.set_registered_model_tag(name, key, value)
+
+    def _experiment(self, experiment_name: str) -> str:
+        existing = self.client.get_experiment_by_name(experiment_name)
+        if existing is not None:
+            return existing.experiment_id
+        return self.client.create_experiment(
+            experiment_name, artifact_location=self.location.artifact_location)
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return os.environ.get("USER", "unknown")
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _param(key: str, value: str) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, value[:6000])
+
+
+def _metric(key: str, value: float) -> Any:
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+def to_json_tag(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,38 @@
+"""The MLflow pyfunc flavour of a shipyard version: `predict(x)` answers with the default
+endpoint (serving_default) of the exported SavedModel, so `models:/NAME/N` loads the MLflow
+way and computes exactly what TF Serving serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+
+SAVED_MODEL_ARTIFACT = "saved_model"
+
+
+class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        import tensorflow as tf
+
+        self._signature = tf.saved_model.load(
+            context.artifacts[SAVED_MODEL_ARTIFACT]).signatures["serving_default"]
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        import numpy as np
+        import tensorflow as tf
+
+        specs = self._signature.structured_input_signature[1]
+        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
+            # A DataFrame: one column per input; a cell may hold a list (one example's tensor).
+            model_input = {c: np.stack([np.asarray(v) for v in model_input[c]])
+                           for c in model_input.columns}
+        if not isinstance(model_input, dict):
+            if len(specs) != 1:
+                raise ValueError(f"the default endpoint takes inputs {sorted(specs)}; pass a "
+                                 "dict (or DataFrame) keyed by those names")
+            model_input = {next(iter(specs)): model_input}
+        feed = {name: tf.constant(np.asarray(value), dtype=specs[name].dtype)
+                for name, value in model_input.items()}
+        outputs = {k: v.numpy() for k, v in self._signature(**feed).items()}
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
