@@ -40,3 +40,20 @@ def subprocess_env() -> dict[str, str]:
     """Environment for `shipyard` child processes: test models importable, TF quiet."""
     paths = [str(TESTS_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="2")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real MLflow server for the session (see mlflow_server.py)."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_mlflow(monkeypatch):
+    """Tests say which MLflow they use; a developer's MLFLOW_* settings must not leak in."""
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)

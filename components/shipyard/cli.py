@@ -7,6 +7,7 @@ imports TensorFlow at start-up, so `--help` and spec errors answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,11 @@ def _injected() -> dict[str, Any]:
     launcher that keeps a warm verifier ready); empty for a normal run."""
     obj = click.get_current_context().obj or {}
     return {k: v for k, v in obj.items() if k == "launch_verifier"}
+
+
+def _library_prints_to_stderr() -> Any:
+    """MLflow prints to stdout (e.g. "View run ... at ..."); stdout belongs to our result."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _emit(document: dict[str, Any], as_json: bool, human: str) -> None:
@@ -165,9 +171,10 @@ def register_command(model: Path, spec_path: Path, repo: Path, name: str,
     validate_model_name(name)
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports)
-    result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
-                            pipeline_run_id=pipeline_run_id, progress=_progress(_quiet()),
-                            **_injected())
+    with _library_prints_to_stderr():
+        result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
+                                pipeline_run_id=pipeline_run_id, progress=_progress(_quiet()),
+                                **_injected())
     doc = result.to_json()
     verb = "Reused" if doc["reused"] else "Registered and published"
     _emit(doc, as_json, f"{verb} {doc['name']} version {doc['version']} at {doc['path']}\n"
@@ -199,9 +206,10 @@ def alias_set_command(name: str, alias: str, version: int, reason: str,
     from shipyard.aliases import move_alias
     from shipyard.registry.client import ModelRegistry, RegistryLocation
 
-    registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
-    move = move_alias(registry, name, alias, version, reason=reason,
-                      pipeline_run_id=pipeline_run_id, force=force)
+    with _library_prints_to_stderr():
+        registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+        move = move_alias(registry, name, alias, version, reason=reason,
+                          pipeline_run_id=pipeline_run_id, force=force)
     doc = move.to_json()
     _emit(doc, as_json, f"{name}: {alias} {doc['from'] or '(unset)'} -> {doc['to']}")
 
@@ -216,8 +224,9 @@ def alias_history_command(name: str, tracking_uri: str | None, registry_uri: str
     from shipyard.aliases import alias_history
     from shipyard.registry.client import ModelRegistry, RegistryLocation
 
-    registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
-    moves = alias_history(registry, name)
+    with _library_prints_to_stderr():
+        registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+        moves = alias_history(registry, name)
     if as_json:
         click.echo(json.dumps(moves, indent=2, sort_keys=True))
         return

@@ -125,8 +125,8 @@ class ModelRegistry:
 
     def log_run(self, name: str, *, params: dict[str, str], metrics: dict[str, float],
                 tags: dict[str, str], saved_model_dir: Path, manifest_path: Path,
-                spec_text: str) -> tuple[str, str]:
-        """Creates the run with everything logged; returns (run_id, model uri)."""
+                spec_text: str) -> tuple[str, str, str | None]:
+        """Creates the run with everything logged; returns (run_id, model uri, model id)."""
         import mlflow
 
         from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
@@ -147,11 +147,11 @@ class ModelRegistry:
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=ShipyardSavedModel(),
                     artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
-                    pip_requirements=[f"shipyard", "tensorflow==2.21.*"])
+                    pip_requirements=["shipyard", "tensorflow==2.21.*"])
             self.client.set_terminated(run_id)
-        return run_id, info.model_uri
+        return run_id, info.model_uri, getattr(info, "model_id", None)
 
-    def create_version(self, name: str, *, model_uri: str, run_id: str,
+    def create_version(self, name: str, *, model_uri: str, model_id: str | None, run_id: str,
                        tags: dict[str, str]) -> int:
         from mlflow.exceptions import MlflowException
 
@@ -162,7 +162,7 @@ class ModelRegistry:
                 if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
                     raise
             version = self.client.create_model_version(name, source=model_uri, run_id=run_id,
-                                                       tags=tags)
+                                                       tags=tags, model_id=model_id)
         return int(version.version)
 
     def set_tags(self, name: str, version: int, run_id: str | None, tags: dict[str, str]) -> None:

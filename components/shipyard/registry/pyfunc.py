@@ -4,21 +4,20 @@ way and computes exactly what TF Serving serves."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow.pyfunc
 
 SAVED_MODEL_ARTIFACT = "saved_model"
 
 
 class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: Any) -> None:
+    # No type hints on predict: MLflow would try (and fail) to derive a schema from them.
+    def load_context(self, context):  # type: ignore[no-untyped-def]
         import tensorflow as tf
 
         self._signature = tf.saved_model.load(
             context.artifacts[SAVED_MODEL_ARTIFACT]).signatures["serving_default"]
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
         import tensorflow as tf
 
