@@ -117,7 +117,8 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
     verify_started = time.monotonic()
     with progress.step("verify in a fresh CPU-only process"):
         outcome = verifier.run({
-            "saved_model_dir": str(staging.path),
+            # Absolute: the verifier may have been started in another working directory.
+            "saved_model_dir": str(staging.path.resolve()),
             "inputs": str(inputs_path),
             "expected": str(expected_path),
             "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size}

@@ -141,9 +141,7 @@ class ModelRegistry:
             self.client.log_artifact(run_id, str(manifest_path))
             self.client.log_text(run_id, spec_text, "spec.yaml")
             # The one copy of the SavedModel's bytes into the artifact store.
-            mlflow.set_tracking_uri(self.location.tracking_uri)
-            mlflow.set_registry_uri(self.location.registry_uri)
-            with mlflow.start_run(run_id=run_id):
+            with _fluent_uris(self.location), mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=ShipyardSavedModel(),
                     artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
@@ -161,8 +159,10 @@ class ModelRegistry:
             except MlflowException as err:
                 if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
                     raise
-            version = self.client.create_model_version(name, source=model_uri, run_id=run_id,
-                                                       tags=tags, model_id=model_id)
+            # Resolving a `models:/<id>` source goes through the global tracking URI too.
+            with _fluent_uris(self.location):
+                version = self.client.create_model_version(
+                    name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
         return int(version.version)
 
     def set_tags(self, name: str, version: int, run_id: str | None, tags: dict[str, str]) -> None:
@@ -216,6 +216,30 @@ class ModelRegistry:
             return existing.experiment_id
         return self.client.create_experiment(
             experiment_name, artifact_location=self.location.artifact_location)
+
+
+@contextlib.contextmanager
+def _fluent_uris(location: RegistryLocation) -> Iterator[None]:
+    """pyfunc.log_model (and resolving a logged model's URI) only speak MLflow's global
+    (fluent) state, and set_tracking_uri also
+    writes MLFLOW_TRACKING_URI into os.environ: set both for the call, then put them back, so
+    a later command in this process resolves its store afresh."""
+    import mlflow
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(location.tracking_uri)
+    mlflow.set_registry_uri(location.registry_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uris[0])
+        mlflow.set_registry_uri(saved_uris[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def current_user() -> str:
