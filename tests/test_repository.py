@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -65,9 +66,12 @@ def test_staging_of_a_killed_process_is_removed_by_the_next_run(tmp_path):
             "time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     abandoned = child.stdout.readline().strip()
+    companion = Path(abandoned + ".pyfunc")  # e.g. the MLflow upload folder of that run
+    companion.mkdir()
     repo = LocalModelRepository(tmp_path)
-    # While its owner lives, a staging directory is left alone.
+    # While its owner lives, a staging directory and its companions are left alone.
     assert repo.remove_abandoned_staging("m") == []
+    assert companion.is_dir()
     child.kill()
     child.wait()
     with repo.create_staging("m") as staging:

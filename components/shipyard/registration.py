@@ -104,14 +104,14 @@ def _register(registry: ModelRegistry, request: ExportRequest, manifest: dict[st
             "`shipyard register` writes to, so that directory N is registered version N.")
     tags = _tags(manifest, pipeline_run_id)
     with progress.step("log the MLflow run"):
-        run_id, model_uri, model_id = registry.log_run(
+        run_id, source = registry.log_run(
             request.name, params=flatten_params(manifest), metrics=run_metrics(manifest, timings),
             tags=tags, saved_model_dir=saved_model_dir,
             manifest_path=saved_model_dir / MANIFEST_PATH,
             spec_text=yaml.safe_dump(manifest["spec"], sort_keys=False))
     with progress.step("register the model version"):
-        version = registry.create_version(request.name, model_uri=model_uri,
-                                          model_id=model_id, run_id=run_id, tags=tags)
+        version = registry.create_version(request.name, source=source, run_id=run_id,
+                                          tags=tags)
     registry.set_tags(request.name, version, run_id, {SERVING_VERSION_TAG: str(version)})
     return version, run_id
 

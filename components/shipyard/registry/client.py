@@ -17,6 +17,7 @@ import getpass
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from shipyard.errors import RegistryUnavailableError, ShipyardError, UsageError
 log = logging.getLogger(__name__)
 
 EMBEDDED_HOME = Path(".shipyard")
+MODEL_ARTIFACT_PATH = "model"
 RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -125,12 +127,8 @@ class ModelRegistry:
 
     def log_run(self, name: str, *, params: dict[str, str], metrics: dict[str, float],
                 tags: dict[str, str], saved_model_dir: Path, manifest_path: Path,
-                spec_text: str) -> tuple[str, str, str | None]:
-        """Creates the run with everything logged; returns (run_id, model uri, model id)."""
-        import mlflow
-
-        from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
-
+                spec_text: str) -> tuple[str, str]:
+        """Creates the run with everything logged; returns (run_id, model source URI)."""
         with translate_errors(self.location):
             experiment_id = self._experiment(f"shipyard/{name}")
             run = self.client.create_run(experiment_id, tags=tags, run_name=f"{name}-export")
@@ -140,16 +138,18 @@ class ModelRegistry:
             self.client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
             self.client.log_artifact(run_id, str(manifest_path))
             self.client.log_text(run_id, spec_text, "spec.yaml")
-            # The one copy of the SavedModel's bytes into the artifact store.
-            with _fluent_uris(self.location), mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=ShipyardSavedModel(),
-                    artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
-                    pip_requirements=["shipyard", "tensorflow==2.21.*"])
+            workdir = saved_model_dir.with_name(saved_model_dir.name + ".pyfunc")
+            try:
+                model_dir = _pyfunc_model_dir(saved_model_dir, workdir)
+                # The one copy of the SavedModel's bytes into the artifact store.
+                self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
             self.client.set_terminated(run_id)
-        return run_id, info.model_uri, getattr(info, "model_id", None)
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+        return run_id, source
 
-    def create_version(self, name: str, *, model_uri: str, model_id: str | None, run_id: str,
+    def create_version(self, name: str, *, source: str, run_id: str,
                        tags: dict[str, str]) -> int:
         from mlflow.exceptions import MlflowException
 
@@ -159,10 +159,8 @@ class ModelRegistry:
             except MlflowException as err:
                 if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
                     raise
-            # Resolving a `models:/<id>` source goes through the global tracking URI too.
-            with _fluent_uris(self.location):
-                version = self.client.create_model_version(
-                    name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
+            version = self.client.create_model_version(name, source=source, run_id=run_id,
+                                                       tags=tags)
         return int(version.version)
 
     def set_tags(self, name: str, version: int, run_id: str | None, tags: dict[str, str]) -> None:
@@ -218,28 +216,36 @@ class ModelRegistry:
             experiment_name, artifact_location=self.location.artifact_location)
 
 
-@contextlib.contextmanager
-def _fluent_uris(location: RegistryLocation) -> Iterator[None]:
-    """pyfunc.log_model (and resolving a logged model's URI) only speak MLflow's global
-    (fluent) state, and set_tracking_uri also
-    writes MLFLOW_TRACKING_URI into os.environ: set both for the call, then put them back, so
-    a later command in this process resolves its store afresh."""
-    import mlflow
+def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
+    """An MLflow pyfunc model directory whose SavedModel is hard-linked, not copied.
 
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(location.tracking_uri)
-    mlflow.set_registry_uri(location.registry_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_uris[0])
-        mlflow.set_registry_uri(saved_uris[1])
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    mlflow.pyfunc.log_model copies its artifacts into a temporary model directory and then
+    uploads that: two more writes of every byte. Saving the model around an empty placeholder
+    and linking the SavedModel's files in leaves the upload as the only copy.
+    """
+    import mlflow.pyfunc
+
+    from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
+
+    placeholder = workdir / SAVED_MODEL_ARTIFACT
+    placeholder.mkdir(parents=True)
+    model_dir = workdir / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=ShipyardSavedModel(),
+                             artifacts={SAVED_MODEL_ARTIFACT: str(placeholder)},
+                             pip_requirements=["shipyard", "tensorflow==2.21.*"])
+    target = model_dir / "artifacts" / SAVED_MODEL_ARTIFACT
+    shutil.rmtree(target)
+    for source in saved_model_dir.rglob("*"):
+        destination = target / source.relative_to(saved_model_dir)
+        if source.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, destination)
+        except OSError:  # another filesystem: copying is the only way
+            shutil.copy2(source, destination)
+    return model_dir
 
 
 def current_user() -> str:

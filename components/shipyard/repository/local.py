@@ -128,7 +128,10 @@ class LocalModelRepository:
         for path in sorted(model_dir.glob(f"{STAGING_PREFIX}*")):
             if path.suffix == ".lock" or not path.is_dir():
                 continue
-            lock_path = path.with_name(path.name + ".lock")
+            # `.staging-<id>` and its companions (`.staging-<id>.<suffix>`, e.g. the MLflow
+            # upload folder) all belong to whoever holds `.staging-<id>.lock`.
+            staging_id = path.name[len(STAGING_PREFIX):].split(".")[0]
+            lock_path = model_dir / f"{STAGING_PREFIX}{staging_id}.lock"
             lock = FileLock(lock_path)
             try:
                 lock.acquire(timeout=0)
