@@ -94,9 +94,18 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     assert {"shipyard.json", "spec.yaml"} <= artifacts
 
     # The MLflow way of loading answers with the default endpoint.
+    # (pyfunc loading speaks MLflow's global state, which set_*_uri also writes into
+    # os.environ: undo both, or later commands in this process would resolve to this server.)
+    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_registry_uri(mlflow_server.uri)
-    loaded = mlflow.pyfunc.load_model("models:/reg-a/1")
+    try:
+        loaded = mlflow.pyfunc.load_model("models:/reg-a/1")
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     x = {"x1": np.ones((2, 3), "float32"), "color": np.array([[b"red"], [b"blue"]])}
     predicted = loaded.predict(x)
     served = tf.saved_model.load(str(version_dir)).signatures["serving_default"](

@@ -160,7 +160,8 @@ def register_command(model: Path, spec_path: Path, repo: Path, name: str,
     The TF Serving version directory N is the MLflow registered model version N. Content that
     already has a version (same fingerprint) reuses it. Alias `candidate` then points to N.
 
-    Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (nothing published).
+    Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (before the version
+    is registered nothing is published; after the rename, running again completes it).
     """
     from shipyard.flow import ExportRequest
     from shipyard.names import validate_model_name

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from shipyard.errors import RegistryUnavailableError, ShipyardError, UsageError
-
-log = logging.getLogger(__name__)
 
 EMBEDDED_HOME = Path(".shipyard")
 MODEL_ARTIFACT_PATH = "model"
@@ -55,6 +52,7 @@ class RegistryLocation:
 @contextlib.contextmanager
 def translate_errors(location: RegistryLocation) -> Iterator[None]:
     """MLflow and HTTP failures -> shipyard errors that name the URI and the fix."""
+    import requests
     from mlflow.exceptions import MlflowException
 
     try:
@@ -69,7 +67,7 @@ def translate_errors(location: RegistryLocation) -> Iterator[None]:
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_TIMEOUT") from None
         raise ShipyardError(f"MLflow at {location.tracking_uri} refused the request: "
                             f"{text.splitlines()[0][:500]}") from None
-    except OSError as err:  # connection errors that escape MLflow's wrapping
+    except requests.exceptions.RequestException as err:  # escaped MLflow's own wrapping
         raise RegistryUnavailableError(
             f"MLflow at {location.tracking_uri} is unreachable: {err}") from None
 
@@ -232,7 +230,7 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
     model_dir = workdir / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=ShipyardSavedModel(),
                              artifacts={SAVED_MODEL_ARTIFACT: str(placeholder)},
-                             pip_requirements=["shipyard", "tensorflow==2.21.*"])
+                             pip_requirements=_serving_requirements())
     target = model_dir / "artifacts" / SAVED_MODEL_ARTIFACT
     shutil.rmtree(target)
     for source in saved_model_dir.rglob("*"):
@@ -246,6 +244,14 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
         except OSError:  # another filesystem: copying is the only way
             shutil.copy2(source, destination)
     return model_dir
+
+
+def _serving_requirements() -> list[str]:
+    """What loading the pyfunc needs besides shipyard itself (whose ShipyardSavedModel class
+    the pickled model refers to): the versions installed where it was registered."""
+    from importlib.metadata import version
+
+    return [f"tensorflow=={version('tensorflow')}", f"mlflow=={version('mlflow')}"]
 
 
 def current_user() -> str:

@@ -14,8 +14,9 @@ class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):  # type: ignore[no-untyped-def]
         import tensorflow as tf
 
-        self._signature = tf.saved_model.load(
-            context.artifacts[SAVED_MODEL_ARTIFACT]).signatures["serving_default"]
+        # Keep the loaded object: it owns the variables the signature reads.
+        self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
+        self._signature = self._loaded.signatures["serving_default"]
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
@@ -31,7 +32,11 @@ class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"the default endpoint takes inputs {sorted(specs)}; pass a "
                                  "dict (or DataFrame) keyed by those names")
             model_input = {next(iter(specs)): model_input}
-        feed = {name: tf.constant(np.asarray(value), dtype=specs[name].dtype)
-                for name, value in model_input.items()}
+        feed = {}
+        for name, value in model_input.items():
+            value = np.asarray(value)
+            if value.ndim == 1 and specs[name].shape.rank == 2 and specs[name].shape[1] == 1:
+                value = value[:, None]  # a DataFrame column of scalars feeds a [None, 1] input
+            feed[name] = tf.constant(value, dtype=specs[name].dtype)
         outputs = {k: v.numpy() for k, v in self._signature(**feed).items()}
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
