@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from shipyard.errors import UsageError
 from shipyard.registry.audit import AliasMove, check_move, history, log_tag
 from shipyard.registry.client import ModelRegistry, current_user
 
@@ -18,8 +19,6 @@ def move_alias(registry: ModelRegistry, name: str, alias: str, version: int, *, 
     the alias is put back, so no move exists without its record.
     """
     if not reason.strip():
-        from shipyard.errors import UsageError
-
         raise UsageError("--reason: say why the alias moves (it goes into the audit trail)")
     model = registry.registered_model(name)
     target = registry.version(name, version)

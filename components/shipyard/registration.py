@@ -61,12 +61,13 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
 
     validate_model_name(request.name)
     check_model_path(request.model)
-    registry = ModelRegistry(location)
-    with progress.step(f"check MLflow at {location.tracking_uri}"):
-        registry.check_reachable()
-    repo = LocalModelRepository(request.repo)
+    # Started first, so its TensorFlow import overlaps MLflow's import and the export.
     verifier = launch_verifier()
     try:
+        registry = ModelRegistry(location)
+        with progress.step(f"check MLflow at {location.tracking_uri}"):
+            registry.check_reachable()
+        repo = LocalModelRepository(request.repo)
         with repo.create_staging(request.name) as staging:
             manifest, timings = stage_export(request, repo, staging, verifier, progress)
             fingerprint = manifest["fingerprint"]
