@@ -32,6 +32,21 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture
+def cli(launcher):
+    """Runs `shipyard` in-process; stdout and stderr are kept apart, as a script sees them."""
+    from click.testing import CliRunner
+
+    from shipyard.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), obj={"launch_verifier": launcher})
+
+    return invoke
+
+
+@pytest.fixture
 def repo(tmp_path) -> Path:
     return tmp_path / "repo"
 

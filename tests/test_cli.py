@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from conftest import subprocess_env
-from shipyard.cli import main
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 SPEC = {"endpoints": [{"name": "serve", "method": "call",
@@ -65,17 +63,6 @@ def test_spec_errors_exit_2_without_importing_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "endpoints[0].inputs[0].dtype: Input should be" in done.stderr
     assert "(got 'f32')" in done.stderr
-
-
-@pytest.fixture
-def cli(launcher):
-    """Runs `shipyard` in-process; stdout and stderr are kept apart, as a script sees them."""
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args), obj={"launch_verifier": launcher})
-
-    return invoke
 
 
 @pytest.mark.integration

@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from conftest import subprocess_env
-from shipyard.cli import main
 from shipyard.errors import VersionExistsError
 from shipyard.flow import ExportRequest
 from shipyard.manifest import read_manifest
@@ -33,16 +31,6 @@ FUNCTIONAL_SPEC = {
 SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
                                   "inputs": [{"name": "x", "shape": [None, 3],
                                               "dtype": "float32"}]}]}
-
-
-@pytest.fixture
-def cli(launcher):
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args), obj={"launch_verifier": launcher})
-
-    return invoke
 
 
 def spec_file(tmp_path: Path, spec: dict) -> str:

@@ -80,13 +80,23 @@ def _quiet() -> bool:
     return logging.getLogger().level > logging.INFO
 
 
+def _model_arguments(command: Any) -> Any:
+    """MODEL --spec --repo --name: what `export` and `register` both take first."""
+    for decorate in reversed([
+        click.argument("model", type=click.Path(path_type=Path)),
+        click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
+                     help="Export spec YAML: endpoints, variable collections, tolerance."),
+        click.option("--repo", required=True, type=click.Path(path_type=Path),
+                     help="Model repository root; the version is written to REPO/NAME/N."),
+        click.option("--name", required=True,
+                     help="Model name (a DNS-1123 label); also the registered model's name."),
+    ]):
+        command = decorate(command)
+    return command
+
+
 @main.command("export")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
-              help="Export spec YAML: endpoints, variable collections, tolerance.")
-@click.option("--repo", required=True, type=click.Path(path_type=Path),
-              help="Model repository root; the version is written to REPO/NAME/N.")
-@click.option("--name", required=True, help="Model name (a DNS-1123 label).")
+@_model_arguments
 @click.option("--version", "version", type=int, default=None,
               help="Version number N (default: 1 + the highest existing version).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
@@ -139,13 +149,7 @@ def _registry_options(command: Any) -> Any:
 
 
 @main.command("register")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
-              help="Export spec YAML: endpoints, variable collections, tolerance.")
-@click.option("--repo", required=True, type=click.Path(path_type=Path),
-              help="Model repository root; the version is written to REPO/NAME/N.")
-@click.option("--name", required=True, help="Model name (a DNS-1123 label), also the "
-                                            "registered model's name.")
+@_model_arguments
 @_registry_options
 @click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
