@@ -97,29 +97,17 @@ class ModelRegistry:
     # -- versions ---------------------------------------------------------------------------
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-
+        if self._existing_model(name) is None:
+            return None
         with translate_errors(self.location):
-            try:
-                self.client.get_registered_model(name)
-            except MlflowException as err:
-                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
-                    return None
-                raise
             versions = self.client.search_model_versions(
                 f"name='{name}' and tags.`shipyard.fingerprint`='{fingerprint}'")
         return min(versions, key=lambda v: int(v.version)) if versions else None
 
     def latest_version_number(self, name: str) -> int:
-        from mlflow.exceptions import MlflowException
-
+        if self._existing_model(name) is None:
+            return 0
         with translate_errors(self.location):
-            try:
-                self.client.get_registered_model(name)
-            except MlflowException as err:
-                if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
-                    return 0
-                raise
             versions = self.client.search_model_versions(f"name='{name}'")
         return max((int(v.version) for v in versions), default=0)
 
@@ -183,6 +171,15 @@ class ModelRegistry:
     # -- aliases ----------------------------------------------------------------------------
 
     def registered_model(self, name: str) -> Any:
+        model = self._existing_model(name)
+        if model is None:
+            raise UsageError(f"NAME: there is no registered model {name!r} at "
+                             f"{self.location.registry_uri}; register one with "
+                             "`shipyard register`")
+        return model
+
+    def _existing_model(self, name: str) -> Any | None:
+        """The registered model, or None if the registry has none of that name."""
         from mlflow.exceptions import MlflowException
 
         with translate_errors(self.location):
@@ -190,9 +187,7 @@ class ModelRegistry:
                 return self.client.get_registered_model(name)
             except MlflowException as err:
                 if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
-                    raise UsageError(f"NAME: there is no registered model {name!r} at "
-                                     f"{self.location.registry_uri}; register one with "
-                                     "`shipyard register`") from None
+                    return None
                 raise
 
     def set_alias(self, name: str, alias: str, version: int | None) -> None:
