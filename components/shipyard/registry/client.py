@@ -202,11 +202,19 @@ class ModelRegistry:
             self.client.set_registered_model_tag(name, key, value)
 
     def _experiment(self, experiment_name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         existing = self.client.get_experiment_by_name(experiment_name)
         if existing is not None:
             return existing.experiment_id
-        return self.client.create_experiment(
-            experiment_name, artifact_location=self.location.artifact_location)
+        try:
+            return self.client.create_experiment(
+                experiment_name, artifact_location=self.location.artifact_location)
+        except MlflowException as err:
+            # Two first registrations of one model race here; the loser uses the winner's.
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                raise
+        return self.client.get_experiment_by_name(experiment_name).experiment_id
 
 
 def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
