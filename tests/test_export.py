@@ -64,7 +64,7 @@ def test_sequential_model_round_trip(launcher, models, repo):
 
     assert result.version == 1
     version_dir = repo / "m" / "1"
-    assert result.path == version_dir
+    assert result.path == str(version_dir.resolve())
     assert {p.name for p in version_dir.iterdir()} >= {"saved_model.pb", "variables",
                                                       "assets.extra"}
     loaded = tf.saved_model.load(str(version_dir))

@@ -86,8 +86,9 @@ def _model_arguments(command: Any) -> Any:
         click.argument("model", type=click.Path(path_type=Path)),
         click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
                      help="Export spec YAML: endpoints, variable collections, tolerance."),
-        click.option("--repo", required=True, type=click.Path(path_type=Path),
-                     help="Model repository root; the version is written to REPO/NAME/N."),
+        click.option("--repo", required=True,
+                     help="Model repository: a path or an fsspec URL (gs://, s3://); the "
+                          "version is written to REPO/NAME/N."),
         click.option("--name", required=True,
                      help="Model name (a DNS-1123 label); also the registered model's name."),
     ]):
@@ -106,7 +107,7 @@ def _model_arguments(command: Any) -> Any:
 @click.option("--allow-breaking", is_flag=True,
               help="Publish even if signatures break clients of the latest version.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def export_command(model: Path, spec_path: Path, repo: Path, name: str, version: int | None,
+def export_command(model: Path, spec_path: Path, repo: str, name: str, version: int | None,
                    imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
                    as_json: bool) -> None:
     """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
@@ -155,7 +156,7 @@ def _registry_options(command: Any) -> Any:
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Import MODULE first (registers custom Keras objects). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def register_command(model: Path, spec_path: Path, repo: Path, name: str,
+def register_command(model: Path, spec_path: Path, repo: str, name: str,
                      tracking_uri: str | None, registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
                      as_json: bool) -> None:
@@ -240,6 +241,136 @@ def alias_history_command(name: str, tracking_uri: str | None, registry_uri: str
                    f"by {m['user']}"
                    + (f" (run {m['pipeline_run_id']})" if m.get("pipeline_run_id") else "")
                    + f": {m['reason']}")
+
+
+def _serving_repo_options(command: Any) -> Any:
+    """--repo --name: the model repository and model that push, status and gc act on."""
+    command = click.option("--name", required=True, help="Model name.")(command)
+    return click.option("--repo", required=True,
+                        help="Model repository (path or fsspec URL) holding NAME and "
+                             "models.config.")(command)
+
+
+def _serving_address_option(command: Any) -> Any:
+    return click.option("--serving-address", default=None, metavar="HOST:PORT",
+                        help="TF Serving's gRPC address (port 8500 by default).")(command)
+
+
+def _registry_aliases(tracking_uri: str | None, registry_uri: str | None) -> Any:
+    """Reads a model's registry aliases; MLflow is imported only when it is called."""
+    def read(name: str) -> dict[str, int]:
+        from shipyard.registry.client import ModelRegistry, RegistryLocation
+
+        with _library_prints_to_stderr():
+            return ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri)
+                                 ).aliases(name)
+    return read
+
+
+@main.command("push")
+@_serving_repo_options
+@click.option("--version", "version", type=int, required=True, help="Published version N.")
+@click.option("--label", type=click.Choice(["stable", "canary"]), required=True,
+              help="The version label to point at N.")
+@_serving_address_option
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the server to report N AVAILABLE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def push_command(repo: str, name: str, version: int, label: str, serving_address: str | None,
+                 timeout_s: float, as_json: bool) -> None:
+    """Point LABEL of NAME at published version N in REPO/models.config.
+
+    A label in use moves in two steps, as TF Serving requires: first N is loaded next to the
+    old version, then the label moves, then versions no label needs are unloaded. With
+    --serving-address each step is sent to the server (HandleReloadConfigRequest) and the push
+    waits until the versions are AVAILABLE. One push or gc per model at a time.
+
+    Exit codes: 0 ok, 2 N is not published or fails its checksums, 7 the server refused,
+    failed or timed out (the previous config is restored, file and server), 1 anything else.
+    """
+    from shipyard.push import push_version
+    from shipyard.repository import open_repository
+
+    result = push_version(open_repository(repo), name, version, label,
+                          serving_address=serving_address, timeout_s=timeout_s,
+                          progress=_progress(_quiet()))
+    doc = result.to_json()
+    served = (f"\n  server: {doc['server']}" if serving_address else
+              "\n  (no --serving-address: the server picks the file up on its next poll)")
+    _emit(doc, as_json, f"{name}: label {label} -> version {version} "
+                        f"({doc['steps']} config step(s))\n"
+                        f"  versions loaded: {doc['after']['versions']}, "
+                        f"labels: {doc['after']['labels']}\n  config: {doc['config']}" + served)
+
+
+@main.command("status")
+@_serving_repo_options
+@_serving_address_option
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+def status_command(repo: str, name: str, serving_address: str | None, tracking_uri: str | None,
+                   registry_uri: str | None, as_json: bool) -> None:
+    """NAME's versions on disk (with sizes), labels, registry aliases and server states.
+
+    What cannot be read (registry or server down) is reported and the rest still shown; the
+    exit code is then that error's (6 registry, 7 server).
+    """
+    from shipyard.repository import open_repository
+    from shipyard.status import model_status
+
+    read_server = None
+    if serving_address is not None:
+        from shipyard.serving.client import ServingClient
+
+        def read_server(model: str) -> dict[int, dict[str, Any]]:
+            with ServingClient(serving_address) as client:
+                return client.version_states(model)
+
+    doc = model_status(open_repository(repo), name,
+                       read_aliases=_registry_aliases(tracking_uri, registry_uri),
+                       read_server=read_server)
+    _emit(doc, as_json, _describe_status(doc))
+    if doc["errors"]:
+        click.get_current_context().exit(doc["errors"][0]["exit_code"])
+
+
+def _describe_status(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['name']} in {doc['repository']} (config {doc['config']})",
+             f"{'version':>7}  {'size':>10}  {'labels':<14} {'aliases':<26} server"]
+    for row in doc["versions"]:
+        size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] is not None else "not on disk"
+        lines.append(f"{row['version']:>7}  {size:>10}  {','.join(row['labels']) or '-':<14} "
+                     f"{','.join(row['aliases']) or '-':<26} {row['server'] or '-'}")
+    if not doc["versions"]:
+        lines.append("  (no versions)")
+    lines += [f"error ({e['source']}): {e['message']}" for e in doc["errors"]]
+    return "\n".join(lines)
+
+
+@main.command("gc")
+@_serving_repo_options
+@click.option("--keep", "keep", type=int, required=True,
+              help="Keep the newest K versions whatever points to them.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str | None,
+               registry_uri: str | None, as_json: bool) -> None:
+    """Remove version directories of NAME that nothing needs.
+
+    Kept: the newest K, versions a label points to or models.config loads, and versions a
+    registry alias (candidate, canary, champion, ...) points to. The registry is read first;
+    if it cannot be, nothing is removed (exit 6).
+    """
+    from shipyard.gc import collect_garbage
+    from shipyard.repository import open_repository
+
+    doc = collect_garbage(open_repository(repo), name, keep,
+                          read_aliases=_registry_aliases(tracking_uri, registry_uri),
+                          dry_run=dry_run, progress=_progress(_quiet()))
+    verb = "would remove" if dry_run else "removed"
+    kept = "; ".join(f"{v} ({', '.join(r)})" for v, r in doc["keep"].items()) or "none"
+    _emit(doc, as_json, f"{name}: {verb} versions {doc['remove'] or 'none'}\n  kept: {kept}")
 
 
 @main.command("demo")

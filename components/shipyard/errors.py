@@ -51,3 +51,9 @@ class RegistryUnavailableError(ShipyardError):
     """The MLflow tracking or registry server could not be reached (exit 6)."""
 
     exit_code = 6
+
+
+class ServingError(ShipyardError):
+    """TF Serving refused, failed or timed out; the previous config was restored (exit 7)."""
+
+    exit_code = 7

@@ -16,11 +16,11 @@ from shipyard import __version__
 from shipyard.errors import BreakingChangeError, ShipyardError, VerificationError
 from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.manifest import (
-    MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, read_manifest, write_manifest,
+    MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, write_manifest,
 )
 from shipyard.names import validate_model_name, validate_version
 from shipyard.progress import NullProgress, Progress
-from shipyard.repository import LocalModelRepository, StagingDir
+from shipyard.repository import LocalModelRepository, ModelRepository, StagingDir, open_repository
 from shipyard.signatures import breaking_changes
 from shipyard.spec import ExportSpec
 
@@ -31,7 +31,7 @@ VerifierLauncher = Callable[[], VerifierProcess]
 class ExportRequest:
     model: Path
     spec: ExportSpec
-    repo: Path
+    repo: str | Path  # a local path or an fsspec URL (gs://, s3://, ...)
     name: str
     version: int | None = None
     imports: tuple[str, ...] = ()
@@ -43,7 +43,7 @@ class ExportRequest:
 class ExportResult:
     name: str
     version: int
-    path: Path
+    path: str  # the version directory: an absolute path or a URL
     manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -51,7 +51,7 @@ class ExportResult:
         return {
             "name": self.name,
             "version": self.version,
-            "path": str(self.path.resolve()),
+            "path": self.path,
             "fingerprint": self.manifest["fingerprint"],
             "endpoints": [e["name"] for e in self.manifest["spec"]["endpoints"]],
             "variable_collections": self.manifest["variable_collections"],
@@ -69,7 +69,7 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
 
     validate_model_name(request.name)
     check_model_path(request.model)  # before anything starts or is created
-    repo = LocalModelRepository(request.repo)
+    repo = open_repository(request.repo)
     if request.version is not None:
         validate_version(request.version)
         repo.ensure_version_free(request.name, request.version)
@@ -82,12 +82,13 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
                 version = repo.publish(
                     staging, request.name, request.version,
                     precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
-            return ExportResult(request.name, version, staging.path, manifest, timings)
+            return ExportResult(request.name, version, repo.version_location(request.name, version),
+                                manifest, timings)
     finally:
         verifier.close()
 
 
-def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: StagingDir,
+def stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
                  verifier: VerifierProcess, progress: Progress
                  ) -> tuple[dict[str, Any], dict[str, float]]:
     """Writes and verifies the export into `staging`; returns its manifest and step timings."""
@@ -165,7 +166,7 @@ def stage_export(request: ExportRequest, repo: LocalModelRepository, staging: St
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
 
 
-def check_compatibility(repo: LocalModelRepository, request: ExportRequest,
+def check_compatibility(repo: ModelRepository, request: ExportRequest,
                         signatures: dict[str, Any]) -> None:
     """Refuses signatures that break clients of the latest version (unless allowed)."""
     from shipyard.export.archive import read_signatures
@@ -173,20 +174,22 @@ def check_compatibility(repo: LocalModelRepository, request: ExportRequest,
     latest = repo.latest_version(request.name)
     if latest is None or request.allow_breaking:
         return
-    latest_dir = repo.version_dir(request.name, latest)
+    latest_location = repo.version_location(request.name, latest)
     try:
-        previous = (read_manifest(latest_dir) or {}).get("signatures") or read_signatures(
-            latest_dir)
+        previous = (repo.read_manifest(request.name, latest) or {}).get("signatures")
+        if previous is None and isinstance(repo, LocalModelRepository):
+            # A version written by another tool: its SavedModel still has signatures.
+            previous = read_signatures(repo.version_dir(request.name, latest))
     except Exception as err:  # unreadable JSON or proto: say which version and what to do
         raise ShipyardError(
-            f"cannot read the signatures of version {latest} ({latest_dir}) to check "
+            f"cannot read the signatures of version {latest} ({latest_location}) to check "
             f"compatibility: {type(err).__name__}: {err}. Repair or remove that version, or "
             "pass --allow-breaking to skip the check.") from None
     problems = breaking_changes(previous, signatures)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise BreakingChangeError(
-            f"the new export breaks clients of version {latest} ({latest_dir}):\n{listed}\n"
+            f"the new export breaks clients of version {latest} ({latest_location}):\n{listed}\n"
             "Keep the signatures compatible, or pass --allow-breaking if clients are ready.")
 
 

@@ -24,12 +24,12 @@ from shipyard.aliases import move_alias
 from shipyard.errors import VersionExistsError
 from shipyard.export.verifier import start_verifier
 from shipyard.flow import ExportRequest, VerifierLauncher, check_compatibility, stage_export
-from shipyard.manifest import MANIFEST_PATH, read_manifest
+from shipyard.manifest import MANIFEST_PATH
 from shipyard.names import validate_model_name
 from shipyard.progress import NullProgress, Progress
 from shipyard.registry.audit import CANDIDATE, PUBLISHED_TAG
 from shipyard.registry.client import ModelRegistry, RegistryLocation, to_json_tag
-from shipyard.repository import LocalModelRepository
+from shipyard.repository import ModelRepository, open_repository
 
 FINGERPRINT_TAG = "shipyard.fingerprint"
 SERVING_VERSION_TAG = "shipyard.serving_version"
@@ -45,13 +45,13 @@ class RegisterResult:
     run_id: str
     fingerprint: str
     reused: bool
-    path: Path
+    path: str  # the version directory: an absolute path or a URL
     aliases: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "run_id": self.run_id,
                 "fingerprint": self.fingerprint, "reused": self.reused,
-                "path": str(self.path.resolve()), "aliases": self.aliases}
+                "path": self.path, "aliases": self.aliases}
 
 
 def register_model(request: ExportRequest, location: RegistryLocation, *,
@@ -67,7 +67,7 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
         registry = ModelRegistry(location)
         with progress.step(f"check MLflow at {location.tracking_uri}"):
             registry.check_reachable()
-        repo = LocalModelRepository(request.repo)
+        repo = open_repository(request.repo)
         with repo.create_staging(request.name) as staging:
             manifest, timings = stage_export(request, repo, staging, verifier, progress)
             fingerprint = manifest["fingerprint"]
@@ -95,11 +95,11 @@ def _register(registry: ModelRegistry, request: ExportRequest, manifest: dict[st
               timings: dict[str, float], saved_model_dir: Path, pipeline_run_id: str | None,
               progress: Progress) -> tuple[int, str]:
     # MLflow numbers versions; the directory it will name must be free on disk first.
-    repo = LocalModelRepository(request.repo)
+    repo = open_repository(request.repo)
     expected = registry.latest_version_number(request.name) + 1
-    if repo.version_dir(request.name, expected).exists():
+    if repo.version_exists(request.name, expected):
         raise VersionExistsError(
-            f"{repo.version_dir(request.name, expected)} exists but MLflow would register this "
+            f"{repo.version_location(request.name, expected)} exists but MLflow would register this "
             f"export as version {expected} of {request.name!r}: the repository holds versions "
             "MLflow does not know (made by `shipyard export`?). Use a repository that only "
             "`shipyard register` writes to, so that directory N is registered version N.")
@@ -117,10 +117,9 @@ def _register(registry: ModelRegistry, request: ExportRequest, manifest: dict[st
     return version, run_id
 
 
-def _publish(repo: LocalModelRepository, request: ExportRequest, staging: Any, version: int,
+def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, version: int,
              manifest: dict[str, Any]) -> None:
-    target = repo.version_dir(request.name, version)
-    on_disk = read_manifest(target) if target.exists() else None
+    on_disk = repo.read_manifest(request.name, version)
     if on_disk is not None and on_disk.get("fingerprint") == manifest["fingerprint"]:
         return  # an earlier run published it and died before tagging: nothing to write
     repo.publish(staging, request.name, version,
@@ -131,7 +130,7 @@ def _result(registry: ModelRegistry, request: ExportRequest, version: int, run_i
             fingerprint: str, *, reused: bool) -> RegisterResult:
     aliases = {alias: int(v) for alias, v in
                registry.registered_model(request.name).aliases.items()}
-    path = LocalModelRepository(request.repo).version_dir(request.name, version)
+    path = open_repository(request.repo).version_location(request.name, version)
     return RegisterResult(request.name, version, run_id, fingerprint, reused, path, aliases)
 
 

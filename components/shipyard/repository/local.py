@@ -12,24 +12,31 @@ from live ones and remove them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 
 from shipyard.errors import ShipyardError, VersionExistsError
+from shipyard.manifest import MANIFEST_PATH, checksum_mismatches
 from shipyard.names import validate_model_name
+from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 PUBLISH_LOCK = ".publish.lock"
 PUBLISH_LOCK_TIMEOUT_S = 300
+SERVING_LOCK = ".serving.lock"
+CONFIG_NAME = "models.config"
+TRASH_PREFIX = ".removing-"
 
 
 def _fsync_tree(root: Path) -> None:
@@ -80,12 +87,19 @@ class StagingDir:
 class LocalModelRepository:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.location = str(root)
 
     def model_dir(self, name: str) -> Path:
         return self.root / validate_model_name(name)
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.model_dir(name) / str(version)
+
+    def version_location(self, name: str, version: int) -> str:
+        return str(self.version_dir(name, version).resolve())
+
+    def version_exists(self, name: str, version: int) -> bool:
+        return self.version_dir(name, version).exists()
 
     def versions(self, name: str) -> list[int]:
         """Published versions, ascending (integer-named directories only)."""
@@ -181,6 +195,61 @@ class LocalModelRepository:
             lock.release()
         log.info("published %s", target)
         return version
+
+    def read_manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        path = self.version_dir(name, version) / MANIFEST_PATH
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def checksum_problems(self, name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+        return checksum_mismatches(self.version_dir(name, version), manifest)
+
+    def version_bytes(self, name: str, version: int) -> int:
+        return sum(p.stat().st_size for p in self.version_dir(name, version).rglob("*")
+                   if p.is_file())
+
+    def remove_version(self, name: str, version: int) -> None:
+        """Renames the version away first (one atomic step for a polling server), then
+        deletes it."""
+        source = self.version_dir(name, version)
+        trash = self.model_dir(name) / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        os.rename(source, trash)
+        shutil.rmtree(trash)
+
+    def serving_base_path(self, name: str) -> str:
+        """The model's base_path for TF Serving (absolute, as the server requires)."""
+        return str(self.model_dir(name).resolve())
+
+    def read_config(self) -> str | None:
+        path = self.root / CONFIG_NAME
+        return path.read_text() if path.is_file() else None
+
+    def write_config(self, text: str) -> None:
+        """Atomically: a server polling the file reads the old or the new config, never half."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.root / f".{CONFIG_NAME}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.root / CONFIG_NAME)
+        _fsync_dir(self.root)
+
+    @property
+    def config_location(self) -> str:
+        return str((self.root / CONFIG_NAME).resolve())
+
+    @contextlib.contextmanager
+    def serving_lock(self, name: str) -> Iterator[None]:
+        """One push or gc of NAME at a time."""
+        with held(self.model_dir(name) / SERVING_LOCK, SERVING_LOCK_TIMEOUT_S,
+                  f"push/gc of {name}"):
+            yield
+
+    @contextlib.contextmanager
+    def config_lock(self) -> Iterator[None]:
+        """Read-modify-write of models.config, shared by every model of the repository."""
+        with held(self.root / f".{CONFIG_NAME}.lock", CONFIG_LOCK_TIMEOUT_S, CONFIG_NAME):
+            yield
 
     def _next_version(self, name: str) -> int:
         return (self.latest_version(name) or 0) + 1

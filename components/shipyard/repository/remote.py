@@ -1,0 +1,209 @@
+"""A model repository on an object store, through fsspec (gs://, s3://, memory:// in tests).
+
+Object stores have no rename, so a version cannot appear atomically. Instead, TF Serving is
+configured with `specific` versions only: a version directory exists before it is complete,
+but no server loads it until models.config names it, and `shipyard push` names only
+versions whose every file matches shipyard.json. Publishing therefore uploads every file,
+the manifest last, reads every file back to check its sha256 against the manifest, and
+removes the upload if anything differs.
+
+Staging happens on local disk (TensorFlow writes the SavedModel there). Locks are local file
+locks keyed by the repository URL: they serialize shipyard runs on one machine; across
+machines, MLflow's version numbering (`shipyard register`) and the Kubernetes Lease of a
+rollout are the authority.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
+
+from shipyard.errors import ShipyardError, VersionExistsError
+from shipyard.manifest import MANIFEST_PATH, MANIFEST_NAME, list_files
+from shipyard.names import validate_model_name
+from shipyard.repository.local import CONFIG_NAME, PUBLISH_LOCK_TIMEOUT_S, StagingDir
+from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+class ObjectStoreRepository:
+    def __init__(self, url: str):
+        import fsspec
+
+        self.location = url.rstrip("/")
+        try:
+            self.fs, self._root = fsspec.core.url_to_fs(self.location)
+        except (ImportError, ValueError) as err:
+            raise ShipyardError(
+                f"--repo {url}: no filesystem for this URL ({err}); install the fsspec "
+                "backend for it (gcsfs for gs://, s3fs for s3://)") from None
+        self._protocol = self.location.split("://", 1)[0]
+        key = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        self._lock_dir = Path(tempfile.gettempdir()) / "shipyard-locks" / key
+
+    # --- where things are -------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._root.rstrip("/"), *parts])
+
+    def _url(self, *parts: str) -> str:
+        return "/".join([self.location, *parts])
+
+    def version_location(self, name: str, version: int) -> str:
+        return self._url(validate_model_name(name), str(version))
+
+    def serving_base_path(self, name: str) -> str:
+        return self._url(validate_model_name(name))
+
+    @property
+    def config_location(self) -> str:
+        return self._url(CONFIG_NAME)
+
+    # --- versions -----------------------------------------------------------------------
+    def _version_numbers(self, name: str) -> list[int]:
+        """Every integer-named directory, complete or not."""
+        model_path = self._path(validate_model_name(name))
+        if not self.fs.isdir(model_path):
+            return []
+        names = [entry.rstrip("/").rsplit("/", 1)[-1]
+                 for entry in self.fs.ls(model_path, detail=False)]
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions, ascending: those whose manifest (uploaded last) exists."""
+        return [v for v in self._version_numbers(name)
+                if self.fs.exists(self._path(name, str(v), MANIFEST_PATH))]
+
+    def latest_version(self, name: str) -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def version_exists(self, name: str, version: int) -> bool:
+        return self.fs.exists(self._path(validate_model_name(name), str(version)))
+
+    def ensure_version_free(self, name: str, version: int) -> None:
+        if self.version_exists(name, version):
+            raise VersionExistsError(
+                f"--version: {self.version_location(name, version)} already exists and "
+                f"published versions are never overwritten; omit --version to use "
+                f"{self._next_version(name)}, or pass an unused number")
+
+    def read_manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        path = self._path(validate_model_name(name), str(version), MANIFEST_PATH)
+        if not self.fs.exists(path):
+            return None
+        return json.loads(self.fs.cat_file(path))
+
+    def checksum_problems(self, name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+        """Files whose size or sha256 differ from the manifest, or that are missing."""
+        problems = []
+        for entry in manifest["files"]:
+            path = self._path(name, str(version), entry["path"])
+            if not self.fs.exists(path):
+                problems.append(f"{entry['path']}: missing")
+            elif (self.fs.size(path) != entry["size"]
+                  or self._sha256(path) != entry["sha256"]):
+                problems.append(f"{entry['path']}: content differs from {MANIFEST_NAME}")
+        return problems
+
+    def version_bytes(self, name: str, version: int) -> int:
+        return int(self.fs.du(self._path(validate_model_name(name), str(version))))
+
+    def remove_version(self, name: str, version: int) -> None:
+        self.fs.rm(self._path(validate_model_name(name), str(version)), recursive=True)
+
+    # --- staging and publish --------------------------------------------------------------
+    def create_staging(self, name: str) -> StagingDir:
+        validate_model_name(name)
+        # A private parent directory, so StagingDir.discard's clean-up of an empty parent
+        # removes exactly it.
+        parent = Path(tempfile.mkdtemp(prefix="shipyard-"))
+        lock = FileLock(parent / "staging.lock")
+        lock.acquire()
+        path = parent / "staging"
+        path.mkdir()
+        return StagingDir(path=path, _lock=lock)
+
+    def remove_abandoned_staging(self, name: str) -> list[Path]:
+        return []  # staging is in a private temporary directory; the object store has none
+
+    def publish(self, staging: StagingDir, name: str, version: int | None = None,
+                precheck: Callable[[], None] | None = None) -> int:
+        """Uploads `staging` as version `version` (default: next free), checks every file
+        against the manifest, and returns the version. The local staging copy stays with
+        `staging` (its discard removes it)."""
+        with self._publish_lock(name):
+            if precheck is not None:
+                precheck()
+            if version is None:
+                version = self._next_version(name)
+            self.ensure_version_free(name, version)
+            manifest = json.loads((staging.path / MANIFEST_PATH).read_text())
+            target = self._path(name, str(version))
+            try:
+                for entry in list_files(staging.path):  # everything but the manifest
+                    self.fs.put_file(str(staging.path / entry["path"]),
+                                     f"{target}/{entry['path']}")
+                # Last: a version without a manifest is an unfinished upload to everyone.
+                self.fs.put_file(str(staging.path / MANIFEST_PATH), f"{target}/{MANIFEST_PATH}")
+                problems = self.checksum_problems(name, version, manifest)
+                if problems:
+                    listed = "\n".join(f"  - {p}" for p in problems)
+                    raise ShipyardError(
+                        f"the upload of {self.version_location(name, version)} does not match "
+                        f"its {MANIFEST_NAME}; it was removed and nothing was published:\n"
+                        f"{listed}")
+            except BaseException:
+                if self.fs.exists(target):
+                    self.fs.rm(target, recursive=True)
+                raise
+        log.info("published %s", self.version_location(name, version))
+        return version
+
+    def _next_version(self, name: str) -> int:
+        # Unfinished uploads count: their number is taken until someone removes them.
+        numbers = self._version_numbers(name)
+        return (numbers[-1] if numbers else 0) + 1
+
+    def _sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    # --- models.config and locks ---------------------------------------------------------
+    def read_config(self) -> str | None:
+        path = self._path(CONFIG_NAME)
+        return self.fs.cat_file(path).decode() if self.fs.exists(path) else None
+
+    def write_config(self, text: str) -> None:
+        # One PUT: object stores replace an object atomically.
+        self.fs.pipe_file(self._path(CONFIG_NAME), text.encode())
+
+    @contextlib.contextmanager
+    def _publish_lock(self, name: str) -> Iterator[None]:
+        with held(self._lock_dir / f"{name}.publish.lock", PUBLISH_LOCK_TIMEOUT_S,
+                  f"publish of {name}"):
+            yield
+
+    @contextlib.contextmanager
+    def serving_lock(self, name: str) -> Iterator[None]:
+        with held(self._lock_dir / f"{validate_model_name(name)}.serving.lock",
+                  SERVING_LOCK_TIMEOUT_S, f"push/gc of {name}"):
+            yield
+
+    @contextlib.contextmanager
+    def config_lock(self) -> Iterator[None]:
+        with held(self._lock_dir / "models.config.lock", CONFIG_LOCK_TIMEOUT_S, CONFIG_NAME):
+            yield
+
+

@@ -1,0 +1,1 @@
+"""TF Serving: the model config (model_server_config protos), label moves, the gRPC client."""

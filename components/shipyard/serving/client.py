@@ -1,0 +1,107 @@
+"""TF Serving's gRPC ModelService: reload the model config, read version states.
+
+The only code that talks to a TF Serving server. Errors come back as ServingError (exit 7)
+naming the address and what to check.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from shipyard.errors import ServingError, UsageError
+from shipyard.serving.protos import (
+    get_model_status_pb2, model_management_pb2, model_server_config_pb2,
+    model_service_pb2_grpc,
+)
+
+AVAILABLE = "AVAILABLE"
+END = "END"
+_RPC_TIMEOUT_S = 30.0
+_POLL_S = 0.2
+
+
+def check_address(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--serving-address: expected HOST:PORT (TF Serving's gRPC port, "
+                         f"usually 8500), got {address!r}")
+    return address
+
+
+class ServingClient:
+    def __init__(self, address: str):
+        self.address = check_address(address)
+        self._channel = grpc.insecure_channel(address)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Sends the full config (TF Serving replaces its whole model list with it)."""
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        response = self._call(self._models.HandleReloadConfigRequest, request, "reload config")
+        if response.status.error_code != 0:
+            raise ServingError(f"TF Serving at {self.address} refused the config: "
+                               f"{response.status.error_message or response.status.error_code}")
+
+    def version_states(self, name: str) -> dict[int, dict[str, Any]]:
+        """{version: {"state": "AVAILABLE"|"LOADING"|..., "error": str}}; {} for an unknown
+        model (TF Serving answers NOT_FOUND before it has loaded any version)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            response = self._models.GetModelStatus(request, timeout=_RPC_TIMEOUT_S)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise self._unreachable(err, "read model status") from None
+        states = {}
+        for status in response.model_version_status:
+            state = get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
+            states[int(status.version)] = {"state": state,
+                                           "error": status.status.error_message}
+        return states
+
+    def wait_available(self, name: str, versions: tuple[int, ...], timeout_s: float) -> None:
+        """Returns once every version in `versions` is AVAILABLE; ServingError when one ends
+        in error or `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.version_states(name)
+            pending = [v for v in versions if states.get(v, {}).get("state") != AVAILABLE]
+            if not pending:
+                return
+            for version in pending:
+                status = states.get(version, {})
+                if status.get("state") == END and status.get("error"):
+                    raise ServingError(f"TF Serving at {self.address} failed to load {name} "
+                                       f"version {version}: {status['error']}")
+            if time.monotonic() >= deadline:
+                described = ", ".join(f"{v}: {states.get(v, {}).get('state', 'not known')}"
+                                      for v in pending)
+                raise ServingError(
+                    f"timed out after {timeout_s:g} s waiting for TF Serving at {self.address} "
+                    f"to report {name} version(s) AVAILABLE ({described}); raise --timeout "
+                    "for large models, or check the server's log")
+            time.sleep(_POLL_S)
+
+    def _call(self, method: Any, request: Any, what: str) -> Any:
+        try:
+            return method(request, timeout=_RPC_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise self._unreachable(err, what) from None
+
+    def _unreachable(self, err: grpc.RpcError, what: str) -> ServingError:
+        return ServingError(f"cannot {what} at TF Serving {self.address}: "
+                            f"{err.code().name}: {err.details()}. Check --serving-address "
+                            "(the gRPC port, usually 8500) and that the server is up")
