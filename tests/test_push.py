@@ -1,0 +1,304 @@
+"""`shipyard push`, `status` and `gc` on real exported versions, against the TF-Serving-protocol
+test double (tests/tf_serving_double.py) where a server is involved."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import subprocess_env
+from shipyard.flow import ExportRequest, export_model
+from shipyard.manifest import list_files, read_manifest, write_manifest
+from shipyard.serving.config import model_serving, parse_config, render_config, with_model
+from shipyard.serving.config import ModelServing
+from shipyard.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+SPEC = {"endpoints": [{"name": "serve", "method": "call",
+                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+X = np.array([[0.5, -1.0, 2.0]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def templates(models, launcher, tmp_path_factory):
+    """One published version per test model, exported once; tests copy them as versions."""
+    root = tmp_path_factory.mktemp("templates")
+    out = {}
+    for kind in ("sequential", "sequential_tanh"):
+        result = export_model(ExportRequest(model=models.path(kind), spec=parse_spec(SPEC),
+                                            repo=root, name=kind.replace("_", "-")),
+                              launch_verifier=launcher)
+        out[kind] = Path(result.path)
+    return out
+
+
+def add_version(repo: Path, name: str, version: int, template: Path) -> Path:
+    target = repo / name / str(version)
+    shutil.copytree(template, target)
+    return target
+
+
+def config_of(repo: Path):
+    return parse_config((repo / "models.config").read_text())
+
+
+def predict(address: str, name: str, *, label: str | None = None, version: int | None = None):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if label is not None:
+        request.model_spec.version_label = label
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(X))
+    with grpc.insecure_channel(address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=30)
+    (output,) = response.outputs.values()
+    return response.model_spec.version.value, tf.make_ndarray(output)
+
+
+def keras_output(models, kind: str) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.saving.load_model(models.path(kind))(X))
+
+
+def test_push_without_server_writes_a_proto_config_and_keeps_other_models(cli, templates, repo):
+    add_version(repo, "m", 1, templates["sequential"])
+    other = with_model(parse_config(""), "other", "/srv/other", ModelServing((7,), {"stable": 7}))
+    repo.mkdir(exist_ok=True)
+    (repo / "models.config").write_text(render_config(other))
+
+    result = cli("push", "--repo", str(repo), "--name", "m", "--version", "1", "--label",
+                 "stable", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["before"] is None and doc["after"] == {"versions": [1], "labels": {"stable": 1}}
+    assert doc["steps"] == 2  # load 1, then label it
+    config = config_of(repo)
+    assert [m.name for m in config.model_config_list.config] == ["other", "m"]
+    assert model_serving(config, "other") == ModelServing((7,), {"stable": 7})
+    entry = config.model_config_list.config[1]
+    assert entry.base_path == str((repo / "m").resolve())
+    assert entry.model_platform == "tensorflow"
+
+
+def test_label_moves_in_two_steps_on_the_server_and_serves_the_new_version(
+        cli, templates, repo, tf_serving, models):
+    add_version(repo, "m", 1, templates["sequential"])
+    add_version(repo, "m", 2, templates["sequential_tanh"])
+    push = ["push", "--repo", str(repo), "--name", "m", "--serving-address", tf_serving.address,
+            "--timeout", "60", "--json"]
+    first = cli(*push, "--version", "1", "--label", "stable")
+    assert first.exit_code == 0, first.stderr
+    np.testing.assert_allclose(predict(tf_serving.address, "m", label="stable")[1],
+                               keras_output(models, "sequential"), rtol=1e-5, atol=1e-6)
+    sent_before = len(tf_serving.reload_requests)
+
+    second = cli(*push, "--version", "2", "--label", "stable")
+    assert second.exit_code == 0, second.stderr
+    sent = [model_serving(c, "m") for c in tf_serving.reload_requests[sent_before:]]
+    assert sent == [ModelServing((1, 2), {"stable": 1}),   # 2 loaded beside 1 first
+                    ModelServing((1, 2), {"stable": 2}),   # then the label moves
+                    ModelServing((2,), {"stable": 2})]     # then 1 is unloaded
+    doc = json.loads(second.stdout)
+    assert doc["server"]["2"] == "AVAILABLE" and doc["server"]["1"] == "END"
+    version, output = predict(tf_serving.address, "m", label="stable")
+    assert version == 2
+    np.testing.assert_allclose(output, keras_output(models, "sequential_tanh"),
+                               rtol=1e-5, atol=1e-6)
+    assert model_serving(config_of(repo), "m") == ModelServing((2,), {"stable": 2})
+
+
+def test_a_version_the_server_cannot_load_is_rolled_back_with_exit_7(cli, templates, repo,
+                                                                     tf_serving):
+    add_version(repo, "m", 1, templates["sequential"])
+    broken = add_version(repo, "m", 2, templates["sequential"])
+    # Checksums match (the manifest is rewritten), but TF Serving cannot parse the graph.
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    manifest = read_manifest(broken)
+    manifest["files"] = list_files(broken)
+    write_manifest(broken, manifest)
+    push = ["push", "--repo", str(repo), "--name", "m", "--serving-address", tf_serving.address,
+            "--timeout", "60"]
+    assert cli(*push, "--version", "1", "--label", "stable").exit_code == 0
+    before_text = (repo / "models.config").read_text()
+
+    failed = cli(*push, "--version", "2", "--label", "stable")
+    assert failed.exit_code == 7, failed.stderr
+    assert "failed to load m version 2" in failed.stderr
+    assert "previous config of m was restored" in failed.stderr
+    assert (repo / "models.config").read_text() == before_text
+    assert model_serving(tf_serving.reload_requests[-1], "m") == ModelServing((1,),
+                                                                             {"stable": 1})
+    assert predict(tf_serving.address, "m", label="stable")[0] == 1
+
+
+def test_a_load_slower_than_the_timeout_is_rolled_back(cli, templates, repo):
+    from tf_serving_double import TFServingDouble
+
+    add_version(repo, "m", 1, templates["sequential"])
+    with TFServingDouble(load_delay_s=3.0) as server:
+        failed = cli("push", "--repo", str(repo), "--name", "m", "--version", "1", "--label",
+                     "canary", "--serving-address", server.address, "--timeout", "0.5")
+        assert failed.exit_code == 7, failed.stderr
+        assert "timed out after 0.5 s" in failed.stderr and "raise --timeout" in failed.stderr
+        assert model_serving(config_of(repo), "m") is None
+        assert model_serving(server.reload_requests[-1], "m") is None
+
+
+def test_an_unreachable_server_changes_nothing(cli, templates, repo):
+    add_version(repo, "m", 1, templates["sequential"])
+    failed = cli("push", "--repo", str(repo), "--name", "m", "--version", "1", "--label",
+                 "stable", "--serving-address", "127.0.0.1:9", "--timeout", "5")
+    assert failed.exit_code == 7
+    assert "cannot read model status at TF Serving 127.0.0.1:9" in failed.stderr
+    assert not (repo / "models.config").exists()
+
+
+def test_unpublished_or_corrupt_versions_are_refused_with_exit_2(cli, templates, repo):
+    version = add_version(repo, "m", 1, templates["sequential"])
+    push = ["push", "--repo", str(repo), "--name", "m", "--label", "stable"]
+    missing = cli(*push, "--version", "5")
+    assert missing.exit_code == 2
+    assert "--version 5:" in missing.stderr and "published versions: 1" in missing.stderr
+    variables = next((version / "variables").glob("*.data-*"))
+    data = bytearray(variables.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, same size
+    variables.write_bytes(bytes(data))
+    corrupt = cli(*push, "--version", "1")
+    assert corrupt.exit_code == 2
+    assert f"variables/{variables.name}: content differs from shipyard.json" in corrupt.stderr
+    assert not (repo / "models.config").exists()
+    bad_address = cli(*push, "--version", "1", "--serving-address", "no-port")
+    assert bad_address.exit_code == 2 and "--serving-address: expected HOST:PORT" in \
+        bad_address.stderr
+
+
+def test_eight_concurrent_pushes_lose_no_update(templates, repo):
+    names = [f"m{i}" for i in range(4)]
+    for name in names:
+        add_version(repo, name, 1, templates["sequential"])
+        add_version(repo, name, 2, templates["sequential"])
+    shipyard = str(Path(sys.executable).parent / "shipyard")
+    children = [subprocess.Popen([shipyard, "-q", "push", "--repo", str(repo), "--name", name,
+                                  "--version", str(version), "--label", label, "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=subprocess_env())
+                for name in names for version, label in ((1, "stable"), (2, "canary"))]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    config = config_of(repo)  # parses: every write was whole
+    for name in names:
+        assert model_serving(config, name) == ModelServing((1, 2), {"stable": 1, "canary": 2})
+
+
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory):
+    """An embedded (SQLite) MLflow registry shared by this module's tests."""
+    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+
+
+def register_versions(uri: str, name: str, versions: list[int], aliases: dict[str, int]):
+    """Registry set-up for gc/status: versions and aliases as `shipyard register` leaves them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(name)
+    for version in versions:
+        client.create_model_version(name, source=f"/nowhere/{name}/{version}")
+    for alias, version in aliases.items():
+        client.set_registered_model_alias(name, alias, str(version))
+
+
+def test_gc_keeps_labelled_aliased_and_newest_versions(cli, templates, repo, registry_uri):
+    for version in range(1, 8):
+        add_version(repo, "g", version, templates["sequential"])
+    register_versions(registry_uri, "g", list(range(1, 8)), {"champion": 2, "candidate": 5})
+    assert cli("push", "--repo", str(repo), "--name", "g", "--version", "3", "--label",
+               "canary").exit_code == 0
+    gc = ["gc", "--repo", str(repo), "--name", "g", "--keep", "1", "--tracking-uri",
+          registry_uri, "--json"]
+
+    dry = cli(*gc, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    assert doc["remove"] == [1, 4, 6] and doc["removed"] == []
+    assert doc["keep"]["2"] == ["alias champion"] and doc["keep"]["7"] == ["among the newest 1"]
+    assert doc["keep"]["3"] == ["label canary", "loaded by models.config"]
+    assert sorted(int(p.name) for p in (repo / "g").iterdir() if p.name.isdigit()) == \
+        [1, 2, 3, 4, 5, 6, 7]
+
+    done = cli(*gc)
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["removed"] == [1, 4, 6]
+    assert sorted(p.name for p in (repo / "g").iterdir() if not p.name.startswith(".")) == \
+        ["2", "3", "5", "7"]
+
+
+def test_gc_removes_nothing_when_the_registry_is_unreachable(cli, templates, repo, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for version in (1, 2):
+        add_version(repo, "g", version, templates["sequential"])
+    failed = cli("gc", "--repo", str(repo), "--name", "g", "--keep", "0", "--tracking-uri",
+                 "http://127.0.0.1:9")
+    assert failed.exit_code == 6
+    assert "MLflow at http://127.0.0.1:9" in failed.stderr and "unreachable" in failed.stderr
+    assert sorted(p.name for p in (repo / "g").iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def test_status_shows_disk_labels_aliases_and_server(cli, templates, repo, registry_uri,
+                                                     tf_serving, monkeypatch):
+    add_version(repo, "s", 1, templates["sequential"])
+    add_version(repo, "s", 2, templates["sequential_tanh"])
+    register_versions(registry_uri, "s", [1, 2], {"champion": 1, "candidate": 2})
+    for version, label in ((1, "stable"), (2, "canary")):
+        pushed = cli("push", "--repo", str(repo), "--name", "s", "--version", str(version),
+                     "--label", label, "--serving-address", tf_serving.address)
+        assert pushed.exit_code == 0, pushed.stderr
+    status = ["status", "--repo", str(repo), "--name", "s", "--serving-address",
+              tf_serving.address]
+
+    result = cli(*status, "--tracking-uri", registry_uri, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["labels"] == {"canary": 2, "stable": 1} and doc["errors"] == []
+    assert doc["aliases"] == {"candidate": 2, "champion": 1}
+    rows = {row["version"]: row for row in doc["versions"]}
+    assert rows[1]["labels"] == ["stable"] and rows[1]["aliases"] == ["champion"]
+    assert rows[2]["labels"] == ["canary"] and rows[2]["aliases"] == ["candidate"]
+    assert rows[1]["server"] == rows[2]["server"] == "AVAILABLE"
+    assert rows[1]["bytes"] == sum(p.stat().st_size for p in (repo / "s" / "1").rglob("*")
+                                   if p.is_file())
+    assert rows[2]["fingerprint"] == read_manifest(repo / "s" / "2")["fingerprint"]
+
+    human = cli(*status, "--tracking-uri", registry_uri)
+    assert human.exit_code == 0
+    assert "stable" in human.stdout and "champion" in human.stdout
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    partial = cli(*status, "--tracking-uri", "http://127.0.0.1:9", "--json")
+    assert partial.exit_code == 6
+    doc = json.loads(partial.stdout)  # what could be read is still reported
+    assert doc["aliases"] is None and doc["labels"] == {"canary": 2, "stable": 1}
+    assert doc["errors"][0]["source"] == "registry"
+    assert "unreachable" in doc["errors"][0]["message"]
+
+
+def test_status_of_an_unknown_model_names_the_flags(cli, repo, registry_uri):
+    result = cli("status", "--repo", str(repo), "--name", "nothing", "--tracking-uri",
+                 registry_uri)
+    assert result.exit_code == 2
+    assert "--name nothing:" in result.stderr and "check --repo and --name" in result.stderr

@@ -1,0 +1,107 @@
+"""Object-store repositories through fsspec's memory:// filesystem: publish by upload and
+checksum check, then push naming only intact versions."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import fsspec
+import pytest
+
+from shipyard.errors import ShipyardError
+from shipyard.manifest import list_files, write_manifest
+from shipyard.repository import ObjectStoreRepository, open_repository
+from shipyard.serving.config import ModelServing, model_serving, parse_config
+
+SPEC = """
+endpoints:
+  - name: serve
+    method: call
+    inputs: [{name: x, shape: [null, 3], dtype: float32}]
+"""
+
+
+@pytest.fixture
+def url():
+    location = f"memory://bucket-{uuid.uuid4().hex[:8]}/models"
+    yield location
+    fs = fsspec.filesystem("memory")
+    if fs.exists(location):
+        fs.rm(location, recursive=True)
+
+
+def staged_version(repo: ObjectStoreRepository, name: str, payload: bytes):
+    staging = repo.create_staging(name)
+    (staging.path / "variables").mkdir()
+    (staging.path / "saved_model.pb").write_bytes(payload)
+    (staging.path / "variables" / "variables.index").write_bytes(b"index")
+    write_manifest(staging.path, {"name": name, "files": list_files(staging.path)})
+    return staging
+
+
+def test_urls_open_an_object_store_repository_and_paths_a_local_one(tmp_path):
+    assert isinstance(open_repository("memory://b/models"), ObjectStoreRepository)
+    assert open_repository(str(tmp_path)).location == str(tmp_path)
+    with pytest.raises(ShipyardError, match=r"--repo nosuch://x: no filesystem for this URL"):
+        open_repository("nosuch://x")
+
+
+def test_publish_uploads_every_file_and_the_manifest_last(url):
+    repo = ObjectStoreRepository(url)
+    with staged_version(repo, "m", b"graph") as staging:
+        assert repo.publish(staging, "m") == 1
+    local_parent = staging.path.parent
+    assert not local_parent.exists()  # the local staging copy is gone
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file(f"{url}/m/1/saved_model.pb") == b"graph"
+    assert repo.versions("m") == [1]
+    assert repo.checksum_problems("m", 1, repo.read_manifest("m", 1)) == []
+    assert repo.version_location("m", 1) == f"{url}/m/1"
+
+
+def test_a_checksum_mismatch_after_upload_publishes_nothing(url):
+    repo = ObjectStoreRepository(url)
+    with staged_version(repo, "m", b"graph") as staging:
+        # The bytes change after the manifest recorded them, as a corrupted transfer would.
+        (staging.path / "saved_model.pb").write_bytes(b"grapH")
+        with pytest.raises(ShipyardError, match=r"the upload of memory://.*/m/1 does not match "
+                                                r"its shipyard.json; it was removed and nothing "
+                                                r"was published:\n  - saved_model.pb: content "
+                                                r"differs from shipyard.json"):
+            repo.publish(staging, "m")
+    assert repo.versions("m") == [] and not repo.version_exists("m", 1)
+
+
+def test_an_unfinished_upload_is_not_a_version_and_keeps_its_number(url):
+    repo = ObjectStoreRepository(url)
+    fsspec.filesystem("memory").pipe_file(f"{url}/m/1/saved_model.pb", b"half")
+    assert repo.versions("m") == []
+    with staged_version(repo, "m", b"graph") as staging:
+        assert repo.publish(staging, "m") == 2
+
+
+def test_export_and_push_on_memory_refuse_a_corrupted_version(cli, models, url, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    exported = cli("export", str(models.path("sequential")), "--spec", str(spec), "--repo", url,
+                   "--name", "m", "--json")
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["path"] == f"{url}/m/1"
+
+    push = ["push", "--repo", url, "--name", "m", "--version", "1", "--label", "stable"]
+    assert cli(*push).exit_code == 0
+    fs = fsspec.filesystem("memory")
+    config = parse_config(fs.cat_file(f"{url}/models.config").decode())
+    assert model_serving(config, "m") == ModelServing((1,), {"stable": 1})
+    assert config.model_config_list.config[0].base_path == f"{url}/m"
+
+    fs.pipe_file(f"{url}/m/1/saved_model.pb", b"tampered")
+    refused = cli(*push[:-1], "canary")
+    assert refused.exit_code == 2
+    assert "fails its checksums" in refused.stderr
+    assert "saved_model.pb: content differs from shipyard.json" in refused.stderr
+    assert model_serving(parse_config(fs.cat_file(f"{url}/models.config").decode()), "m") == \
+        ModelServing((1,), {"stable": 1})
+
+
