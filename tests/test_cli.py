@@ -65,6 +65,22 @@ def test_spec_errors_exit_2_without_importing_tensorflow(tmp_path):
     assert "(got 'f32')" in done.stderr
 
 
+def test_serving_commands_talk_to_servers_without_importing_tensorflow(tmp_path):
+    (tmp_path / "repo" / "m" / "1").mkdir(parents=True)
+    done = python_without_tensorflow(
+        "import json, os\nos.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'] = '0'\n"
+        "from shipyard.cli import run\n"
+        "assert run(['push', '--help']) == 0 and run(['gc', '--help']) == 0\n"
+        f"code = run(['status', '--repo', {str(tmp_path / 'repo')!r}, '--name', 'm', "
+        "'--serving-address', '127.0.0.1:9', '--tracking-uri', 'http://127.0.0.1:9', "
+        "'--json'])\nassert code == 6, code\n")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout[done.stdout.index("\n{\n"):])  # after the two helps
+    assert [e["source"] for e in doc["errors"]] == ["registry", "server"]
+    assert "cannot read model status at TF Serving 127.0.0.1:9" in doc["errors"][1]["message"]
+    assert doc["versions"][0]["version"] == 1
+
+
 @pytest.mark.integration
 def test_json_output_is_the_document_alone(cli, models, repo, tmp_path):
     result = cli("export", str(models.path("sequential")), "--spec", str(write_spec(tmp_path, SPEC)),
