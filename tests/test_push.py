@@ -241,9 +241,12 @@ def test_gc_keeps_labelled_aliased_and_newest_versions(cli, templates, repo, reg
     assert sorted(int(p.name) for p in (repo / "g").iterdir() if p.name.isdigit()) == \
         [1, 2, 3, 4, 5, 6, 7]
 
+    (repo / "g" / ".staging-0123456789ab").mkdir()  # a killed export's leftover
     done = cli(*gc)
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["removed"] == [1, 4, 6]
+    assert json.loads(done.stdout)["staging_removed"] == [str(repo / "g" /
+                                                              ".staging-0123456789ab")]
     assert sorted(p.name for p in (repo / "g").iterdir() if not p.name.startswith(".")) == \
         ["2", "3", "5", "7"]
 

@@ -63,10 +63,13 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
     with repo.serving_lock(name):
         aliases = read_aliases(name)
         plan = plan_gc(repo.versions(name), current_serving(repo, name), aliases, keep_newest)
+        staging = []
         if not dry_run:
             for version in plan.remove:
                 with progress.step(f"remove {repo.version_location(name, version)}"):
                     repo.remove_version(name, version)
+            # Leftovers of killed exports (no live process owns them) go too.
+            staging = [str(p) for p in repo.remove_abandoned_staging(name)]
     return {"name": name, "dry_run": dry_run, "keep_newest": keep_newest,
             "aliases": aliases, **plan.to_json(),
-            "removed": [] if dry_run else list(plan.remove)}
+            "removed": [] if dry_run else list(plan.remove), "staging_removed": staging}
