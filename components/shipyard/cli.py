@@ -373,6 +373,93 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
     _emit(doc, as_json, f"{name}: {verb} versions {doc['remove'] or 'none'}\n  kept: {kept}")
 
 
+@main.command("validate", context_settings={"ignore_unknown_options": True})
+@_serving_repo_options
+@click.option("--version", "version", type=int, required=True, help="Published version N.")
+@click.option("--examples", required=True, metavar="PATTERN",
+              help="Files of examples: a path or glob, local or any Beam/fsspec URL.")
+@click.option("--format", "fmt", type=click.Choice(["tfrecord", "csv", "jsonl"]), default=None,
+              help="Example format (default: from the file suffix).")
+@click.option("--endpoint", default=None, help="Endpoint to run (default: the default one).")
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="The source model (.keras or SavedModel): report parity with it.")
+@click.option("--against", default=None, metavar="champion|VERSION",
+              help="Another published version to report agreement with.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first (custom Keras objects of --source). Repeatable.")
+@click.option("--unsafe", is_flag=True, help="Load a .keras --source with safe_mode off.")
+@_registry_options
+@click.option("--runner", default="DirectRunner", show_default=True,
+              help="Beam runner (FlinkRunner, SparkRunner, DataflowRunner, ...).")
+@click.option("--sample", type=int, default=None, metavar="K",
+              help="Validate on a uniform sample of K examples.")
+@click.option("--max-abs-error", type=float, default=None,
+              help="Parity gate (default: every example within the spec's tolerance).")
+@click.option("--min-agreement", type=float, default=None,
+              help="Agreement gate: top-1 share (classification outputs) or share within "
+                   "tolerance.")
+@click.option("--output", default=None, metavar="PATH", help="Also write the results here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+def validate_command(repo: str, name: str, version: int, examples: str, fmt: str | None,
+                     endpoint: str | None, source: Path | None, against: str | None,
+                     imports: tuple[str, ...], unsafe: bool, tracking_uri: str | None,
+                     registry_uri: str | None, runner: str, sample: int | None,
+                     max_abs_error: float | None, min_agreement: float | None,
+                     output: str | None, as_json: bool, beam_args: tuple[str, ...]) -> None:
+    """Run version N of NAME on real examples in an Apache Beam pipeline.
+
+    Reports parity with the --source model and agreement with --against (champion or a
+    version), to stdout, --output and MLflow (metrics and a JSON artifact on the version's
+    run). Arguments after `--` go to Beam unchanged (e.g. -- --project P --region R
+    --temp_location gs://b/tmp for Dataflow).
+
+    Exit codes: 0 all gates met, 8 parity or agreement outside the thresholds, 2 bad arguments
+    or unmappable examples, 6 MLflow unreachable, 1 anything else.
+    """
+    from shipyard.errors import GateError
+    from shipyard.repository import open_repository
+    from shipyard.validate import ValidateRequest, validate_version_on_examples
+
+    request = ValidateRequest(
+        name=name, version=version, examples=examples, fmt=fmt, endpoint=endpoint,
+        source=source, against=against, imports=imports, unsafe=unsafe, runner=runner,
+        beam_args=tuple(a for a in beam_args if a != "--"), sample=sample,
+        max_abs_error=max_abs_error, min_agreement=min_agreement, output=output)
+
+    def registry() -> Any:
+        from shipyard.registry.client import ModelRegistry, RegistryLocation
+
+        return ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+
+    try:
+        with _library_prints_to_stderr():
+            document = validate_version_on_examples(
+                open_repository(repo), request,
+                read_aliases=_registry_aliases(tracking_uri, registry_uri), registry=registry,
+                progress=_progress(_quiet()))
+    except GateError as err:
+        if err.document is not None:
+            _emit(err.document, as_json, _describe_validation(err.document))
+        raise
+    _emit(document, as_json, _describe_validation(document))
+
+
+def _describe_validation(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['name']} version {doc['version']}, endpoint {doc['endpoint']}: "
+             f"{doc['examples']} examples -> {'passed' if doc['passed'] else 'FAILED'}"]
+    for comparison, label in (("parity", f"parity with {doc['source']}"),
+                              ("agreement", f"agreement with version {doc['against']}")):
+        for output, f in (doc.get(comparison) or {}).items():
+            top1 = (f", top-1 {f['top1_agreement']:.2%}" if f["top1_agreement"] is not None
+                    else "")
+            lines.append(f"  {label}, {output}: max abs {f['max_abs_error']}, mean abs "
+                         f"{f['mean_abs_error']}, within tolerance "
+                         f"{f['within_tolerance']:.2%}{top1}")
+    lines += [f"  gate failed: {f}" for f in doc["failures"]]
+    return "\n".join(lines)
+
+
 @main.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".shipyard/demo"),
               show_default=True, help="Where the demo model, spec and repository go.")

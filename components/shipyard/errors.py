@@ -57,3 +57,14 @@ class ServingError(ShipyardError):
     """TF Serving refused, failed or timed out; the previous config was restored (exit 7)."""
 
     exit_code = 7
+
+
+class GateError(ShipyardError):
+    """Validation results missed a threshold: parity or agreement (exit 8). Carries the
+    result document, which is still printed."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, document: dict | None = None):
+        super().__init__(message)
+        self.document = document

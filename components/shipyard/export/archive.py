@@ -310,3 +310,23 @@ def _tensor_info(info: Any) -> dict[str, Any]:
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:500] if text else ""
+
+
+def endpoint_function(source: SourceModel, spec: ExportSpec, name: str) -> EndpointFn:
+    """The ORIGINAL model's callable for endpoint `name` (as the export wraps it)."""
+    index = [e.name for e in spec.endpoints].index(name)
+    return _endpoint_fn(source, spec.endpoints[index], index)
+
+
+def structure_arguments(endpoint: Endpoint, named: dict[str, Any]) -> list[Any]:
+    """Signature inputs by name -> the positional arguments the endpoint's method takes."""
+    names = iter(name for name, _ in endpoint.signature_inputs())
+    arguments: list[Any] = []
+    for argument in endpoint.inputs:
+        if isinstance(argument, TensorDecl):
+            arguments.append(named[next(names)])
+        elif isinstance(argument, dict):
+            arguments.append({key: named[next(names)] for key in argument})
+        else:
+            arguments.append([named[next(names)] for _ in argument])
+    return arguments

@@ -168,6 +168,23 @@ class ModelRegistry:
                                      f"{version}") from None
                 raise
 
+    def find_version(self, name: str, version: int) -> Any | None:
+        """Version `version` of NAME, or None when the registry does not have it."""
+        if self._existing_model(name) is None:
+            return None
+        try:
+            return self.version(name, version)
+        except UsageError:
+            return None
+
+    def log_results(self, run_id: str, metrics: dict[str, float], document: str,
+                    artifact_file: str) -> None:
+        """Adds metrics and a JSON document to an existing run (e.g. validation results)."""
+        with translate_errors(self.location):
+            if metrics:
+                self.client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+            self.client.log_text(run_id, document, artifact_file)
+
     # -- aliases ----------------------------------------------------------------------------
 
     def registered_model(self, name: str) -> Any:

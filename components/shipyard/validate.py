@@ -1,0 +1,238 @@
+"""`shipyard validate`: a published version on real examples, through Apache Beam.
+
+Composes: the repository (the version and its manifest), the registry (champion, and where the
+results are logged), the example mapping and the Beam pipeline, the gates. Nothing is written
+into the version directory: published versions are immutable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from shipyard.errors import GateError, UsageError
+from shipyard.names import validate_model_name, validate_version
+from shipyard.progress import NullProgress, Progress
+from shipyard.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    name: str
+    version: int
+    examples: str
+    fmt: str | None = None
+    endpoint: str | None = None
+    source: Path | None = None
+    against: str | None = None  # "champion" or a version number
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    runner: str = "DirectRunner"
+    beam_args: tuple[str, ...] = ()
+    sample: int | None = None
+    max_abs_error: float | None = None
+    min_agreement: float | None = None
+    output: str | None = None
+
+
+def validate_version_on_examples(
+        repo: ModelRepository, request: ValidateRequest, *,
+        read_aliases: Callable[[str], dict[str, int]],
+        registry: Callable[[], Any] | None = None,
+        progress: Progress = NullProgress()) -> dict[str, Any]:
+    """Runs the pipeline and returns the result document; GateError (exit 8) when a gate
+    fails, after the results were written out and logged."""
+    from shipyard.push import check_published
+    from shipyard.validation.examples import declared_inputs, format_of
+
+    validate_model_name(request.name)
+    validate_version(request.version)
+    _check_thresholds(request)
+    check_published(repo, request.name, request.version)
+    manifest = repo.read_manifest(request.name, request.version)
+    endpoint = _endpoint(manifest, request.endpoint)
+    fmt = format_of(request.examples, request.fmt)
+    files = _matching_files(request.examples)
+    against = _resolve_against(repo, request, read_aliases)
+    against_manifest = repo.read_manifest(request.name, against) if against else None
+    if against_manifest is not None and endpoint not in against_manifest["signatures"]:
+        raise UsageError(f"--against: version {against} of {request.name} has no endpoint "
+                         f"{endpoint!r}; it has {sorted(against_manifest['signatures'])}")
+    if request.source is not None:
+        from shipyard.export.source import check_model_path
+
+        check_model_path(request.source)
+
+    from shipyard.validation.pipeline import ValidationJob, run_pipeline
+
+    tolerance = manifest["spec"].get("tolerance", {})
+    job = ValidationJob(
+        examples=request.examples, fmt=fmt,
+        csv_header=_csv_header(files[0]) if fmt == "csv" else None,
+        decls=tuple(declared_inputs(manifest["signatures"][endpoint])),
+        signature=endpoint, endpoint=endpoint,
+        version_dir=repo.version_location(request.name, request.version),
+        spec=manifest["spec"], source=str(request.source) if request.source else None,
+        imports=request.imports, unsafe=request.unsafe,
+        against_dir=repo.version_location(request.name, against) if against else None,
+        atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
+        sample=request.sample)
+    results_dir = _option(request.beam_args, "--temp_location") or tempfile.mkdtemp(
+        prefix="shipyard-validate-")
+    with progress.step(f"run the validation pipeline on {len(files)} file(s) "
+                       f"({request.runner})"):
+        outcome = run_pipeline(job, runner=request.runner, beam_args=list(request.beam_args),
+                               results_dir=results_dir)
+    if outcome["unmappable"]:
+        listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
+        raise UsageError(
+            f"--examples {request.examples}: {outcome['unmappable']} example(s) do not map onto "
+            f"endpoint {endpoint!r} of {request.name} version {request.version}:\n{listed}")
+    if outcome["examples"] == 0:
+        raise UsageError(f"--examples {request.examples}: the files hold no examples")
+
+    from shipyard.validation.stats import gate_failures, summarize
+
+    summary = summarize(outcome["stats"])
+    failures = gate_failures(summary, max_abs_error=request.max_abs_error,
+                             min_agreement=request.min_agreement)
+    document = {
+        "name": request.name, "version": request.version, "endpoint": endpoint,
+        "examples": outcome["examples"], "files": len(files), "format": fmt,
+        "source": str(request.source) if request.source else None, "against": against,
+        "parity": summary.get("parity"), "agreement": summary.get("agreement"),
+        "thresholds": {"max_abs_error": request.max_abs_error,
+                       "min_agreement": request.min_agreement, **tolerance},
+        "failures": failures, "passed": not failures, "runner": request.runner,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "logged_to_run": None,
+    }
+    if registry is not None:
+        with progress.step("log the results to MLflow"):
+            document["logged_to_run"] = _log(registry(), request, document)
+    if request.output:
+        _write(request.output, document)
+    if failures:
+        raise GateError("validation gates failed:\n" + "\n".join(f"  - {f}" for f in failures),
+                        document=document)
+    return document
+
+
+def _check_thresholds(request: ValidateRequest) -> None:
+    if request.sample is not None and request.sample < 1:
+        raise UsageError(f"--sample: expected a positive number of examples, got "
+                         f"{request.sample}")
+    if request.max_abs_error is not None and request.max_abs_error < 0:
+        raise UsageError(f"--max-abs-error: expected 0 or more, got {request.max_abs_error}")
+    if request.min_agreement is not None and not 0 <= request.min_agreement <= 1:
+        raise UsageError(f"--min-agreement: expected a share between 0 and 1, got "
+                         f"{request.min_agreement}")
+
+
+def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:
+    endpoints = [e["name"] for e in manifest["spec"]["endpoints"]]
+    if requested is None:
+        return manifest["default_endpoint"]
+    if requested not in endpoints:
+        raise UsageError(f"--endpoint: the version has no endpoint {requested!r}; it has "
+                         f"{', '.join(endpoints)}")
+    return requested
+
+
+def _matching_files(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # Beam raises BeamIOError for unknown schemes, missing dirs
+        raise UsageError(f"--examples {pattern}: cannot list matching files: {err}") from None
+    if not matched:
+        raise UsageError(f"--examples {pattern}: no file matches; check the path or glob")
+    return sorted(m.path for m in matched)
+
+
+def _csv_header(path: str) -> tuple[str, ...]:
+    from apache_beam.io.filesystems import FileSystems
+
+    from shipyard.validation.examples import parse_csv_header
+
+    with FileSystems.open(path) as f:
+        first = f.readline().decode().rstrip("\r\n")
+    if not first:
+        raise UsageError(f"--examples: {path} is empty; a CSV file needs a header line")
+    return tuple(parse_csv_header(first))
+
+
+def _resolve_against(repo: ModelRepository, request: ValidateRequest,
+                     read_aliases: Callable[[str], dict[str, int]]) -> int | None:
+    from shipyard.push import check_published
+
+    if request.against is None:
+        return None
+    if request.against == CHAMPION:
+        aliases = read_aliases(request.name)
+        if CHAMPION not in aliases:
+            raise UsageError(f"--against champion: registered model {request.name} has no "
+                             "champion alias; pass a version number instead")
+        other = aliases[CHAMPION]
+    elif request.against.isdigit():
+        other = int(request.against)
+    else:
+        raise UsageError(f"--against: expected 'champion' or a version number, got "
+                         f"{request.against!r}")
+    if other == request.version:
+        raise UsageError(f"--against: version {other} is the version being validated")
+    check_published(repo, request.name, other)
+    return other
+
+
+def _option(args: tuple[str, ...], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def metrics_of(document: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics: validation.<comparison>.<output>.<figure>."""
+    metrics = {"validation.examples": float(document["examples"]),
+               "validation.passed": 1.0 if document["passed"] else 0.0}
+    for comparison in ("parity", "agreement"):
+        for output, figures in (document.get(comparison) or {}).items():
+            for key, value in figures.items():
+                if value is not None and key != "examples":
+                    metrics[f"validation.{comparison}.{output}.{key}"] = float(value)
+    return metrics
+
+
+def _log(registry: Any, request: ValidateRequest, document: dict[str, Any]) -> str | None:
+    registered = registry.find_version(request.name, request.version)
+    if registered is None or not registered.run_id:
+        log.info("%s version %s is not registered at %s: results not logged to MLflow",
+                 request.name, request.version, registry.location.registry_uri)
+        return None
+    stamp = document["time"].replace(":", "").replace("-", "")
+    registry.log_results(registered.run_id, metrics_of(document),
+                         json.dumps(document, indent=2, sort_keys=True),
+                         f"validation/validation-{stamp}.json")
+    return registered.run_id
+
+
+def _write(output: str, document: dict[str, Any]) -> None:
+    import fsspec
+
+    try:
+        with fsspec.open(output, "w") as f:
+            f.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot write the results: {err}") from None

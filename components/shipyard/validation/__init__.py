@@ -1,0 +1,1 @@
+"""Batch validation of a published version on real examples, as an Apache Beam pipeline."""

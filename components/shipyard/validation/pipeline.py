@@ -1,0 +1,203 @@
+"""The validation pipeline (Apache Beam). Runs on any runner; DirectRunner by default.
+
+read examples -> map onto the endpoint's inputs (unmappable ones go to a side output) ->
+[sample K] -> BatchElements -> run the version, its source and/or the other version in a DoFn
+that loads each model once per worker (`setup`) -> merge statistics -> one JSON result file.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from shipyard.validation import stats as stats_lib
+from shipyard.validation.examples import (
+    ExampleError, InputDecl, batch, csv_row, json_row, to_inputs,
+)
+
+UNMAPPABLE = "unmappable"
+_KEPT_ERRORS = 5
+
+
+@dataclass(frozen=True)
+class ValidationJob:
+    """Everything a worker needs; plain data, so it pickles to any runner."""
+
+    examples: str  # file pattern
+    fmt: str
+    csv_header: tuple[str, ...] | None
+    decls: tuple[InputDecl, ...]
+    signature: str  # the endpoint's signature name in the SavedModels
+    endpoint: str  # the endpoint's name in the spec (for the source model)
+    version_dir: str
+    spec: dict[str, Any]  # normalized export spec of the version
+    source: str | None = None
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    against_dir: str | None = None
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    sample: int | None = None
+    min_batch_size: int = 8
+    max_batch_size: int = 256
+
+
+class _ToInputs(beam.DoFn):
+    def __init__(self, job: ValidationJob):
+        self.job = job
+
+    def setup(self) -> None:
+        if self.job.fmt == "tfrecord":
+            import tensorflow as tf
+
+            self._example = tf.train.Example
+
+    def process(self, record: Any) -> Iterator[Any]:
+        try:
+            yield to_inputs(self._row(record), list(self.job.decls))
+        except ExampleError as err:
+            yield beam.pvalue.TaggedOutput(UNMAPPABLE, f"{_describe(record)}: {err}")
+
+    def _row(self, record: Any) -> dict[str, Any]:
+        if self.job.fmt == "csv":
+            return csv_row(list(self.job.csv_header or ()), record)
+        if self.job.fmt == "jsonl":
+            return json_row(record)
+        try:
+            example = self._example.FromString(record)
+        except Exception as err:  # protobuf's DecodeError and friends
+            raise ExampleError(f"not a tf.Example record: {err}") from None
+        row = {}
+        for name, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            row[name] = list(getattr(feature, kind).value) if kind else []
+        return row
+
+
+def _describe(record: Any) -> str:
+    text = record if isinstance(record, str) else repr(record[:60])
+    return f"example {text[:80]!r}"
+
+
+class _RunModels(beam.DoFn):
+    """Runs the version (and its source and/or the other version) on batches of examples."""
+
+    def __init__(self, job: ValidationJob):
+        self.job = job
+
+    def setup(self) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._version = tf.saved_model.load(self.job.version_dir).signatures[self.job.signature]
+        self._against = (tf.saved_model.load(self.job.against_dir).signatures[self.job.signature]
+                         if self.job.against_dir else None)
+        self._source = None
+        if self.job.source:
+            from shipyard.export import archive, source
+            from shipyard.spec import parse_spec
+
+            source.import_modules(self.job.imports)
+            spec = parse_spec(self.job.spec)
+            self._endpoint = next(e for e in spec.endpoints if e.name == self.job.endpoint)
+            self._source = archive.endpoint_function(
+                source.load_source_model(self.job.source, unsafe=self.job.unsafe), spec,
+                self.job.endpoint)
+
+    def process(self, examples: list[dict[str, Any]]) -> Iterator[tuple[int, stats_lib.Stats]]:
+        from shipyard.export.archive import structure_arguments
+        from shipyard.export.verifier import plain_array
+
+        named = batch(examples)
+        feed = {k: self._tf.constant(v, dtype=self._dtype(k)) for k, v in named.items()}
+        outputs = self._numpy(self._version(**feed), plain_array)
+        result: stats_lib.Stats = {}
+        if self._source is not None:
+            reference = self._numpy(self._source(*structure_arguments(self._endpoint, feed)),
+                                    plain_array)
+            result["parity"] = stats_lib.compare_batch(reference, outputs, self.job.atol,
+                                                       self.job.rtol)
+        if self._against is not None:
+            other = self._numpy(self._against(**feed), plain_array)
+            result["agreement"] = stats_lib.compare_batch(other, outputs, self.job.atol,
+                                                          self.job.rtol)
+        yield len(examples), result
+
+    def _dtype(self, name: str) -> Any:
+        decl = next(d for d in self.job.decls if d.name == name)
+        return self._tf.string if decl.dtype == "string" else self._tf.as_dtype(decl.dtype)
+
+    @staticmethod
+    def _numpy(outputs: dict[str, Any], plain_array: Any) -> dict[str, Any]:
+        return {k: plain_array(v.numpy()) for k, v in outputs.items()}
+
+
+class _MergeStats(beam.CombineFn):
+    """(examples, stats) pairs -> their sum."""
+
+    def create_accumulator(self) -> tuple[int, stats_lib.Stats]:
+        return 0, {}
+
+    def add_input(self, accumulator: tuple[int, stats_lib.Stats],
+                  element: tuple[int, stats_lib.Stats]) -> tuple[int, stats_lib.Stats]:
+        return accumulator[0] + element[0], stats_lib.merge(accumulator[1], element[1])
+
+    def merge_accumulators(self, accumulators: Any) -> tuple[int, stats_lib.Stats]:
+        total: tuple[int, stats_lib.Stats] = (0, {})
+        for accumulator in accumulators:
+            total = self.add_input(total, accumulator)
+        return total
+
+    def extract_output(self, accumulator: tuple[int, stats_lib.Stats]
+                       ) -> tuple[int, stats_lib.Stats]:
+        return accumulator
+
+
+def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
+                 results_dir: str) -> dict[str, Any]:
+    """Runs the pipeline; returns {"stats", "examples", "unmappable", "unmappable_examples"}."""
+    options = PipelineOptions(["--runner", runner, *beam_args])
+    prefix = f"{results_dir.rstrip('/')}/shipyard-validate-{uuid.uuid4().hex[:8]}"
+    with beam.Pipeline(options=options) as pipeline:
+        if job.fmt == "tfrecord":
+            records = pipeline | "Read" >> beam.io.ReadFromTFRecord(job.examples)
+        else:
+            records = pipeline | "Read" >> beam.io.ReadFromText(
+                job.examples, skip_header_lines=1 if job.fmt == "csv" else 0)
+        mapped = records | "Map to inputs" >> beam.ParDo(_ToInputs(job)).with_outputs(
+            UNMAPPABLE, main="inputs")
+        inputs = mapped.inputs
+        if job.sample is not None:
+            inputs = (inputs | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(job.sample)
+                      | "Unpack sample" >> beam.FlatMap(lambda sample: sample))
+        merged = (inputs
+                  | "Batch" >> beam.BatchElements(min_batch_size=job.min_batch_size,
+                                                  max_batch_size=job.max_batch_size)
+                  | "Run models" >> beam.ParDo(_RunModels(job))
+                  | "Merge" >> beam.CombineGlobally(_MergeStats()))
+        errors = mapped[UNMAPPABLE]
+        error_count = errors | "Count unmappable" >> beam.combiners.Count.Globally()
+        error_sample = errors | "Keep a few" >> beam.combiners.Sample.FixedSizeGlobally(
+            _KEPT_ERRORS)
+        (
+            (merged | "Tag stats" >> beam.Map(lambda s: {"examples": s[0], "stats": s[1]}),
+             error_count | "Tag count" >> beam.Map(lambda n: {"unmappable": n}),
+             error_sample | "Tag sample" >> beam.Map(lambda e: {"unmappable_examples": e}))
+            | beam.Flatten()
+            | beam.Map(json.dumps)
+            | "Write" >> beam.io.WriteToText(prefix, shard_name_template="")
+        )
+    result: dict[str, Any] = {}
+    with FileSystems.open(prefix) as f:
+        for line in f.read().decode().splitlines():
+            result.update(json.loads(line))
+    FileSystems.delete([prefix])
+    return {"stats": result.get("stats", {}), "examples": result.get("examples", 0),
+            "unmappable": result.get("unmappable", 0),
+            "unmappable_examples": sorted(result.get("unmappable_examples", []))}

@@ -1,0 +1,101 @@
+"""Comparison statistics, accumulated per batch and merged across workers. Pure (numpy).
+
+For each comparison ("parity": the version against its source model; "agreement": against
+another version) and each output: examples, elements, sum and max of absolute differences,
+examples within tolerance (every element |a - b| <= atol + rtol * |reference|), and for
+classification-shaped outputs (last dimension > 1) examples whose arg-max agrees.
+Non-numeric outputs (strings) count as within tolerance only when equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Stats = dict[str, dict[str, dict[str, Any]]]  # comparison -> output -> figures
+
+
+def compare_batch(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                  atol: float, rtol: float) -> dict[str, dict[str, Any]]:
+    figures = {}
+    for name, expected in reference.items():
+        expected = np.asarray(expected)
+        got = np.asarray(candidate[name])
+        examples = expected.shape[0] if expected.ndim else 1
+        numeric = expected.dtype.kind in "fiub" and got.dtype.kind in "fiub"
+        if numeric:
+            diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+            allowed = atol + rtol * np.abs(expected.astype(np.float64))
+            ok = (diff <= allowed).reshape(examples, -1).all(axis=1)
+            entry = {"examples": examples, "elements": int(diff.size),
+                     "sum_abs": float(diff.sum()), "max_abs": float(diff.max(initial=0.0)),
+                     "within": int(ok.sum())}
+        else:
+            equal = (got == expected).reshape(examples, -1).all(axis=1)
+            entry = {"examples": examples, "elements": 0, "sum_abs": 0.0, "max_abs": None,
+                     "within": int(equal.sum())}
+        entry["top1"] = (int((expected.argmax(-1) == got.argmax(-1)).reshape(examples, -1)
+                             .all(axis=1).sum())
+                         if numeric and expected.ndim >= 2 and expected.shape[-1] > 1 else None)
+        figures[name] = entry
+    return figures
+
+
+def merge(a: Stats, b: Stats) -> Stats:
+    merged: Stats = {k: {o: dict(f) for o, f in v.items()} for k, v in a.items()}
+    for comparison, outputs in b.items():
+        target = merged.setdefault(comparison, {})
+        for output, figures in outputs.items():
+            if output not in target:
+                target[output] = dict(figures)
+                continue
+            mine = target[output]
+            for key in ("examples", "elements", "sum_abs", "within"):
+                mine[key] += figures[key]
+            if figures["max_abs"] is not None:
+                mine["max_abs"] = max(mine["max_abs"] or 0.0, figures["max_abs"])
+            if mine["top1"] is not None and figures["top1"] is not None:
+                mine["top1"] += figures["top1"]
+    return merged
+
+
+def summarize(stats: Stats) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per comparison and output: max/mean abs error, share within tolerance, top-1."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for comparison, outputs in stats.items():
+        summary[comparison] = {}
+        for output, f in sorted(outputs.items()):
+            summary[comparison][output] = {
+                "examples": f["examples"],
+                "max_abs_error": f["max_abs"],
+                "mean_abs_error": f["sum_abs"] / f["elements"] if f["elements"] else None,
+                "within_tolerance": f["within"] / f["examples"] if f["examples"] else None,
+                "top1_agreement": (f["top1"] / f["examples"]
+                                   if f["top1"] is not None and f["examples"] else None),
+            }
+    return summary
+
+
+def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
+                  max_abs_error: float | None, min_agreement: float | None) -> list[str]:
+    """What misses its threshold. Parity: max abs error <= --max-abs-error when given, else
+    every example within the spec's tolerance. Agreement (only with --min-agreement): top-1
+    agreement for classification-shaped outputs, else the share within tolerance."""
+    failures = []
+    for output, f in summary.get("parity", {}).items():
+        if max_abs_error is not None:
+            if f["max_abs_error"] is None or f["max_abs_error"] > max_abs_error:
+                failures.append(f"parity {output}: max abs error {f['max_abs_error']} > "
+                                f"--max-abs-error {max_abs_error:g}")
+        elif f["within_tolerance"] is not None and f["within_tolerance"] < 1.0:
+            failures.append(f"parity {output}: {f['within_tolerance']:.2%} of examples within "
+                            f"the spec's tolerance (max abs error {f['max_abs_error']})")
+    if min_agreement is not None:
+        for output, f in summary.get("agreement", {}).items():
+            value = f["top1_agreement"] if f["top1_agreement"] is not None else \
+                f["within_tolerance"]
+            if value is None or value < min_agreement:
+                failures.append(f"agreement {output}: {value} < --min-agreement "
+                                f"{min_agreement:g}")
+    return failures
