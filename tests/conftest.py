@@ -72,3 +72,13 @@ def _no_ambient_mlflow(monkeypatch):
     """Tests say which MLflow they use; a developer's MLFLOW_* settings must not leak in."""
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def tf_serving():
+    """A started TF Serving test double on 127.0.0.1 (tests/tf_serving_double.py), stopped after
+    the test: `tf_serving.address` is its gRPC address. Importing it imports TensorFlow."""
+    from tf_serving_double import TFServingDouble
+
+    with TFServingDouble() as server:
+        yield server

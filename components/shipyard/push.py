@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from shipyard.serving.plan import label_move_steps
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
+RESTORE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -90,11 +92,13 @@ def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
                     config = write_entry(repo, name, state)
                     written = True
                     if client is not None:
-                        client.reload(config)
-                        client.wait_available(name, state.versions, timeout_s)
+                        started = time.monotonic()
+                        client.reload(config, timeout_s)
+                        client.wait_available(name, state.versions,
+                                              max(timeout_s - (time.monotonic() - started), 0))
         except BaseException as err:  # Ctrl-C included: never leave a half-moved label
             if written:
-                _restore(repo, name, before, client)
+                _restore(repo, name, before, client, timeout_s)
             if isinstance(err, ServingError):
                 raise ServingError(f"{err}\nThe previous config of {name} was restored "
                                    f"({repo.config_location}).") from None
@@ -107,11 +111,12 @@ def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
 
 
 def _restore(repo: ModelRepository, name: str, before: ModelServing | None,
-             client: Any) -> None:
+             client: Any, timeout_s: float) -> None:
     config = write_entry(repo, name, before)
     if client is None:
         return
     try:
-        client.reload(config)
+        # The server applies reloads in order: this one may wait for the failed one.
+        client.reload(config, max(timeout_s, RESTORE_TIMEOUT_S))
     except ServingError as err:  # the file is right again; the server reads it on its next poll
         log.error("could not send the restored config to %s: %s", client.address, err)

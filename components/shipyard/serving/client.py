@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-
 import grpc
 
 from shipyard.errors import ServingError, UsageError
@@ -46,10 +45,28 @@ class ServingClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Sends the full config (TF Serving replaces its whole model list with it)."""
+    def reload(self, config: model_server_config_pb2.ModelServerConfig,
+               timeout_s: float = _RPC_TIMEOUT_S) -> None:
+        """Sends the full config (TF Serving replaces its whole model list with it).
+
+        TF Serving answers only once the config is applied, which for a model new to it
+        means once its version has loaded: hence the caller's timeout. A refused config
+        comes back as an RPC error (FAILED_PRECONDITION for a label on a version that is not
+        AVAILABLE, INVALID_ARGUMENT for a bad config).
+        """
         request = model_management_pb2.ReloadConfigRequest(config=config)
-        response = self._call(self._models.HandleReloadConfigRequest, request, "reload config")
+        try:
+            response = self._models.HandleReloadConfigRequest(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServingError(
+                    f"timed out after {timeout_s:g} s waiting for TF Serving at {self.address} "
+                    "to apply the config (it answers once new models have loaded); raise "
+                    "--timeout for large models, or check the server's log") from None
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise self._unreachable(err, "reload config") from None
+            raise ServingError(f"TF Serving at {self.address} refused the config: "
+                               f"{err.code().name}: {err.details()}") from None
         if response.status.error_code != 0:
             raise ServingError(f"TF Serving at {self.address} refused the config: "
                                f"{response.status.error_message or response.status.error_code}")
@@ -94,12 +111,6 @@ class ServingClient:
                     f"to report {name} version(s) AVAILABLE ({described}); raise --timeout "
                     "for large models, or check the server's log")
             time.sleep(_POLL_S)
-
-    def _call(self, method: Any, request: Any, what: str) -> Any:
-        try:
-            return method(request, timeout=_RPC_TIMEOUT_S)
-        except grpc.RpcError as err:
-            raise self._unreachable(err, what) from None
 
     def _unreachable(self, err: grpc.RpcError, what: str) -> ServingError:
         return ServingError(f"cannot {what} at TF Serving {self.address}: "

@@ -1,0 +1,741 @@
+"""A test double of TF Serving's gRPC model server, used only by tests.
+
+TF Serving's binary cannot run on our machines, so tests that talk to TF Serving talk to this
+instead: a real gRPC server on 127.0.0.1, in the test process, speaking TF Serving's protocol with
+the official protos and stubs from `tensorflow-serving-api` (ModelService and PredictionService).
+Nothing under components/ imports this module; it lives in tests/ only.
+
+What it models, after TF Serving's own sources (ServerCore, FileSystemStoragePathSource,
+AspiredVersionsManager with the AvailabilityPreservingPolicy that tensorflow_model_server uses,
+get_model_status_impl, predict_util):
+
+- HandleReloadConfigRequest. The server behaves as one started with an empty
+  `model_config_list {}`. A reload is checked in ServerCore's order: only a ModelConfigList is
+  accepted; model names unique; base paths absolute; no model changes platform. Then the version
+  labels are checked against the versions AVAILABLE *now*: a label on a version that is not
+  AVAILABLE fails the whole reload with FAILED_PRECONDITION and nothing else happens (TF Serving
+  checks labels before it touches the models, so the versions of that same config are not
+  loaded either: load first, label in a second reload). Then each model's platform must be
+  "tensorflow" (INVALID_ARGUMENT otherwise; TF Serving checks this after taking the labels),
+  models left out of the config are unloaded, and the new config goes to the file-system
+  poller. A model that is new in this config makes the reload wait until its highest version
+  is AVAILABLE (or failed: UNKNOWN "N model(s) did not become available: ..."); new versions
+  of models already served load in the background, after the next poll.
+  Failures abort the RPC with the gRPC code and message, as TF Serving does; on success the
+  response's `status` is OK.
+- The file-system poller (every `file_system_poll_wait_s`, as TF Serving's
+  --file_system_poll_wait_seconds): integer-named children of base_path, chosen by the version
+  policy (`specific`, `latest {num_versions}`, `all`; none means latest 1). A `specific` version
+  with no directory is never aspired, so it never shows up in GetModelStatus (TF Serving only
+  logs a warning). A base_path that does not exist makes the whole poll fail, for every model;
+  a reload adding a model with such a base_path therefore waits until the path appears or the
+  client's deadline passes, and holds up the reloads behind it (as TF Serving's does).
+- Loading and unloading, per version: LOADING, then AVAILABLE, or END with the loader's error
+  (e.g. DATA_LOSS for a corrupt saved_model.pb, NOT_FOUND for a directory without one; the
+  message names the path). A SavedModel is loaded the way TF Serving's session bundle loader
+  does, with `tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)` in its own Graph and
+  Session, once per version. Versions no longer aspired are unloaded (END, OK status), but
+  never the last AVAILABLE one before an aspired version is AVAILABLE (availability
+  preserving): a version that fails to load leaves the previous one serving. A failed version
+  that stays in the config is not retried; leaving the config and coming back starts a new load.
+- GetModelStatus: every version a model has had, highest first, or one version with
+  `model_spec.version`; NOT_FOUND "Could not find any versions of model M" / "Could not find
+  version V of model M". Like TF Serving, it ignores `model_spec.version_label`.
+- Predict: the version by `version`, by `version_label` (INVALID_ARGUMENT "Unrecognized
+  servable version label: L" when unknown), or the highest AVAILABLE one; NOT_FOUND "Servable
+  not found for request: Specific(M, V)" / "Latest(M)" when it is not AVAILABLE. Signature
+  (default "serving_default"), inputs, output_filter and their errors as predict_util.cc;
+  outputs are serialized into the typed value fields (float_val, ...), as TF Serving's gRPC
+  Predict does, and `response.model_spec` carries name, version and signature_name.
+
+What it does not model: TF Serving's other RPCs (Classify, Regress, MultiInference,
+GetModelMetadata), the REST API, batching, warmup replay, load retries on by default (TF Serving
+retries a failing load `--max_num_load_retries` times, 5 by default, a minute apart, staying in
+LOADING meanwhile; here `max_num_load_retries` defaults to 0), base paths that are URIs, the
+exact text of errors raised inside the TensorFlow runtime, resource limits, and request logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+__all__ = ["TFServingDouble", "wait_for_state", "State"]
+
+log = logging.getLogger(__name__)
+
+State = get_model_status_pb2.ModelVersionStatus.State  # START, LOADING, AVAILABLE, UNLOADING, END
+_AVAILABLE, _LOADING, _END = State.Value("AVAILABLE"), State.Value("LOADING"), State.Value("END")
+
+# TensorFlow's error codes (tensorflow.error.Code, used in StatusProto) are gRPC's numbers.
+_GRPC_CODE = {code.value[0]: code for code in grpc.StatusCode}
+OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, INTERNAL, DATA_LOSS = (
+    grpc.StatusCode[name].value[0]
+    for name in ("OK", "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION",
+                 "INTERNAL", "DATA_LOSS"))
+
+_TENSORFLOW_PLATFORM = "tensorflow"
+_DEFAULT_SIGNATURE = "serving_default"
+_PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify",
+                    "tensorflow/serving/regress")
+_VERSION_DIR = re.compile(r"\s*[+-]?\d+\s*")  # what TF's safe_strto64 accepts
+
+
+class ServingError(Exception):
+    """A TF Serving error status: a tensorflow.error.Code number and its message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:  # absl::Status::ToString(), used inside TF Serving's messages
+        return f"{_GRPC_CODE.get(self.code, grpc.StatusCode.UNKNOWN).name}: {self.message}"
+
+
+@dataclass
+class _Bundle:
+    """One loaded SavedModel: its own graph and session, and the signatures to serve."""
+
+    session: Any
+    signatures: dict
+
+
+@dataclass
+class _Version:
+    """One row of the state table: what TF Serving's ServableStateMonitor knows about a
+    version, plus what its manager keeps (aspired or not, the loaded bundle)."""
+
+    name: str
+    version: int
+    path: str
+    state: int
+    seq: int  # state-change counter when this row last changed (a reload waits for newer ones)
+    error: ServingError | None = None
+    aspired: bool = True
+    managed: bool = True  # False once the manager has let go (unloaded, or failed and dropped)
+    bundle: _Bundle | None = None
+
+
+class TFServingDouble:
+    """TF Serving's ModelService and PredictionService on 127.0.0.1 (see the module docstring).
+
+    load_delay_s: each load sleeps this long (state LOADING) before loading, to model slow loads.
+    file_system_poll_wait_s: how often base paths are polled (TF Serving's flag; 1 s there).
+    allow_version_labels_for_unavailable_models: TF Serving's flag of that name (default off):
+        a label that is new, or unchanged, may point to a version that is not AVAILABLE yet.
+    max_num_load_retries, load_retry_interval_s: TF Serving's retry of failed loads (off here).
+    """
+
+    def __init__(self, load_delay_s: float = 0.0, *, file_system_poll_wait_s: float = 0.05,
+                 allow_version_labels_for_unavailable_models: bool = False,
+                 max_num_load_retries: int = 0, load_retry_interval_s: float = 0.0):
+        self.load_delay_s = load_delay_s
+        self.file_system_poll_wait_s = file_system_poll_wait_s
+        self.allow_version_labels_for_unavailable_models = (
+            allow_version_labels_for_unavailable_models)
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval_s = load_retry_interval_s
+
+        self.address: str | None = None
+        self.reload_requests: list[model_server_config_pb2.ModelServerConfig] = []
+        # The last config whose models were applied (a reload that failed before that leaves it).
+        self.config = model_server_config_pb2.ModelServerConfig(
+            model_config_list=model_server_config_pb2.ModelConfigList())
+
+        # The state table. One condition (its lock) guards all of it: RPC threads, the poller and
+        # the load threads all read and change it, and waiters are woken on every change.
+        self._cond = threading.Condition()
+        self._versions: dict[str, dict[int, _Version]] = {}  # every version ever seen, by model
+        self._labels: dict[str, dict[str, int]] = {}
+        self._polled: dict[str, model_server_config_pb2.ModelConfig] = {}  # the poller's config
+        self._seq = 0
+        # ServerCore's config_: set before the label check, so even a reload refused there
+        # becomes the reference for the next one's "no platform change" check.
+        self._core_config = model_server_config_pb2.ModelConfigList()
+        self._reload_lock = threading.Lock()  # ServerCore's config_mu_: one reload at a time
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._retired: list[Any] = []  # sessions of unloaded versions, closed at stop()
+        self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> str:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        # TF Serving accepts messages up to 2 GiB; grpc's Python default is 4 MiB.
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                   ("grpc.so_reuseport", 0)]
+        self._executor = futures.ThreadPoolExecutor(max_workers=8,
+                                                    thread_name_prefix="tf-serving-double-rpc")
+        server = grpc.server(self._executor, options=options)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), server)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            _PredictionService(self), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        self.address = f"127.0.0.1:{port}"
+        self._spawn(self._poll_loop, "poller")
+        return self.address
+
+    def stop(self) -> None:
+        if self._server is None or self._stopped.is_set():
+            return
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()  # wakes a reload waiting for a model to load
+        self._server.stop(grace=None).wait()
+        self._executor.shutdown(wait=True)  # grpc leaves its worker threads; handlers see _stopped
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with self._cond:
+            for rows in self._versions.values():
+                for row in rows.values():
+                    if row.bundle is not None:
+                        self._retired.append(row.bundle.session)
+                        row.bundle = None
+            sessions, self._retired = self._retired, []
+        for session in sessions:
+            session.close()
+
+    def __enter__(self) -> "TFServingDouble":
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _spawn(self, target, name: str, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"tf-serving-double-{name}",
+                                  daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    # ---- HandleReloadConfigRequest (ServerCore::ReloadConfig) ----------------------------------
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Applies a config as HandleReloadConfigRequest does; raises ServingError."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(INVALID_ARGUMENT,
+                               "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                               " Only ModelConfigList is currently supported")
+        models = config.model_config_list.config
+        # Reloads queue behind each other; a stuck one (see _await_new_models) holds the rest.
+        while not self._reload_lock.acquire(timeout=0.1):
+            if self._stopped.is_set():
+                raise ServingError(grpc.StatusCode.UNAVAILABLE.value[0], "server is stopping")
+        try:
+            _validate_model_config_list(models)
+            _validate_no_models_change_platforms(self._core_config.config, models)
+            self._core_config.CopyFrom(config.model_config_list)
+            with self._cond:
+                self._update_labels(models)
+                for model in models:
+                    if _platform(model) != _TENSORFLOW_PLATFORM:
+                        raise ServingError(INVALID_ARGUMENT,
+                                           f"Model {model.name} requests unsupported platform "
+                                           f"{_platform(model)}")
+                new_models = {m.name for m in models} - set(self._polled)
+                for name in set(self._polled) - {m.name for m in models}:
+                    self._aspire(name, {})  # dropped models: unaspire every version now
+                self._polled = {m.name: m for m in models}  # the poller takes it from here
+                self.config = model_server_config_pb2.ModelServerConfig()
+                self.config.CopyFrom(config)
+                since = self._seq
+            self._await_new_models(new_models, since)
+        finally:
+            self._reload_lock.release()
+
+    def _update_labels(self, models) -> None:
+        """ServerCore::UpdateModelVersionLabelMap: all labels valid, or none change."""
+        labels: dict[str, dict[str, int]] = {}
+        for model in models:
+            rows = self._versions.get(model.name, {})
+            for label, version in sorted(model.version_labels.items()):
+                allowed = False
+                if self.allow_version_labels_for_unavailable_models:
+                    current = self._labels.get(model.name, {}).get(label)
+                    allowed = current is None or current == version
+                row = rows.get(version)
+                if not allowed and (row is None or row.state != _AVAILABLE):
+                    raise ServingError(
+                        FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {model.name}, "
+                        "which is not currently available for inference")
+                labels.setdefault(model.name, {})[label] = version
+        self._labels = labels
+
+    def _await_new_models(self, names: set[str], since: int) -> None:
+        """ServerCore::WaitUntilModelsAvailable: each new model's highest version (among those
+        the poller aspires after this reload) must end AVAILABLE. With no version ever aspired
+        (base_path missing or empty) this waits, as TF Serving does, until one appears or the
+        double stops; the client's deadline ends the RPC but not the wait."""
+        with self._cond:
+            while True:
+                if self._stopped.is_set():
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE.value[0], "server is stopping")
+                failed, pending = [], False
+                for name in sorted(names):
+                    rows = [r for r in self._versions.get(name, {}).values() if r.seq > since]
+                    if not rows:
+                        pending = True
+                        continue
+                    latest = max(rows, key=lambda r: r.version)
+                    if latest.state == _END:
+                        failed.append(latest)
+                    elif latest.state != _AVAILABLE:
+                        pending = True
+                if not pending:
+                    break
+                self._cond.wait(timeout=0.5)
+        if failed:
+            details = "".join(
+                f"{{{{name: {r.name} version: {r.version}}}"
+                + (f" due to error: {r.error}" if r.error else "") + "}, " for r in failed)
+            raise ServingError(UNKNOWN, f"{len(failed)} model(s) did not become available: "
+                                        f"{{{details}}}")
+
+    # ---- the file-system poller (FileSystemStoragePathSource) --------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stopped.wait(self.file_system_poll_wait_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """One poll of every model's base_path (the poller calls this periodically)."""
+        with self._cond:
+            aspired: dict[str, dict[int, str]] = {}
+            for model in self._polled.values():
+                if not os.path.exists(model.base_path):
+                    # TF Serving's poll stops at the first such model: no model is updated.
+                    log.error("FileSystemStoragePathSource encountered a filesystem access "
+                              "error: Could not find base path %s for servable %s",
+                              model.base_path, model.name)
+                    return
+                aspired[model.name] = _versions_to_aspire(model)
+            for name, versions in aspired.items():
+                self._aspire(name, versions)
+
+    # ---- the manager (AspiredVersionsManager + AvailabilityPreservingPolicy) -----------------
+    # Called with self._cond held.
+
+    def _set_state(self, row: _Version, state: int, error: ServingError | None = None) -> None:
+        self._seq += 1
+        row.state, row.error, row.seq = state, error, self._seq
+        self._cond.notify_all()
+
+    def _aspire(self, name: str, versions: dict[int, str]) -> None:
+        rows = self._versions.setdefault(name, {})
+        for row in rows.values():
+            if row.managed and row.version not in versions:
+                row.aspired = False
+                if row.state == _END:  # a failed load the manager now lets go of
+                    row.managed = False
+        for version, path in versions.items():
+            row = rows.get(version)
+            if row is not None and row.managed:
+                row.aspired = True  # already loading, serving or failed: nothing new to do
+                continue
+            self._seq += 1
+            rows[version] = _Version(name, version, path, State.Value("START"), self._seq)
+        self._manage(name)
+
+    def _manage(self, name: str) -> None:
+        rows = [r for r in self._versions.get(name, {}).values() if r.managed]
+        aspired = [r for r in rows if r.aspired]
+        # Unload versions no longer aspired, lowest first, but keep one serving until an aspired
+        # version is AVAILABLE (the policy's rule).
+        serving_unaspired = sorted((r for r in rows if not r.aspired and r.state == _AVAILABLE),
+                                   key=lambda r: r.version)
+        while serving_unaspired and (not aspired or len(serving_unaspired) > 1
+                                     or any(r.state == _AVAILABLE for r in aspired)):
+            self._unload(serving_unaspired.pop(0))
+        # Load every newly aspired version, highest first.
+        for row in sorted(aspired, key=lambda r: -r.version):
+            if row.state == State.Value("START"):
+                self._set_state(row, _LOADING)
+                self._spawn(self._load, f"load-{name}-{row.version}", row)
+
+    def _unload(self, row: _Version) -> None:
+        if row.bundle is not None:
+            self._retired.append(row.bundle.session)  # a Predict may still be using it
+            row.bundle = None
+        row.managed = False
+        self._set_state(row, _END)
+
+    def _load(self, row: _Version) -> None:
+        if self._stopped.wait(self.load_delay_s):
+            return
+        attempt = 0
+        while True:
+            try:
+                bundle, error = _load_saved_model(row.path), None
+            except ServingError as failure:
+                bundle, error = None, failure
+            with self._cond:
+                if self._stopped.is_set():
+                    if bundle is not None:
+                        self._retired.append(bundle.session)
+                    return
+                if error is None:
+                    row.bundle = bundle
+                    self._set_state(row, _AVAILABLE)
+                    self._manage(row.name)
+                    return
+                attempt += 1
+                if attempt > self.max_num_load_retries or not row.aspired:
+                    log.error("Servable {name: %s version: %d} cannot be loaded: %s",
+                              row.name, row.version, error)
+                    row.managed = row.aspired  # kept (and not retried) while still aspired
+                    self._set_state(row, _END, error)
+                    self._manage(row.name)
+                    return
+            if self._stopped.wait(self.load_retry_interval_s):
+                return
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def model_status(self, name: str,
+                     version: int | None) -> list[tuple[int, int, ServingError | None]]:
+        """(version, state, error) rows as GetModelStatus reports them, highest version first."""
+        with self._cond:
+            rows = self._versions.get(name, {})
+            if version is not None:
+                if version not in rows:
+                    raise ServingError(NOT_FOUND,
+                                       f"Could not find version {version} of model {name}")
+                chosen = [rows[version]]
+            else:
+                chosen = sorted(rows.values(), key=lambda r: -r.version)
+                if not chosen:
+                    raise ServingError(NOT_FOUND, f"Could not find any versions of model {name}")
+            return [(r.version, r.state, r.error) for r in chosen]
+
+    def _servable(self, model_spec) -> tuple[int, _Bundle]:
+        """ServerCore::ServableRequestFromModelSpec, then the serving map's lookup."""
+        name = model_spec.name
+        if not name:
+            raise ServingError(INVALID_ARGUMENT, "ModelSpec has no name specified.")
+        with self._cond:
+            rows = self._versions.get(name, {})
+            choice = model_spec.WhichOneof("version_choice")
+            if choice == "version_label":
+                label = model_spec.version_label
+                if label not in self._labels.get(name, {}):
+                    raise ServingError(INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label}")
+                choice, version = "version", self._labels[name][label]
+            elif choice == "version":
+                version = model_spec.version.value
+            if choice == "version":
+                row = rows.get(version)
+                request = f"Specific({name}, {version})"
+            else:
+                serving = [r for r in rows.values() if r.state == _AVAILABLE]
+                row = max(serving, key=lambda r: r.version) if serving else None
+                request = f"Latest({name})"
+            if row is None or row.state != _AVAILABLE or row.bundle is None:
+                raise ServingError(NOT_FOUND, f"Servable not found for request: {request}")
+            return row.version, row.bundle
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """TF Serving's Predict (predict_util.cc's RunPredict); raises ServingError."""
+        if not request.HasField("model_spec"):
+            raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
+        version, bundle = self._servable(request.model_spec)
+        signature_name = request.model_spec.signature_name or _DEFAULT_SIGNATURE
+        signature = bundle.signatures.get(signature_name)
+        if signature is None:
+            raise ServingError(FAILED_PRECONDITION,
+                               f'Serving signature key "{signature_name}" not found.')
+        if signature.method_name not in _PREDICT_METHODS:
+            raise ServingError(INTERNAL, "Expected prediction signature method_name to be one of "
+                                         f"{{{', '.join(_PREDICT_METHODS)}}}. Was: "
+                                         f"{signature.method_name}")
+        expected = sorted(signature.inputs)
+        sent = sorted(request.inputs)
+        if len(sent) != len(expected):
+            raise ServingError(
+                INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
+                f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
+                f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}.")
+        feeds = {}
+        for alias in sent:
+            if alias not in signature.inputs:
+                raise ServingError(INVALID_ARGUMENT,
+                                   f"input tensor alias not found in signature: {alias}. "
+                                   f"Inputs expected to be in the set {{{','.join(expected)}}}.")
+            tensor_info, proto = signature.inputs[alias], request.inputs[alias]
+            try:
+                value = tf.make_ndarray(proto)
+            except Exception:  # noqa: BLE001 (any undecodable TensorProto)
+                raise ServingError(INVALID_ARGUMENT, f"tensor parsing error: {alias}") from None
+            if proto.dtype != tensor_info.dtype:
+                # Python's Session.run would cast silently; TF Serving's C++ session refuses.
+                raise ServingError(INVALID_ARGUMENT,
+                                   f"Expects arg[{expected.index(alias)}] to be "
+                                   f"{_dtype_name(tensor_info.dtype)} but "
+                                   f"{_dtype_name(proto.dtype)} is provided")
+            feeds[tensor_info.name] = value
+        aliases = list(request.output_filter)
+        for alias in aliases:
+            if alias not in signature.outputs:
+                outputs = ",".join(sorted(signature.outputs))
+                raise ServingError(INVALID_ARGUMENT,
+                                   f"output tensor alias not found in signature: {alias} Outputs "
+                                   f"expected to be in the set {{{outputs}}}.")
+        if len(set(aliases)) != len(aliases):
+            duplicate = next(a for a in aliases if aliases.count(a) > 1)
+            raise ServingError(INVALID_ARGUMENT, f"duplicate output tensor alias: {duplicate}")
+        aliases = aliases or sorted(signature.outputs)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = version
+        response.model_spec.signature_name = signature_name
+        try:
+            values = bundle.session.run([signature.outputs[a].name for a in aliases], feeds)
+        except tf.errors.OpError as failure:
+            raise ServingError(failure.error_code, failure.message) from None
+        except ValueError as failure:  # e.g. a shape the placeholder cannot take
+            raise ServingError(INVALID_ARGUMENT, str(failure)) from None
+        for alias, value in zip(aliases, values):
+            response.outputs[alias].CopyFrom(_as_proto_field(np.asarray(value)))
+        return response
+
+
+# ---- gRPC servicers: translate ServingError into the RPC's status, as ToGRPCStatus does -------
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, double: TFServingDouble):
+        self._double = double
+
+    def HandleReloadConfigRequest(self, request, context):
+        config = model_server_config_pb2.ModelServerConfig()
+        config.CopyFrom(request.config)
+        self._double.reload_requests.append(config)
+        try:
+            self._double.reload(config)
+        except ServingError as failure:
+            # TF Serving fills response.status too, but a failed gRPC status sends no message.
+            context.abort(_GRPC_CODE[failure.code], failure.message)
+        return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(
+            error_code=OK))
+
+    def GetModelStatus(self, request, context):
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        try:
+            rows = self._double.model_status(spec.name, version)
+        except ServingError as failure:
+            context.abort(_GRPC_CODE[failure.code], failure.message)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, state, error in rows:
+            response.model_version_status.add(
+                version=number, state=state,
+                status=status_pb2.StatusProto(error_code=error.code if error else OK,
+                                              error_message=error.message if error else ""))
+        return response
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, double: TFServingDouble):
+        self._double = double
+
+    def Predict(self, request, context):
+        try:
+            return self._double.predict(request)
+        except ServingError as failure:
+            context.abort(_GRPC_CODE[failure.code], failure.message)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _platform(model) -> str:
+    """ServerCore's GetPlatform (the deprecated model_type still counts)."""
+    if model.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if model.model_platform:
+            raise ServingError(INVALID_ARGUMENT,
+                               "Illegal setting both ModelServerConfig::model_type (deprecated) "
+                               "and ModelServerConfig::model_platform.")
+        if model.model_type != model_server_config_pb2.TENSORFLOW:
+            raise ServingError(INVALID_ARGUMENT, f"ModelServerConfig::model_type choice "
+                                                 f"{model.model_type} not supported.")
+        return _TENSORFLOW_PLATFORM
+    if not model.model_platform:
+        raise ServingError(INVALID_ARGUMENT,
+                           "Illegal setting neither ModelServerConfig::model_type (deprecated) "
+                           "nor ModelServerConfig::model_platform.")
+    return model.model_platform
+
+
+def _validate_model_config_list(models) -> None:
+    seen = set()
+    for model in models:
+        if model.name in seen:
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Illegal to list model {model.name} multiple times in config list")
+        seen.add(model.name)
+    for model in models:
+        is_uri = re.match(r"[A-Za-z][0-9A-Za-z.]*://", model.base_path)
+        if not is_uri and not model.base_path.startswith("/"):
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Expected model {model.name} to have an absolute path or URI; "
+                               f"got base_path()={model.base_path}")
+
+
+def _validate_no_models_change_platforms(old_models, new_models) -> None:
+    old = {model.name: _platform(model) for model in old_models}
+    for model in new_models:
+        if model.name in old and _platform(model) != old[model.name]:
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Illegal to change a model's platform. For model {model.name} "
+                               f"platform was {old[model.name]} and new platform requested is "
+                               f"{_platform(model)}")
+
+
+def _versions_to_aspire(model) -> dict[int, str]:
+    """The versions FileSystemStoragePathSource aspires for one model: {version: path}."""
+    children = {}
+    for child in sorted(os.listdir(model.base_path)):
+        if _VERSION_DIR.fullmatch(child):
+            children[int(child)] = os.path.join(model.base_path, child)
+    policy = model.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return children
+    if choice == "specific":
+        wanted = set(policy.specific.versions)
+        for version in sorted(wanted - set(children)):
+            log.warning("Version %d of servable %s, which was requested to be served as a "
+                        "'specific' version in the servable's version policy, was not found in "
+                        "the file system", version, model.name)
+        return {v: p for v, p in children.items() if v in wanted}
+    count = max(policy.latest.num_versions, 1) if choice == "latest" else 1
+    return {v: children[v] for v in sorted(children, reverse=True)[:count]}
+
+
+def _load_saved_model(path: str) -> _Bundle:
+    """Loads like TF Serving's session bundle loader: tag "serve", own graph and session."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    try:
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    except tf.errors.OpError as failure:
+        session.close()
+        raise ServingError(failure.error_code, failure.message) from None
+    except OSError as failure:  # the Python loader's wording; TF Serving's C++ loader's codes
+        session.close()
+        message = str(failure)
+        raise ServingError(NOT_FOUND if "does not exist" in message else DATA_LOSS,
+                           message) from None
+    except Exception as failure:  # noqa: BLE001 (e.g. no MetaGraph with the "serve" tag)
+        session.close()
+        code = NOT_FOUND if "could not be found" in str(failure) else UNKNOWN
+        raise ServingError(code, f"{str(failure)} (SavedModel at {path})") from None
+    return _Bundle(session=session, signatures=dict(meta_graph.signature_def))
+
+
+def _dtype_name(enum: int) -> str:
+    """TensorFlow's DataTypeString: DT_FLOAT -> "float"."""
+    return types_pb2.DataType.Name(enum).removeprefix("DT_").lower()
+
+
+# numpy dtype -> the TensorProto field Tensor::AsProtoField fills.
+_VALUE_FIELDS = {
+    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val",
+    np.dtype(np.int32): "int_val", np.dtype(np.int16): "int_val", np.dtype(np.int8): "int_val",
+    np.dtype(np.uint8): "int_val", np.dtype(np.uint16): "int_val",
+    np.dtype(np.int64): "int64_val", np.dtype(np.uint32): "uint32_val",
+    np.dtype(np.uint64): "uint64_val", np.dtype(np.bool_): "bool_val",
+}
+
+
+def _as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A TensorProto with its values in the typed fields (float_val, string_val...), as TF
+    Serving's gRPC Predict answers (clients may read float_val directly); others as TF writes."""
+    shape = tf.TensorShape(array.shape).as_proto()
+    if array.dtype.kind in "OSU":
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape)
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode()
+                                for v in array.ravel())
+        return proto
+    field = _VALUE_FIELDS.get(array.dtype)
+    if field is None:
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum,
+                                   tensor_shape=shape)
+    getattr(proto, field).extend(array.ravel().tolist())
+    return proto
+
+
+def wait_for_state(target, name: str, version: int, state="AVAILABLE",
+                   timeout_s: float = 30.0, interval_s: float = 0.05):
+    """Polls GetModelStatus until version `version` of model `name` is in `state` (a State
+    value or its name) and returns its ModelVersionStatus.
+
+    target: a "host:port" address, a TFServingDouble, or a ModelServiceStub. Works against a
+    real TF Serving too. Raises TimeoutError after timeout_s (with the last status seen), and
+    fails at once if the version ends (END) with an error while another state is awaited.
+    """
+    wanted = State.Value(state) if isinstance(state, str) else state
+    address = getattr(target, "address", target)
+    channel = grpc.insecure_channel(address) if isinstance(address, str) else None
+    stub = model_service_pb2_grpc.ModelServiceStub(channel) if channel else target
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    request.model_spec.version.value = version
+    deadline = time.monotonic() + timeout_s
+    last = "no status yet"
+    try:
+        while True:
+            try:
+                status = stub.GetModelStatus(
+                    request, timeout=max(1.0, deadline - time.monotonic())).model_version_status[0]
+            except grpc.RpcError as failure:
+                if failure.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                last = f"NOT_FOUND: {failure.details()}"
+            else:
+                if status.state == wanted:
+                    return status
+                last = (f"{State.Name(status.state)} (error_code {status.status.error_code}: "
+                        f"{status.status.error_message!r})")
+                if status.state == _END and status.status.error_code != OK:
+                    raise RuntimeError(f"version {version} of model {name} failed to load "
+                                       f"while waiting for {State.Name(wanted)}: {last}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"version {version} of model {name} not "
+                                   f"{State.Name(wanted)} after {timeout_s} s; last: {last}")
+            time.sleep(interval_s)
+    finally:
+        if channel is not None:
+            channel.close()
