@@ -47,7 +47,7 @@ def read_warmup(version_dir: Path):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
     logs = []
     for record in tf.data.TFRecordDataset(str(path)):
         log = prediction_log_pb2.PredictionLog()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +86,18 @@ def validate_version_on_examples(
         against_dir=repo.version_location(request.name, against) if against else None,
         atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
         sample=request.sample)
+    beam_args = list(request.beam_args)
+    if request.runner == "DirectRunner" and _option(request.beam_args,
+                                                    "--direct_num_workers") is None:
+        # Multi-worker by default: threads, since TensorFlow releases the GIL while it
+        # computes and worker processes would each pay its ~15 s import.
+        beam_args += [f"--direct_num_workers={os.cpu_count() or 1}",
+                      "--direct_running_mode=multi_threading"]
     results_dir = _option(request.beam_args, "--temp_location") or tempfile.mkdtemp(
         prefix="shipyard-validate-")
     with progress.step(f"run the validation pipeline on {len(files)} file(s) "
                        f"({request.runner})"):
-        outcome = run_pipeline(job, runner=request.runner, beam_args=list(request.beam_args),
+        outcome = run_pipeline(job, runner=request.runner, beam_args=beam_args,
                                results_dir=results_dir)
     if outcome["unmappable"]:
         listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
