@@ -81,13 +81,19 @@ def test_push_without_server_writes_a_proto_config_and_keeps_other_models(cli, t
     repo.mkdir(exist_ok=True)
     (repo / "models.config").write_text(render_config(other))
 
-    result = cli("push", "--repo", str(repo), "--name", "m", "--version", "1", "--label",
-                 "stable", "--json")
+    push = ["push", "--repo", str(repo), "--name", "m", "--version", "1", "--label", "stable"]
+    result = cli(*push, "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["before"] is None and doc["after"] == {"versions": [1], "labels": {"stable": 1}}
-    assert doc["steps"] == 2  # load 1, then label it
+    # Without a server to wait on, the push stops once it has asked for version 1 to load:
+    # a polling TF Serving would refuse a label on a version it has not loaded yet.
+    assert doc["before"] is None and doc["after"] == {"versions": [1], "labels": {}}
+    assert doc["steps"] == 1 and doc["complete"] is False
+    human = cli(*push)  # run again, as the message says, once 1 is loaded
+    assert human.exit_code == 0, human.stderr
+    assert "label stable -> version 1" in human.stdout and "NOT COMPLETE" not in human.stdout
     config = config_of(repo)
+    assert model_serving(config, "m") == ModelServing((1,), {"stable": 1})
     assert [m.name for m in config.model_config_list.config] == ["other", "m"]
     assert model_serving(config, "other") == ModelServing((7,), {"stable": 7})
     entry = config.model_config_list.config[1]
@@ -156,6 +162,8 @@ def test_a_load_slower_than_the_timeout_is_rolled_back(cli, templates, repo):
                      "canary", "--serving-address", server.address, "--timeout", "0.5")
         assert failed.exit_code == 7, failed.stderr
         assert "timed out after 0.5 s" in failed.stderr and "raise --timeout" in failed.stderr
+        assert f"restored in {repo.resolve() / 'models.config'} and on TF Serving" in \
+            failed.stderr
         assert model_serving(config_of(repo), "m") is None
         assert model_serving(server.reload_requests[-1], "m") is None
 
@@ -188,23 +196,29 @@ def test_unpublished_or_corrupt_versions_are_refused_with_exit_2(cli, templates,
         bad_address.stderr
 
 
-def test_eight_concurrent_pushes_lose_no_update(templates, repo):
+def test_eight_concurrent_pushes_lose_no_update(templates, repo, tf_serving):
     names = [f"m{i}" for i in range(4)]
     for name in names:
         add_version(repo, name, 1, templates["sequential"])
         add_version(repo, name, 2, templates["sequential"])
     shipyard = str(Path(sys.executable).parent / "shipyard")
     children = [subprocess.Popen([shipyard, "-q", "push", "--repo", str(repo), "--name", name,
-                                  "--version", str(version), "--label", label, "--json"],
+                                  "--version", str(version), "--label", label,
+                                  "--serving-address", tf_serving.address, "--timeout", "120",
+                                  "--json"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=subprocess_env())
                 for name in names for version, label in ((1, "stable"), (2, "canary"))]
     for child in children:
-        out, err = child.communicate(timeout=120)
+        out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err
     config = config_of(repo)  # parses: every write was whole
     for name in names:
         assert model_serving(config, name) == ModelServing((1, 2), {"stable": 1, "canary": 2})
+    # Configs reached the server in the order they were written: it ends with the file's.
+    assert tf_serving.reload_requests[-1] == config
+    for name in names:
+        assert predict(tf_serving.address, name, label="canary")[0] == 2
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +243,9 @@ def test_gc_keeps_labelled_aliased_and_newest_versions(cli, templates, repo, reg
     for version in range(1, 8):
         add_version(repo, "g", version, templates["sequential"])
     register_versions(registry_uri, "g", list(range(1, 8)), {"champion": 2, "candidate": 5})
-    assert cli("push", "--repo", str(repo), "--name", "g", "--version", "3", "--label",
-               "canary").exit_code == 0
+    for _ in range(2):  # without a server: load 3, then (run again) label it
+        assert cli("push", "--repo", str(repo), "--name", "g", "--version", "3", "--label",
+                   "canary").exit_code == 0
     gc = ["gc", "--repo", str(repo), "--name", "g", "--keep", "1", "--tracking-uri",
           registry_uri, "--json"]
 
@@ -251,6 +266,20 @@ def test_gc_keeps_labelled_aliased_and_newest_versions(cli, templates, repo, reg
                                                               ".staging-0123456789ab")]
     assert sorted(p.name for p in (repo / "g").iterdir() if not p.name.startswith(".")) == \
         ["2", "3", "5", "7"]
+
+
+def test_gc_refuses_a_registry_that_does_not_know_the_model(cli, templates, repo, tmp_path):
+    for version in (1, 2):
+        add_version(repo, "g", version, templates["sequential"])
+    gc = ["gc", "--repo", str(repo), "--name", "g", "--keep", "0"]
+    wrong = cli(*gc, "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert wrong.exit_code == 2
+    assert "the registry has no registered model g" in wrong.stderr
+    assert "--no-registry" in wrong.stderr
+    assert sorted(p.name for p in (repo / "g").iterdir() if p.name.isdigit()) == ["1", "2"]
+    unregistered = cli(*gc, "--no-registry", "--json")
+    assert unregistered.exit_code == 0, unregistered.stderr
+    assert json.loads(unregistered.stdout)["removed"] == [1, 2]
 
 
 def test_gc_removes_nothing_when_the_registry_is_unreachable(cli, templates, repo, monkeypatch):

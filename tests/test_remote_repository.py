@@ -81,6 +81,22 @@ def test_an_unfinished_upload_is_not_a_version_and_keeps_its_number(url):
         assert repo.publish(staging, "m") == 2
 
 
+def test_publishing_a_number_over_an_unfinished_upload_replaces_it(url):
+    repo = ObjectStoreRepository(url)
+    fsspec.filesystem("memory").pipe_file(f"{url}/m/3/saved_model.pb", b"killed mid-upload")
+    with staged_version(repo, "m", b"graph") as staging:
+        assert repo.publish(staging, "m", 3) == 3  # e.g. `register` completing version 3
+    assert fsspec.filesystem("memory").cat_file(f"{url}/m/3/saved_model.pb") == b"graph"
+    assert repo.versions("m") == [3]
+
+
+def test_url_spellings_are_normalized_and_a_bare_scheme_is_refused(url):
+    assert ObjectStoreRepository(url + "//").location == url
+    with pytest.raises(ShipyardError, match=r"--repo memory://: name a bucket or folder after "
+                                            r"memory://"):
+        ObjectStoreRepository("memory://")
+
+
 def test_export_and_push_on_memory_refuse_a_corrupted_version(cli, models, url, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -90,7 +106,8 @@ def test_export_and_push_on_memory_refuse_a_corrupted_version(cli, models, url, 
     assert json.loads(exported.stdout)["path"] == f"{url}/m/1"
 
     push = ["push", "--repo", url, "--name", "m", "--version", "1", "--label", "stable"]
-    assert cli(*push).exit_code == 0
+    assert cli(*push).exit_code == 0  # loads 1
+    assert cli(*push).exit_code == 0  # labels it
     fs = fsspec.filesystem("memory")
     config = parse_config(fs.cat_file(f"{url}/models.config").decode())
     assert model_serving(config, "m") == ModelServing((1,), {"stable": 1})

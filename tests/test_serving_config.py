@@ -93,6 +93,11 @@ def test_gc_keeps_newest_labelled_loaded_and_aliased_versions():
                          7: ["among the newest 2"]}
 
 
+def test_gc_keeping_more_than_there_are_removes_nothing():
+    plan = plan_gc([1, 2, 3], None, {}, keep_newest=5)
+    assert plan.remove == () and sorted(plan.keep) == [1, 2, 3]
+
+
 def test_gc_with_keep_zero_and_nothing_pointing_removes_everything():
     assert plan_gc([1, 2], None, {}, keep_newest=0).remove == (1, 2)
 

@@ -4,6 +4,8 @@ files written here, against exported versions of the test models."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ def examples(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("examples")
     x = np.random.default_rng(7).standard_normal((ROWS, 3)).astype(np.float32)
+    np.save(root / "x.npy", x)
     with tf.io.TFRecordWriter(str(root / "part-0.tfrecord")) as writer:
         for row in x:
             example = tf.train.Example(features=tf.train.Features(feature={
@@ -138,7 +141,8 @@ def test_bad_examples_and_arguments_exit_2_naming_the_problem(cli, published, ex
                                                               tmp_path):
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text(json.dumps({"y": [1, 2, 3]}) + "\n" + json.dumps({"x": [1, 2]}) + "\n")
-    result, _ = validate(cli, published, "--version", "1", "--examples", str(wrong))
+    result, _ = validate(cli, published, "--version", "1", "--examples", str(wrong),
+                         "--against", "2")
     assert result.exit_code == 2
     assert "2 example(s) do not map onto endpoint 'serve' of v version 1" in result.stderr
     assert "missing feature(s) x" in result.stderr and "the example has y" in result.stderr
@@ -146,16 +150,50 @@ def test_bad_examples_and_arguments_exit_2_naming_the_problem(cli, published, ex
         result.stderr
 
     for args, message in (
-            (["--examples", str(tmp_path / "none-*.csv")], "no file matches"),
+            (["--examples", str(tmp_path / "none-*.csv"), "--against", "2"], "no file matches"),
             (["--examples", str(examples / "part-0.jsonl"), "--against", "7"],
-             "--version 7: .* is not a published version of v"),
+             "--against 7: .* is not a published version of v"),
+            (["--examples", str(examples / "part-0.jsonl")],
+             "nothing to compare: pass --source MODEL .* and/or --against"),
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2", "--min-agreemnt",
+              "0.9"], "No such option '--min-agreemnt'"),
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2", "--runner",
+              "DataflowRunner", "--", "--project", "p"],
+             "--runner DataflowRunner: pass -- --temp_location URL"),
             (["--examples", str(examples / "part-0.jsonl"), "--against", "latest"],
              "--against: expected 'champion' or a version number, got 'latest'"),
-            (["--examples", str(examples / "part-0.jsonl"), "--min-agreement", "2"],
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2",
+              "--min-agreement", "2"],
              "--min-agreement: expected a share between 0 and 1, got 2.0"),
-            (["--examples", str(examples / "part-0.jsonl"), "--endpoint", "embed"],
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2",
+              "--endpoint", "embed"],
              "--endpoint: the version has no endpoint 'embed'; it has serve")):
         result, _ = validate(cli, published, "--version", "1", *args)
         assert result.exit_code == 2, (args, result.stderr)
-        import re
         assert re.search(message, result.stderr), (message, result.stderr)
+
+    other = tmp_path / "other-order.csv"
+    other.write_text("x_2,x_1,x_0\n1,2,3\n")
+    shutil.copy(examples / "part-0.csv", tmp_path / "first.csv")
+    result, _ = validate(cli, published, "--version", "1", "--examples",
+                         str(tmp_path / "*.csv"), "--against", "2")
+    assert result.exit_code == 2
+    assert re.search(r"other-order.csv has the header x_2,x_1,x_0 but .*first.csv has "
+                     r"x_0,x_1,x_2", result.stderr)
+
+
+def test_agreement_below_the_minimum_fails_with_exit_8(cli, published, examples, models):
+    import keras
+
+    x = np.load(examples / "x.npy")
+    top1 = [np.asarray(keras.saving.load_model(models.path(kind))(x)).argmax(-1)
+            for kind in ("sequential", "sequential_tanh")]
+    expected = float((top1[0] == top1[1]).mean())
+    assert expected < 1.0  # relu and tanh disagree on some of these rows
+    result, doc = validate(cli, published, "--version", "1", "--examples",
+                           str(examples / "part-0.tfrecord"), "--against", "2",
+                           "--min-agreement", str(expected + 0.01))
+    assert result.exit_code == 8, result.stderr
+    assert doc["agreement"]["logits"]["top1_agreement"] == pytest.approx(expected)
+    assert f"agreement logits: {doc['agreement']['logits']['top1_agreement']} < " \
+        "--min-agreement" in result.stderr

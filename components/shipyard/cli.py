@@ -258,7 +258,7 @@ def _serving_address_option(command: Any) -> Any:
 
 def _registry_aliases(tracking_uri: str | None, registry_uri: str | None) -> Any:
     """Reads a model's registry aliases; MLflow is imported only when it is called."""
-    def read(name: str) -> dict[str, int]:
+    def read(name: str) -> dict[str, int] | None:
         from shipyard.registry.client import ModelRegistry, RegistryLocation
 
         with _library_prints_to_stderr():
@@ -270,11 +270,12 @@ def _registry_aliases(tracking_uri: str | None, registry_uri: str | None) -> Any
 @main.command("push")
 @_serving_repo_options
 @click.option("--version", "version", type=int, required=True, help="Published version N.")
+# The choices are serving.config.LABELS, written out so that --help imports no protos.
 @click.option("--label", type=click.Choice(["stable", "canary"]), required=True,
               help="The version label to point at N.")
 @_serving_address_option
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
-              help="Seconds to wait for the server to report N AVAILABLE.")
+              help="Seconds the whole push may wait for the server (reloads and loading).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def push_command(repo: str, name: str, version: int, label: str, serving_address: str | None,
                  timeout_s: float, as_json: bool) -> None:
@@ -297,8 +298,12 @@ def push_command(repo: str, name: str, version: int, label: str, serving_address
     doc = result.to_json()
     served = (f"\n  server: {doc['server']}" if serving_address else
               "\n  (no --serving-address: the server picks the file up on its next poll)")
+    if not doc["complete"]:
+        served += (f"\n  NOT COMPLETE: version {version} must load before {label} can move to "
+                   "it; once the server reports it AVAILABLE (shipyard status "
+                   "--serving-address ...), run this push again")
     _emit(doc, as_json, f"{name}: label {label} -> version {version} "
-                        f"({doc['steps']} config step(s))\n"
+                        f"({doc['steps']} config step(s) written)\n"
                         f"  versions loaded: {doc['after']['versions']}, "
                         f"labels: {doc['after']['labels']}\n  config: {doc['config']}" + served)
 
@@ -336,11 +341,14 @@ def status_command(repo: str, name: str, serving_address: str | None, tracking_u
 
 def _describe_status(doc: dict[str, Any]) -> str:
     lines = [f"{doc['name']} in {doc['repository']} (config {doc['config']})",
-             f"{'version':>7}  {'size':>10}  {'labels':<14} {'aliases':<26} server"]
+             f"{'version':>7}  {'size':>11}  {'loaded':<6}  {'labels':<13} {'aliases':<24} "
+             f"{'server':<10} fingerprint"]
     for row in doc["versions"]:
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] is not None else "not on disk"
-        lines.append(f"{row['version']:>7}  {size:>10}  {','.join(row['labels']) or '-':<14} "
-                     f"{','.join(row['aliases']) or '-':<26} {row['server'] or '-'}")
+        fingerprint = (row["fingerprint"] or "-").removeprefix("sha256:")[:12]
+        lines.append(f"{row['version']:>7}  {size:>11}  {'yes' if row['in_config'] else 'no':<6}"
+                     f"  {','.join(row['labels']) or '-':<13} {','.join(row['aliases']) or '-':<24}"
+                     f" {row['server'] or '-':<10} {fingerprint}")
     if not doc["versions"]:
         lines.append("  (no versions)")
     lines += [f"error ({e['source']}): {e['message']}" for e in doc["errors"]]
@@ -353,27 +361,31 @@ def _describe_status(doc: dict[str, Any]) -> str:
               help="Keep the newest K versions whatever points to them.")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @_registry_options
+@click.option("--no-registry", is_flag=True,
+              help="NAME is registered nowhere: protect versions by labels and --keep only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str | None,
-               registry_uri: str | None, as_json: bool) -> None:
+               registry_uri: str | None, no_registry: bool, as_json: bool) -> None:
     """Remove version directories of NAME that nothing needs.
 
     Kept: the newest K, versions a label points to or models.config loads, and versions a
     registry alias (candidate, canary, champion, ...) points to. The registry is read first;
-    if it cannot be, nothing is removed (exit 6).
+    if it cannot be, nothing is removed (exit 6); if it has no model NAME, nothing is removed
+    either (exit 2: point it at the right registry, or pass --no-registry).
     """
     from shipyard.gc import collect_garbage
     from shipyard.repository import open_repository
 
     doc = collect_garbage(open_repository(repo), name, keep,
-                          read_aliases=_registry_aliases(tracking_uri, registry_uri),
+                          read_aliases=(None if no_registry
+                                        else _registry_aliases(tracking_uri, registry_uri)),
                           dry_run=dry_run, progress=_progress(_quiet()))
     verb = "would remove" if dry_run else "removed"
     kept = "; ".join(f"{v} ({', '.join(r)})" for v, r in doc["keep"].items()) or "none"
     _emit(doc, as_json, f"{name}: {verb} versions {doc['remove'] or 'none'}\n  kept: {kept}")
 
 
-@main.command("validate", context_settings={"ignore_unknown_options": True})
+@main.command("validate")
 @_serving_repo_options
 @click.option("--version", "version", type=int, required=True, help="Published version N.")
 @click.option("--examples", required=True, metavar="PATTERN",
@@ -417,7 +429,6 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     Exit codes: 0 all gates met, 8 parity or agreement outside the thresholds, 2 bad arguments
     or unmappable examples, 6 MLflow unreachable, 1 anything else.
     """
-    from shipyard.errors import GateError
     from shipyard.repository import open_repository
     from shipyard.validate import ValidateRequest, validate_version_on_examples
 
@@ -438,9 +449,10 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
                 open_repository(repo), request,
                 read_aliases=_registry_aliases(tracking_uri, registry_uri), registry=registry,
                 progress=_progress(_quiet()))
-    except GateError as err:
-        if err.document is not None:
-            _emit(err.document, as_json, _describe_validation(err.document))
+    except ShipyardError as err:  # gates failed or MLflow down: the results still stand
+        document = getattr(err, "document", None)
+        if document is not None:
+            _emit(document, as_json, _describe_validation(document))
         raise
     _emit(document, as_json, _describe_validation(document))
 

@@ -35,7 +35,7 @@ def plan_gc(versions: list[int], serving: ModelServing | None, aliases: dict[str
     if keep_newest < 0:
         raise UsageError(f"--keep: expected 0 or more versions to keep, got {keep_newest}")
     reasons: dict[int, list[str]] = {v: [] for v in versions}
-    for version in sorted(versions)[len(versions) - keep_newest:] if keep_newest else []:
+    for version in sorted(versions)[-keep_newest:] if keep_newest else []:
         reasons[version].append(f"among the newest {keep_newest}")
     if serving is not None:
         for label, version in sorted(serving.labels.items()):
@@ -52,24 +52,39 @@ def plan_gc(versions: list[int], serving: ModelServing | None, aliases: dict[str
 
 
 def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
-                    read_aliases: Callable[[str], dict[str, int]], dry_run: bool = False,
-                    progress: Progress = NullProgress()) -> dict[str, Any]:
+                    read_aliases: Callable[[str], dict[str, int] | None] | None,
+                    dry_run: bool = False, progress: Progress = NullProgress()
+                    ) -> dict[str, Any]:
     """Removes what `plan_gc` says (nothing with `dry_run`); returns the plan as JSON.
 
-    `read_aliases` is asked before anything is removed: if the registry cannot be read, gc
-    fails and removes nothing.
+    `read_aliases` returns NAME's aliases, or None when the registry has no model NAME. It is
+    asked before anything is removed: if the registry cannot be read, or does not know NAME
+    (the wrong registry would make every alias invisible), gc fails and removes nothing.
+    Pass `read_aliases=None` only for a model that is not registered anywhere.
     """
     validate_model_name(name)
-    with repo.serving_lock(name):
-        aliases = read_aliases(name)
+    plan_gc([], None, {}, keep_newest)  # a bad --keep fails before anything is read
+    # The serving lock keeps pushes out; the publish lock keeps a version from being removed
+    # between its publish and its `candidate` alias.
+    with repo.serving_lock(name), repo.publish_lock(name):
+        aliases: dict[str, int] = {}
+        if read_aliases is not None:
+            found = read_aliases(name)
+            if found is None:
+                raise UsageError(
+                    f"--name {name}: the registry has no registered model {name}, so gc cannot "
+                    "see which versions its aliases protect. Point --tracking-uri/"
+                    "--registry-uri (or MLFLOW_TRACKING_URI) at the registry that holds it, or "
+                    "pass --no-registry if the model is not registered anywhere")
+            aliases = found
         plan = plan_gc(repo.versions(name), current_serving(repo, name), aliases, keep_newest)
-        staging = []
+        cleaned = []
         if not dry_run:
             for version in plan.remove:
                 with progress.step(f"remove {repo.version_location(name, version)}"):
                     repo.remove_version(name, version)
-            # Leftovers of killed exports (no live process owns them) go too.
-            staging = [str(p) for p in repo.remove_abandoned_staging(name)]
+            # Leftovers of killed exports and killed gc runs go too.
+            cleaned = [str(p) for p in repo.remove_abandoned_staging(name)]
     return {"name": name, "dry_run": dry_run, "keep_newest": keep_newest,
             "aliases": aliases, **plan.to_json(),
-            "removed": [] if dry_run else list(plan.remove), "staging_removed": staging}
+            "removed": [] if dry_run else list(plan.remove), "staging_removed": cleaned}

@@ -1,8 +1,9 @@
 """`shipyard push`: point a TF Serving label at a published version, one push per model at a time.
 
 Composes the repository (published? checksums?), the pure label-move plan, the model config
-file and, when a server address is given, TF Serving's reload-and-wait. Either every step lands
-or NAME's entry goes back to what it was, in the file and on the server.
+file and, when a server address is given, TF Serving's reload-and-wait. If a step fails, NAME's
+entry in the file goes back to what it was and the restored config is sent to the server; the
+error says whether the server took it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class PushResult:
     before: ModelServing | None
     after: ModelServing
     steps: int
+    complete: bool
     config: str
     serving_address: str | None
     server_states: dict[int, str] = field(default_factory=dict)
@@ -41,34 +43,46 @@ class PushResult:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "label": self.label,
                 "before": self.before.to_json() if self.before else None,
-                "after": self.after.to_json(), "steps": self.steps, "config": self.config,
+                "after": self.after.to_json(), "steps": self.steps,
+                "complete": self.complete, "config": self.config,
                 "serving_address": self.serving_address,
                 "server": {str(v): s for v, s in sorted(self.server_states.items())}}
 
 
-def check_published(repo: ModelRepository, name: str, version: int) -> None:
+def check_published(repo: ModelRepository, name: str, version: int,
+                    flag: str = "--version") -> None:
     """A version may be served only if shipyard published it and every file is intact."""
     manifest = repo.read_manifest(name, version)
     if manifest is None:
         where = repo.version_location(name, version)
         known = ", ".join(map(str, repo.versions(name))) or "none"
-        raise UsageError(f"--version {version}: {where} is not a published version of {name} "
+        raise UsageError(f"{flag} {version}: {where} is not a published version of {name} "
                          f"(no shipyard.json); published versions: {known}")
     problems = repo.checksum_problems(name, version, manifest)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise UsageError(
-            f"--version {version}: {repo.version_location(name, version)} fails its checksums "
+            f"{flag} {version}: {repo.version_location(name, version)} fails its checksums "
             f"and will not be served:\n{listed}\nRe-export the model to publish a new version.")
 
 
 def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
                  serving_address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  progress: Progress = NullProgress()) -> PushResult:
+    """Moves `label` to `version` in the steps `label_move_steps` plans.
+
+    With a server, each step is sent and waited for, all within `timeout_s`. Without one, the
+    steps stop after one that loads a new version: a server polling the file refuses a label on
+    a version it has not loaded yet, and would then never load it. The result says
+    `complete: false`; the same push run again once the version is loaded finishes the move.
+    """
     validate_model_name(name)
     validate_version(version)
     if label not in LABELS:
         raise UsageError(f"--label: expected one of {', '.join(LABELS)}, got {label!r}")
+    if timeout_s <= 0:
+        raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout_s:g}")
+    deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
         client = None
         if serving_address is not None:
@@ -84,39 +98,68 @@ def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
                 client.version_states(name)  # unreachable: fail before touching the file
         before = current_serving(repo, name)
         steps = label_move_steps(before, label, version)
+        if client is None:
+            steps = _until_first_load(before, steps)
         written = False
+
+        def send(config: Any) -> None:
+            nonlocal written
+            written = True  # the file has changed: from here on, failure means restore
+            if client is not None:
+                client.reload(config, _left(deadline), budget_s=timeout_s)
+
         try:
             for number, state in enumerate(steps, 1):
                 with progress.step(f"step {number}/{len(steps)}: "
                                    f"versions {list(state.versions)}, labels {state.labels}"):
-                    config = write_entry(repo, name, state)
-                    written = True
+                    seen = client.version_states(name) if client is not None else {}
+                    # Sent under the config lock, so the server gets configs in file order.
+                    write_entry(repo, name, state, then=send)
                     if client is not None:
-                        started = time.monotonic()
-                        client.reload(config, timeout_s)
-                        client.wait_available(name, state.versions,
-                                              max(timeout_s - (time.monotonic() - started), 0))
+                        client.wait_available(name, state.versions, _left(deadline),
+                                              seen=seen, budget_s=timeout_s)
         except BaseException as err:  # Ctrl-C included: never leave a half-moved label
-            if written:
-                _restore(repo, name, before, client, timeout_s)
+            if not written:
+                raise
+            restored = _restore(repo, name, before, client, timeout_s)
             if isinstance(err, ServingError):
-                raise ServingError(f"{err}\nThe previous config of {name} was restored "
-                                   f"({repo.config_location}).") from None
+                raise ServingError(f"{err}\n{restored}") from None
             raise
         states = ({v: s["state"] for v, s in client.version_states(name).items()}
                   if client is not None else {})
         after = current_serving(repo, name) or ModelServing()
-    return PushResult(name, version, label, before, after, len(steps), repo.config_location,
-                      serving_address, states)
+    complete = after.labels.get(label) == version
+    return PushResult(name, version, label, before, after, len(steps), complete,
+                      repo.config_location, serving_address, states)
+
+
+def _until_first_load(before: ModelServing | None,
+                      steps: list[ModelServing]) -> list[ModelServing]:
+    loaded = set(before.versions) if before else set()
+    for index, state in enumerate(steps):
+        if set(state.versions) - loaded:
+            return steps[:index + 1]
+    return steps
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def _restore(repo: ModelRepository, name: str, before: ModelServing | None,
-             client: Any, timeout_s: float) -> None:
-    config = write_entry(repo, name, before)
+             client: Any, timeout_s: float) -> str:
+    """Puts NAME's entry back; returns a sentence saying where it was restored."""
     if client is None:
-        return
+        write_entry(repo, name, before)
+        return f"The previous config of {name} was restored in {repo.config_location}."
     try:
         # The server applies reloads in order: this one may wait for the failed one.
-        client.reload(config, max(timeout_s, RESTORE_TIMEOUT_S))
-    except ServingError as err:  # the file is right again; the server reads it on its next poll
+        write_entry(repo, name, before, then=lambda config: client.reload(
+            config, max(timeout_s, RESTORE_TIMEOUT_S)))
+    except ServingError as err:
         log.error("could not send the restored config to %s: %s", client.address, err)
+        return (f"The previous config of {name} was restored in {repo.config_location}, but "
+                f"TF Serving at {client.address} did not take it ({err}); it still has the "
+                "failed config until it is reloaded or restarted.")
+    return (f"The previous config of {name} was restored in {repo.config_location} and on "
+            f"TF Serving at {client.address}.")

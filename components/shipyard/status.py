@@ -14,7 +14,7 @@ from shipyard.names import validate_model_name
 from shipyard.repository import ModelRepository
 from shipyard.serving.config_file import current_serving
 
-AliasReader = Callable[[str], dict[str, int]]
+AliasReader = Callable[[str], dict[str, int] | None]
 StateReader = Callable[[str], dict[int, dict[str, Any]]]
 
 
@@ -23,7 +23,9 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
     validate_model_name(name)
     errors: list[dict[str, Any]] = []
     serving = current_serving(repo, name)
-    aliases = _attempt(lambda: read_aliases(name), "registry", errors) if read_aliases else None
+    # A registry that does not know NAME has no aliases for it ({}); None: not read.
+    aliases = (_attempt(lambda: read_aliases(name) or {}, "registry", errors)
+               if read_aliases else None)
     server = _attempt(lambda: read_server(name), "server", errors) if read_server else None
     on_disk = repo.versions(name)
     rows = []

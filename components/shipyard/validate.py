@@ -7,6 +7,7 @@ into the version directory: published versions are immutable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from shipyard.errors import GateError, UsageError
+from shipyard.errors import GateError, ShipyardError, UsageError
 from shipyard.names import validate_model_name, validate_version
 from shipyard.progress import NullProgress, Progress
 from shipyard.repository import ModelRepository
@@ -46,7 +47,7 @@ class ValidateRequest:
 
 def validate_version_on_examples(
         repo: ModelRepository, request: ValidateRequest, *,
-        read_aliases: Callable[[str], dict[str, int]],
+        read_aliases: Callable[[str], dict[str, int] | None],
         registry: Callable[[], Any] | None = None,
         progress: Progress = NullProgress()) -> dict[str, Any]:
     """Runs the pipeline and returns the result document; GateError (exit 8) when a gate
@@ -57,16 +58,23 @@ def validate_version_on_examples(
     validate_model_name(request.name)
     validate_version(request.version)
     _check_thresholds(request)
+    if request.source is None and request.against is None:
+        raise UsageError("nothing to compare: pass --source MODEL (parity with the source "
+                         "model) and/or --against champion|VERSION (agreement with another "
+                         "version)")
+    if request.runner != "DirectRunner" and _option(request.beam_args,
+                                                    "--temp_location") is None:
+        raise UsageError(f"--runner {request.runner}: pass -- --temp_location URL (a bucket "
+                         "path the workers can write to); the results are collected there")
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
     fmt = format_of(request.examples, request.fmt)
     files = _matching_files(request.examples)
     against = _resolve_against(repo, request, read_aliases)
-    against_manifest = repo.read_manifest(request.name, against) if against else None
-    if against_manifest is not None and endpoint not in against_manifest["signatures"]:
-        raise UsageError(f"--against: version {against} of {request.name} has no endpoint "
-                         f"{endpoint!r}; it has {sorted(against_manifest['signatures'])}")
+    if against is not None:
+        _check_same_signature(manifest, repo.read_manifest(request.name, against), endpoint,
+                              against)
     if request.source is not None:
         from shipyard.export.source import check_model_path
 
@@ -77,9 +85,9 @@ def validate_version_on_examples(
     tolerance = manifest["spec"].get("tolerance", {})
     job = ValidationJob(
         examples=request.examples, fmt=fmt,
-        csv_header=_csv_header(files[0]) if fmt == "csv" else None,
+        csv_header=_csv_header(files) if fmt == "csv" else None,
         decls=tuple(declared_inputs(manifest["signatures"][endpoint])),
-        signature=endpoint, endpoint=endpoint,
+        endpoint=endpoint,
         version_dir=repo.version_location(request.name, request.version),
         spec=manifest["spec"], source=str(request.source) if request.source else None,
         imports=request.imports, unsafe=request.unsafe,
@@ -93,12 +101,13 @@ def validate_version_on_examples(
         # computes and worker processes would each pay its ~15 s import.
         beam_args += [f"--direct_num_workers={os.cpu_count() or 1}",
                       "--direct_running_mode=multi_threading"]
-    results_dir = _option(request.beam_args, "--temp_location") or tempfile.mkdtemp(
-        prefix="shipyard-validate-")
-    with progress.step(f"run the validation pipeline on {len(files)} file(s) "
-                       f"({request.runner})"):
-        outcome = run_pipeline(job, runner=request.runner, beam_args=beam_args,
-                               results_dir=results_dir)
+    with contextlib.ExitStack() as stack:
+        results_dir = _option(request.beam_args, "--temp_location") or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="shipyard-validate-"))
+        with progress.step(f"run the validation pipeline on {len(files)} file(s) "
+                           f"({request.runner})"):
+            outcome = run_pipeline(job, runner=request.runner, beam_args=beam_args,
+                                   results_dir=results_dir)
     if outcome["unmappable"]:
         listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
         raise UsageError(
@@ -123,11 +132,15 @@ def validate_version_on_examples(
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "logged_to_run": None,
     }
-    if registry is not None:
-        with progress.step("log the results to MLflow"):
-            document["logged_to_run"] = _log(registry(), request, document)
     if request.output:
         _write(request.output, document)
+    if registry is not None:
+        try:
+            with progress.step("log the results to MLflow"):
+                document["logged_to_run"] = _log(registry(), request, document)
+        except ShipyardError as err:  # the results stand; the caller still prints them
+            err.document = document  # type: ignore[attr-defined]
+            raise
     if failures:
         raise GateError("validation gates failed:\n" + "\n".join(f"  - {f}" for f in failures),
                         document=document)
@@ -167,26 +180,49 @@ def _matching_files(pattern: str) -> list[str]:
     return sorted(m.path for m in matched)
 
 
-def _csv_header(path: str) -> tuple[str, ...]:
+def _csv_header(paths: list[str]) -> tuple[str, ...]:
+    """The header all CSV files share (each file's first line is skipped as its header)."""
     from apache_beam.io.filesystems import FileSystems
 
     from shipyard.validation.examples import parse_csv_header
 
-    with FileSystems.open(path) as f:
-        first = f.readline().decode().rstrip("\r\n")
-    if not first:
-        raise UsageError(f"--examples: {path} is empty; a CSV file needs a header line")
-    return tuple(parse_csv_header(first))
+    headers = {}
+    for path in paths:
+        with FileSystems.open(path) as f:
+            first = f.readline().decode().rstrip("\r\n")
+        if not first:
+            raise UsageError(f"--examples: {path} is empty; a CSV file needs a header line")
+        headers[path] = tuple(parse_csv_header(first))
+    first_path, header = next(iter(headers.items()))
+    for path, other in headers.items():
+        if other != header:
+            raise UsageError(f"--examples: {path} has the header {','.join(other)} but "
+                             f"{first_path} has {','.join(header)}; columns are mapped by one "
+                             "header, so give every file the same one")
+    return header
+
+
+def _check_same_signature(manifest: dict[str, Any], other: dict[str, Any] | None,
+                          endpoint: str, version: int) -> None:
+    signatures = (other or {}).get("signatures", {})
+    if endpoint not in signatures:
+        raise UsageError(f"--against: version {version} has no endpoint {endpoint!r}; it has "
+                         f"{', '.join(sorted(signatures)) or 'none'}")
+    if signatures[endpoint] != manifest["signatures"][endpoint]:
+        raise UsageError(f"--against: endpoint {endpoint!r} of version {version} has another "
+                         f"signature ({signatures[endpoint]}) than the version validated "
+                         f"({manifest['signatures'][endpoint]}); agreement needs the same "
+                         "inputs and outputs")
 
 
 def _resolve_against(repo: ModelRepository, request: ValidateRequest,
-                     read_aliases: Callable[[str], dict[str, int]]) -> int | None:
+                     read_aliases: Callable[[str], dict[str, int] | None]) -> int | None:
     from shipyard.push import check_published
 
     if request.against is None:
         return None
     if request.against == CHAMPION:
-        aliases = read_aliases(request.name)
+        aliases = read_aliases(request.name) or {}
         if CHAMPION not in aliases:
             raise UsageError(f"--against champion: registered model {request.name} has no "
                              "champion alias; pass a version number instead")
@@ -198,7 +234,7 @@ def _resolve_against(repo: ModelRepository, request: ValidateRequest,
                          f"{request.against!r}")
     if other == request.version:
         raise UsageError(f"--against: version {other} is the version being validated")
-    check_published(repo, request.name, other)
+    check_published(repo, request.name, other, flag="--against")
     return other
 
 

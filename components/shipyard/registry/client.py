@@ -195,10 +195,10 @@ class ModelRegistry:
                              "`shipyard register`")
         return model
 
-    def aliases(self, name: str) -> dict[str, int]:
-        """{alias: version} of NAME; {} when the registry has no model of that name."""
+    def aliases(self, name: str) -> dict[str, int] | None:
+        """{alias: version} of NAME; None when the registry has no model of that name."""
         model = self._existing_model(name)
-        return {} if model is None else {a: int(v) for a, v in model.aliases.items()}
+        return None if model is None else {a: int(v) for a, v in model.aliases.items()}
 
     def _existing_model(self, name: str) -> Any | None:
         """The registered model, or None if the registry has none of that name."""

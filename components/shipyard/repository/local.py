@@ -136,9 +136,13 @@ class LocalModelRepository:
         return StagingDir(path=path, _lock=lock)
 
     def remove_abandoned_staging(self, name: str) -> list[Path]:
-        """Removes staging directories whose owning process is gone; returns them."""
+        """Removes staging directories whose owning process is gone, and versions a killed
+        gc had renamed away but not yet deleted; returns them."""
         removed = []
         model_dir = self.model_dir(name)
+        for path in sorted(model_dir.glob(f"{TRASH_PREFIX}*")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
         for path in sorted(model_dir.glob(f"{STAGING_PREFIX}*")):
             if path.suffix == ".lock" or not path.is_dir():
                 continue
@@ -171,15 +175,7 @@ class LocalModelRepository:
         model_dir = self.model_dir(name)
         # A version must survive a power loss intact once TF Serving can see it.
         _fsync_tree(staging.path)
-        lock_path = model_dir / PUBLISH_LOCK
-        try:
-            lock = FileLock(lock_path, timeout=PUBLISH_LOCK_TIMEOUT_S)
-            lock.acquire()
-        except Timeout:
-            raise ShipyardError(
-                f"another run has been publishing {name} for over {PUBLISH_LOCK_TIMEOUT_S} s "
-                f"(it holds {lock_path}); wait for it to finish or stop it") from None
-        try:
+        with self.publish_lock(name):
             if precheck is not None:
                 precheck()
             if version is None:
@@ -191,8 +187,6 @@ class LocalModelRepository:
             staging.published = True
             staging.path = target
             _fsync_dir(model_dir)
-        finally:
-            lock.release()
         log.info("published %s", target)
         return version
 
@@ -237,6 +231,13 @@ class LocalModelRepository:
     @property
     def config_location(self) -> str:
         return str((self.root / CONFIG_NAME).resolve())
+
+    @contextlib.contextmanager
+    def publish_lock(self, name: str) -> Iterator[None]:
+        """Held while a version number is chosen and published (and by gc while removing)."""
+        with held(self.model_dir(name) / PUBLISH_LOCK, PUBLISH_LOCK_TIMEOUT_S,
+                  f"publish of {name}"):
+            yield
 
     @contextlib.contextmanager
     def serving_lock(self, name: str) -> Iterator[None]:

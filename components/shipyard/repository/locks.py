@@ -10,8 +10,12 @@ from filelock import FileLock, Timeout
 
 from shipyard.errors import ShipyardError
 
-SERVING_LOCK_TIMEOUT_S = 600  # a push waits for a model to load; the next one waits for it
-CONFIG_LOCK_TIMEOUT_S = 60  # held only to read-modify-write models.config
+# A push holds its model's lock while the server loads (up to its --timeout, 300 s by
+# default, per push); the next push of that model waits for it.
+SERVING_LOCK_TIMEOUT_S = 1800
+# Held to read-modify-write models.config and send it to the server, which answers once a
+# model new to it has loaded.
+CONFIG_LOCK_TIMEOUT_S = 900
 
 
 @contextlib.contextmanager

@@ -39,15 +39,21 @@ class ObjectStoreRepository:
     def __init__(self, url: str):
         import fsspec
 
-        self.location = url.rstrip("/")
+        protocol, _, path = url.partition("://")
+        if not path.strip("/"):
+            raise ShipyardError(f"--repo {url}: name a bucket or folder after {protocol}://, "
+                                f"e.g. {protocol}://models-bucket/models")
+        self.location = f"{protocol}://{path.rstrip('/')}"
         try:
             self.fs, self._root = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError) as err:
             raise ShipyardError(
                 f"--repo {url}: no filesystem for this URL ({err}); install the fsspec "
                 "backend for it (gcsfs for gs://, s3fs for s3://)") from None
-        self._protocol = self.location.split("://", 1)[0]
-        key = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        # Keyed by the store's own name for the root, so spellings of one place
+        # (gs:// and gcs://, memory://x and memory:///x) share their locks.
+        canonical = self.fs.unstrip_protocol(self._root)
+        key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         self._lock_dir = Path(tempfile.gettempdir()) / "shipyard-locks" / key
 
     # --- where things are -------------------------------------------------------------
@@ -140,11 +146,12 @@ class ObjectStoreRepository:
         """Uploads `staging` as version `version` (default: next free), checks every file
         against the manifest, and returns the version. The local staging copy stays with
         `staging` (its discard removes it)."""
-        with self._publish_lock(name):
+        with self.publish_lock(name):
             if precheck is not None:
                 precheck()
             if version is None:
                 version = self._next_version(name)
+            self._remove_unfinished_upload(name, version)
             self.ensure_version_free(name, version)
             manifest = json.loads((staging.path / MANIFEST_PATH).read_text())
             target = self._path(name, str(version))
@@ -168,8 +175,17 @@ class ObjectStoreRepository:
         log.info("published %s", self.version_location(name, version))
         return version
 
+    def _remove_unfinished_upload(self, name: str, version: int) -> None:
+        """A directory N without a manifest is an upload a killed run left behind (the
+        manifest goes last). Under the publish lock nobody else is uploading N, so a run
+        publishing N again (e.g. `register` completing its registered version) replaces it."""
+        target = self._path(name, str(version))
+        if self.fs.exists(target) and not self.fs.exists(f"{target}/{MANIFEST_PATH}"):
+            log.warning("removing the unfinished upload %s", self.version_location(name, version))
+            self.fs.rm(target, recursive=True)
+
     def _next_version(self, name: str) -> int:
-        # Unfinished uploads count: their number is taken until someone removes them.
+        # Unfinished uploads count: another machine may still be uploading that number.
         numbers = self._version_numbers(name)
         return (numbers[-1] if numbers else 0) + 1
 
@@ -190,7 +206,7 @@ class ObjectStoreRepository:
         self.fs.pipe_file(self._path(CONFIG_NAME), text.encode())
 
     @contextlib.contextmanager
-    def _publish_lock(self, name: str) -> Iterator[None]:
+    def publish_lock(self, name: str) -> Iterator[None]:
         with held(self._lock_dir / f"{name}.publish.lock", PUBLISH_LOCK_TIMEOUT_S,
                   f"publish of {name}"):
             yield

@@ -46,7 +46,7 @@ class ServingClient:
         self.close()
 
     def reload(self, config: model_server_config_pb2.ModelServerConfig,
-               timeout_s: float = _RPC_TIMEOUT_S) -> None:
+               timeout_s: float = _RPC_TIMEOUT_S, *, budget_s: float | None = None) -> None:
         """Sends the full config (TF Serving replaces its whole model list with it).
 
         TF Serving answers only once the config is applied, which for a model new to it
@@ -60,9 +60,10 @@ class ServingClient:
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServingError(
-                    f"timed out after {timeout_s:g} s waiting for TF Serving at {self.address} "
-                    "to apply the config (it answers once new models have loaded); raise "
-                    "--timeout for large models, or check the server's log") from None
+                    f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving at "
+                    f"{self.address} to apply the config (it answers once new models have "
+                    "loaded); raise --timeout for large models, or check the server's log"
+                ) from None
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise self._unreachable(err, "reload config") from None
             raise ServingError(f"TF Serving at {self.address} refused the config: "
@@ -89,10 +90,18 @@ class ServingClient:
                                            "error": status.status.error_message}
         return states
 
-    def wait_available(self, name: str, versions: tuple[int, ...], timeout_s: float) -> None:
+    def wait_available(self, name: str, versions: tuple[int, ...], timeout_s: float, *,
+                       seen: dict[int, dict[str, Any]] | None = None,
+                       budget_s: float | None = None) -> None:
         """Returns once every version in `versions` is AVAILABLE; ServingError when one ends
-        in error or `timeout_s` passes."""
+        in error or `timeout_s` passes.
+
+        `seen`: the states before the reload. A version that had already failed keeps that
+        END-with-error state until the server starts loading it again, so an unchanged one
+        is still pending, not failed. `budget_s` is the whole push's timeout, for the message.
+        """
         deadline = time.monotonic() + timeout_s
+        seen = seen or {}
         while True:
             states = self.version_states(name)
             pending = [v for v in versions if states.get(v, {}).get("state") != AVAILABLE]
@@ -100,16 +109,17 @@ class ServingClient:
                 return
             for version in pending:
                 status = states.get(version, {})
-                if status.get("state") == END and status.get("error"):
+                failed = status.get("state") == END and status.get("error")
+                if failed and status != seen.get(version):
                     raise ServingError(f"TF Serving at {self.address} failed to load {name} "
                                        f"version {version}: {status['error']}")
             if time.monotonic() >= deadline:
                 described = ", ".join(f"{v}: {states.get(v, {}).get('state', 'not known')}"
                                       for v in pending)
                 raise ServingError(
-                    f"timed out after {timeout_s:g} s waiting for TF Serving at {self.address} "
-                    f"to report {name} version(s) AVAILABLE ({described}); raise --timeout "
-                    "for large models, or check the server's log")
+                    f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving at "
+                    f"{self.address} to report {name} version(s) AVAILABLE ({described}); raise "
+                    "--timeout for large models, or check the server's log")
             time.sleep(_POLL_S)
 
     def _unreachable(self, err: grpc.RpcError, what: str) -> ServingError:

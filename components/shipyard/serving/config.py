@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from google.protobuf import text_format
 
 from shipyard.errors import ShipyardError
+from shipyard.repository.local import CONFIG_NAME
 from shipyard.serving.protos import model_server_config_pb2
 
-CONFIG_NAME = "models.config"
 LABELS = ("stable", "canary")
 PLATFORM = "tensorflow"
 

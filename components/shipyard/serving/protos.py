@@ -12,6 +12,7 @@ Re-registering the identical proto files later is allowed by protobuf.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +41,10 @@ def _load_rewritten(module_name: str, path: Path) -> ModuleType:
                                 f"import {private} as")
         source = source.replace(f"from {package}.error_codes_pb2 import *",
                                 f"from {private} import *")
+    if re.search(r"^\s*(from|import) tensorflow\b", source, re.MULTILINE):
+        # Generated code changed shape: fail loudly rather than import TensorFlow silently.
+        raise ImportError(f"shipyard.serving.protos: unexpected imports in {path}; update "
+                          "_ERROR_CODES for this tensorflow/tensorflow-serving-api version")
     module = ModuleType(module_name)
     module.__file__ = str(path)
     sys.modules[module_name] = module

@@ -62,15 +62,14 @@ def parse_csv_header(line: str) -> list[str]:
     return next(csv.reader([line]))
 
 
-def csv_row(header: list[str], line: str) -> dict[str, list[Any]]:
-    """One CSV line -> {column: [value]}; a column `f` of shape [3] may also be written as
-    columns f_0, f_1, f_2 (or as one cell "1 2 3")."""
+def csv_row(header: list[str], line: str) -> dict[str, Any]:
+    """One CSV line -> {column: cell}. A tensor input `f` of shape [3] is either the columns
+    f_0, f_1, f_2 or one cell "1 2 3" (numeric inputs only: text may contain spaces)."""
     cells = next(csv.reader(io.StringIO(line)))
     if len(cells) != len(header):
         raise ExampleError(f"the row has {len(cells)} cells but the header names "
                            f"{len(header)} columns")
-    return {column: cell.split() if " " in cell.strip() else [cell]
-            for column, cell in zip(header, cells)}
+    return dict(zip(header, cells))
 
 
 def json_row(line: str) -> dict[str, Any]:
@@ -96,13 +95,21 @@ def to_inputs(row: dict[str, Any], decls: list[InputDecl]) -> dict[str, np.ndarr
 
 def _values(row: dict[str, Any], decl: InputDecl) -> list[Any]:
     if decl.name in row:
-        value = row[decl.name]
-        return list(np.asarray(value, dtype=object).reshape(-1)) if isinstance(
-            value, (list, tuple)) else [value]
-    split = []
-    while f"{decl.name}_{len(split)}" in row:
-        split.extend(_values(row, InputDecl(f"{decl.name}_{len(split)}", decl.dtype, ())))
-    return split
+        return _flat(row[decl.name], decl)
+    values: list[Any] = []
+    index = 0
+    while f"{decl.name}_{index}" in row:
+        values.extend(_flat(row[f"{decl.name}_{index}"], decl))
+        index += 1
+    return values
+
+
+def _flat(value: Any, decl: InputDecl) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(np.asarray(value, dtype=object).reshape(-1))
+    if isinstance(value, str) and decl.dtype != "string":
+        return value.split()  # "1 2 3" in one cell; an empty cell has no value
+    return [value]
 
 
 def _array(values: list[Any], decl: InputDecl) -> np.ndarray:
@@ -117,6 +124,9 @@ def _array(values: list[Any], decl: InputDecl) -> np.ndarray:
     elif len(values) != expected:
         raise ExampleError(f"feature {decl.name}: expected {expected} value(s) for the declared "
                            f"shape {list(decl.shape)}, got {len(values)}")
+    if any(v is None for v in values):
+        raise ExampleError(f"feature {decl.name}: null value(s); every declared input needs "
+                           "a value")
     try:
         if decl.dtype == "string":
             array = np.array([v.encode() if isinstance(v, str) else bytes(v) if isinstance(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apache_beam as beam
+from apache_beam.utils import shared
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -33,8 +34,7 @@ class ValidationJob:
     fmt: str
     csv_header: tuple[str, ...] | None
     decls: tuple[InputDecl, ...]
-    signature: str  # the endpoint's signature name in the SavedModels
-    endpoint: str  # the endpoint's name in the spec (for the source model)
+    endpoint: str  # the endpoint: its signature in the SavedModels, its entry in the spec
     version_dir: str
     spec: dict[str, Any]  # normalized export spec of the version
     source: str | None = None
@@ -85,30 +85,44 @@ def _describe(record: Any) -> str:
     return f"example {text[:80]!r}"
 
 
+class _LoadedModels:
+    """The models one worker process runs, loaded once and shared by its threads."""
+
+    def __init__(self, job: ValidationJob):
+        import tensorflow as tf
+
+        self.version = tf.saved_model.load(job.version_dir).signatures[job.endpoint]
+        self.against = (tf.saved_model.load(job.against_dir).signatures[job.endpoint]
+                        if job.against_dir else None)
+        self.source = None
+        self.endpoint = None
+        if job.source:
+            from shipyard.export import archive, source
+            from shipyard.spec import parse_spec
+
+            source.import_modules(job.imports)
+            spec = parse_spec(job.spec)
+            self.endpoint = next(e for e in spec.endpoints if e.name == job.endpoint)
+            self.source = archive.endpoint_function(
+                source.load_source_model(job.source, unsafe=job.unsafe), spec, job.endpoint)
+
+
 class _RunModels(beam.DoFn):
     """Runs the version (and its source and/or the other version) on batches of examples."""
 
     def __init__(self, job: ValidationJob):
         self.job = job
+        # One copy of the models per worker process, whatever its number of threads.
+        self._shared = shared.Shared()
 
     def setup(self) -> None:
         import tensorflow as tf
 
         self._tf = tf
-        self._version = tf.saved_model.load(self.job.version_dir).signatures[self.job.signature]
-        self._against = (tf.saved_model.load(self.job.against_dir).signatures[self.job.signature]
-                         if self.job.against_dir else None)
-        self._source = None
-        if self.job.source:
-            from shipyard.export import archive, source
-            from shipyard.spec import parse_spec
-
-            source.import_modules(self.job.imports)
-            spec = parse_spec(self.job.spec)
-            self._endpoint = next(e for e in spec.endpoints if e.name == self.job.endpoint)
-            self._source = archive.endpoint_function(
-                source.load_source_model(self.job.source, unsafe=self.job.unsafe), spec,
-                self.job.endpoint)
+        models = self._shared.acquire(lambda: _LoadedModels(self.job))
+        self._models = models
+        self._version, self._against = models.version, models.against
+        self._source, self._endpoint = models.source, models.endpoint
 
     def process(self, examples: list[dict[str, Any]]) -> Iterator[tuple[int, stats_lib.Stats]]:
         from shipyard.export.archive import structure_arguments

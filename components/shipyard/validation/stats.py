@@ -22,19 +22,24 @@ def compare_batch(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
     for name, expected in reference.items():
         expected = np.asarray(expected)
         got = np.asarray(candidate[name])
+        if got.shape != expected.shape:  # broadcasting would compare the wrong elements
+            raise ValueError(f"output {name}: shape {list(got.shape)} where the reference has "
+                             f"{list(expected.shape)}; the two do not compute the same thing")
         examples = expected.shape[0] if expected.ndim else 1
         numeric = expected.dtype.kind in "fiub" and got.dtype.kind in "fiub"
         if numeric:
             diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+            finite = np.isfinite(diff)
             allowed = atol + rtol * np.abs(expected.astype(np.float64))
-            ok = (diff <= allowed).reshape(examples, -1).all(axis=1)
-            entry = {"examples": examples, "elements": int(diff.size),
-                     "sum_abs": float(diff.sum()), "max_abs": float(diff.max(initial=0.0)),
-                     "within": int(ok.sum())}
+            ok = (finite & (diff <= allowed)).reshape(examples, -1).all(axis=1)
+            entry = {"examples": examples, "elements": int(finite.sum()),
+                     "sum_abs": float(diff[finite].sum()),
+                     "max_abs": float(diff[finite].max(initial=0.0)),
+                     "non_finite": int((~finite).sum()), "within": int(ok.sum())}
         else:
             equal = (got == expected).reshape(examples, -1).all(axis=1)
             entry = {"examples": examples, "elements": 0, "sum_abs": 0.0, "max_abs": None,
-                     "within": int(equal.sum())}
+                     "non_finite": 0, "within": int(equal.sum())}
         entry["top1"] = (int((expected.argmax(-1) == got.argmax(-1)).reshape(examples, -1)
                              .all(axis=1).sum())
                          if numeric and expected.ndim >= 2 and expected.shape[-1] > 1 else None)
@@ -51,7 +56,7 @@ def merge(a: Stats, b: Stats) -> Stats:
                 target[output] = dict(figures)
                 continue
             mine = target[output]
-            for key in ("examples", "elements", "sum_abs", "within"):
+            for key in ("examples", "elements", "sum_abs", "non_finite", "within"):
                 mine[key] += figures[key]
             if figures["max_abs"] is not None:
                 mine["max_abs"] = max(mine["max_abs"] or 0.0, figures["max_abs"])
@@ -68,6 +73,7 @@ def summarize(stats: Stats) -> dict[str, dict[str, dict[str, Any]]]:
         for output, f in sorted(outputs.items()):
             summary[comparison][output] = {
                 "examples": f["examples"],
+                "non_finite": f["non_finite"],
                 "max_abs_error": f["max_abs"],
                 "mean_abs_error": f["sum_abs"] / f["elements"] if f["elements"] else None,
                 "within_tolerance": f["within"] / f["examples"] if f["examples"] else None,
@@ -79,14 +85,17 @@ def summarize(stats: Stats) -> dict[str, dict[str, dict[str, Any]]]:
 
 def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
                   max_abs_error: float | None, min_agreement: float | None) -> list[str]:
-    """What misses its threshold. Parity: max abs error <= --max-abs-error when given, else
-    every example within the spec's tolerance. Agreement (only with --min-agreement): top-1
-    agreement for classification-shaped outputs, else the share within tolerance."""
+    """What misses its threshold. Parity: max abs error <= --max-abs-error when given (for
+    numeric outputs), else every example within the spec's tolerance; a NaN or infinite
+    difference always fails. Agreement (only with --min-agreement): top-1 agreement for
+    classification-shaped outputs, else the share of examples within the spec's tolerance."""
     failures = []
     for output, f in summary.get("parity", {}).items():
-        if max_abs_error is not None:
-            if f["max_abs_error"] is None or f["max_abs_error"] > max_abs_error:
-                failures.append(f"parity {output}: max abs error {f['max_abs_error']} > "
+        if f["non_finite"]:
+            failures.append(f"parity {output}: {f['non_finite']} NaN or infinite difference(s)")
+        elif max_abs_error is not None and f["max_abs_error"] is not None:
+            if not f["max_abs_error"] <= max_abs_error:
+                failures.append(f"parity {output}: max abs error {f['max_abs_error']:.3g} > "
                                 f"--max-abs-error {max_abs_error:g}")
         elif f["within_tolerance"] is not None and f["within_tolerance"] < 1.0:
             failures.append(f"parity {output}: {f['within_tolerance']:.2%} of examples within "
@@ -95,7 +104,7 @@ def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
         for output, f in summary.get("agreement", {}).items():
             value = f["top1_agreement"] if f["top1_agreement"] is not None else \
                 f["within_tolerance"]
-            if value is None or value < min_agreement:
+            if value is None or not value >= min_agreement:
                 failures.append(f"agreement {output}: {value} < --min-agreement "
                                 f"{min_agreement:g}")
     return failures

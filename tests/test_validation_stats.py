@@ -1,0 +1,95 @@
+"""Validation statistics and example mapping (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shipyard.validation.examples import ExampleError, InputDecl, csv_row, json_row, to_inputs
+from shipyard.validation.stats import compare_batch, gate_failures, merge, summarize
+
+X = [InputDecl("x", "float32", (None, 3)), InputDecl("city", "string", (None, 1))]
+
+
+def test_parity_figures_merge_across_batches():
+    first = compare_batch({"y": np.array([[1.0, 2.0], [3.0, 4.0]])},
+                          {"y": np.array([[1.0, 2.5], [3.0, 4.0]])}, atol=0.1, rtol=0.0)
+    second = compare_batch({"y": np.array([[0.0, 1.0]])}, {"y": np.array([[0.0, 1.0]])},
+                           atol=0.1, rtol=0.0)
+    summary = summarize({"parity": merge({"parity": first}, {"parity": second})["parity"]})
+    y = summary["parity"]["y"]
+    assert y["examples"] == 3 and y["max_abs_error"] == 0.5
+    assert y["mean_abs_error"] == pytest.approx(0.5 / 6)
+    assert y["within_tolerance"] == pytest.approx(2 / 3)
+    assert y["top1_agreement"] == 1.0  # arg-max unchanged in every row
+    assert gate_failures(summary, max_abs_error=None, min_agreement=None) == [
+        "parity y: 66.67% of examples within the spec's tolerance (max abs error 0.5)"]
+    assert gate_failures(summary, max_abs_error=0.5, min_agreement=None) == []
+
+
+def test_nan_never_passes_a_gate():
+    figures = compare_batch({"y": np.array([[1.0], [2.0]])}, {"y": np.array([[np.nan], [2.0]])},
+                            atol=1e-5, rtol=0.0)
+    summary = summarize({"parity": figures})
+    assert summary["parity"]["y"]["non_finite"] == 1
+    assert summary["parity"]["y"]["max_abs_error"] == 0.0  # of the finite differences
+    assert gate_failures(summary, max_abs_error=100.0, min_agreement=None) == [
+        "parity y: 1 NaN or infinite difference(s)"]
+
+
+def test_string_outputs_compare_exactly_under_any_gate():
+    same = compare_batch({"label": np.array([[b"a"], [b"b"]], dtype=object)},
+                         {"label": np.array([[b"a"], [b"b"]], dtype=object)}, 1e-5, 1e-5)
+    summary = summarize({"parity": same})
+    assert summary["parity"]["label"]["within_tolerance"] == 1.0
+    assert gate_failures(summary, max_abs_error=0.1, min_agreement=None) == []
+    differs = summarize({"parity": compare_batch(
+        {"label": np.array([[b"a"]], dtype=object)}, {"label": np.array([[b"z"]], dtype=object)},
+        1e-5, 1e-5)})
+    assert gate_failures(differs, max_abs_error=0.1, min_agreement=None) == [
+        "parity label: 0.00% of examples within the spec's tolerance (max abs error None)"]
+
+
+def test_outputs_of_another_shape_are_refused_not_broadcast():
+    with pytest.raises(ValueError, match=r"output y: shape \[2, 1\] where the reference has "
+                                         r"\[2\]"):
+        compare_batch({"y": np.zeros(2)}, {"y": np.zeros((2, 1))}, 1e-5, 1e-5)
+
+
+def test_agreement_gate_uses_top1_for_classification_outputs():
+    figures = compare_batch({"p": np.array([[0.9, 0.1], [0.2, 0.8]])},
+                            {"p": np.array([[0.6, 0.4], [0.7, 0.3]])}, 1e-5, 1e-5)
+    summary = summarize({"agreement": figures})
+    assert summary["agreement"]["p"]["top1_agreement"] == 0.5
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.4) == []
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.9) == [
+        "agreement p: 0.5 < --min-agreement 0.9"]
+
+
+def test_examples_map_by_name_from_csv_and_json():
+    by_columns = to_inputs(csv_row(["x_0", "x_1", "x_2", "city"], '1,2,3,New York'), X)
+    in_one_cell = to_inputs(csv_row(["x", "city"], '"1 2 3",New York'), X)
+    from_json = to_inputs(json_row('{"x": [1, 2, 3], "city": ["New York"], "extra": 1}'), X)
+    for inputs in (by_columns, in_one_cell, from_json):
+        np.testing.assert_array_equal(inputs["x"], np.array([1, 2, 3], np.float32))
+        assert inputs["x"].dtype == np.float32
+        assert list(inputs["city"]) == [b"New York"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"city": "a"}, r"missing feature\(s\) x \(the endpoint's inputs are x: float32\[None, 3\], "
+                    r"city: string\[None, 1\]; the example has city\)"),
+    ({"x": [1, 2], "city": "a"}, r"feature x: expected 3 value\(s\) for the declared shape "
+                                 r"\[None, 3\], got 2"),
+    ({"x": ["1", "two", "3"], "city": "a"}, r"feature x: cannot read \['1', 'two', '3'\] as "
+                                            r"float32"),
+    ({"x": [1, None, 3], "city": "a"}, r"feature x: null value\(s\)"),
+])
+def test_unmappable_examples_name_the_feature(row, message):
+    with pytest.raises(ExampleError, match=message):
+        to_inputs(row, X)
+
+
+def test_integer_inputs_refuse_fractions():
+    with pytest.raises(ExampleError, match=r"feature ids: cannot read \[1.5\] as int64"):
+        to_inputs({"ids": [1.5]}, [InputDecl("ids", "int64", (None, 1))])
