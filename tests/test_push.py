@@ -320,7 +320,9 @@ def test_status_shows_disk_labels_aliases_and_server(cli, templates, repo, regis
 
     human = cli(*status, "--tracking-uri", registry_uri)
     assert human.exit_code == 0
-    assert "stable" in human.stdout and "champion" in human.stdout
+    rows = {line.split()[0]: line.split() for line in human.stdout.splitlines()[2:]}
+    assert rows["1"][3:7] == ["yes", "stable", "champion", "AVAILABLE"]
+    assert rows["2"][3:7] == ["yes", "canary", "candidate", "AVAILABLE"]
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     partial = cli(*status, "--tracking-uri", "http://127.0.0.1:9", "--json")
