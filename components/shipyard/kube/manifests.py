@@ -1,0 +1,290 @@
+"""TF Serving on Kubernetes, as plain dicts. Pure: the one source of truth for k8s/.
+
+`render(target)` builds the objects shipyard applies for one model; `write_kustomize(root)`
+writes the same objects as the kustomize tree in k8s/ (base and the canary and gpu overlays),
+and tests check that `kubectl kustomize` of that tree gives exactly what `render` gives, so
+the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GRPC_PORT = 8500
+REST_PORT = 8501
+CONFIG_MOUNT = "/config"
+MODEL_MOUNT = "/models"
+FIELD_MANAGER = "shipyard"
+PUSHER = "shipyard-pusher"
+MONITORING_PATH = "/monitoring/prometheus/metrics"
+MONITORING_CONFIG = f'prometheus_config {{\n  enable: true\n  path: "{MONITORING_PATH}"\n}}\n'
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """Where and how one model is served."""
+
+    name: str = "model"
+    namespace: str = "shipyard"
+    image: str = "tensorflow/serving:2.19.0"
+    gpu_image: str = "tensorflow/serving:2.19.0-gpu"
+    replicas: int = 2
+    # A PVC holding the repository (mounted at /models), or None to read `model_root`
+    # directly (gs://bucket/models, s3://bucket/models).
+    pvc: str | None = "shipyard-models"
+    model_root: str = MODEL_MOUNT
+    config_poll_seconds: int = 30
+    requests: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+    limits: dict[str, str] = field(default_factory=lambda: {"cpu": "2", "memory": "4Gi"})
+    gateway: str = "shipyard-gateway"
+    gpu: bool = False
+    stable_version: int = 1
+    canary_version: int | None = None
+    canary_weight: int = 0
+
+    @property
+    def base_path(self) -> str:
+        return f"{self.model_root.rstrip('/')}/{self.name}"
+
+
+def models_config(target: ServingTarget, version: int, label: str) -> str:
+    """The text-format ModelServerConfig a Deployment serves: one version, labelled."""
+    from shipyard.serving.config import ModelServing, parse_config, render_config, with_model
+
+    config = with_model(parse_config(""), target.name, target.base_path,
+                        ModelServing((version,), {label: version}))
+    return render_config(config)
+
+
+def _labels(target: ServingTarget, track: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "tf-serving", "app.kubernetes.io/instance": target.name,
+            "app.kubernetes.io/managed-by": FIELD_MANAGER, "shipyard.dev/track": track}
+
+
+def _meta(target: ServingTarget, name: str, track: str = "stable") -> dict[str, Any]:
+    return {"name": name, "namespace": target.namespace, "labels": _labels(target, track)}
+
+
+def _config_map(target: ServingTarget, track: str, version: int) -> dict[str, Any]:
+    suffix = "" if track == "stable" else "-canary"
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(target, f"{target.name}{suffix}-config", track),
+            "data": {"models.config": models_config(target, version, track),
+                     "monitoring.config": MONITORING_CONFIG}}
+
+
+def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
+    suffix = "" if track == "stable" else "-canary"
+    name = f"{target.name}{suffix}"
+    selector = {"app.kubernetes.io/instance": target.name, "shipyard.dev/track": track}
+    volumes: list[dict[str, Any]] = [{"name": "config",
+                                      "configMap": {"name": f"{name}-config"}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_MOUNT,
+                                     "readOnly": True}]
+    if target.pvc:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": target.pvc,
+                                                                     "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True})
+    container = {
+        "name": "tf-serving",
+        "image": target.image,
+        "args": [f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}",
+                 f"--model_config_file={CONFIG_MOUNT}/models.config",
+                 f"--model_config_file_poll_wait_seconds={target.config_poll_seconds}",
+                 "--enable_model_warmup=true",
+                 f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config"],
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT},
+                  {"name": "http", "containerPort": REST_PORT}],
+        # AVAILABLE versions only: TF Serving answers 200 here once the model has loaded.
+        "readinessProbe": {"httpGet": {"path": f"/v1/models/{target.name}", "port": REST_PORT},
+                           "initialDelaySeconds": 5, "periodSeconds": 5,
+                           "failureThreshold": 3},
+        "resources": {"requests": dict(target.requests), "limits": dict(target.limits)},
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(target, name, track),
+        "spec": {
+            "replicas": target.replicas if track == "stable" else 1,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": _labels(target, track),
+                             "annotations": {"prometheus.io/scrape": "true",
+                                             "prometheus.io/port": str(REST_PORT),
+                                             "prometheus.io/path": MONITORING_PATH}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+
+
+def _service(target: ServingTarget, track: str) -> dict[str, Any]:
+    suffix = "" if track == "stable" else "-canary"
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(target, f"{target.name}{suffix}", track),
+            "spec": {"selector": {"app.kubernetes.io/instance": target.name,
+                                  "shipyard.dev/track": track},
+                     "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+                               {"name": "http", "port": REST_PORT, "targetPort": "http"}]}}
+
+
+def _disruption_budget(target: ServingTarget) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(target, target.name),
+            "spec": {"minAvailable": 1,
+                     "selector": {"matchLabels": {"app.kubernetes.io/instance": target.name,
+                                                  "shipyard.dev/track": "stable"}}}}
+
+
+# What the pusher does, kind by kind: nothing more (no wildcards).
+PUSHER_RULES = [
+    {"apiGroups": [""], "resources": ["configmaps", "services"],
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"],
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
+     "verbs": ["get", "create", "patch"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+     "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["get", "create", "update", "delete"]},
+]
+
+
+def rbac(namespace: str) -> list[dict[str, Any]]:
+    meta = {"name": PUSHER, "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": dict(meta), "rules": copy.deepcopy(PUSHER_RULES)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PUSHER},
+         "subjects": [{"kind": "ServiceAccount", "name": PUSHER, "namespace": namespace}]},
+    ]
+
+
+def route(target: ServingTarget) -> dict[str, Any]:
+    """Gateway API HTTPRoute splitting REST traffic between the stable and canary Services."""
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": _meta(target, target.name),
+            "spec": {"parentRefs": [{"name": target.gateway}],
+                     "rules": [{"backendRefs": [
+                         {"name": target.name, "port": REST_PORT,
+                          "weight": 100 - target.canary_weight},
+                         {"name": f"{target.name}-canary", "port": REST_PORT,
+                          "weight": target.canary_weight}]}]}}
+
+
+def gpu_patch(target: ServingTarget) -> dict[str, Any]:
+    """What the gpu overlay changes in a Deployment (a strategic-merge patch)."""
+    return {"spec": {"template": {"spec": {
+        "containers": [{"name": "tf-serving", "image": target.gpu_image,
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                         "effect": "NoSchedule"}]}}}}
+
+
+def _apply_gpu(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` merged the way kustomize's strategic merge does for these fields."""
+    merged = copy.deepcopy(deployment)
+    pod, pod_patch = merged["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+    container, container_patch = pod["containers"][0], pod_patch["containers"][0]
+    container["image"] = container_patch["image"]
+    container["resources"]["limits"].update(container_patch["resources"]["limits"])
+    pod["nodeSelector"] = dict(pod_patch["nodeSelector"])
+    pod["tolerations"] = copy.deepcopy(pod_patch["tolerations"])
+    return merged
+
+
+def render(target: ServingTarget, *, with_rbac: bool = True) -> list[dict[str, Any]]:
+    """Every object for `target`: the stable track always; the canary track and the route
+    when `canary_version` is set; GPU settings when `gpu`."""
+    objects = list(rbac(target.namespace)) if with_rbac else []
+    objects += [_config_map(target, "stable", target.stable_version),
+                _deployment(target, "stable"), _service(target, "stable"),
+                _disruption_budget(target)]
+    if target.canary_version is not None:
+        objects += [_config_map(target, "canary", target.canary_version),
+                    _deployment(target, "canary"), _service(target, "canary"), route(target)]
+    if target.gpu:
+        patch = gpu_patch(target)
+        objects = [_apply_gpu(o, patch) if o["kind"] == "Deployment" else o for o in objects]
+    return objects
+
+
+# --- k8s/: the same objects as a kustomize tree ---------------------------------------------
+
+KUSTOMIZE_TARGET = ServingTarget()  # k8s/ serves model "model"; rename it in your overlay
+CANARY_EXAMPLE_VERSION = 2
+CANARY_EXAMPLE_WEIGHT = 10
+
+
+def kustomize_tree(target: ServingTarget = KUSTOMIZE_TARGET) -> dict[str, str]:
+    """{relative path: file content} of k8s/."""
+    base = render(replace(target, canary_version=None, gpu=False))
+    canary = render(replace(target, canary_version=CANARY_EXAMPLE_VERSION,
+                            canary_weight=CANARY_EXAMPLE_WEIGHT, gpu=False))
+    canary_only = [o for o in canary if o not in base]
+    files: dict[str, str] = {}
+    names = []
+    for obj in base:
+        filename = f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        files[f"base/{filename}"] = _yaml(obj)
+        names.append(filename)
+    files["base/kustomization.yaml"] = _yaml({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": names})
+    canary_names = []
+    for obj in canary_only:
+        filename = f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        files[f"overlays/canary/{filename}"] = _yaml(obj)
+        canary_names.append(filename)
+    files["overlays/canary/kustomization.yaml"] = _yaml({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../../base", *canary_names]})
+    files["overlays/gpu/deployment-gpu.yaml"] = _yaml(
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": target.name, "namespace": target.namespace},
+         **gpu_patch(target)})
+    files["overlays/gpu/kustomization.yaml"] = _yaml({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../../base"], "patches": [{"path": "deployment-gpu.yaml"}]})
+    return {path: HEADER + text for path, text in sorted(files.items())}
+
+
+HEADER = ("# Generated by `python -m shipyard.kube.manifests k8s` from "
+          "components/shipyard/kube/manifests.py;\n# edit that file, not this one "
+          "(tests fail when the two differ).\n")
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+def write_kustomize(root: Path) -> list[Path]:
+    written = []
+    for relative, text in kustomize_tree().items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in write_kustomize(Path(sys.argv[1] if len(sys.argv) > 1 else "k8s")):
+        print(path)
