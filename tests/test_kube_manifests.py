@@ -74,8 +74,9 @@ def test_each_track_serves_its_version_under_its_label():
     objects = {(o["kind"], o["metadata"]["name"]): o
                for o in render(ServingTarget(name="churn", stable_version=3, canary_version=4,
                                              canary_weight=25))}
-    stable = parse_config(objects[("ConfigMap", "churn-config")]["data"]["models.config"])
-    canary = parse_config(objects[("ConfigMap", "churn-canary-config")]["data"]["models.config"])
+    stable = parse_config(objects[("ConfigMap", "churn-config-v3")]["data"]["models.config"])
+    canary = parse_config(objects[("ConfigMap", "churn-canary-config-v4")]["data"]
+                          ["models.config"])
     assert model_serving(stable, "churn") == ModelServing((3,), {"stable": 3})
     assert model_serving(canary, "churn") == ModelServing((4,), {"canary": 4})
     weights = [b["weight"] for b in objects[("HTTPRoute", "churn")]["spec"]["rules"][0]

@@ -68,3 +68,9 @@ class GateError(ShipyardError):
     def __init__(self, message: str, document: dict | None = None):
         super().__init__(message)
         self.document = document
+
+
+class LeaseHeldError(ShipyardError):
+    """Another rollout of the same model holds its Lease (exit 9)."""
+
+    exit_code = 9

@@ -221,8 +221,9 @@ class ExportSpec(_Strict):
         return json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"))
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: the export spec is invalid ({err.error_count()} problem(s)):"]
+def format_validation_error(err: ValidationError, source: str,
+                            what: str = "the export spec") -> str:
+    lines = [f"{source}: {what} is invalid ({err.error_count()} problem(s)):"]
     for problem in err.errors():
         path = _field_path(problem["loc"])
         received = problem.get("input")

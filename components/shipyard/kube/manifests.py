@@ -70,10 +70,17 @@ def _meta(target: ServingTarget, name: str, track: str = "stable") -> dict[str, 
     return {"name": name, "namespace": target.namespace, "labels": _labels(target, track)}
 
 
-def _config_map(target: ServingTarget, track: str, version: int) -> dict[str, Any]:
+def config_map_name(target: ServingTarget, track: str, version: int) -> str:
+    """One ConfigMap per served version: a new version rolls the pods, which load it fresh
+    (TF Serving applies a label only to a loaded version; a polled config that labels a
+    version at once would be refused), and the old pods keep their config to the end."""
     suffix = "" if track == "stable" else "-canary"
+    return f"{target.name}{suffix}-config-v{version}"
+
+
+def _config_map(target: ServingTarget, track: str, version: int) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(target, f"{target.name}{suffix}-config", track),
+            "metadata": _meta(target, config_map_name(target, track, version), track),
             "data": {"models.config": models_config(target, version, track),
                      "monitoring.config": MONITORING_CONFIG}}
 
@@ -81,9 +88,10 @@ def _config_map(target: ServingTarget, track: str, version: int) -> dict[str, An
 def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
     suffix = "" if track == "stable" else "-canary"
     name = f"{target.name}{suffix}"
+    version = target.stable_version if track == "stable" else target.canary_version
     selector = {"app.kubernetes.io/instance": target.name, "shipyard.dev/track": track}
-    volumes: list[dict[str, Any]] = [{"name": "config",
-                                      "configMap": {"name": f"{name}-config"}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(target, track, version)}}]
     mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_MOUNT,
                                      "readOnly": True}]
     if target.pvc:
@@ -116,7 +124,8 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": _labels(target, track),
-                             "annotations": {"prometheus.io/scrape": "true",
+                             "annotations": {"shipyard.dev/version": str(version),
+                                             "prometheus.io/scrape": "true",
                                              "prometheus.io/port": str(REST_PORT),
                                              "prometheus.io/path": MONITORING_PATH}},
                 "spec": {"containers": [container], "volumes": volumes},

@@ -1,0 +1,72 @@
+"""Gate decisions from observed figures. Pure.
+
+An Observation holds what the adapters measured for the canary during the current step; a
+figure is None when there was nothing to measure (no requests yet, no samples answered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shipyard.rollout.policy import Gates
+
+PASS, FAIL, NO_DATA = "pass", "fail", "no_data"
+
+
+@dataclass(frozen=True)
+class Observation:
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    top1_agreement: float | None = None
+    max_abs_diff: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    outcome: str  # PASS | FAIL | NO_DATA
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+def evaluate(gates: Gates, seen: Observation) -> GateResult:
+    """Fail if any configured gate fails (even while others lack data); else no_data if any
+    configured gate lacks data; else pass."""
+    checks: list[tuple[str, float | None, bool]] = []  # (figure, value, ok when present)
+    if gates.max_error_rate is not None:
+        checks.append(("error_rate", seen.error_rate,
+                       seen.error_rate is not None and seen.error_rate <= gates.max_error_rate))
+    if gates.max_p99_latency_ms is not None:
+        checks.append(("p99_latency_ms", seen.p99_latency_ms,
+                       seen.p99_latency_ms is not None
+                       and seen.p99_latency_ms <= gates.max_p99_latency_ms))
+    if gates.agreement is not None and gates.agreement.min_top1 is not None:
+        checks.append(("top1_agreement", seen.top1_agreement,
+                       seen.top1_agreement is not None
+                       and seen.top1_agreement >= gates.agreement.min_top1))
+    if gates.agreement is not None and gates.agreement.max_abs_diff is not None:
+        checks.append(("max_abs_diff", seen.max_abs_diff,
+                       seen.max_abs_diff is not None
+                       and seen.max_abs_diff <= gates.agreement.max_abs_diff))
+    figures = {name: value for name, value, _ in checks}
+    failures = tuple(f"{name} {value:g} is outside {_threshold(gates, name)}"
+                     for name, value, ok in checks if value is not None and not ok)
+    missing = tuple(name for name, value, _ in checks if value is None)
+    if failures:
+        return GateResult(FAIL, figures, failures, missing)
+    if missing:
+        return GateResult(NO_DATA, figures, (), missing)
+    return GateResult(PASS, figures)
+
+
+def _threshold(gates: Gates, figure: str) -> str:
+    return {"error_rate": f"max_error_rate {gates.max_error_rate:g}",
+            "p99_latency_ms": f"max_p99_latency_ms {gates.max_p99_latency_ms:g}",
+            "top1_agreement": f"min_top1 {gates.agreement.min_top1:g}" if gates.agreement
+            and gates.agreement.min_top1 is not None else "",
+            "max_abs_diff": f"max_abs_diff {gates.agreement.max_abs_diff:g}" if gates.agreement
+            and gates.agreement.max_abs_diff is not None else ""}[figure]
