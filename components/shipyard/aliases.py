@@ -38,5 +38,27 @@ def move_alias(registry: ModelRegistry, name: str, alias: str, version: int, *, 
     return move
 
 
+def clear_alias(registry: ModelRegistry, name: str, alias: str, *, reason: str,
+                pipeline_run_id: str | None = None,
+                gates: dict[str, Any] | None = None) -> AliasMove | None:
+    """Removes `alias` of NAME (e.g. canary after a rollout) and records it; None when the
+    alias was not set (nothing moved, nothing recorded)."""
+    previous = registry.registered_model(name).aliases.get(alias)
+    if previous is None:
+        return None
+    move = AliasMove(
+        alias=alias, from_version=int(previous), to_version=None,
+        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        user=current_user(), reason=reason, pipeline_run_id=pipeline_run_id, gates=gates or {})
+    registry.set_alias(name, alias, None)
+    key, value = log_tag(move)
+    try:
+        registry.append_log(name, key, value)
+    except BaseException:
+        registry.set_alias(name, alias, int(previous))
+        raise
+    return move
+
+
 def alias_history(registry: ModelRegistry, name: str) -> list[dict[str, Any]]:
     return history(dict(registry.registered_model(name).tags))

@@ -237,7 +237,8 @@ def alias_history_command(name: str, tracking_uri: str | None, registry_uri: str
         click.echo(json.dumps(moves, indent=2, sort_keys=True))
         return
     for m in moves:
-        click.echo(f"{m['time']}  {m['alias']:<10} {m['from'] or '-'} -> {m['to']}  "
+        target = m["to"] if m["to"] is not None else "(cleared)"
+        click.echo(f"{m['time']}  {m['alias']:<10} {m['from'] or '-'} -> {target}  "
                    f"by {m['user']}"
                    + (f" (run {m['pipeline_run_id']})" if m.get("pipeline_run_id") else "")
                    + f": {m['reason']}")
@@ -470,6 +471,176 @@ def _describe_validation(doc: dict[str, Any]) -> str:
                          f"{f['within_tolerance']:.2%}{top1}")
     lines += [f"  gate failed: {f}" for f in doc["failures"]]
     return "\n".join(lines)
+
+
+@main.group("rollout")
+def rollout_group() -> None:
+    """Canary rollouts on Kubernetes: steps, gates, promotion and automatic rollback."""
+
+
+def _rollout_ports(name: str, namespace: str, policy: Any, tracking_uri: str | None,
+                   registry_uri: str | None) -> Any:
+    """The controller's adapters: tests pass fakes through click's context object."""
+    factory = (click.get_current_context().obj or {}).get("rollout_ports")
+    if factory is not None:
+        return factory(name, namespace, policy)
+    from shipyard.kube.cluster import KubeCluster, connect
+    from shipyard.kube.manifests import ServingTarget
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.rollout.aliases import RegistryAliases
+    from shipyard.rollout.controller import Ports
+    from shipyard.rollout.observe import ClusterObserver
+
+    api = connect()
+    serving = policy.serving.model_dump()
+    timeout = serving.pop("rollout_timeout_seconds")
+    target = ServingTarget(name=name, namespace=namespace, **serving)
+    registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
+    return Ports(KubeCluster(api, target, rollout_timeout_s=timeout),
+                 ClusterObserver(api, namespace, policy), RegistryAliases(registry))
+
+
+def _holder() -> str:
+    import socket
+
+    from shipyard.registry.client import current_user
+
+    return f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _stored_policy(ports: Any, name: str) -> Any:
+    """promote/abort/status act on a stored rollout: its serving settings come with it."""
+    from shipyard.rollout.controller import current
+    from shipyard.rollout.policy import RolloutPolicy
+
+    state = current(ports, name)
+    serving = state.settings if state is not None else {}
+    return RolloutPolicy(steps=[{"weight": 100}], serving=serving)
+
+
+def _describe_rollout(doc: dict[str, Any]) -> str:
+    text = (f"{doc['name']}: version {doc['version']} over stable {doc['stable_version']}, "
+            f"{doc['phase']}, step {doc['step'] + 1}, canary weight {doc['weight']}%")
+    if doc.get("reason"):
+        text += f"\n  {doc['reason']}"
+    if doc.get("figures"):
+        text += f"\n  last gate figures: {doc['figures']}"
+    if doc.get("requested"):
+        text += f"\n  requested: {doc['requested']} ({doc.get('request_reason')})"
+    return text
+
+
+_namespace_option = click.option("--namespace", default="shipyard", show_default=True,
+                                 help="Kubernetes namespace of the TF Serving Deployments.")
+
+
+@rollout_group.command("start")
+@click.option("--name", required=True, help="Model name (registered model and Deployment).")
+@click.option("--version", "version", type=int, required=True, help="Published version N.")
+@click.option("--policy", "policy_path", required=True, type=click.Path(path_type=Path),
+              help="POLICY.yaml: steps, gates, metrics, serving settings.")
+@_namespace_option
+@_registry_options
+@click.option("--lease-wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another rollout of NAME to finish first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
+def rollout_start_command(name: str, version: int, policy_path: Path, namespace: str,
+                          tracking_uri: str | None, registry_uri: str | None,
+                          lease_wait: float, as_json: bool) -> None:
+    """Roll version N of NAME out behind a canary, step by step, to promotion or rollback.
+
+    Holds the model's Lease for the whole rollout and records its state in the cluster; run
+    the same command again to resume a rollout whose controller stopped. A first deployment
+    (nothing serves NAME yet) goes straight to stable.
+
+    Exit codes: 0 promoted, 8 rolled back or aborted, 9 another rollout holds NAME,
+    2 bad policy or arguments, 6 MLflow unreachable, 1 anything else.
+    """
+    from shipyard.errors import GateError
+    from shipyard.names import validate_model_name, validate_version
+    from shipyard.rollout import controller
+    from shipyard.rollout.machine import PROMOTED
+    from shipyard.rollout.policy import load_policy
+
+    validate_model_name(name)
+    validate_version(version)
+    policy = load_policy(policy_path)
+    ports = _rollout_ports(name, namespace, policy, tracking_uri, registry_uri)
+
+    def show(state: Any) -> None:
+        log.info("%s", _describe_rollout(state.to_json()))
+
+    with _library_prints_to_stderr():
+        state = controller.start(ports, name, version, policy, holder=_holder(),
+                                 lease_wait_s=lease_wait, on_change=show)
+    doc = state.to_json()
+    _emit(doc, as_json, _describe_rollout(doc))
+    if state.phase != PROMOTED:
+        raise GateError(f"the rollout of {name} version {version} ended {state.phase}: "
+                        f"{state.reason}")
+
+
+@rollout_group.command("status")
+@click.option("--name", required=True, help="Model name.")
+@_namespace_option
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def rollout_status_command(name: str, namespace: str, as_json: bool) -> None:
+    """The current (or last) rollout of NAME, as stored in the cluster."""
+    from shipyard.errors import UsageError
+    from shipyard.rollout.controller import current
+    from shipyard.rollout.policy import RolloutPolicy
+
+    ports = _rollout_ports(name, namespace, RolloutPolicy(steps=[{"weight": 100}]), None, None)
+    state = current(ports, name)
+    if state is None:
+        raise UsageError(f"--name {name}: no rollout of {name} is recorded in namespace "
+                         f"{namespace}")
+    doc = state.to_json()
+    _emit(doc, as_json, _describe_rollout(doc))
+
+
+def _request_command(name: str, namespace: str, what: str, reason: str | None,
+                     tracking_uri: str | None, registry_uri: str | None, as_json: bool) -> None:
+    from shipyard.rollout import controller
+    from shipyard.rollout.policy import RolloutPolicy
+
+    probe = _rollout_ports(name, namespace, RolloutPolicy(steps=[{"weight": 100}]),
+                           tracking_uri, registry_uri)
+    policy = _stored_policy(probe, name)
+    ports = _rollout_ports(name, namespace, policy, tracking_uri, registry_uri)
+    with _library_prints_to_stderr():
+        state = controller.request(ports, name, what, reason, holder=_holder())
+    doc = state.to_json()
+    _emit(doc, as_json, _describe_rollout(doc))
+
+
+@rollout_group.command("promote")
+@click.option("--name", required=True, help="Model name.")
+@click.option("--reason", default="promoted by hand", show_default=True,
+              help="Recorded with the champion move.")
+@_namespace_option
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
+                            registry_uri: str | None, as_json: bool) -> None:
+    """Promote the canary of NAME now, skipping the remaining steps and gates.
+
+    A running `rollout start` picks the request up at its next check; with none running, the
+    promotion is carried out here.
+    """
+    _request_command(name, namespace, "promote", reason, tracking_uri, registry_uri, as_json)
+
+
+@rollout_group.command("abort")
+@click.option("--name", required=True, help="Model name.")
+@click.option("--reason", required=True, help="Why (recorded in the alias audit trail).")
+@_namespace_option
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
+                          registry_uri: str | None, as_json: bool) -> None:
+    """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
+    _request_command(name, namespace, "abort", reason, tracking_uri, registry_uri, as_json)
 
 
 @main.command("demo")

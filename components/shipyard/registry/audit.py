@@ -28,7 +28,7 @@ PUBLISHED_TAG = "shipyard.published"
 class AliasMove:
     alias: str
     from_version: int | None
-    to_version: int
+    to_version: int | None  # None: the alias was cleared
     time: str  # ISO 8601, UTC
     user: str
     reason: str

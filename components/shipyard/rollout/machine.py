@@ -55,6 +55,7 @@ class RolloutState:
     reason: str | None = None  # why it ended
     figures: dict[str, Any] = field(default_factory=dict)  # the last gate figures
     pending: tuple[Action, ...] = ()  # decided, not yet carried out
+    settings: dict[str, Any] = field(default_factory=dict)  # the policy's serving section
 
     @property
     def terminal(self) -> bool:
@@ -75,13 +76,14 @@ class RolloutState:
 def begin(name: str, version: int, stable_version: int | None, policy: RolloutPolicy,
           now: float) -> RolloutState:
     first = policy.steps[0].weight
+    settings = policy.serving.model_dump()
     if stable_version is None:  # nothing serves yet: no canary to compare, deploy N directly
         return _promote(RolloutState(name=name, version=version, stable_version=None,
-                                     step_started_at=now),
+                                     step_started_at=now, settings=settings),
                         "first deployment: no stable version to compare with", {})
     return RolloutState(
         name=name, version=version, stable_version=stable_version, weight=first,
-        step_started_at=now,
+        step_started_at=now, settings=settings,
         pending=(Action("set_canary_alias", version=version,
                         reason=f"rollout of version {version} started"),
                  Action("deploy_canary", version=version),

@@ -11,6 +11,12 @@
         min_top1: 0.95              # or max_abs_diff: 0.01
     metrics:
       prometheus_url: http://prometheus.monitoring:9090   # or leave out: scrape the pods
+    serving:                        # how the tracks are deployed (defaults shown)
+      image: tensorflow/serving:2.19.0
+      replicas: 2
+      pvc: shipyard-models          # the repository's PVC, mounted at /models; or null and
+      model_root: /models           #   model_root: gs://bucket/models
+      gateway: shipyard-gateway
     check_interval_seconds: 30
     no_data: pause                  # pause | fail | pass: what a check without data does
     max_checks_without_data: 10     # after this many, no data fails the rollout
@@ -59,10 +65,25 @@ class Metrics(_Strict):
     prometheus_url: str | None = None  # None: scrape the canary pods' metrics endpoint
 
 
+class Serving(_Strict):
+    """How the tracks are deployed (kube.manifests.ServingTarget's settings)."""
+
+    image: str = "tensorflow/serving:2.19.0"
+    gpu_image: str = "tensorflow/serving:2.19.0-gpu"
+    gpu: bool = False
+    replicas: Annotated[int, Field(ge=1)] = 2
+    pvc: str | None = "shipyard-models"
+    model_root: str = "/models"
+    gateway: str = "shipyard-gateway"
+    config_poll_seconds: Annotated[int, Field(ge=1)] = 30
+    rollout_timeout_seconds: Annotated[float, Field(gt=0)] = 600
+
+
 class RolloutPolicy(_Strict):
     steps: Annotated[list[Step], Field(min_length=1)]
     gates: Gates = Gates()
     metrics: Metrics = Metrics()
+    serving: Serving = Serving()
     check_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     no_data: Literal["pause", "fail", "pass"] = "pause"
     max_checks_without_data: Annotated[int, Field(ge=1)] = 10

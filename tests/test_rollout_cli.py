@@ -1,0 +1,146 @@
+"""`shipyard rollout start|status|promote|abort` over fakes of the cluster interfaces, and the
+rollout's alias moves through the audited path on a real (embedded) MLflow registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rollout_fakes import Crash, FakeCluster, FakeClock, RecordingAliases, ScriptedObserver
+from shipyard.cli import main
+from shipyard.rollout.controller import Ports
+from shipyard.rollout.gates import Observation
+
+GOOD = Observation(error_rate=0.0, p99_latency_ms=20)
+BAD = Observation(error_rate=0.5, p99_latency_ms=20)
+POLICY = {"steps": [{"weight": 20, "pause_seconds": 30}, {"weight": 100, "pause_seconds": 30}],
+          "gates": {"max_error_rate": 0.01, "max_p99_latency_ms": 100},
+          "check_interval_seconds": 30}
+
+
+class World:
+    """One fake cluster and registry shared by every command a test runs."""
+
+    def __init__(self, observations: list[Observation], holder: str | None = None):
+        self.cluster = FakeCluster(stable=1, holder=holder)
+        self.aliases = RecordingAliases(champion=1)
+        self.observer = ScriptedObserver(observations)
+        self.clock = FakeClock()
+
+    def ports(self, name: str, namespace: str, policy) -> Ports:
+        return Ports(self.cluster, self.observer, self.aliases, clock=self.clock,
+                     sleep=self.clock.sleep)
+
+    def run(self, *args: str):
+        return CliRunner().invoke(main, list(args), obj={"rollout_ports": self.ports})
+
+
+@pytest.fixture
+def policy_file(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(POLICY))
+    return str(path)
+
+
+def test_start_promotes_and_prints_the_final_state(policy_file):
+    world = World([GOOD])
+    result = world.run("rollout", "start", "--name", "m", "--version", "2", "--policy",
+                       policy_file, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["phase"] == "promoted" and doc["pending"] == []
+    assert doc["reason"] == "all 2 step(s) passed their gates"
+    assert world.cluster.stable == 2 and world.aliases.champion == 2
+    status = world.run("rollout", "status", "--name", "m")
+    assert status.exit_code == 0
+    assert "m: version 2 over stable 1, promoted" in status.stdout
+
+
+def test_failing_gates_roll_back_with_exit_8(policy_file):
+    world = World([GOOD, BAD])
+    result = world.run("rollout", "start", "--name", "m", "--version", "2", "--policy",
+                       policy_file)
+    assert result.exit_code == 8
+    assert "ended rolled_back: gates failed: error_rate 0.5 is outside max_error_rate 0.01" \
+        in result.stderr
+    assert world.cluster.weight == 0 and world.cluster.canary is None
+    assert world.aliases.champion == 1
+
+
+def test_a_rollout_held_elsewhere_exits_9_naming_the_holder(policy_file):
+    world = World([GOOD], holder="nightly-run-12")
+    result = world.run("rollout", "start", "--name", "m", "--version", "2", "--policy",
+                       policy_file)
+    assert result.exit_code == 9
+    assert "rollout of m is held by nightly-run-12" in result.stderr
+
+
+def test_abort_of_a_stopped_rollout_rolls_it_back_here(policy_file):
+    world = World([GOOD])
+    world.cluster.crash_on = ("set_weight", 100)
+    with pytest.raises(Crash):  # the controller's process dies mid-rollout
+        world.run("rollout", "start", "--name", "m", "--version", "2", "--policy", policy_file)
+    result = world.run("rollout", "abort", "--name", "m", "--reason", "error budget spent",
+                       "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["phase"] == "aborted" and doc["reason"] == "aborted: error budget spent"
+    assert world.cluster.calls[-2:] == [("set_weight", 0), ("remove_canary",)]
+    again = world.run("rollout", "promote", "--name", "m")
+    assert again.exit_code == 2
+    assert "no rollout of m is in progress (the last one ended aborted" in again.stderr
+
+
+def test_bad_policy_and_unknown_rollout_exit_2(tmp_path):
+    world = World([GOOD])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"steps": [{"weight": 50}, {"weight": 10}]}))
+    result = world.run("rollout", "start", "--name", "m", "--version", "2", "--policy",
+                       str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: the rollout policy is invalid" in result.stderr
+    assert "weights must not decrease, got [50, 10]" in result.stderr
+    status = world.run("rollout", "status", "--name", "m")
+    assert status.exit_code == 2
+    assert "--name m: no rollout of m is recorded in namespace shipyard" in status.stderr
+
+
+def test_without_a_cluster_the_error_says_how_to_configure_one(policy_file, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    result = CliRunner().invoke(main, ["rollout", "start", "--name", "m", "--version", "2",
+                                       "--policy", policy_file])
+    assert result.exit_code == 1
+    assert "no Kubernetes cluster configured: set KUBECONFIG" in result.stderr
+
+
+def test_rollout_alias_moves_are_audited_in_mlflow(tmp_path):
+    from mlflow import MlflowClient
+
+    from shipyard.aliases import alias_history
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.rollout.aliases import RegistryAliases
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m")
+    for version in (1, 2):
+        client.create_model_version("m", source=f"/nowhere/{version}",
+                                    tags={"shipyard.published": "true"})
+    registry = ModelRegistry(RegistryLocation.resolve(uri))
+    aliases = RegistryAliases(registry, pipeline_run_id="run-9")
+    aliases.set_canary("m", 2, "rollout of version 2 started")
+    aliases.move_champion("m", 2, "all 2 step(s) passed their gates", {"error_rate": 0.0})
+    aliases.clear_canary("m", "all 2 step(s) passed their gates", {"error_rate": 0.0})
+    aliases.clear_canary("m", "again", {})  # nothing to clear: nothing recorded
+    moves = alias_history(registry, "m")
+    assert [(m["alias"], m["from"], m["to"]) for m in moves] == [
+        ("canary", None, 2), ("champion", None, 2), ("canary", 2, None)]
+    assert moves[1]["gates"] == {"error_rate": 0.0} and moves[2]["pipeline_run_id"] == "run-9"
+    assert {k: int(v) for k, v in client.get_registered_model("m").aliases.items()} == \
+        {"champion": 2}
