@@ -24,18 +24,8 @@ def move_alias(registry: ModelRegistry, name: str, alias: str, version: int, *, 
     target = registry.version(name, version)
     check_move(alias, version_tags=dict(target.tags), force=force, by_rollout=by_rollout)
     previous = model.aliases.get(alias)
-    move = AliasMove(
-        alias=alias, from_version=int(previous) if previous is not None else None,
-        to_version=version, time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        user=current_user(), reason=reason, pipeline_run_id=pipeline_run_id, gates=gates or {})
-    registry.set_alias(name, alias, version)
-    key, value = log_tag(move)
-    try:
-        registry.append_log(name, key, value)
-    except BaseException:
-        registry.set_alias(name, alias, int(previous) if previous is not None else None)
-        raise
-    return move
+    return _record_move(registry, name, alias, int(previous) if previous is not None else None,
+                        version, reason, pipeline_run_id, gates)
 
 
 def clear_alias(registry: ModelRegistry, name: str, alias: str, *, reason: str,
@@ -46,16 +36,25 @@ def clear_alias(registry: ModelRegistry, name: str, alias: str, *, reason: str,
     previous = registry.registered_model(name).aliases.get(alias)
     if previous is None:
         return None
+    return _record_move(registry, name, alias, int(previous), None, reason, pipeline_run_id,
+                        gates)
+
+
+def _record_move(registry: ModelRegistry, name: str, alias: str, previous: int | None,
+                 version: int | None, reason: str, pipeline_run_id: str | None,
+                 gates: dict[str, Any] | None) -> AliasMove:
+    """Moves the alias first and appends the record second; if the record cannot be
+    written, the alias is put back, so no move exists without its record."""
     move = AliasMove(
-        alias=alias, from_version=int(previous), to_version=None,
+        alias=alias, from_version=previous, to_version=version,
         time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         user=current_user(), reason=reason, pipeline_run_id=pipeline_run_id, gates=gates or {})
-    registry.set_alias(name, alias, None)
+    registry.set_alias(name, alias, version)
     key, value = log_tag(move)
     try:
         registry.append_log(name, key, value)
     except BaseException:
-        registry.set_alias(name, alias, int(previous))
+        registry.set_alias(name, alias, previous)
         raise
     return move
 
