@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from shipyard.errors import LeaseHeldError
+from shipyard.errors import LeaseHeldError, ShipyardError
 from shipyard.rollout.controller import Ports
 from shipyard.rollout.gates import Observation
 
@@ -23,24 +23,40 @@ class FakeCluster:
         self.canary: int | None = None
         self.weight = 0
         self.states: dict[str, dict[str, Any]] = {}
+        self.requests: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple] = []
         self.crash_on: tuple | None = None  # a call that kills the process (once)
+        self.fail_on: tuple | None = None  # a call that fails with a ShipyardError (always)
+        self.lose_lease_after: int | None = None  # lease checks before it is lost
+        self.lease_checks = 0
 
     @contextlib.contextmanager
-    def lease(self, name: str, holder: str, wait_s: float) -> Iterator[None]:
+    def lease(self, name: str, holder: str, wait_s: float) -> Iterator[Any]:
         if self.holder is not None and self.holder != holder:
             raise LeaseHeldError(f"rollout of {name} is held by {self.holder}")
         self.holder = holder
         try:
-            yield
+            yield self
         finally:
             self.holder = None
+
+    def check(self) -> None:
+        """The Lease handle's check (the fake cluster is its own handle)."""
+        self.lease_checks += 1
+        if self.lose_lease_after is not None and self.lease_checks > self.lose_lease_after:
+            raise LeaseHeldError("lost the Lease to another controller")
 
     def load_state(self, name: str) -> dict[str, Any] | None:
         return self.states.get(name)
 
     def save_state(self, name: str, state: dict[str, Any]) -> None:
         self.states[name] = state
+
+    def load_request(self, name: str) -> dict[str, Any] | None:
+        return self.requests.get(name)
+
+    def save_request(self, name: str, request: dict[str, Any]) -> None:
+        self.requests[name] = request
 
     def stable_version(self, name: str) -> int | None:
         return self.stable
@@ -49,6 +65,8 @@ class FakeCluster:
         if call == self.crash_on:
             self.crash_on = None
             raise Crash(call)
+        if call == self.fail_on:
+            raise ShipyardError(f"{call[0]} timed out")
         self.calls.append(call)
 
     def deploy_canary(self, name: str, version: int) -> None:
@@ -88,9 +106,12 @@ class ScriptedObserver:
 
 class RecordingAliases:
     def __init__(self, champion: int | None = 1):
-        self.champion = champion
+        self.champion_version = champion
         self.canary: int | None = None
         self.moves: list[tuple] = []
+
+    def champion(self, name: str) -> int | None:
+        return self.champion_version
 
     def set_canary(self, name: str, version: int, reason: str) -> None:
         self.canary = version
@@ -102,7 +123,7 @@ class RecordingAliases:
 
     def move_champion(self, name: str, version: int, reason: str,
                       gates: dict[str, Any]) -> None:
-        self.champion = version
+        self.champion_version = version
         self.moves.append(("champion", version, reason, gates))
 
 

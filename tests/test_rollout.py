@@ -111,7 +111,7 @@ def run_checks(outcomes: list[Observation], clock: FakeClock | None = None):
 
 def _no_pending(state):
     while state.pending:
-        state = machine.done(state)
+        state = machine.done(state, state.step_started_at)
     return state
 
 
@@ -199,7 +199,7 @@ def test_a_rollout_that_passes_every_gate_is_promoted():
     assert cluster.calls == [("deploy_canary", 2), ("set_weight", 10), ("set_weight", 50),
                              ("set_weight", 100)] + PROMOTION_TAIL
     assert cluster.stable == 2 and cluster.canary is None and cluster.weight == 0
-    assert aliases.champion == 2 and aliases.canary is None
+    assert aliases.champion_version == 2 and aliases.canary is None
     assert [m[:2] for m in aliases.moves] == [("canary", 2), ("champion", 2), ("canary", None)]
     assert aliases.moves[1][3] == {"error_rate": 0.001, "p99_latency_ms": 80,
                                    "top1_agreement": 0.99}
@@ -213,7 +213,7 @@ def test_a_failing_gate_at_any_check_rolls_back_and_keeps_the_champion(failing_c
     done = controller.start(ports(cluster, observer, aliases), "m", 2, POLICY, holder="h")
     assert done.phase == machine.ROLLED_BACK
     assert cluster.calls[-2:] == ROLLBACK_TAIL and cluster.stable == 1
-    assert aliases.champion == 1 and aliases.canary is None
+    assert aliases.champion_version == 1 and aliases.canary is None
     assert aliases.moves[-1][2].startswith("gates failed: error_rate 0.2")
     assert aliases.moves[-1][3]["error_rate"] == 0.2
 
@@ -231,7 +231,7 @@ def test_abort_from_another_process_at_every_step(abort_before_check):
     p = ports(cluster, observer, aliases)
     done = controller.start(p, "m", 2, POLICY, holder="controller")
     assert done.phase == machine.ABORTED and done.reason == "aborted: latency alert"
-    assert cluster.calls[-2:] == ROLLBACK_TAIL and aliases.champion == 1
+    assert cluster.calls[-2:] == ROLLBACK_TAIL and aliases.champion_version == 1
 
 
 def test_promote_and_abort_by_hand_act_at_once_when_no_controller_runs():
@@ -247,7 +247,7 @@ def test_promote_and_abort_by_hand_act_at_once_when_no_controller_runs():
     assert promoted.phase == machine.PROMOTED and promoted.reason == "promoted by hand: " \
                                                                      "looks good"
     assert cluster.calls[0] == ("set_weight", 50)  # the interrupted action, finished first
-    assert cluster.calls[-3:] == PROMOTION_TAIL and aliases.champion == 2
+    assert cluster.calls[-3:] == PROMOTION_TAIL and aliases.champion_version == 2
     with pytest.raises(UsageError, match=r"--name m: no rollout of m is in progress \(the last "
                                          r"one ended promoted: promoted by hand"):
         controller.request(p, "m", machine.ABORT, "too late", holder="operator")
@@ -289,3 +289,121 @@ def test_starting_another_version_during_a_rollout_is_refused():
                                          r"\(phase progressing, step 2\); finish it with "
                                          r"`shipyard rollout promote --name m`"):
         controller.start(p, "m", 3, POLICY, holder="h")
+
+
+def test_a_canary_that_never_becomes_ready_is_rolled_back():
+    cluster, aliases = FakeCluster(stable=1), RecordingAliases(champion=1)
+    cluster.fail_on = ("deploy_canary", 2)
+    done = controller.start(ports(cluster, ScriptedObserver([GOOD]), aliases), "m", 2, POLICY,
+                            holder="h")
+    assert done.phase == machine.ROLLED_BACK
+    assert done.reason == "deploy_canary failed: deploy_canary timed out"
+    assert cluster.calls == ROLLBACK_TAIL  # no weight ever went to it
+    assert aliases.canary is None and aliases.champion_version == 1
+
+
+def test_a_promotion_that_fails_puts_the_stable_version_back():
+    cluster, aliases = FakeCluster(stable=1), RecordingAliases(champion=1)
+    cluster.fail_on = ("promote_stable", 2)
+    done = controller.start(ports(cluster, ScriptedObserver([GOOD]), aliases), "m", 2, POLICY,
+                            holder="h")
+    assert done.phase == machine.ROLLED_BACK and done.reason.startswith("promote_stable failed")
+    assert cluster.calls[-3:] == [("set_weight", 0), ("promote_stable", 1), ("remove_canary",)]
+    assert aliases.champion_version == 1 and aliases.canary is None
+
+
+def test_an_abort_preempts_forward_actions_left_by_a_dead_controller():
+    cluster, aliases = FakeCluster(stable=1), RecordingAliases(champion=1)
+    cluster.crash_on = ("deploy_canary", 2)
+    p = ports(cluster, ScriptedObserver([GOOD]), aliases)
+    with pytest.raises(Crash):
+        controller.start(p, "m", 2, POLICY, holder="dead")
+    aborted = controller.request(p, "m", machine.ABORT, "bad canary image", holder="operator")
+    assert aborted.phase == machine.ABORTED and aborted.terminal
+    assert ("deploy_canary", 2) not in cluster.calls  # never deployed, never weighted
+    assert cluster.calls == ROLLBACK_TAIL and aliases.canary is None
+
+
+def test_a_controller_that_loses_its_lease_stops_acting():
+    cluster = FakeCluster(stable=1)
+    cluster.lose_lease_after = 3
+    p = ports(cluster, ScriptedObserver([GOOD]), RecordingAliases())
+    with pytest.raises(LeaseHeldError, match="lost the Lease"):
+        controller.start(p, "m", 2, POLICY, holder="h")
+    assert len(cluster.calls) == 2  # deploy_canary and the first weight, then nothing
+
+
+def test_an_empty_namespace_is_a_first_deployment_only_without_a_champion():
+    p = ports(FakeCluster(stable=None), ScriptedObserver([GOOD]), RecordingAliases(champion=4))
+    with pytest.raises(UsageError, match=r"--version 5: nothing serves m in this namespace, but "
+                                         r"version 4 is its champion. Check --namespace"):
+        controller.start(p, "m", 5, POLICY, holder="h")
+    cluster, aliases = FakeCluster(stable=None), RecordingAliases(champion=None)
+    first = controller.start(ports(cluster, ScriptedObserver([GOOD]), aliases), "m", 1, POLICY,
+                             holder="h")
+    assert first.phase == machine.PROMOTED and cluster.stable == 1
+    assert aliases.champion_version == 1
+
+
+def test_a_step_pause_counts_from_when_its_weight_is_in_place():
+    state = machine.begin("m", 2, 1, POLICY, 0.0)
+    for _ in range(2):
+        state = machine.done(state, 0.0)
+    state = machine.done(state, 500.0)  # the weight landed late (a slow canary deploy)
+    assert state.step_started_at == 500.0
+    early = machine.decide(state, POLICY, evaluate(POLICY.gates, GOOD), 530.0)
+    assert early.step == 0  # only 30 s of the 60 s pause held so far
+
+
+def test_agreement_samples_are_read_next_to_the_policy_and_checked(tmp_path):
+    from shipyard.rollout.policy import load_policy
+
+    policy = {"steps": [{"weight": 10}],
+              "gates": {"agreement": {"samples": "samples.jsonl", "min_top1": 0.9}}}
+    (tmp_path / "policy.yaml").write_text(__import__("yaml").safe_dump(policy))
+    with pytest.raises(SpecError, match=r"gates.agreement.samples: cannot read .*samples.jsonl"):
+        load_policy(tmp_path / "policy.yaml")
+    (tmp_path / "samples.jsonl").write_text('{"rows": [1]}\n')
+    with pytest.raises(SpecError, match=r"samples.jsonl:1: expected a TF Serving REST predict "
+                                        r"body"):
+        load_policy(tmp_path / "policy.yaml")
+    (tmp_path / "samples.jsonl").write_text('{"instances": [[1, 2, 3]]}\n')
+    loaded = load_policy(tmp_path / "policy.yaml")
+    assert loaded.gates.agreement.samples == str(tmp_path / "samples.jsonl")
+
+
+def test_predictions_of_another_shape_fail_instead_of_broadcasting():
+    from shipyard.rollout.observe import compare_predictions
+
+    assert compare_predictions([[[0.1, 0.9], [0.8, 0.2]]], [[[0.2, 0.8], [0.3, 0.7]]]) == (
+        0.5, pytest.approx(0.5))
+    assert compare_predictions([[{"a": 1.0, "b": 2.0}]], [[{"a": 1.0, "b": 2.5}]])[1] == 0.5
+    with pytest.raises(ValueError, match=r"the canary answers with shape \[2, 3\] where the "
+                                         r"stable version answers \[2, 1\]"):
+        compare_predictions([[[1.0], [2.0]]], [[[1.0, 0, 0], [2.0, 0, 0]]])
+
+
+def test_measuring_errors_fail_the_gates():
+    result = evaluate(POLICY.gates, Observation(error_rate=0.0, p99_latency_ms=10,
+                                                top1_agreement=None,
+                                                errors=("the canary failed a sample request: "
+                                                        "500",)))
+    assert result.outcome == FAIL
+    assert result.failures == ("the canary failed a sample request: 500",)
+
+
+def test_a_restarted_pod_counts_its_new_requests_not_a_negative_window():
+    from shipyard.rollout.metrics import per_pod_window
+
+    before = {"pod-a": parse_scrape(SCRAPE.format(ok=1000, bad=0, fast=1000, slow=1000), "m")}
+    after = {"pod-a": parse_scrape(SCRAPE.format(ok=5, bad=40, fast=45, slow=45), "m")}
+    error_rate, _ = per_pod_window(before, after)
+    assert error_rate == pytest.approx(40 / 45)  # a crash-looping canary shows its errors
+
+
+def test_the_prometheus_error_rate_is_zero_when_nothing_failed():
+    from shipyard.rollout.observe import prometheus_queries
+
+    query = prometheus_queries("m", 30)["error_rate"]
+    assert 'status!="OK"' in query and "or vector(0)" in query
+    assert 'pod=~"m-canary-.*"' in query

@@ -53,7 +53,7 @@ def test_start_promotes_and_prints_the_final_state(policy_file):
     doc = json.loads(result.stdout)
     assert doc["phase"] == "promoted" and doc["pending"] == []
     assert doc["reason"] == "all 2 step(s) passed their gates"
-    assert world.cluster.stable == 2 and world.aliases.champion == 2
+    assert world.cluster.stable == 2 and world.aliases.champion_version == 2
     status = world.run("rollout", "status", "--name", "m")
     assert status.exit_code == 0
     assert "m: version 2 over stable 1, promoted" in status.stdout
@@ -67,7 +67,7 @@ def test_failing_gates_roll_back_with_exit_8(policy_file):
     assert "ended rolled_back: gates failed: error_rate 0.5 is outside max_error_rate 0.01" \
         in result.stderr
     assert world.cluster.weight == 0 and world.cluster.canary is None
-    assert world.aliases.champion == 1
+    assert world.aliases.champion_version == 1
 
 
 def test_a_rollout_held_elsewhere_exits_9_naming_the_holder(policy_file):

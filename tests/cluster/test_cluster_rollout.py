@@ -45,7 +45,6 @@ def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path)
     from shipyard.kube.cluster import KubeCluster
     from shipyard.kube.manifests import ServingTarget, rbac
     from shipyard.rollout import controller, machine
-    from shipyard.rollout.gates import Observation
     from shipyard.rollout.observe import ClusterObserver
     from shipyard.rollout.policy import parse_policy
     from shipyard.spec import parse_spec
@@ -58,9 +57,10 @@ def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path)
     spec = parse_spec({"endpoints": [{"name": "serve", "method": "call", "inputs": [
         {"name": "x", "shape": [None, 3], "dtype": "float32"}]}]})
     shutil.rmtree(repo / "e2e", ignore_errors=True)
-    for kind in ("sequential", "sequential_tanh", "sequential"):
-        export_model(ExportRequest(model=models.path(kind), spec=spec, repo=repo, name="e2e"),
-                     launch_verifier=launcher)
+    versions = [export_model(ExportRequest(model=models.path(kind), spec=spec, repo=repo,
+                                           name="e2e"), launch_verifier=launcher).version
+                for kind in ("sequential", "sequential_tanh", "sequential")]
+    assert versions == [1, 2, 3]
     samples = tmp_path / "samples.jsonl"
     samples.write_text('{"instances": [[0.1, 0.2, 0.3], [1.0, -1.0, 0.5]]}\n')
     policy = parse_policy({
@@ -78,18 +78,13 @@ def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path)
     assert first.phase == machine.PROMOTED and kube.stable_version("e2e") == 1
     promoted = controller.start(ports, "e2e", 2, policy, holder="e2e")
     assert promoted.phase == machine.PROMOTED and kube.stable_version("e2e") == 2
-    assert aliases.champion == 2
+    assert aliases.champion_version == 2
 
-    strict = policy.model_copy(update={"gates": policy.gates.model_copy(update={
-        "agreement": policy.gates.agreement.model_copy(update={"max_abs_diff": 0.0,
-                                                               "min_top1": None})})})
-
-    class Disagreeing:  # the real observer, with a gate the tanh/relu pair cannot meet
-        def observe(self, name, state):
-            seen = ClusterObserver(cluster, namespace, strict).observe(name, state)
-            return Observation(max_abs_diff=(seen.max_abs_diff or 0.0) + 1.0)
-
-    ports.observer = Disagreeing()
+    # Version 3 (relu) and the stable version 2 (tanh) answer differently: a gate that
+    # tolerates no difference must roll it back, measured by the real observer.
+    strict = parse_policy({**policy.model_dump(), "gates": {"agreement": {
+        "samples": str(samples), "max_abs_diff": 1e-9}}})
+    ports.observer = ClusterObserver(cluster, namespace, strict)
     rolled_back = controller.start(ports, "e2e", 3, strict, holder="e2e")
     assert rolled_back.phase == machine.ROLLED_BACK
-    assert kube.stable_version("e2e") == 2 and aliases.champion == 2
+    assert kube.stable_version("e2e") == 2 and aliases.champion_version == 2

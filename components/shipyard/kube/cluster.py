@@ -25,6 +25,25 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 60
 RENEW_EVERY_S = 20
 STATE_KEY = "state.json"
+REQUEST_KEY = "request.json"
+
+
+class HeldLease:
+    """The controller checks it before every action: once renewal failed, it stops."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lost = threading.Event()
+        self.reason = ""
+
+    def lose(self, reason: str) -> None:
+        self.reason = reason
+        self.lost.set()
+        log.error("%s", reason)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseHeldError(self.reason)
 
 
 def connect() -> Any:
@@ -160,28 +179,41 @@ class KubeCluster:
         return f"shipyard-rollout-{name}"
 
     def load_state(self, name: str) -> dict[str, Any] | None:
+        return self._load_json(self._state_name(name), STATE_KEY)
+
+    def save_state(self, name: str, state: dict[str, Any]) -> None:
+        self._save_json(self._state_name(name), name, STATE_KEY, state)
+
+    # Requests live in their own ConfigMap, written only by `rollout promote|abort`, so a
+    # controller saving its state can never overwrite one.
+    def load_request(self, name: str) -> dict[str, Any] | None:
+        return self._load_json(f"{self._state_name(name)}-request", REQUEST_KEY)
+
+    def save_request(self, name: str, request: dict[str, Any]) -> None:
+        self._save_json(f"{self._state_name(name)}-request", name, REQUEST_KEY, request)
+
+    def _load_json(self, config_map: str, key: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            config_map = self.core.read_namespaced_config_map(self._state_name(name),
-                                                              self.namespace)
+            found = self.core.read_namespaced_config_map(config_map, self.namespace)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
-        text = (config_map.data or {}).get(STATE_KEY)
+        text = (found.data or {}).get(key)
         return json.loads(text) if text else None
 
-    def save_state(self, name: str, state: dict[str, Any]) -> None:
+    def _save_json(self, config_map: str, name: str, key: str, data: dict[str, Any]) -> None:
         self.apply([{"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": self._state_name(name), "namespace": self.namespace,
+                     "metadata": {"name": config_map, "namespace": self.namespace,
                                   "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER,
                                              "app.kubernetes.io/instance": name}},
-                     "data": {STATE_KEY: json.dumps(state, sort_keys=True)}}])
+                     "data": {key: json.dumps(data, sort_keys=True)}}])
 
     # --- the Lease ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def lease(self, name: str, holder: str, wait_s: float) -> Iterator[None]:
+    def lease(self, name: str, holder: str, wait_s: float) -> Iterator[HeldLease]:
         lease_name = f"shipyard-rollout-{name}"
         deadline = time.monotonic() + wait_s
         while not self._try_acquire(lease_name, holder):
@@ -189,19 +221,22 @@ class KubeCluster:
             if time.monotonic() >= deadline:
                 raise LeaseHeldError(
                     f"a rollout of {name} is held by {current.holder_identity} (Lease "
-                    f"{self.namespace}/{lease_name}, renewed {current.renew_time}); wait for "
-                    "it to finish, or pass --lease-wait SECONDS to wait for it")
+                    f"{self.namespace}/{lease_name}, renewed {current.renew_time}, expires "
+                    f"{LEASE_SECONDS} s after that); wait for it to finish, or pass "
+                    "--lease-wait SECONDS to wait for it")
             time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
+        handle = HeldLease(lease_name)
         stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(lease_name, holder, stop),
+        renewer = threading.Thread(target=self._renew, args=(handle, holder, stop),
                                    daemon=True)
         renewer.start()
         try:
-            yield
+            yield handle
         finally:
             stop.set()
             renewer.join()
-            self._release(lease_name, holder)
+            if not handle.lost.is_set():
+                self._release(lease_name, holder)
 
     def _try_acquire(self, lease_name: str, holder: str) -> bool:
         from kubernetes import client
@@ -238,17 +273,25 @@ class KubeCluster:
                 return False
             raise
 
-    def _renew(self, lease_name: str, holder: str, stop: threading.Event) -> None:
+    def _renew(self, handle: HeldLease, holder: str, stop: threading.Event) -> None:
+        last_renewed = time.monotonic()
         while not stop.wait(RENEW_EVERY_S):
             try:
-                lease = self.leases.read_namespaced_lease(lease_name, self.namespace)
+                lease = self.leases.read_namespaced_lease(handle.name, self.namespace)
                 if lease.spec.holder_identity != holder:
-                    log.error("lost the Lease %s to %s", lease_name, lease.spec.holder_identity)
+                    handle.lose(f"lost the Lease {handle.name} to "
+                                f"{lease.spec.holder_identity}")
                     return
                 lease.spec.renew_time = dt.datetime.now(dt.timezone.utc)
-                self.leases.replace_namespaced_lease(lease_name, self.namespace, lease)
-            except Exception as err:  # keep trying until the lease would expire
-                log.warning("could not renew the Lease %s: %s", lease_name, err)
+                self.leases.replace_namespaced_lease(handle.name, self.namespace, lease)
+                last_renewed = time.monotonic()
+            except Exception as err:  # keep trying while the Lease is still ours
+                log.warning("could not renew the Lease %s: %s", handle.name, err)
+                if time.monotonic() - last_renewed > LEASE_SECONDS - RENEW_EVERY_S:
+                    handle.lose(f"could not renew the Lease {handle.name} for "
+                                f"{LEASE_SECONDS - RENEW_EVERY_S} s; another controller may "
+                                "hold it now")
+                    return
 
     def _release(self, lease_name: str, holder: str) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -154,18 +154,21 @@ def _disruption_budget(target: ServingTarget) -> dict[str, Any]:
 
 # What the pusher does, kind by kind: nothing more (no wildcards).
 PUSHER_RULES = [
+    # Server-side apply is a PATCH (and creates what does not exist); label-selected
+    # deletes of the canary list first; the rollout's state is read back with GET.
     {"apiGroups": [""], "resources": ["configmaps", "services"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+     "verbs": ["get", "list", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},  # metrics scrapes
+    {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["create"]},  # predicts
     {"apiGroups": ["apps"], "resources": ["deployments"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+     "verbs": ["get", "list", "create", "patch", "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
-     "verbs": ["get", "create", "patch"]},
+     "verbs": ["create", "patch"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
-     "verbs": ["get", "create", "patch", "delete"]},
+     "verbs": ["create", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-     "verbs": ["get", "create", "update", "delete"]},
+     "verbs": ["get", "create", "update"]},
 ]
 
 

@@ -15,6 +15,9 @@ class RegistryAliases:
         self.registry = registry
         self.pipeline_run_id = pipeline_run_id
 
+    def champion(self, name: str) -> int | None:
+        return (self.registry.aliases(name) or {}).get(CHAMPION)
+
     def set_canary(self, name: str, version: int, reason: str) -> None:
         move_alias(self.registry, name, CANARY, version, reason=reason,
                    pipeline_run_id=self.pipeline_run_id, by_rollout=True)

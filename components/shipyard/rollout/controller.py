@@ -4,9 +4,11 @@ The adapters are small interfaces (below) so the whole loop runs in tests agains
 production against Kubernetes (kube.cluster), TF Serving's metrics (rollout.observe) and the
 MLflow registry (alias moves through the audited path).
 
-Every change of state is saved before and after each action, in the cluster, so a controller
-that is restarted (same `rollout start`) resumes where it stopped: it first finishes the
-actions that were decided, then goes on checking.
+The state is saved after every action, in the cluster, so a controller that is restarted (the
+same `rollout start`) resumes where it stopped: it first finishes the actions that were
+decided, then goes on checking. `rollout promote|abort` never write that state: they store a
+request under its own key, which only they write, so no request is lost to a controller
+saving its state at the same moment.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 from typing import Any, Callable, ContextManager, Protocol
 
-from shipyard.errors import LeaseHeldError, UsageError
+from shipyard.errors import LeaseHeldError, ShipyardError, UsageError
 from shipyard.rollout import machine
 from shipyard.rollout.gates import GateResult, Observation, evaluate
 from shipyard.rollout.machine import RolloutState
@@ -25,10 +27,17 @@ from shipyard.rollout.policy import RolloutPolicy
 log = logging.getLogger(__name__)
 
 
+class Lease(Protocol):
+    def check(self) -> None:
+        """Raises LeaseHeldError once the Lease is lost (another controller may act)."""
+
+
 class Cluster(Protocol):
-    def lease(self, name: str, holder: str, wait_s: float) -> ContextManager[None]: ...
+    def lease(self, name: str, holder: str, wait_s: float) -> ContextManager[Lease]: ...
     def load_state(self, name: str) -> dict[str, Any] | None: ...
     def save_state(self, name: str, state: dict[str, Any]) -> None: ...
+    def load_request(self, name: str) -> dict[str, Any] | None: ...
+    def save_request(self, name: str, request: dict[str, Any]) -> None: ...
     def stable_version(self, name: str) -> int | None: ...
     def deploy_canary(self, name: str, version: int) -> None: ...
     def set_weight(self, name: str, weight: int) -> None: ...
@@ -41,6 +50,7 @@ class Observer(Protocol):
 
 
 class Aliases(Protocol):
+    def champion(self, name: str) -> int | None: ...
     def set_canary(self, name: str, version: int, reason: str) -> None: ...
     def clear_canary(self, name: str, reason: str, gates: dict[str, Any]) -> None: ...
     def move_champion(self, name: str, version: int, reason: str,
@@ -65,9 +75,9 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
           on_change: Callable[[RolloutState], None] | None = None) -> RolloutState:
     """Runs the rollout of `version` to its end (promoted, rolled back or aborted), holding
     the model's Lease throughout. Resumes a stored rollout of the same version."""
-    with ports.cluster.lease(name, holder, lease_wait_s):
+    with ports.cluster.lease(name, holder, lease_wait_s) as lease:
         state = current(ports, name)
-        unfinished = state is not None and (not state.terminal or bool(state.pending))
+        unfinished = state is not None and not state.terminal
         if unfinished and state.version != version:
             raise UsageError(
                 f"--version {version}: a rollout of {name} version {state.version} is in "
@@ -75,46 +85,66 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
                 f"`shipyard rollout promote --name {name}` or `shipyard rollout abort --name "
                 f"{name} --reason ...` first")
         if not unfinished:
-            stable = ports.cluster.stable_version(name)
-            if stable == version:
-                raise UsageError(f"--version {version}: {name} version {version} already "
-                                 "serves as stable; nothing to roll out")
-            state = machine.begin(name, version, stable, policy, ports.clock())
+            state = machine.begin(name, version, _stable_version(ports, name, version), policy,
+                                  ports.clock())
             _save(ports, state, on_change)
         else:
             log.info("resuming the rollout of %s version %s at step %s", name, version,
                      state.step + 1)
-        return _run(ports, state, policy, on_change)
+        return _run(ports, lease, state, policy, on_change)
+
+
+def _stable_version(ports: Ports, name: str, version: int) -> int | None:
+    stable = ports.cluster.stable_version(name)
+    if stable == version:
+        raise UsageError(f"--version {version}: {name} version {version} already serves as "
+                         "stable; nothing to roll out")
+    if stable is None:
+        champion = ports.aliases.champion(name)
+        if champion is not None and champion != version:
+            # An empty namespace is a first deployment only if nothing is champion yet:
+            # otherwise it is a typo in --namespace or a rebuilt cluster, and an ungated
+            # champion move would be wrong.
+            raise UsageError(
+                f"--version {version}: nothing serves {name} in this namespace, but version "
+                f"{champion} is its champion. Check --namespace; on a new cluster, roll out "
+                f"the champion first (--version {champion}), then {version} behind a canary")
+    return stable
 
 
 def request(ports: Ports, name: str, what: str, reason: str | None, *, holder: str,
-            policy: RolloutPolicy | None = None) -> RolloutState:
-    """`rollout promote|abort`: recorded in the stored state, where a running controller
-    picks it up at its next check. If no controller holds the Lease, it is carried out here."""
+            lease_wait_s: float = 0.0, policy: RolloutPolicy | None = None) -> RolloutState:
+    """`rollout promote|abort`: stored as a request, which a running controller acts on at its
+    next check. The command then waits up to `lease_wait_s` for the Lease: once no controller
+    holds it (the running one finished, or a dead one's Lease expired), it carries out what is
+    left itself and returns the final state."""
     state = current(ports, name)
     if state is None or state.terminal:
         raise UsageError(f"--name {name}: no rollout of {name} is in progress"
                          + (f" (the last one ended {state.phase}: {state.reason})"
                             if state else ""))
-    state = machine.request(state, what, reason)
-    ports.cluster.save_state(name, state.to_json())
+    ports.cluster.save_request(name, {"rollout_id": state.rollout_id, "what": what,
+                                      "reason": reason})
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(ports.cluster.lease(name, holder, 0.0))
-        except LeaseHeldError:
-            log.info("a running controller holds the rollout of %s; it will %s at its next "
-                     "check", name, what)
-            return state
-        state = current(ports, name) or state  # as the last holder left it
-        state = _drain(ports, state, None)  # what it had decided comes first
-        return _drain(ports, machine.decide(state, policy or _ANY_POLICY, None, ports.clock()),
-                      None)
+            lease = stack.enter_context(ports.cluster.lease(name, holder, lease_wait_s))
+        except LeaseHeldError as err:
+            log.warning("%s; the request is recorded and the controller acts on it at its "
+                        "next check", err)
+            return machine.request(state, what, reason)
+        state = _with_stored_request(ports, current(ports, name) or state)
+        if state.terminal:
+            return state  # the running controller finished (with our request, or before it)
+        policy = policy or _ANY_POLICY
+        # An abort preempts what is pending; a promote comes after it.
+        state = _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None)
+        return _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None)
 
 
-def _run(ports: Ports, state: RolloutState, policy: RolloutPolicy,
+def _run(ports: Ports, lease: Lease, state: RolloutState, policy: RolloutPolicy,
          on_change: Callable[[RolloutState], None] | None) -> RolloutState:
     while True:
-        state = _drain(ports, state, on_change)
+        state = _drain(ports, lease, _decide_request(ports, state, policy), on_change)
         if state.terminal:
             return state
         ports.sleep(policy.check_interval_seconds)
@@ -122,22 +152,41 @@ def _run(ports: Ports, state: RolloutState, policy: RolloutPolicy,
         result: GateResult | None = None
         if not state.requested:
             result = evaluate(policy.gates, ports.observer.observe(state.name, state))
-            # A request that arrived while measuring wins over the measurement.
-            state = _with_stored_request(ports, state)
-        decided = machine.decide(state, policy, result, ports.clock())
+        decided = machine.decide(_with_stored_request(ports, state), policy, result,
+                                 ports.clock())
         if decided != state:
-            decided = _save(ports, decided, on_change)
+            _save(ports, decided, on_change)
         state = decided
 
 
-def _drain(ports: Ports, state: RolloutState,
+def _decide_request(ports: Ports, state: RolloutState, policy: RolloutPolicy) -> RolloutState:
+    """An abort stored while actions were pending preempts them."""
+    state = _with_stored_request(ports, state)
+    return machine.decide(state, policy, None, ports.clock()) if state.requested else state
+
+
+def _drain(ports: Ports, lease: Lease, state: RolloutState,
            on_change: Callable[[RolloutState], None] | None) -> RolloutState:
     """Carries out the pending actions in order, saving after each (a restart redoes at most
-    the one that was under way; every action is idempotent)."""
-    state = _save(ports, state, on_change)
+    the one that was under way; every action is idempotent). A failing forward action rolls
+    the rollout back; an abort stored meanwhile preempts the rest."""
+    _save(ports, state, on_change)
     while state.pending:
-        _carry_out(ports, state, state.pending[0])
-        state = _save(ports, machine.done(state), on_change)
+        lease.check()  # never act on a model whose Lease another controller may hold now
+        action = state.pending[0]
+        try:
+            _carry_out(ports, state, action)
+        except ShipyardError as err:
+            rolled_back = machine.failed(state, action, str(err))
+            if rolled_back is None:
+                raise
+            log.error("%s: %s failed (%s); rolling back", state.name, action.kind, err)
+            state = rolled_back
+        else:
+            state = machine.done(state, ports.clock())
+        if state.requested is None:
+            state = _decide_request(ports, state, _ANY_POLICY)
+        _save(ports, state, on_change)
     return state
 
 
@@ -163,23 +212,18 @@ def _carry_out(ports: Ports, state: RolloutState, action: machine.Action) -> Non
 
 
 def _with_stored_request(ports: Ports, state: RolloutState) -> RolloutState:
-    """`state` plus a promote/abort request another process stored meanwhile."""
-    stored = current(ports, state.name)
-    if (stored is not None and stored.requested and not state.requested
-            and stored.version == state.version):
-        return machine.request(state, stored.requested, stored.request_reason)
+    """`state` plus the promote/abort request stored for this rollout, if any."""
+    stored = ports.cluster.load_request(state.name)
+    if (stored and not state.requested and stored.get("rollout_id") == state.rollout_id):
+        return machine.request(state, stored["what"], stored.get("reason"))
     return state
 
 
 def _save(ports: Ports, state: RolloutState,
-          on_change: Callable[[RolloutState], None] | None) -> RolloutState:
-    """Stores `state` without losing a request stored since it was read; returns what was
-    stored."""
-    state = _with_stored_request(ports, state)
+          on_change: Callable[[RolloutState], None] | None) -> None:
     ports.cluster.save_state(state.name, state.to_json())
     if on_change is not None:
         on_change(state)
-    return state
 
 
 # promote/abort decisions do not look at gates or steps.

@@ -20,6 +20,9 @@ class Observation:
     p99_latency_ms: float | None = None
     top1_agreement: float | None = None
     max_abs_diff: float | None = None
+    # What went wrong while measuring the canary (a predict error, outputs of another
+    # shape): each one fails the gates, since it is what a canary must not do.
+    errors: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +58,7 @@ def evaluate(gates: Gates, seen: Observation) -> GateResult:
     figures = {name: value for name, value, _ in checks}
     failures = tuple(f"{name} {value:g} is outside {_threshold(gates, name)}"
                      for name, value, ok in checks if value is not None and not ok)
+    failures += tuple(seen.errors)
     missing = tuple(name for name, value, _ in checks if value is None)
     if failures:
         return GateResult(FAIL, figures, failures, missing)

@@ -56,10 +56,17 @@ class RolloutState:
     figures: dict[str, Any] = field(default_factory=dict)  # the last gate figures
     pending: tuple[Action, ...] = ()  # decided, not yet carried out
     settings: dict[str, Any] = field(default_factory=dict)  # the policy's serving section
+    rollout_id: str = ""  # tells this rollout's promote/abort requests from older ones
+
+    @property
+    def ended(self) -> bool:
+        """The outcome is decided (its actions may still be pending)."""
+        return self.phase in TERMINAL
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL
+        """Decided and carried out: nothing left to do."""
+        return self.ended and not self.pending
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,13 +84,15 @@ def begin(name: str, version: int, stable_version: int | None, policy: RolloutPo
           now: float) -> RolloutState:
     first = policy.steps[0].weight
     settings = policy.serving.model_dump()
+    rollout_id = f"{version}-{int(now * 1000)}"
     if stable_version is None:  # nothing serves yet: no canary to compare, deploy N directly
         return _promote(RolloutState(name=name, version=version, stable_version=None,
-                                     step_started_at=now, settings=settings),
+                                     step_started_at=now, settings=settings,
+                                     rollout_id=rollout_id),
                         "first deployment: no stable version to compare with", {})
     return RolloutState(
         name=name, version=version, stable_version=stable_version, weight=first,
-        step_started_at=now, settings=settings,
+        step_started_at=now, settings=settings, rollout_id=rollout_id,
         pending=(Action("set_canary_alias", version=version,
                         reason=f"rollout of version {version} started"),
                  Action("deploy_canary", version=version),
@@ -101,11 +110,13 @@ def decide(state: RolloutState, policy: RolloutPolicy, result: GateResult | None
            now: float) -> RolloutState:
     """The next state (with its actions pending) after one check. `result` is None when the
     check measured nothing because a request (promote/abort) is handled first."""
-    if state.terminal or state.pending:
-        return state  # finish what was decided before deciding again
-    if state.requested == ABORT:
+    if state.requested == ABORT and _abortable(state):
+        # Before anything pending: traffic must leave the canary at once, not after the
+        # forward actions that were under way.
         return _roll_back(state, ABORTED, f"aborted: {state.request_reason or 'no reason'}",
                           state.figures)
+    if state.ended or state.pending:
+        return state  # finish what was decided before deciding again
     if state.requested == PROMOTE:
         return _promote(state, f"promoted by hand: {state.request_reason or 'no reason'}",
                         state.figures)
@@ -147,13 +158,35 @@ def _promote(state: RolloutState, reason: str, figures: dict[str, Any]) -> Rollo
 
 def _roll_back(state: RolloutState, phase: str, reason: str,
                figures: dict[str, Any]) -> RolloutState:
-    return replace(state, phase=phase, reason=reason, figures=figures, weight=0, pending=(
-        Action("set_weight", weight=0),  # traffic leaves the canary before anything else
-        Action("remove_canary"),
-        Action("clear_canary_alias", reason=reason, gates=figures),
-    ))
+    actions = [Action("set_weight", weight=0)]  # traffic leaves the canary before anything
+    if state.phase == PROMOTED and state.stable_version is not None:
+        # A promotion under way may have half-moved the stable Deployment: put it back.
+        actions.append(Action("promote_stable", version=state.stable_version))
+    actions += [Action("remove_canary"),
+                Action("clear_canary_alias", reason=reason, gates=figures)]
+    return replace(state, phase=phase, reason=reason, figures=figures, weight=0,
+                   pending=tuple(actions))
 
 
-def done(state: RolloutState) -> RolloutState:
-    """The first pending action was carried out."""
-    return replace(state, pending=state.pending[1:])
+def _abortable(state: RolloutState) -> bool:
+    """Until the champion has moved, an abort still rolls back (a promotion included)."""
+    if state.phase == PROGRESSING:
+        return True
+    return state.phase == PROMOTED and any(a.kind == "move_champion" for a in state.pending)
+
+
+def failed(state: RolloutState, action: Action, error: str) -> RolloutState | None:
+    """An action failed: a forward one (deploying or weighting the canary, promoting) rolls
+    the rollout back; a failing rollback action has no better answer (None: re-raise)."""
+    if state.phase == PROGRESSING or (state.phase == PROMOTED and _abortable(state)):
+        return _roll_back(state, ROLLED_BACK, f"{action.kind} failed: {error}", state.figures)
+    return None
+
+
+def done(state: RolloutState, now: float) -> RolloutState:
+    """The first pending action was carried out at `now`. A step's pause counts from when
+    its weight is in place, not from when it was decided."""
+    action, rest = state.pending[0], state.pending[1:]
+    if action.kind == "set_weight" and state.phase == PROGRESSING:
+        return replace(state, pending=rest, step_started_at=now)
+    return replace(state, pending=rest)

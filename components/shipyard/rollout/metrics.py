@@ -56,8 +56,24 @@ def window(before: Scrape, after: Scrape) -> tuple[float | None, float | None]:
     observed = buckets[-1][1] if buckets else 0.0  # the +Inf bucket holds every request
     p99 = None
     if observed > 0:
+        finite = [le for le, _ in buckets if le != float("inf")]
         for le, cumulative in buckets:
             if cumulative >= 0.99 * observed:
-                p99 = le / 1000.0 if le != float("inf") else float("inf")
+                # Beyond the last bound: report that bound (a lower limit; JSON has no inf).
+                p99 = (le if le != float("inf") else (finite[-1] if finite else 0.0)) / 1000.0
                 break
     return error_rate, p99
+
+
+def per_pod_window(before: dict[str, Scrape], after: dict[str, Scrape]
+                   ) -> tuple[float | None, float | None]:
+    """A window over several pods, scraped one by one. A pod whose counters went down
+    restarted: its new counts are all new (as Prometheus's rate() treats a reset); a pod
+    seen for the first time is counted from zero."""
+    total_before, total_after = Scrape(), Scrape()
+    for pod, now in after.items():
+        then = before.get(pod, Scrape())
+        reset = any(now.requests.get(k, 0.0) < v for k, v in then.requests.items())
+        total_before = total_before + (Scrape() if reset else then)
+        total_after = total_after + now
+    return window(total_before, total_after)

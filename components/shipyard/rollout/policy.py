@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -114,4 +115,26 @@ def load_policy(path: str | Path) -> RolloutPolicy:
         raise SpecError(f"--policy {path}: cannot read it ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise SpecError(f"--policy {path}: not valid YAML: {err}") from None
-    return parse_policy(data, source=str(path))
+    policy = parse_policy(data, source=str(path))
+    agreement = policy.gates.agreement
+    if agreement is None:
+        return policy
+    # Relative to the policy file, and checked now: not after the canary has traffic.
+    samples = (path.parent / agreement.samples).resolve()
+    try:
+        lines = [line for line in samples.read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise SpecError(f"{path}: gates.agreement.samples: cannot read {samples} "
+                        f"({err.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        try:
+            body = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SpecError(f"{samples}:{number}: not JSON ({err})") from None
+        if not isinstance(body, dict) or not ({"instances", "inputs"} & set(body)):
+            raise SpecError(f"{samples}:{number}: expected a TF Serving REST predict body, "
+                            'e.g. {"instances": [[0.1, 0.2, 0.3]]}')
+    if not lines:
+        raise SpecError(f"{path}: gates.agreement.samples: {samples} holds no request")
+    return policy.model_copy(update={"gates": policy.gates.model_copy(update={
+        "agreement": agreement.model_copy(update={"samples": str(samples)})})})
