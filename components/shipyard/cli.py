@@ -527,6 +527,8 @@ def _describe_rollout(doc: dict[str, Any]) -> str:
         text += f"\n  last gate figures: {doc['figures']}"
     if doc.get("requested"):
         text += f"\n  requested: {doc['requested']} ({doc.get('request_reason')})"
+    if doc.get("pending"):
+        text += "\n  still to do: " + ", ".join(a["kind"] for a in doc["pending"])
     return text
 
 
@@ -600,7 +602,8 @@ def rollout_status_command(name: str, namespace: str, as_json: bool) -> None:
 
 
 def _request_command(name: str, namespace: str, what: str, reason: str | None,
-                     tracking_uri: str | None, registry_uri: str | None, as_json: bool) -> None:
+                     tracking_uri: str | None, registry_uri: str | None, lease_wait: float,
+                     as_json: bool) -> None:
     from shipyard.rollout import controller
     from shipyard.rollout.policy import RolloutPolicy
 
@@ -609,7 +612,8 @@ def _request_command(name: str, namespace: str, what: str, reason: str | None,
     policy = _stored_policy(probe, name)
     ports = _rollout_ports(name, namespace, policy, tracking_uri, registry_uri)
     with _library_prints_to_stderr():
-        state = controller.request(ports, name, what, reason, holder=_holder())
+        state = controller.request(ports, name, what, reason, holder=_holder(),
+                                   lease_wait_s=lease_wait)
     doc = state.to_json()
     _emit(doc, as_json, _describe_rollout(doc))
 
@@ -620,15 +624,21 @@ def _request_command(name: str, namespace: str, what: str, reason: str | None,
               help="Recorded with the champion move.")
 @_namespace_option
 @_registry_options
+@click.option("--lease-wait", type=float, default=75.0, show_default=True,
+              help="Seconds to wait for the controller to finish (or a dead one's Lease to "
+                   "expire) before leaving the request to it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
-                            registry_uri: str | None, as_json: bool) -> None:
+                            registry_uri: str | None, lease_wait: float,
+                            as_json: bool) -> None:
     """Promote the canary of NAME now, skipping the remaining steps and gates.
 
-    A running `rollout start` picks the request up at its next check; with none running, the
-    promotion is carried out here.
+    The request is stored where a running `rollout start` picks it up at its next check;
+    this command waits (--lease-wait) for that controller to finish, or for a dead one's
+    Lease to expire, and then carries out what is left itself.
     """
-    _request_command(name, namespace, "promote", reason, tracking_uri, registry_uri, as_json)
+    _request_command(name, namespace, "promote", reason, tracking_uri, registry_uri,
+                     lease_wait, as_json)
 
 
 @rollout_group.command("abort")
@@ -636,11 +646,15 @@ def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri
 @click.option("--reason", required=True, help="Why (recorded in the alias audit trail).")
 @_namespace_option
 @_registry_options
+@click.option("--lease-wait", type=float, default=75.0, show_default=True,
+              help="Seconds to wait for the controller to finish (or a dead one's Lease to "
+                   "expire) before leaving the request to it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
-                          registry_uri: str | None, as_json: bool) -> None:
+                          registry_uri: str | None, lease_wait: float, as_json: bool) -> None:
     """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
-    _request_command(name, namespace, "abort", reason, tracking_uri, registry_uri, as_json)
+    _request_command(name, namespace, "abort", reason, tracking_uri, registry_uri, lease_wait,
+                     as_json)
 
 
 @main.command("demo")
