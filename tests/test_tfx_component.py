@@ -1,5 +1,6 @@
 """The TFX component under LocalDagRunner with a SQLite MLMD store, and compiled for Kubeflow
-with KubeflowV2DagRunner."""
+with KubeflowV2DagRunner. (`tfx.v1` is not imported: its extensions need TFDV, which this
+environment leaves out; the modules below are what it re-exports.)"""
 
 from __future__ import annotations
 
@@ -18,19 +19,22 @@ SPEC = {"endpoints": [{"name": "serve", "method": "call",
 
 def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
              tracking_uri: str):
-    from tfx import v1 as tfx
+    from tfx.dsl.components.common.importer import Importer
+    from tfx.orchestration import metadata
+    from tfx.orchestration import pipeline as tfx_pipeline
+    from tfx.types import standard_artifacts
 
     from shipyard.tfx.component import ShipyardPusher
 
-    model = tfx.dsl.Importer(source_uri=str(model_dir),
-                             artifact_type=tfx.types.standard_artifacts.Model).with_id("model")
+    model = Importer(source_uri=str(model_dir),
+                     artifact_type=standard_artifacts.Model).with_id("model")
     components = [model]
     blessing = None
     if blessed is not None:
         (root / "blessing").mkdir(exist_ok=True)
-        blessing = tfx.dsl.Importer(
+        blessing = Importer(
             source_uri=str(root / "blessing"),
-            artifact_type=tfx.types.standard_artifacts.ModelBlessing,
+            artifact_type=standard_artifacts.ModelBlessing,
             custom_properties={"blessed": blessed}).with_id("blessing")
         components.append(blessing)
     pusher = ShipyardPusher(
@@ -39,19 +43,18 @@ def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
         model_name="tfx-m", export_spec=yaml.safe_dump(SPEC), repository=str(repo),
         tracking_uri=tracking_uri, serving_label="stable")
     components.append(pusher)
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name="shipyard-test", pipeline_root=str(root / "pipeline-root"),
         components=components,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             str(root / "mlmd.sqlite")))
 
 
 def pushed_artifacts(root: Path):
     from ml_metadata.metadata_store import metadata_store
-    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
 
-    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        str(root / "mlmd.sqlite"))
+    config = metadata.sqlite_metadata_connection_config(str(root / "mlmd.sqlite"))
     store = metadata_store.MetadataStore(config)
     return store.get_artifacts_by_type("PushedModel"), store.get_artifacts_by_type("Model")
 
@@ -65,11 +68,11 @@ def model_dir(models, tmp_path):
 
 
 def test_the_component_ships_a_model_and_records_it_in_mlmd(model_dir, tmp_path):
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     repo = tmp_path / "repo"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tfx.orchestration.LocalDagRunner().run(
+    LocalDagRunner().run(
         pipeline(tmp_path, model_dir, blessed=1, repo=repo, tracking_uri=uri))
 
     pushed, exported = pushed_artifacts(tmp_path)
@@ -92,10 +95,10 @@ def test_the_component_ships_a_model_and_records_it_in_mlmd(model_dir, tmp_path)
 
 
 def test_an_unblessed_model_is_not_pushed(model_dir, tmp_path):
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     repo = tmp_path / "repo"
-    tfx.orchestration.LocalDagRunner().run(
+    LocalDagRunner().run(
         pipeline(tmp_path, model_dir, blessed=0, repo=repo,
                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     pushed, _ = pushed_artifacts(tmp_path)
@@ -105,12 +108,13 @@ def test_an_unblessed_model_is_not_pushed(model_dir, tmp_path):
 
 
 def test_the_pipeline_compiles_for_kubeflow(model_dir, tmp_path):
-    from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
+        KubeflowV2DagRunner, KubeflowV2DagRunnerConfig,
+    )
 
     output = tmp_path / "pipeline.json"
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image="europe-docker.pkg.dev/acme/shipyard:1"),
+    runner = KubeflowV2DagRunner(
+        config=KubeflowV2DagRunnerConfig(default_image="europe-docker.pkg.dev/acme/shipyard:1"),
         output_filename=str(output))
     runner.run(pipeline(tmp_path, model_dir, blessed=None, repo=tmp_path / "repo",
                         tracking_uri="http://mlflow:5000"))
