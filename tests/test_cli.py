@@ -111,6 +111,13 @@ def test_exit_codes(cli, models, repo, tmp_path):
     assert "--name: '../x' is not a valid model name" in bad_name.stderr
     assert not repo.exists()
 
+    no_gpu = cli("export", sequential, "--spec", spec, "--repo", str(repo), "--name", "m",
+                 "--device", "/GPU:0")
+    assert no_gpu.exit_code == 2
+    assert "--device /GPU:0: this machine has no such device; it has /device:CPU:0" in \
+        no_gpu.stderr
+    assert not (repo / "m").exists()
+
     missing = cli("export", str(tmp_path / "nope.keras"), "--spec", spec, "--repo", str(repo),
                   "--name", "m")
     assert missing.exit_code == 1

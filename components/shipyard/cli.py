@@ -106,10 +106,12 @@ def _model_arguments(command: Any) -> Any:
               help="Load .keras files with safe_mode off (allows Lambda layers).")
 @click.option("--allow-breaking", is_flag=True,
               help="Publish even if signatures break clients of the latest version.")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Where the export runs (e.g. /GPU:0, /TPU:0); verification is CPU-only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export_command(model: Path, spec_path: Path, repo: str, name: str, version: int | None,
                    imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
-                   as_json: bool) -> None:
+                   device: str | None, as_json: bool) -> None:
     """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
 
     Writes REPO/NAME/N atomically: the SavedModel is written under a staging name, verified in a
@@ -125,7 +127,8 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str, version: 
     validate_model_name(name)
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
-                            imports=imports, unsafe=unsafe, allow_breaking=allow_breaking)
+                            imports=imports, unsafe=unsafe, allow_breaking=allow_breaking,
+                            device=device)
     result = export_model(request, progress=_progress(_quiet()), **_injected())
     _emit(result.to_json(), as_json, _describe_export(result.to_json()))
 

@@ -37,6 +37,7 @@ class ExportRequest:
     imports: tuple[str, ...] = ()
     unsafe: bool = False
     allow_breaking: bool = False
+    device: str | None = None  # where the export runs, e.g. "/GPU:0"; verification: CPU
 
 
 @dataclass
@@ -95,13 +96,14 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
     from shipyard.export import archive, reference, source, warmup
 
     started = time.monotonic()
-    with progress.step(f"load {request.model}"):
-        source.import_modules(request.imports)
-        model = source.load_source_model(request.model, unsafe=request.unsafe)
-    with progress.step("build endpoints"):
-        built = archive.build_archive(model, request.spec)
-    with progress.step("write SavedModel"):
-        built.write(staging.path)
+    with archive.placed_on(request.device):
+        with progress.step(f"load {request.model}"):
+            source.import_modules(request.imports)
+            model = source.load_source_model(request.model, unsafe=request.unsafe)
+        with progress.step("build endpoints"):
+            built = archive.build_archive(model, request.spec)
+        with progress.step("write SavedModel"):
+            built.write(staging.path)
     signatures = archive.read_signatures(staging.path)
     check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
     with progress.step("compute reference outputs"):

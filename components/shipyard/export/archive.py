@@ -7,17 +7,18 @@ serves its first endpoint as `serving_default`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from shipyard.errors import SpecError
+from shipyard.errors import SpecError, UsageError
 from shipyard.export.samples import Vocabularies
 from shipyard.export.source import SourceModel
 from shipyard.spec import Endpoint, ExportSpec, RegexSelect, TensorDecl
@@ -36,7 +37,31 @@ class BuiltArchive:
     lookup_vocabularies: list[list[Any]]  # per lookup layer, in layer order (fingerprinted)
 
     def write(self, directory: Path) -> None:
-        self.archive.write_out(str(directory), verbose=False)
+        self.archive.write_out(str(directory), options=SAVE_OPTIONS, verbose=False)
+
+
+# Variables are saved through the host (needed when they live on a TPU, harmless elsewhere),
+# and no device placement is recorded (VariablePolicy.NONE), so a version exported on a
+# GPU/TPU worker loads on plain CPU TF Serving; the CPU-only verifier proves it does.
+SAVE_OPTIONS = tf.saved_model.SaveOptions(
+    experimental_io_device="/job:localhost",
+    experimental_variable_policy=tf.saved_model.experimental.VariablePolicy.NONE)
+
+
+@contextlib.contextmanager
+def placed_on(device: str | None) -> Iterator[None]:
+    """Runs the export on `device` (e.g. "/GPU:0", "/TPU:0"); None: TensorFlow's choice."""
+    if device is None:
+        yield
+        return
+    present = [d.name for d in tf.config.list_logical_devices()]
+    wanted = device.upper().removeprefix("/DEVICE:")
+    if not any(name.upper().endswith(wanted.lstrip("/")) for name in present):
+        raise UsageError(f"--device {device}: this machine has no such device; it has "
+                         f"{', '.join(present)}. Run the export on an accelerator worker, or "
+                         "leave --device out")
+    with tf.device(device):
+        yield
 
 
 def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:

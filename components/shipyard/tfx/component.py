@@ -12,8 +12,6 @@ Outputs: `exported_model` (Model: the published version under Format-Serving) an
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from shipyard.repository import materialize
 
 MODEL = "model"
 MODEL_BLESSING = "model_blessing"
@@ -81,7 +81,7 @@ class Executor(base_executor.BaseExecutor):
                             serving_address=exec_properties.get("serving_address") or None,
                             pipeline_run_id=_pipeline_run_id(self._context))
         registered = result.registered
-        _link_tree(registered.path, Path(exported.uri) / "Format-Serving")
+        materialize(registered.path, Path(exported.uri) / "Format-Serving")
         for artifact in (exported, pushed):
             artifact.set_string_custom_property("mlflow_run_id", registered.run_id)
             artifact.set_int_custom_property("registered_model_version", registered.version)
@@ -136,24 +136,3 @@ def _blessed(input_dict: dict[str, list[types.Artifact]]) -> bool:
 
 def _pipeline_run_id(context: Any) -> str | None:
     return getattr(context, "pipeline_run_id", None) if context is not None else None
-
-
-def _link_tree(source: str, target: Path) -> None:
-    """The published version, hard-linked (its bytes are not written again) or copied."""
-    if "://" in source:  # an object store: download it
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(source)
-        fs.get(path.rstrip("/") + "/", str(target), recursive=True)
-        return
-    root = Path(source)
-    for path in root.rglob("*"):
-        destination = target / path.relative_to(root)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:
-            shutil.copy2(path, destination)

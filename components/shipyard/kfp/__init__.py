@@ -1,0 +1,1 @@
+"""KFP v2 components over the same core as the CLI and the TFX component."""

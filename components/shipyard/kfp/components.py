@@ -1,0 +1,120 @@
+"""KFP v2 components: export + verify + register (+ label), push, validate, rollout.
+
+Each is a lightweight component on the shipyard image (`Dockerfile` at the repository root):
+its function body only calls the core (shipyard.ship, shipyard.push, shipyard.validate,
+shipyard.rollout), which the image has installed, so KFP runs it in that container on a
+cluster, and `kfp.local.SubprocessRunner` runs the same code here. `make_components(image)`
+builds them for an image; `accelerate(task, kind)` puts a task on GPU or TPU workers.
+"""
+
+# (No "from __future__ import annotations": KFP reads the types of component signatures.)
+
+from types import SimpleNamespace
+from typing import Any
+
+from kfp import dsl
+
+DEFAULT_IMAGE = "ghcr.io/shipyard-mlops/shipyard:0.1.0"
+ACCELERATORS = ("none", "gpu", "tpu")
+GPU_TYPE = "nvidia.com/gpu"
+TPU_NODE_LABEL = "cloud.google.com/gke-tpu-accelerator"
+TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+
+
+def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
+    @dsl.component(base_image=image)
+    def ship(model: dsl.Input[dsl.Model], model_name: str, export_spec: str, repository: str,
+             tracking_uri: str, serving_label: str, device: str,
+             exported: dsl.Output[dsl.Model]) -> int:
+        """Export, verify (CPU only), register in MLflow, publish; label when asked."""
+        from pathlib import Path
+
+        import yaml
+
+        from shipyard.flow import ExportRequest
+        from shipyard.registry.client import RegistryLocation
+        from shipyard.repository import materialize
+        from shipyard.ship import ship_model
+        from shipyard.spec import parse_spec
+
+        source = Path(model.path)
+        if source.is_dir() and (source / "model.keras").is_file():
+            source = source / "model.keras"
+        result = ship_model(
+            ExportRequest(model=source, repo=repository, name=model_name, device=device,
+                          spec=parse_spec(yaml.safe_load(export_spec), source="export_spec")),
+            RegistryLocation.resolve(tracking_uri or None),
+            label=serving_label or None)
+        materialize(result.registered.path, Path(exported.path))
+        exported.metadata.update({"registered_model_version": result.registered.version,
+                                  "mlflow_run_id": result.registered.run_id,
+                                  "fingerprint": result.registered.fingerprint})
+        return result.registered.version
+
+    @dsl.component(base_image=image)
+    def push(repository: str, model_name: str, version: int, label: str,
+             serving_address: str) -> str:
+        """Point a label at a published version (models.config, and the server if given)."""
+        import json
+
+        from shipyard.push import push_version
+        from shipyard.repository import open_repository
+
+        return json.dumps(push_version(open_repository(repository), model_name, version, label,
+                                       serving_address=serving_address or None).to_json())
+
+    @dsl.component(base_image=image)
+    def validate(repository: str, model_name: str, version: int, examples: str,
+                 against: str, tracking_uri: str, min_agreement: float) -> str:
+        """Beam validation of a version against another one (e.g. the champion)."""
+        import json
+
+        from shipyard.registry.client import ModelRegistry, RegistryLocation
+        from shipyard.repository import open_repository
+        from shipyard.validate import ValidateRequest, validate_version_on_examples
+
+        location = RegistryLocation.resolve(tracking_uri or None)
+        registry = ModelRegistry(location)
+        document = validate_version_on_examples(
+            open_repository(repository),
+            ValidateRequest(name=model_name, version=version, examples=examples,
+                            against=against, min_agreement=min_agreement),
+            read_aliases=registry.aliases, registry=lambda: registry)
+        return json.dumps(document)
+
+    @dsl.component(base_image=image)
+    def rollout(model_name: str, version: int, policy: str, namespace: str,
+                tracking_uri: str) -> str:
+        """The canary rollout on the cluster the pipeline runs in (its service account needs
+        the shipyard-pusher Role)."""
+        import subprocess
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(policy)
+        command = ["shipyard", "rollout", "start", "--name", model_name, "--version",
+                   str(version), "--policy", f.name, "--namespace", namespace, "--json"]
+        if tracking_uri:
+            command += ["--tracking-uri", tracking_uri]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+    return SimpleNamespace(ship=ship, push=push, validate=validate, rollout=rollout)
+
+
+def accelerate(task: Any, kind: str, *, gpu_type: str = GPU_TYPE, count: int = 1,
+               tpu: str = "tpu-v5-lite-podslice", tpu_topology: str = "1x1") -> Any:
+    """Runs `task` on GPU workers (accelerator type and limit) or TPU workers (GKE's node
+    selectors and the TPU toleration, through kfp-kubernetes); "none" leaves it on CPU."""
+    if kind not in ACCELERATORS:
+        raise ValueError(f"accelerator: expected one of {', '.join(ACCELERATORS)}, got {kind!r}")
+    if kind == "gpu":
+        task.set_accelerator_type(gpu_type).set_accelerator_limit(count)
+    elif kind == "tpu":
+        from kfp import kubernetes
+
+        kubernetes.add_node_selector(task, label_key=TPU_NODE_LABEL, label_value=tpu)
+        kubernetes.add_node_selector(task, label_key=TPU_TOPOLOGY_LABEL, label_value=tpu_topology)
+        kubernetes.add_toleration(task, key="google.com/tpu", operator="Exists",
+                                  effect="NoSchedule")
+        task.set_accelerator_type("google.com/tpu").set_accelerator_limit(count)
+    return task

@@ -1,0 +1,74 @@
+"""The KFP v2 components and reference pipeline: compiled with accelerator settings, and run
+with kfp.local's SubprocessRunner."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "pipelines"))
+
+
+def compiled(tmp_path, accelerator: str) -> list[dict]:
+    import kfp_pipeline
+
+    output = tmp_path / f"{accelerator}.yaml"
+    assert kfp_pipeline.main(["--accelerator", accelerator, "--output", str(output),
+                              "--image", "registry.example/shipyard:1"]) == 0
+    return list(yaml.safe_load_all(output.read_text()))
+
+
+def test_gpu_export_requests_an_accelerator(tmp_path):
+    spec, *platform = compiled(tmp_path, "gpu")
+    ship = spec["deploymentSpec"]["executors"]["exec-ship"]["container"]
+    assert ship["image"] == "registry.example/shipyard:1"
+    assert ship["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert ship["resources"]["accelerator"]["resourceCount"] == "1"
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert "resources" not in train  # only the export runs on the accelerator
+    assert spec["root"]["dag"]["tasks"]["ship"]["inputs"]["parameters"]["device"][
+        "runtimeValue"]["constant"] == "/GPU:0"
+    assert platform == []
+
+
+def test_tpu_export_gets_gke_node_selectors_and_the_tpu_toleration(tmp_path):
+    spec, platform = compiled(tmp_path, "tpu")
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-ship"]
+    assert executor["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+        "cloud.google.com/gke-tpu-topology": "1x1"}
+    assert executor["tolerations"] == [{"effect": "NoSchedule", "key": "google.com/tpu",
+                                        "operator": "Exists"}]
+    ship = spec["deploymentSpec"]["executors"]["exec-ship"]["container"]
+    assert ship["resources"]["accelerator"]["resourceType"] == "google.com/tpu"
+
+
+def test_an_unknown_accelerator_is_refused():
+    from shipyard.kfp.components import accelerate
+
+    with pytest.raises(ValueError, match=r"accelerator: expected one of none, gpu, tpu, got "
+                                         r"'fpga'"):
+        accelerate(object(), "fpga")
+
+
+@pytest.mark.integration
+def test_the_reference_pipeline_runs_locally(tmp_path, capsys):
+    import kfp_pipeline
+    from mlflow import MlflowClient
+
+    from shipyard.serving.config import ModelServing, model_serving, parse_config
+
+    assert kfp_pipeline.main(["--run-locally", "--workdir", str(tmp_path)]) == 0
+    assert "version 1 published under" in capsys.readouterr().out
+    version_dir = tmp_path / "models" / "demo-model" / "1"
+    assert (version_dir / "assets.extra" / "shipyard.json").is_file()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_model_version("demo-model", "1").tags["shipyard.published"] == "true"
+    config = parse_config((tmp_path / "models" / "models.config").read_text())
+    assert model_serving(config, "demo-model") == ModelServing((1,), {})  # loaded; labelled
+                                                                          # by the next push
