@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +130,14 @@ def test_the_pipeline_compiles_for_kubeflow(model_dir, tmp_path):
     task = spec["root"]["dag"]["tasks"]["ShipyardPusher"]
     parameters = task["inputs"]["parameters"]
     assert "model_name" in parameters and "export_spec" in parameters
+
+
+def test_the_reference_tfx_pipeline_runs_locally(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "pipelines"))
+    import tfx_pipeline
+
+    assert tfx_pipeline.main(["--workdir", str(tmp_path)]) == 0
+    pushed, _ = pushed_artifacts(tmp_path)
+    assert [p.custom_properties["pushed_version"].string_value for p in pushed] == ["1"]
+    assert (tmp_path / "models" / "demo-model" / "1" / "assets.extra" /
+            "shipyard.json").is_file()
