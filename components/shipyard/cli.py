@@ -65,7 +65,8 @@ def _injected() -> dict[str, Any]:
 
 
 def _library_prints_to_stderr() -> Any:
-    """MLflow prints to stdout (e.g. "View run ... at ..."); stdout belongs to our result."""
+    """MLflow and the KFP client print to stdout (e.g. "View run ... at ..."); stdout belongs
+    to our result."""
     return contextlib.redirect_stdout(sys.stderr)
 
 
@@ -658,6 +659,46 @@ def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: 
     """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
     _request_command(name, namespace, "abort", reason, tracking_uri, registry_uri, lease_wait,
                      as_json)
+
+
+@main.group("schedule")
+def schedule_group() -> None:
+    """Recurring pipeline runs on Kubeflow Pipelines."""
+
+
+@schedule_group.command("create")
+@click.option("--host", required=True, help="The KFP API endpoint, e.g. https://kfp.example.")
+@click.option("--cron", "cron", required=True,
+              help="When: a cron expression (5 fields, or KFP's 6 with seconds first).")
+@click.option("--repository", required=True, help="The model repository the runs publish to.")
+@click.option("--model-name", default="demo-model", show_default=True)
+@click.option("--tracking-uri", default="", help="MLflow the runs record to.")
+@click.option("--serving-label", default="stable", show_default=True,
+              type=click.Choice(["stable", "canary"]))
+@click.option("--name", default="shipyard-reference", show_default=True,
+              help="The recurring run's name.")
+@click.option("--experiment", default="shipyard", show_default=True)
+@click.option("--image", default=None, help="The shipyard image (default: the released one).")
+@click.option("--accelerator", type=click.Choice(["none", "gpu", "tpu"]), default="none",
+              show_default=True, help="Where the export step runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def schedule_create_command(host: str, cron: str, repository: str, model_name: str,
+                            tracking_uri: str, serving_label: str, name: str, experiment: str,
+                            image: str | None, accelerator: str, as_json: bool) -> None:
+    """Create a KFP recurring run of the reference pipeline: one run at a time
+    (max_concurrency 1), no catch-up of missed runs."""
+    from shipyard.kfp.components import DEFAULT_IMAGE
+    from shipyard.kfp.schedule import create_schedule, kfp_cron
+
+    kfp_cron(cron)  # a bad expression fails before anything is compiled or sent
+    with _library_prints_to_stderr():  # the KFP client prints links to stdout
+        doc = create_schedule(host, cron, name=name, experiment=experiment,
+                              params={"repository": repository, "model_name": model_name,
+                                      "tracking_uri": tracking_uri,
+                                      "serving_label": serving_label},
+                              image=image or DEFAULT_IMAGE, accelerator=accelerator)
+    _emit(doc, as_json, f"recurring run {doc['recurring_run_id']} ({name}) on {host}: "
+                        f"cron {doc['cron']}, one run at a time, no catch-up")
 
 
 @main.command("demo")
