@@ -41,7 +41,8 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         if source.is_dir() and (source / "model.keras").is_file():
             source = source / "model.keras"
         result = ship_model(
-            ExportRequest(model=source, repo=repository, name=model_name, device=device,
+            ExportRequest(model=source, repo=repository, name=model_name,
+                          device=device or None,  # "": TensorFlow places it (CPU here)
                           spec=parse_spec(yaml.safe_load(export_spec), source="export_spec")),
             RegistryLocation.resolve(tracking_uri or None),
             label=serving_label or None)
