@@ -622,16 +622,22 @@ def _request_command(name: str, namespace: str, what: str, reason: str | None,
     _emit(doc, as_json, _describe_rollout(doc))
 
 
+def _request_options(command: Any) -> Any:
+    """--namespace, the registry, --lease-wait and --json: what promote and abort share."""
+    command = click.option("--json", "as_json", is_flag=True,
+                           help="Print the state as JSON.")(command)
+    command = click.option("--lease-wait", type=float, default=75.0, show_default=True,
+                           help="Seconds to wait for the controller to finish (or a dead "
+                                "one's Lease to expire) before leaving the request to it."
+                           )(command)
+    return _namespace_option(_registry_options(command))
+
+
 @rollout_group.command("promote")
 @click.option("--name", required=True, help="Model name.")
 @click.option("--reason", default="promoted by hand", show_default=True,
               help="Recorded with the champion move.")
-@_namespace_option
-@_registry_options
-@click.option("--lease-wait", type=float, default=75.0, show_default=True,
-              help="Seconds to wait for the controller to finish (or a dead one's Lease to "
-                   "expire) before leaving the request to it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@_request_options
 def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
                             registry_uri: str | None, lease_wait: float,
                             as_json: bool) -> None:
@@ -648,12 +654,7 @@ def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri
 @rollout_group.command("abort")
 @click.option("--name", required=True, help="Model name.")
 @click.option("--reason", required=True, help="Why (recorded in the alias audit trail).")
-@_namespace_option
-@_registry_options
-@click.option("--lease-wait", type=float, default=75.0, show_default=True,
-              help="Seconds to wait for the controller to finish (or a dead one's Lease to "
-                   "expire) before leaving the request to it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@_request_options
 def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
                           registry_uri: str | None, lease_wait: float, as_json: bool) -> None:
     """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""

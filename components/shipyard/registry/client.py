@@ -249,6 +249,7 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
     import mlflow.pyfunc
 
     from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
+    from shipyard.repository import materialize
 
     placeholder = workdir / SAVED_MODEL_ARTIFACT
     placeholder.mkdir(parents=True)
@@ -258,16 +259,7 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
                              pip_requirements=_serving_requirements())
     target = model_dir / "artifacts" / SAVED_MODEL_ARTIFACT
     shutil.rmtree(target)
-    for source in saved_model_dir.rglob("*"):
-        destination = target / source.relative_to(saved_model_dir)
-        if source.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, destination)
-        except OSError:  # another filesystem: copying is the only way
-            shutil.copy2(source, destination)
+    materialize(str(saved_model_dir), target)  # hard links where the filesystem allows
     return model_dir
 
 
