@@ -1,4 +1,7 @@
-"""`shipyard demo`, the README's main job, on its embedded defaults."""
+"""`shipyard demo`, the README's main job, on its embedded defaults, run twice in one workdir:
+the TFX pipeline under LocalDagRunner, the first deployment, a challenger through the offline
+canary to promotion; the second run reuses the pipeline's version and promotes a new
+challenger."""
 
 from __future__ import annotations
 
@@ -7,21 +10,80 @@ import json
 import pytest
 
 from shipyard.manifest import checksum_mismatches, read_manifest
+from shipyard.serving.config import model_serving, parse_config
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_trains_exports_verifies_and_publishes(cli, tmp_path):
+def aliases_and_history(uri: str):
+    from mlflow import MlflowClient
+
+    from shipyard.registry.audit import history
+
+    model = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("demo-model")
+    return dict(model.aliases), history(dict(model.tags))
+
+
+def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(
+        cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     workdir = tmp_path / "demo"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+
     result = cli("demo", "--workdir", str(workdir), "--json")
     assert result.exit_code == 0, result.stderr
-    document = json.loads(result.stdout)
-    assert document["export"]["name"] == "demo-model"
-    assert document["export"]["version"] == 1
-    assert document["export"]["variable_collections"]["optimizer_variables"] > 0
-    version_dir = workdir / "models" / "demo-model" / "1"
-    assert checksum_mismatches(version_dir, read_manifest(version_dir)) == []
+    first = json.loads(result.stdout)
+
+    # The TFX pipeline published version 1, recorded in MLMD and MLflow.
+    assert first["pipeline"]["pushed"] == 1
+    assert first["pipeline"]["registered_model_version"] == 1
+    assert first["pipeline"]["pushed_destination"] == str(workdir / "models" / "demo-model" / "1")
+    assert (workdir / "tfx" / "mlmd.sqlite").is_file()
+    assert first["first_deployment"] == {"name": "demo-model", "champion": 1,
+                                         "first_deployment": True}
+    # The challenger went through the offline canary against version 1 and took over.
+    assert first["challenger"]["version"] == 2 and not first["challenger"]["reused"]
+    canary = first["canary"]
+    assert canary["promoted"] and canary["previous_champion"] == 1
+    assert canary["gates"]["agreement"]["probs"]["top1_agreement"] >= 0.95
+    assert canary["gates"]["agreement_outputs"] == ["probs"]
+    assert canary["validation"]["examples"] == 500
+    assert first["champion"] == 2
+    for version in (1, 2):
+        version_dir = workdir / "models" / "demo-model" / str(version)
+        assert checksum_mismatches(version_dir, read_manifest(version_dir)) == []
+
+    config = parse_config((workdir / "models" / "models.config").read_text())
+    served = model_serving(config, "demo-model")
+    assert (served.versions, served.labels) == ((2,), {"stable": 2})
+    aliases, moves = aliases_and_history(uri)
+    assert aliases == {"candidate": 2, "champion": 2}
+    champion_moves = [(m["from"], m["to"]) for m in moves
+                      if m["alias"] == "champion"]
+    assert champion_moves == [(None, 1), (1, 2)]
+    promotion = next(m for m in moves if m["alias"] == "champion" and m["to"] == 2)
+    assert promotion["gates"]["passed"] is True
+    assert promotion["pipeline_run_id"] == first["run_id"]
+    # MLflow's artifacts sit beside its database, not in the working directory.
+    assert any((workdir / "mlartifacts").rglob("saved_model.pb"))
+    assert not (tmp_path / "mlruns").exists()
+    assert "demo" in {p.name for p in tmp_path.iterdir()}
+    assert {"├── 1/", "└── 2/"} <= {line.strip("│ ") for line in first["where"]["tree"]}
+    assert first["where"]["mlflow_ui"].endswith(f"ui --backend-store-uri {uri} --port 5000")
 
     again = cli("demo", "--workdir", str(workdir))
     assert again.exit_code == 0, again.stderr
-    assert "Published demo-model version 2" in again.stdout
+    # The pipeline's model is the same content: version 1 and its MLflow run are reused.
+    assert (f"TFX pipeline: demo-model version 1 (MLflow run "
+            f"{first['pipeline']['mlflow_run_id']}") in again.stdout
+    assert "First deployment" not in again.stdout
+    assert "Challenger: version 3" in again.stdout
+    assert "probs top-1 agreement" in again.stdout
+    assert "promoted: version 3 is stable and champion" in again.stdout
+    assert "shipyard status --repo" in again.stdout
+    aliases, moves = aliases_and_history(uri)
+    assert aliases["champion"] == 3
+    assert [m["to"] for m in moves if m["alias"] == "champion"] == [1, 2, 3]
+    served = model_serving(parse_config((workdir / "models" / "models.config").read_text()),
+                           "demo-model")
+    assert (served.versions, served.labels) == ((3,), {"stable": 3})

@@ -210,6 +210,23 @@ def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models
     assert third.manifest["fingerprint"] != first.manifest["fingerprint"]
 
 
+def test_the_architecture_digest_ignores_where_shared_objects_lived_in_memory():
+    from shipyard.export.archive import keras_config_digest
+
+    def config(first_id: int, second_id: int) -> dict:
+        # What Keras writes for a layer reused twice (e.g. a lookup shared by two inputs):
+        # shared_object_id is the Python id() of the object in the process that saved it.
+        return {"layers": [{"name": "lookup", "shared_object_id": first_id},
+                           {"name": "again", "shared_object_id": first_id},
+                           {"name": "other", "shared_object_id": second_id}]}
+
+    assert keras_config_digest(config(140362197166224, 1)) == \
+        keras_config_digest(config(140486822103376, 7))
+    shared_differently = config(5, 6)
+    shared_differently["layers"][1]["shared_object_id"] = 6
+    assert keras_config_digest(shared_differently) != keras_config_digest(config(5, 6))
+
+
 def test_models_that_compute_differently_get_different_fingerprints(launcher, models, repo):
     relu = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo, name="relu")
     tanh = export(launcher, models.path("sequential_tanh"), SEQUENTIAL_SPEC, repo, name="tanh")

@@ -10,7 +10,7 @@ from shipyard.gc import plan_gc
 from shipyard.serving.config import (
     ModelServing, model_names, model_serving, parse_config, render_config, with_model,
 )
-from shipyard.serving.plan import label_move_steps
+from shipyard.serving.plan import label_move_steps, label_removal_steps
 from shipyard.serving.protos import model_server_config_pb2
 
 OTHER_MODEL = """
@@ -81,6 +81,20 @@ def test_canary_then_promotion_keeps_what_a_label_still_needs():
 
 def test_pointing_a_label_where_it_already_points_changes_nothing():
     assert label_move_steps(ModelServing((3,), {"stable": 3}), "stable", 3) == []
+
+
+def test_dropping_the_canary_unloads_its_version_unless_stable_needs_it():
+    both = ModelServing((1, 2), {"stable": 1, "canary": 2})
+    assert label_removal_steps(both, "canary") == [ModelServing((1,), {"stable": 1})]
+    promoted = ModelServing((2,), {"stable": 2, "canary": 2})
+    assert label_removal_steps(promoted, "canary") == [ModelServing((2,), {"stable": 2})]
+
+
+def test_dropping_the_last_label_keeps_the_versions_and_an_absent_label_changes_nothing():
+    assert label_removal_steps(ModelServing((3,), {"canary": 3}), "canary") == [
+        ModelServing((3,), {})]
+    assert label_removal_steps(ModelServing((3,), {"stable": 3}), "canary") == []
+    assert label_removal_steps(None, "canary") == []
 
 
 def test_gc_keeps_newest_labelled_loaded_and_aliased_versions():

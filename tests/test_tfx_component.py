@@ -110,34 +110,43 @@ def test_an_unblessed_model_is_not_pushed(model_dir, tmp_path):
     assert not repo.exists()
 
 
-def test_the_pipeline_compiles_for_kubeflow(model_dir, tmp_path):
+def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
+    """The reference pipeline (the one `shipyard demo` runs under LocalDagRunner) compiled
+    with KubeflowV2DagRunner onto the shipyard image."""
     from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
         KubeflowV2DagRunner, KubeflowV2DagRunnerConfig,
     )
+
+    from shipyard.tfx.pipeline import build_pipeline
 
     output = tmp_path / "pipeline.json"
     runner = KubeflowV2DagRunner(
         config=KubeflowV2DagRunnerConfig(default_image="europe-docker.pkg.dev/acme/shipyard:1"),
         output_filename=str(output))
-    runner.run(pipeline(tmp_path, model_dir, blessed=None, repo=tmp_path / "repo",
-                        tracking_uri="http://mlflow:5000"))
+    runner.run(build_pipeline(tmp_path, repository="gs://acme-models/serving",
+                              tracking_uri="http://mlflow:5000", serving_label="canary"))
     compiled = json.loads(output.read_text())
     spec = compiled.get("pipelineSpec", compiled)
     executors = spec["deploymentSpec"]["executors"]
     pusher = next(e for name, e in executors.items() if "ShipyardPusher" in name)
     assert pusher["container"]["image"] == "europe-docker.pkg.dev/acme/shipyard:1"
     assert "shipyard.tfx.component.Executor" in json.dumps(pusher)
-    task = spec["root"]["dag"]["tasks"]["ShipyardPusher"]
-    parameters = task["inputs"]["parameters"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["ShipyardPusher"]["dependentTasks"] == ["TrainDemoModel"]
+    parameters = tasks["ShipyardPusher"]["inputs"]["parameters"]
+    assert parameters["repository"]["runtimeValue"]["constantValue"]["stringValue"] == \
+        "gs://acme-models/serving"
+    assert parameters["serving_label"]["runtimeValue"]["constantValue"]["stringValue"] == \
+        "canary"
     assert "model_name" in parameters and "export_spec" in parameters
 
 
-def test_the_reference_tfx_pipeline_runs_locally(tmp_path):
+def test_the_reference_pipeline_script_documents_its_options(capsys):
+    # `shipyard demo` runs the pipeline it builds (tests/test_demo.py); this is its wrapper.
     sys.path.insert(0, str(REPO_ROOT / "pipelines"))
     import tfx_pipeline
 
-    assert tfx_pipeline.main(["--workdir", str(tmp_path)]) == 0
-    pushed, _ = pushed_artifacts(tmp_path)
-    assert [p.custom_properties["pushed_version"].string_value for p in pushed] == ["1"]
-    assert (tmp_path / "models" / "demo-model" / "1" / "assets.extra" /
-            "shipyard.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        tfx_pipeline.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--workdir" in capsys.readouterr().out

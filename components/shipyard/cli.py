@@ -415,6 +415,8 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
 @click.option("--min-agreement", type=float, default=None,
               help="Agreement gate: top-1 share (classification outputs) or share within "
                    "tolerance.")
+@click.option("--agreement-output", "agreement_outputs", multiple=True, metavar="OUTPUT",
+              help="An output the agreement gate covers (default: all). Repeatable.")
 @click.option("--output", default=None, metavar="PATH", help="Also write the results here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
@@ -423,7 +425,8 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
                      imports: tuple[str, ...], unsafe: bool, tracking_uri: str | None,
                      registry_uri: str | None, runner: str, sample: int | None,
                      max_abs_error: float | None, min_agreement: float | None,
-                     output: str | None, as_json: bool, beam_args: tuple[str, ...]) -> None:
+                     agreement_outputs: tuple[str, ...], output: str | None, as_json: bool,
+                     beam_args: tuple[str, ...]) -> None:
     """Run version N of NAME on real examples in an Apache Beam pipeline.
 
     Reports parity with the --source model and agreement with --against (champion or a
@@ -441,7 +444,8 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
         name=name, version=version, examples=examples, fmt=fmt, endpoint=endpoint,
         source=source, against=against, imports=imports, unsafe=unsafe, runner=runner,
         beam_args=tuple(a for a in beam_args if a != "--"), sample=sample,
-        max_abs_error=max_abs_error, min_agreement=min_agreement, output=output)
+        max_abs_error=max_abs_error, min_agreement=min_agreement,
+        agreement_outputs=agreement_outputs, output=output)
 
     def registry() -> Any:
         from shipyard.registry.client import ModelRegistry, RegistryLocation
@@ -704,15 +708,55 @@ def schedule_create_command(host: str, cron: str, repository: str, model_name: s
 
 @main.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".shipyard/demo"),
-              show_default=True, help="Where the demo model, spec and repository go.")
+              show_default=True, help="Where the models, MLflow, MLMD and examples go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def demo_command(workdir: Path, as_json: bool) -> None:
-    """Train a small model and ship it: export, verify and publish into a local repository."""
+    """Ship two small models on embedded defaults, end to end.
+
+    Runs the reference TFX pipeline locally (train, export, verify, MLflow on SQLite, publish,
+    models.config; the first version becomes stable and champion), then trains a challenger
+    and takes it through an offline canary (Beam validation against the champion on sample
+    data, agreement gate) to promotion. Run it again: the pipeline's version is reused and a
+    new challenger takes over.
+    """
     from shipyard.demo import run_demo
 
-    document = run_demo(workdir, progress=_progress(_quiet()), **_injected())
-    _emit(document, as_json, _describe_export(document["export"]) +
-          f"\n  model repository: {document['repo']}")
+    with _library_prints_to_stderr():
+        document = run_demo(workdir, progress=_progress(_quiet()), **_injected())
+    _emit(document, as_json, _describe_demo(document))
+
+
+def _describe_demo(doc: dict[str, Any]) -> str:
+    pipeline, challenger, canary, where = (doc["pipeline"], doc["challenger"], doc["canary"],
+                                           doc["where"])
+    lines = [f"TFX pipeline: {doc['name']} version {pipeline['registered_model_version']} "
+             f"(MLflow run {pipeline['mlflow_run_id']}; MLMD {pipeline['mlmd']})"]
+    if doc["first_deployment"]:
+        lines.append(f"First deployment: version {doc['first_deployment']['champion']} is "
+                     "stable and champion")
+    lines.append(f"Challenger: version {challenger['version']}"
+                 f"{' (reused)' if challenger['reused'] else ''}")
+    if canary["promoted"]:
+        for output, figures in canary["gates"]["agreement"].items():
+            gated = output in (canary["gates"]["agreement_outputs"] or [output])
+            figure = (f"top-1 agreement {figures['top1_agreement']:.1%}"
+                      if figures["top1_agreement"] is not None else
+                      f"mean abs difference {figures['mean_abs_error']:.3g}")
+            lines.append(f"  offline canary vs version {canary['previous_champion']}, "
+                         f"{canary['gates']['examples']} examples: {output} {figure}"
+                         f"{' (gate >= ' + format(canary['gates']['min_agreement'], '.0%') + ')' if gated else ' (reported)'}")
+        lines.append(f"  promoted: version {canary['version']} is stable and champion")
+    else:
+        lines.append(f"  offline canary skipped: {canary['reason']}")
+    lines += ["", "Where everything is:",
+              f"  MLflow UI:     {where['mlflow_ui']}  (then open http://127.0.0.1:5000)",
+              f"  status:        {where['status']}",
+              f"  alias history: {where['alias_history']}",
+              f"  TFX MLMD:      {where['mlmd']}",
+              f"  models.config: {where['models_config']}",
+              "", "Model repository:", *(f"  {line}" for line in where["tree"]),
+              "", _describe_status(doc["status"])]
+    return "\n".join(lines)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from shipyard.errors import ServingError, UsageError
 from shipyard.names import validate_model_name, validate_version
@@ -20,7 +20,7 @@ from shipyard.progress import NullProgress, Progress
 from shipyard.repository import ModelRepository
 from shipyard.serving.config import LABELS, ModelServing
 from shipyard.serving.config_file import current_serving, write_entry
-from shipyard.serving.plan import label_move_steps
+from shipyard.serving.plan import label_move_steps, label_removal_steps
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
@@ -30,7 +30,7 @@ RESTORE_TIMEOUT_S = 60.0
 @dataclass
 class PushResult:
     name: str
-    version: int
+    version: int | None  # None: the label was dropped
     label: str
     before: ModelServing | None
     after: ModelServing
@@ -78,8 +78,33 @@ def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
     """
     validate_model_name(name)
     validate_version(version)
+    _check_label(label)
+    return _apply(repo, name, label, version,
+                  lambda before: label_move_steps(before, label, version),
+                  serving_address=serving_address, timeout_s=timeout_s, progress=progress)
+
+
+def drop_label(repo: ModelRepository, name: str, label: str, *,
+               serving_address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+               progress: Progress = NullProgress()) -> PushResult:
+    """Removes `label` (e.g. canary after an offline canary) and unloads the versions no
+    label needs any more, with the same locking, waiting and restore as a push."""
+    validate_model_name(name)
+    _check_label(label)
+    return _apply(repo, name, label, None, lambda before: label_removal_steps(before, label),
+                  serving_address=serving_address, timeout_s=timeout_s, progress=progress)
+
+
+def _check_label(label: str) -> None:
     if label not in LABELS:
         raise UsageError(f"--label: expected one of {', '.join(LABELS)}, got {label!r}")
+
+
+def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
+           plan: Callable[[ModelServing | None], list[ModelServing]], *,
+           serving_address: str | None, timeout_s: float, progress: Progress) -> PushResult:
+    """Writes (and with a server, sends and waits for) the steps `plan` lays out from NAME's
+    current entry, under the model's serving lock; restores the entry if a step fails."""
     if timeout_s <= 0:
         raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout_s:g}")
     deadline = time.monotonic() + timeout_s
@@ -91,13 +116,14 @@ def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
             client = stack.enter_context(ServingClient(serving_address))
         with progress.step(f"wait for other pushes of {name}"):
             stack.enter_context(repo.serving_lock(name))
-        with progress.step(f"check {name} version {version}"):
-            check_published(repo, name, version)
+        if version is not None:
+            with progress.step(f"check {name} version {version}"):
+                check_published(repo, name, version)
         if client is not None:
             with progress.step(f"reach TF Serving at {serving_address}"):
                 client.version_states(name)  # unreachable: fail before touching the file
         before = current_serving(repo, name)
-        steps = label_move_steps(before, label, version)
+        steps = plan(before)
         if client is None:
             steps = _until_first_load(before, steps)
         written = False

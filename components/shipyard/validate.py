@@ -42,6 +42,9 @@ class ValidateRequest:
     sample: int | None = None
     max_abs_error: float | None = None
     min_agreement: float | None = None
+    # The outputs the agreement gate covers (default: all). A regression output of a retrained
+    # model never agrees within the export tolerance; its figures are still reported.
+    agreement_outputs: tuple[str, ...] = ()
     output: str | None = None
 
 
@@ -69,6 +72,7 @@ def validate_version_on_examples(
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
+    _check_agreement_outputs(request, manifest["signatures"][endpoint]["outputs"], endpoint)
     fmt = format_of(request.examples, request.fmt)
     files = _matching_files(request.examples)
     against = _resolve_against(repo, request, read_aliases)
@@ -120,14 +124,17 @@ def validate_version_on_examples(
 
     summary = summarize(outcome["stats"])
     failures = gate_failures(summary, max_abs_error=request.max_abs_error,
-                             min_agreement=request.min_agreement)
+                             min_agreement=request.min_agreement,
+                             agreement_outputs=request.agreement_outputs or None)
     document = {
         "name": request.name, "version": request.version, "endpoint": endpoint,
         "examples": outcome["examples"], "files": len(files), "format": fmt,
         "source": str(request.source) if request.source else None, "against": against,
         "parity": summary.get("parity"), "agreement": summary.get("agreement"),
         "thresholds": {"max_abs_error": request.max_abs_error,
-                       "min_agreement": request.min_agreement, **tolerance},
+                       "min_agreement": request.min_agreement,
+                       "agreement_outputs": list(request.agreement_outputs) or None,
+                       **tolerance},
         "failures": failures, "passed": not failures, "runner": request.runner,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "logged_to_run": None,
@@ -156,6 +163,17 @@ def _check_thresholds(request: ValidateRequest) -> None:
     if request.min_agreement is not None and not 0 <= request.min_agreement <= 1:
         raise UsageError(f"--min-agreement: expected a share between 0 and 1, got "
                          f"{request.min_agreement}")
+
+
+def _check_agreement_outputs(request: ValidateRequest, outputs: dict[str, Any],
+                             endpoint: str) -> None:
+    unknown = [o for o in request.agreement_outputs if o not in outputs]
+    if unknown:
+        raise UsageError(f"--agreement-output {', '.join(unknown)}: endpoint {endpoint!r} has "
+                         f"no such output; its outputs are {', '.join(sorted(outputs))}")
+    if request.agreement_outputs and request.min_agreement is None:
+        raise UsageError("--agreement-output names the outputs the agreement gate covers; "
+                         "pass --min-agreement too")
 
 
 def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:

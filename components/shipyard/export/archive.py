@@ -278,19 +278,38 @@ def _all_layers(model: Any) -> list[Any]:
 def architecture_digest(source: SourceModel) -> str:
     """What the model computes beyond its weights: activations, constants, layer wiring.
 
-    For a .keras file, its config.json (stable across saves of one model); for a SavedModel
-    source, its saved_model.pb (one source directory, one graph).
+    For a .keras file, its config.json; for a SavedModel source, its saved_model.pb (one
+    source directory, one graph).
     """
     import hashlib
     import zipfile
 
     if source.format == "keras":
         with zipfile.ZipFile(source.path) as archive:
-            config = json.loads(archive.read("config.json"))
-        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+            return keras_config_digest(json.loads(archive.read("config.json")))
     graph = next(source.path / name for name in ("saved_model.pb", "saved_model.pbtxt")
                  if (source.path / name).is_file())
     return hashlib.sha256(graph.read_bytes()).hexdigest()
+
+
+def keras_config_digest(config: Any) -> str:
+    """A digest of a Keras config that equal models share across processes: the
+    `shared_object_id`s Keras writes are Python object ids, so they are renumbered in order
+    of first appearance (which objects are shared is kept, where they lived is not)."""
+    import hashlib
+
+    renumbered: dict[Any, int] = {}
+
+    def canonical(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: (renumbered.setdefault(value, len(renumbered))
+                          if key == "shared_object_id" else canonical(value))
+                    for key, value in sorted(node.items())}
+        if isinstance(node, list):
+            return [canonical(item) for item in node]
+        return node
+
+    return hashlib.sha256(json.dumps(canonical(config), sort_keys=True).encode()).hexdigest()
 
 
 def checkpoint_digests(saved_model_dir: Path) -> list[str]:

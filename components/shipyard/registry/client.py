@@ -1,8 +1,8 @@
 """MLflow adapter: where the store is, and every call shipyard makes to it.
 
 The store: `--tracking-uri`/`--registry-uri`, else MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
-else an embedded one needing no server: SQLite at `.shipyard/mlflow.db` and artifacts under
-`.shipyard/mlartifacts` (relative to the working directory).
+else an embedded one needing no server: SQLite at `.shipyard/mlflow.db` (relative to the
+working directory). A SQLite store keeps its artifacts beside the database, in `mlartifacts/`.
 
 Unreachable servers: MLflow retries HTTP requests with exponential backoff by itself;
 shipyard bounds that through MLflow's own settings, MLFLOW_HTTP_REQUEST_MAX_RETRIES (default
@@ -34,7 +34,7 @@ RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 class RegistryLocation:
     tracking_uri: str
     registry_uri: str
-    artifact_location: str | None  # set for the embedded store only
+    artifact_location: str | None  # set for SQLite stores only (beside the database)
 
     @classmethod
     def resolve(cls, tracking_uri: str | None = None, registry_uri: str | None = None,
@@ -44,9 +44,21 @@ class RegistryLocation:
         if not tracking:
             home.mkdir(parents=True, exist_ok=True)
             tracking = f"sqlite:///{(home / 'mlflow.db').resolve()}"
-            artifacts = (home / "mlartifacts").resolve().as_uri()
+        database = _sqlite_path(tracking)
+        if database is not None:
+            # MLflow's default for a database store is ./mlruns in whatever directory the
+            # command ran from; beside the database, the store stays in one place.
+            artifacts = (database.parent / "mlartifacts").resolve().as_uri()
         registry = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking
         return cls(tracking, registry, artifacts)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (None for servers and other stores)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return None
+    return Path(uri[len(prefix):])
 
 
 @contextlib.contextmanager

@@ -27,3 +27,13 @@ def label_move_steps(current: ModelServing | None, label: str,
         state = ModelServing(needed, dict(state.labels))
         steps.append(state)
     return steps
+
+
+def label_removal_steps(current: ModelServing | None, label: str) -> list[ModelServing]:
+    """The one step that drops `label` and the versions no other label points to. With no
+    label left, the versions stay: nothing says which of them to serve."""
+    if current is None or label not in current.labels:
+        return []
+    labels = {k: v for k, v in current.labels.items() if k != label}
+    needed = tuple(sorted(set(labels.values()))) or current.versions
+    return [ModelServing(needed, labels)]

@@ -178,7 +178,7 @@ def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
     """Runs the pipeline; returns {"stats", "examples", "unmappable", "unmappable_examples"}."""
     options = PipelineOptions(["--runner", runner, *beam_args])
     prefix = f"{results_dir.rstrip('/')}/shipyard-validate-{uuid.uuid4().hex[:8]}"
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
         if job.fmt == "tfrecord":
             records = pipeline | "Read" >> beam.io.ReadFromTFRecord(job.examples)
         else:
@@ -215,3 +215,15 @@ def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
     return {"stats": result.get("stats", {}), "examples": result.get("examples", 0),
             "unmappable": result.get("unmappable", 0),
             "unmappable_examples": sorted(result.get("unmappable_examples", []))}
+
+
+def _runner(name: str) -> Any:
+    """DirectRunner means Beam's in-process FnApiRunner (which honours --direct_num_workers
+    and --direct_running_mode). Beam's own DirectRunner first tries Prism, downloading its
+    binary from GitHub where it can: a validation must not depend on that, nor behave
+    differently on a machine with internet access. Other names go to Beam as they are."""
+    if name == "DirectRunner":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None

@@ -84,11 +84,13 @@ def summarize(stats: Stats) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
-                  max_abs_error: float | None, min_agreement: float | None) -> list[str]:
+                  max_abs_error: float | None, min_agreement: float | None,
+                  agreement_outputs: tuple[str, ...] | None = None) -> list[str]:
     """What misses its threshold. Parity: max abs error <= --max-abs-error when given (for
     numeric outputs), else every example within the spec's tolerance; a NaN or infinite
     difference always fails. Agreement (only with --min-agreement): top-1 agreement for
-    classification-shaped outputs, else the share of examples within the spec's tolerance."""
+    classification-shaped outputs, else the share of examples within the spec's tolerance;
+    on `agreement_outputs` only, when given."""
     failures = []
     for output, f in summary.get("parity", {}).items():
         if f["non_finite"]:
@@ -102,6 +104,8 @@ def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
                             f"the spec's tolerance (max abs error {f['max_abs_error']})")
     if min_agreement is not None:
         for output, f in summary.get("agreement", {}).items():
+            if agreement_outputs is not None and output not in agreement_outputs:
+                continue
             value = f["top1_agreement"] if f["top1_agreement"] is not None else \
                 f["within_tolerance"]
             if value is None or not value >= min_agreement:
