@@ -167,7 +167,15 @@ def test_bad_examples_and_arguments_exit_2_naming_the_problem(cli, published, ex
              "--min-agreement: expected a share between 0 and 1, got 2.0"),
             (["--examples", str(examples / "part-0.jsonl"), "--against", "2",
               "--endpoint", "embed"],
-             "--endpoint: the version has no endpoint 'embed'; it has serve")):
+             "--endpoint: the version has no endpoint 'embed'; it has serve"),
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2",
+              "--min-agreement", "0.9", "--agreement-output", "probs"],
+             "--agreement-output probs: endpoint 'serve' has no such output; its outputs are "
+             "logits"),
+            (["--examples", str(examples / "part-0.jsonl"), "--against", "2",
+              "--agreement-output", "logits"],
+             "--agreement-output names the outputs the agreement gate covers; pass "
+             "--min-agreement too")):
         result, _ = validate(cli, published, "--version", "1", *args)
         assert result.exit_code == 2, (args, result.stderr)
         assert re.search(message, result.stderr), (message, result.stderr)

@@ -27,6 +27,18 @@ def test_parity_figures_merge_across_batches():
     assert gate_failures(summary, max_abs_error=0.5, min_agreement=None) == []
 
 
+def test_the_agreement_gate_covers_only_the_named_outputs():
+    champion = {"probs": np.array([[0.9, 0.1], [0.2, 0.8]]), "score": np.array([[1.0], [2.0]])}
+    challenger = {"probs": np.array([[0.7, 0.3], [0.4, 0.6]]),
+                  "score": np.array([[1.3], [2.4]])}
+    summary = summarize({"agreement": compare_batch(champion, challenger, 1e-5, 1e-5)})
+    assert summary["agreement"]["probs"]["top1_agreement"] == 1.0
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.9) == [
+        "agreement score: 0.0 < --min-agreement 0.9"]
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.9,
+                         agreement_outputs=("probs",)) == []
+
+
 def test_nan_never_passes_a_gate():
     figures = compare_batch({"y": np.array([[1.0], [2.0]])}, {"y": np.array([[np.nan], [2.0]])},
                             atol=1e-5, rtol=0.0)
