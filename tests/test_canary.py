@@ -90,3 +90,36 @@ def test_a_canary_that_misses_its_gate_is_rolled_back_and_can_pass_later(publish
     again = offline_canary(repo, registry, "can", 2, examples, min_agreement=0.5)
     assert again == {"name": "can", "version": 2, "champion": 2, "promoted": False,
                      "reason": "version 2 is already the champion"}
+
+
+def test_the_kfp_components_run_the_same_canary_validation_and_rollout(published, tmp_path,
+                                                                       monkeypatch):
+    """The bodies of the KFP components (what the container runs), called in this process on
+    real MLflow and Beam; the rollout component, with no cluster, fails with shipyard's
+    message."""
+    from shipyard.kfp.components import make_components
+
+    components = make_components("europe-docker.pkg.dev/acme/shipyard:1")
+    repo, registry, examples = published
+    common = {"repository": repo.location, "model_name": "can", "examples": examples,
+              "tracking_uri": registry.location.tracking_uri}
+
+    first = json.loads(components.canary.python_func(version=1, min_agreement=0.5, **common))
+    assert first == {"name": "can", "champion": 1, "first_deployment": True}
+    with pytest.raises(GateError, match="can version 2 was rolled back"):
+        components.canary.python_func(version=2, min_agreement=1.0, **common)
+    checked = json.loads(components.validate.python_func(
+        version=2, against="champion", min_agreement=0.5, agreement_outputs="logits",
+        **common))
+    assert (checked["passed"], checked["against"]) == (True, 1)
+    assert checked["thresholds"]["agreement_outputs"] == ["logits"]
+    promoted = json.loads(components.canary.python_func(version=2, min_agreement=0.5,
+                                                         **common))
+    assert promoted["promoted"] and promoted["champion"] == 2
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    policy = "steps: [{weight: 100, pause_seconds: 30}]\ngates: {max_error_rate: 0.01}\n"
+    with pytest.raises(RuntimeError, match=r"shipyard rollout start failed \(exit 1\): error: "
+                                           r"no Kubernetes cluster configured"):
+        components.rollout.python_func(model_name="can", version=2, policy=policy,
+                                       namespace="ml", tracking_uri=common["tracking_uri"])

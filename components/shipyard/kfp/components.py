@@ -1,4 +1,5 @@
-"""KFP v2 components: export + verify + register (+ label), push, validate, rollout.
+"""KFP v2 components: export + verify + register (+ label), push, validate, the offline canary,
+and the rollout on a cluster.
 
 Each is a lightweight component on the shipyard image (`Dockerfile` at the repository root):
 its function body only calls the core (shipyard.ship, shipyard.push, shipyard.validate,
@@ -66,40 +67,74 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
 
     @dsl.component(base_image=image)
     def validate(repository: str, model_name: str, version: int, examples: str,
-                 against: str, tracking_uri: str, min_agreement: float) -> str:
-        """Beam validation of a version against another one (e.g. the champion)."""
+                 against: str, tracking_uri: str, min_agreement: float,
+                 agreement_outputs: str = "") -> str:
+        """Beam validation of a version against another one (e.g. the champion); a missed
+        gate fails the task. `agreement_outputs`: comma-separated, "" for all outputs."""
         import json
 
         from shipyard.registry.client import ModelRegistry, RegistryLocation
         from shipyard.repository import open_repository
         from shipyard.validate import ValidateRequest, validate_version_on_examples
 
-        location = RegistryLocation.resolve(tracking_uri or None)
-        registry = ModelRegistry(location)
+        registry = ModelRegistry(RegistryLocation.resolve(tracking_uri or None))
         document = validate_version_on_examples(
             open_repository(repository),
             ValidateRequest(name=model_name, version=version, examples=examples,
-                            against=against, min_agreement=min_agreement),
+                            against=against, min_agreement=min_agreement,
+                            agreement_outputs=tuple(o for o in agreement_outputs.split(",")
+                                                    if o)),
             read_aliases=registry.aliases, registry=lambda: registry)
         return json.dumps(document)
+
+    @dsl.component(base_image=image)
+    def canary(repository: str, model_name: str, version: int, examples: str,
+               tracking_uri: str, min_agreement: float, agreement_outputs: str = "",
+               serving_address: str = "") -> str:
+        """The offline canary (shipyard.canary): canary label, validation against the
+        champion, then promotion, or rollback and a failed task. A model's first version
+        becomes stable and champion directly."""
+        import json
+
+        from shipyard.canary import first_deployment, offline_canary
+        from shipyard.registry.client import ModelRegistry, RegistryLocation
+        from shipyard.repository import open_repository
+
+        registry = ModelRegistry(RegistryLocation.resolve(tracking_uri or None))
+        repo = open_repository(repository)
+        if (registry.aliases(model_name) or {}).get("champion") is None:
+            return json.dumps(first_deployment(repo, registry, model_name, version,
+                                               serving_address=serving_address or None))
+        return json.dumps(offline_canary(
+            repo, registry, model_name, version, examples, min_agreement=min_agreement,
+            agreement_outputs=tuple(o for o in agreement_outputs.split(",") if o),
+            serving_address=serving_address or None))
 
     @dsl.component(base_image=image)
     def rollout(model_name: str, version: int, policy: str, namespace: str,
                 tracking_uri: str) -> str:
         """The canary rollout on the cluster the pipeline runs in (its service account needs
-        the shipyard-pusher Role)."""
+        the shipyard-pusher Role): `shipyard rollout start`, whose exit code and message
+        become the task's."""
         import subprocess
+        import sys
         import tempfile
 
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             f.write(policy)
-        command = ["shipyard", "rollout", "start", "--name", model_name, "--version",
-                   str(version), "--policy", f.name, "--namespace", namespace, "--json"]
+        command = [sys.executable, "-m", "shipyard", "rollout", "start", "--name", model_name,
+                   "--version", str(version), "--policy", f.name, "--namespace", namespace,
+                   "--json"]
         if tracking_uri:
             command += ["--tracking-uri", tracking_uri]
-        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"shipyard rollout start failed (exit {done.returncode}): "
+                               f"{done.stderr.strip()[-2000:]}")
+        return done.stdout
 
-    return SimpleNamespace(ship=ship, push=push, validate=validate, rollout=rollout)
+    return SimpleNamespace(ship=ship, push=push, validate=validate, canary=canary,
+                           rollout=rollout)
 
 
 def accelerate(task: Any, kind: str, *, gpu_type: str = GPU_TYPE, count: int = 1,
