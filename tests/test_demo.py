@@ -6,8 +6,12 @@ challenger."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+
+from conftest import subprocess_env
 
 from shipyard.manifest import checksum_mismatches, read_manifest
 from shipyard.serving.config import model_serving, parse_config
@@ -66,24 +70,34 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(
     assert promotion["pipeline_run_id"] == first["run_id"]
     # MLflow's artifacts sit beside its database, not in the working directory.
     assert any((workdir / "mlartifacts").rglob("saved_model.pb"))
-    assert not (tmp_path / "mlruns").exists()
-    assert "demo" in {p.name for p in tmp_path.iterdir()}
+    assert {p.name for p in tmp_path.iterdir()} == {"demo"}  # no ./mlruns, no .shipyard
     assert {"├── 1/", "└── 2/"} <= {line.strip("│ ") for line in first["where"]["tree"]}
     assert first["where"]["mlflow_ui"].endswith(f"ui --backend-store-uri {uri} --port 5000")
 
-    again = cli("demo", "--workdir", str(workdir))
-    assert again.exit_code == 0, again.stderr
+    from shipyard.cli import _describe_demo
+
+    told = _describe_demo(first)
+    assert "First deployment: version 1 is stable and champion" in told
+    assert "probs top-1 agreement" in told and "(gate >= 95%)" in told
+    assert "promoted: version 2 is stable and champion" in told
+    assert f"{workdir / 'models'}" in told and "shipyard status --repo" in told
+
+    # Run again, as a user does: a new process, whose stdout must be the JSON document alone.
+    again = subprocess.run([sys.executable, "-m", "shipyard", "demo", "--workdir",
+                            str(workdir), "--json"], capture_output=True, text=True,
+                           env=subprocess_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads(again.stdout)
     # The pipeline's model is the same content: version 1 and its MLflow run are reused.
-    assert (f"TFX pipeline: demo-model version 1 (MLflow run "
-            f"{first['pipeline']['mlflow_run_id']}") in again.stdout
-    assert "First deployment" not in again.stdout
-    assert "Challenger: version 3" in again.stdout
-    assert "probs top-1 agreement" in again.stdout
-    assert "promoted: version 3 is stable and champion" in again.stdout
-    assert "shipyard status --repo" in again.stdout
+    assert second["pipeline"]["registered_model_version"] == 1
+    assert second["pipeline"]["mlflow_run_id"] == first["pipeline"]["mlflow_run_id"]
+    assert second["first_deployment"] is None
+    assert second["challenger"]["version"] == 3
+    assert second["canary"]["promoted"] and second["canary"]["previous_champion"] == 2
     aliases, moves = aliases_and_history(uri)
     assert aliases["champion"] == 3
     assert [m["to"] for m in moves if m["alias"] == "champion"] == [1, 2, 3]
     served = model_serving(parse_config((workdir / "models" / "models.config").read_text()),
                            "demo-model")
     assert (served.versions, served.labels) == ((3,), {"stable": 3})
+    assert {p.name for p in tmp_path.iterdir()} == {"demo"}

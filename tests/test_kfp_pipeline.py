@@ -109,7 +109,10 @@ def test_the_reference_pipeline_runs_locally(tmp_path, capsys):
     assert (version_dir / "assets.extra" / "shipyard.json").is_file()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert client.get_model_version("demo-model", "1").tags["shipyard.published"] == "true"
+    tags = client.get_model_version("demo-model", "1").tags
+    assert tags["shipyard.published"] == "true"
+    run_id = tags["shipyard.pipeline_run_id"]  # the job id kfp.local put for the placeholder
+    assert run_id and "{{" not in run_id
     config = parse_config((tmp_path / "models" / "models.config").read_text())
     assert model_serving(config, "demo-model") == ModelServing((1,), {})  # loaded; labelled
                                                                           # by the next push

@@ -721,8 +721,13 @@ def demo_command(workdir: Path, as_json: bool) -> None:
     """
     from shipyard.demo import run_demo
 
-    with _library_prints_to_stderr():
-        document = run_demo(workdir, progress=_progress(_quiet()), **_injected())
+    try:
+        with _library_prints_to_stderr():
+            document = run_demo(workdir, progress=_progress(_quiet()), **_injected())
+    except ShipyardError as err:  # the canary was rolled back: its document still stands
+        if as_json and getattr(err, "document", None) is not None:
+            _emit(err.document, as_json, "")  # type: ignore[attr-defined]
+        raise
     _emit(document, as_json, _describe_demo(document))
 
 

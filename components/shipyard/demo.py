@@ -9,7 +9,7 @@
 3. The document says where everything is and how to look at it.
 
 Re-runnable: the pipeline's model is trained with a fixed seed, so a re-run exports the same
-content and reuses its version; each run's challenger is seeded by the champion it challenges,
+content and reuses its version; each run's challenger is seeded by the newest version number,
 so it is a new version that takes over.
 """
 
@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from shipyard.errors import GateError
 from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.progress import NullProgress, Progress
 
@@ -71,24 +72,31 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
                                  progress=progress)
     first = None
     if first_run:
+        # No TF Serving reads the demo's models.config, so label steps need not wait for one.
         first = first_deployment(repo, registry, DEMO_NAME,
-                                 pipeline["registered_model_version"],
+                                 pipeline["registered_model_version"], file_only=True,
                                  pipeline_run_id=run_id, progress=progress)
-    champion = _champion(registry)
-    challenger = _register_challenger(paths, location, seed=champion,
+    # Seeded by the newest version: each run's challenger is new, even after a rollback.
+    challenger = _register_challenger(paths, location, seed=max(repo.versions(DEMO_NAME)),
                                       launch_verifier=launch_verifier, progress=progress)
     with progress.step(f"write {SAMPLE_EXAMPLES} sample examples"):
         _write_examples(paths["examples"])
-    canary = offline_canary(repo, registry, DEMO_NAME, challenger["version"],
-                            str(paths["examples"]), min_agreement=MIN_AGREEMENT,
-                            agreement_outputs=AGREEMENT_OUTPUTS, pipeline_run_id=run_id,
-                            progress=progress)
+    document = {"name": DEMO_NAME, "run_id": run_id, "pipeline": pipeline,
+                "first_deployment": first, "challenger": challenger, "where": _where(paths)}
+    try:
+        document["canary"] = offline_canary(
+            repo, registry, DEMO_NAME, challenger["version"], str(paths["examples"]),
+            min_agreement=MIN_AGREEMENT, agreement_outputs=AGREEMENT_OUTPUTS, file_only=True,
+            pipeline_run_id=run_id, progress=progress)
+    except GateError as err:  # rolled back: the document says how far it got
+        document["canary"] = {"promoted": False, "validation": err.document}
+        raise GateError(str(err), document=document) from None
     from shipyard.status import model_status
 
-    status = model_status(repo, DEMO_NAME, read_aliases=registry.aliases, read_server=None)
-    return {"name": DEMO_NAME, "run_id": run_id, "pipeline": pipeline,
-            "first_deployment": first, "challenger": challenger, "canary": canary,
-            "champion": _champion(registry), "status": status, "where": _where(paths)}
+    document["champion"] = _champion(registry)
+    document["status"] = model_status(repo, DEMO_NAME, read_aliases=registry.aliases,
+                                      read_server=None)
+    return document
 
 
 def _layout(workdir: Path) -> dict[str, Any]:

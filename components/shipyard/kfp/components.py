@@ -26,8 +26,9 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     @dsl.component(base_image=image)
     def ship(model: dsl.Input[dsl.Model], model_name: str, export_spec: str, repository: str,
              tracking_uri: str, serving_label: str, device: str,
-             exported: dsl.Output[dsl.Model]) -> int:
-        """Export, verify (CPU only), register in MLflow, publish; label when asked."""
+             exported: dsl.Output[dsl.Model], pipeline_run_id: str = "") -> int:
+        """Export, verify (CPU only), register in MLflow, publish; label when asked. Pass
+        dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to tag the MLflow version."""
         from pathlib import Path
 
         import yaml
@@ -46,7 +47,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
                           device=device or None,  # "": TensorFlow places it (CPU here)
                           spec=parse_spec(yaml.safe_load(export_spec), source="export_spec")),
             RegistryLocation.resolve(tracking_uri or None),
-            label=serving_label or None)
+            label=serving_label or None, pipeline_run_id=pipeline_run_id or None)
         materialize(result.registered.path, Path(exported.path))
         exported.metadata.update({"registered_model_version": result.registered.version,
                                   "mlflow_run_id": result.registered.run_id,
@@ -90,10 +91,13 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     @dsl.component(base_image=image)
     def canary(repository: str, model_name: str, version: int, examples: str,
                tracking_uri: str, min_agreement: float, agreement_outputs: str = "",
-               serving_address: str = "") -> str:
+               serving_address: str = "", file_only: bool = False,
+               pipeline_run_id: str = "") -> str:
         """The offline canary (shipyard.canary): canary label, validation against the
         champion, then promotion, or rollback and a failed task. A model's first version
-        becomes stable and champion directly."""
+        becomes stable and champion directly. Label steps wait for TF Serving at
+        `serving_address`; `file_only` when no server reads models.config. Pass
+        dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to record the run."""
         import json
 
         from shipyard.canary import first_deployment, offline_canary
@@ -102,13 +106,13 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
 
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri or None))
         repo = open_repository(repository)
+        where = {"serving_address": serving_address or None, "file_only": file_only,
+                 "pipeline_run_id": pipeline_run_id or None}
         if (registry.aliases(model_name) or {}).get("champion") is None:
-            return json.dumps(first_deployment(repo, registry, model_name, version,
-                                               serving_address=serving_address or None))
+            return json.dumps(first_deployment(repo, registry, model_name, version, **where))
         return json.dumps(offline_canary(
             repo, registry, model_name, version, examples, min_agreement=min_agreement,
-            agreement_outputs=tuple(o for o in agreement_outputs.split(",") if o),
-            serving_address=serving_address or None))
+            agreement_outputs=tuple(o for o in agreement_outputs.split(",") if o), **where))
 
     @dsl.component(base_image=image)
     def rollout(model_name: str, version: int, policy: str, namespace: str,

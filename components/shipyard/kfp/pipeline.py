@@ -41,7 +41,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, accelerator: str = "none"):
         shipped = components.ship(model=trained.outputs["model"], model_name=model_name,
                                   export_spec=export_spec, repository=repository,
                                   tracking_uri=tracking_uri, serving_label=serving_label,
-                                  device=DEVICES[accelerator])
+                                  device=DEVICES[accelerator],
+                                  pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         accelerate(shipped, accelerator)
         return shipped.outputs["Output"]
 
