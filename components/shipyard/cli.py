@@ -742,14 +742,15 @@ def _describe_demo(doc: dict[str, Any]) -> str:
     lines.append(f"Challenger: version {challenger['version']}"
                  f"{' (reused)' if challenger['reused'] else ''}")
     if canary["promoted"]:
-        for output, figures in canary["gates"]["agreement"].items():
-            gated = output in (canary["gates"]["agreement_outputs"] or [output])
+        gates = canary["gates"]
+        for output, figures in gates["agreement"].items():
             figure = (f"top-1 agreement {figures['top1_agreement']:.1%}"
                       if figures["top1_agreement"] is not None else
                       f"mean abs difference {figures['mean_abs_error']:.3g}")
+            gated = output in (gates["agreement_outputs"] or [output])
+            how = f"gate >= {gates['min_agreement']:.0%}" if gated else "reported"
             lines.append(f"  offline canary vs version {canary['previous_champion']}, "
-                         f"{canary['gates']['examples']} examples: {output} {figure}"
-                         f"{' (gate >= ' + format(canary['gates']['min_agreement'], '.0%') + ')' if gated else ' (reported)'}")
+                         f"{gates['examples']} examples: {output} {figure} ({how})")
         lines.append(f"  promoted: version {canary['version']} is stable and champion")
     else:
         lines.append(f"  offline canary skipped: {canary['reason']}")

@@ -82,17 +82,19 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     with progress.step(f"write {SAMPLE_EXAMPLES} sample examples"):
         _write_examples(paths["examples"])
     document = {"name": DEMO_NAME, "run_id": run_id, "pipeline": pipeline,
-                "first_deployment": first, "challenger": challenger, "where": _where(paths)}
+                "first_deployment": first, "challenger": challenger}
     try:
         document["canary"] = offline_canary(
             repo, registry, DEMO_NAME, challenger["version"], str(paths["examples"]),
             min_agreement=MIN_AGREEMENT, agreement_outputs=AGREEMENT_OUTPUTS, file_only=True,
             pipeline_run_id=run_id, progress=progress)
     except GateError as err:  # rolled back: the document says how far it got
-        document["canary"] = {"promoted": False, "validation": err.document}
+        document.update(canary={"promoted": False, "validation": err.document},
+                        where=_where(paths))
         raise GateError(str(err), document=document) from None
     from shipyard.status import model_status
 
+    document["where"] = _where(paths)
     document["champion"] = _champion(registry)
     document["status"] = model_status(repo, DEMO_NAME, read_aliases=registry.aliases,
                                       read_server=None)
