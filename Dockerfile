@@ -12,4 +12,9 @@ COPY components ./components
 RUN uv pip sync --system requirements.lock \
  && uv pip install --system --no-deps -e . \
  && python -c "import shipyard, tensorflow_serving, kfp"
+# The serving-runtime check's environment (tensorflow-cpu of the TF Serving image the manifests
+# render), made at build time so pipeline steps never need the package index.
+ENV SHIPYARD_CACHE_DIR=/opt/shipyard/cache
+RUN python -c "from shipyard.export.runtime import choose_runtime, ensure_environment; \
+c = choose_runtime(None); ensure_environment(c.version, c.pip_spec)"
 ENTRYPOINT []

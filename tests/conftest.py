@@ -11,6 +11,9 @@ import pytest
 TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The serving-runtime check (a second TensorFlow in its own environment) is off unless a test
+# is about it: those pass --serving-runtime / serving_runtime explicitly (test_runtime_check.py).
+os.environ["SHIPYARD_SERVING_RUNTIME"] = "none"
 
 
 @pytest.fixture(scope="session")

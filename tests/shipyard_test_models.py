@@ -53,6 +53,23 @@ class Nested(keras.Model):
         return {"pair": [x, x]}
 
 
+@keras.saving.register_keras_serializable(package="shipyard_tests")
+class WebPBrightness(keras.layers.Layer):
+    """Mean brightness of WebP images given as encoded bytes, 0 for anything else.
+
+    tf.io.decode_webp (op DecodeWebP) is new in TensorFlow 2.20: an export of this model loads
+    with the project's TensorFlow but not on TF Serving 2.19's.
+    """
+
+    def call(self, images):
+        def brightness(encoded):
+            return tf.cond(tf.strings.substr(encoded, 0, 4) == "RIFF",
+                           lambda: tf.reduce_mean(tf.cast(tf.io.decode_webp(encoded), "float32")),
+                           lambda: tf.constant(0.0))
+
+        return tf.map_fn(brightness, images, fn_output_signature=tf.float32)
+
+
 class ModelFactory:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -133,6 +150,12 @@ class ModelFactory:
     @staticmethod
     def _noisy() -> keras.Model:
         return keras.Sequential([keras.Input((3,)), Noisy(), keras.layers.Dense(1, name="out")])
+
+    @staticmethod
+    def _webp() -> keras.Model:
+        images = keras.Input((), dtype="string", name="images")
+        return keras.Model({"images": images},
+                           {"brightness": WebPBrightness(name="brightness")(images)})
 
     @staticmethod
     def _lambda() -> keras.Model:

@@ -81,6 +81,15 @@ def _quiet() -> bool:
     return logging.getLogger().level > logging.INFO
 
 
+def _checked_runtime(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """--serving-runtime is checked while the arguments are read, before anything starts."""
+    from shipyard.export.runtime import choose_runtime
+
+    if value is not None:
+        choose_runtime(value)  # raises UsageError (exit 2) naming the flag and the fix
+    return value
+
+
 def _model_arguments(command: Any) -> Any:
     """MODEL --spec --repo --name: what `export` and `register` both take first."""
     for decorate in reversed([
@@ -92,6 +101,11 @@ def _model_arguments(command: Any) -> Any:
                           "version is written to REPO/NAME/N."),
         click.option("--name", required=True,
                      help="Model name (a DNS-1123 label); also the registered model's name."),
+        click.option("--serving-runtime", default=None, metavar="VERSION",
+                     callback=_checked_runtime,
+                     help="Also verify on this TensorFlow, the one TF Serving's image runs "
+                          "(e.g. 2.19; default: $SHIPYARD_SERVING_RUNTIME, else the TensorFlow "
+                          "of the image shipyard's manifests render); 'none' skips the check."),
     ]):
         command = decorate(command)
     return command
@@ -110,13 +124,15 @@ def _model_arguments(command: Any) -> Any:
 @click.option("--device", default=None, metavar="DEVICE",
               help="Where the export runs (e.g. /GPU:0, /TPU:0); verification is CPU-only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def export_command(model: Path, spec_path: Path, repo: str, name: str, version: int | None,
+def export_command(model: Path, spec_path: Path, repo: str, name: str,
+                   serving_runtime: str | None, version: int | None,
                    imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
                    device: str | None, as_json: bool) -> None:
     """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
 
     Writes REPO/NAME/N atomically: the SavedModel is written under a staging name, verified in a
-    fresh CPU-only process against the original model, and only then renamed to N.
+    fresh CPU-only process against the original model and on the TF Serving image's TensorFlow
+    (--serving-runtime), and only then renamed to N.
 
     Exit codes: 0 ok, 2 bad spec/arguments/name, 3 version exists, 4 verification failed,
     5 breaking signature change, 1 anything else.
@@ -129,7 +145,7 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str, version: 
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
                             imports=imports, unsafe=unsafe, allow_breaking=allow_breaking,
-                            device=device)
+                            device=device, serving_runtime=serving_runtime)
     result = export_model(request, progress=_progress(_quiet()), **_injected())
     _emit(result.to_json(), as_json, _describe_export(result.to_json()))
 
@@ -161,7 +177,7 @@ def _registry_options(command: Any) -> Any:
               help="Import MODULE first (registers custom Keras objects). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
-                     tracking_uri: str | None, registry_uri: str | None,
+                     serving_runtime: str | None, tracking_uri: str | None, registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
                      as_json: bool) -> None:
     """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
@@ -180,7 +196,8 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
 
     validate_model_name(name)
     spec = load_spec(spec_path)
-    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports)
+    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports,
+                            serving_runtime=serving_runtime)
     with _library_prints_to_stderr():
         result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
                                 pipeline_run_id=pipeline_run_id, progress=_progress(_quiet()),

@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 from shipyard import __version__
 from shipyard.errors import BreakingChangeError, ShipyardError, VerificationError
+from shipyard.export.runtime import (
+    RuntimeCheck, choose_runtime, compare_runtime_outputs, start_runtime_check,
+)
 from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.manifest import (
     MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, write_manifest,
@@ -38,6 +41,9 @@ class ExportRequest:
     unsafe: bool = False
     allow_breaking: bool = False
     device: str | None = None  # where the export runs, e.g. "/GPU:0"; verification: CPU
+    # The TensorFlow of the serving image to verify on ("2.19"), "none", or None for the
+    # default (SHIPYARD_SERVING_RUNTIME, else the image the manifests render).
+    serving_runtime: str | None = None
 
 
 @dataclass
@@ -69,6 +75,7 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
     from shipyard.export.source import check_model_path
 
     validate_model_name(request.name)
+    choose_runtime(request.serving_runtime)  # a bad value fails before anything starts
     check_model_path(request.model)  # before anything starts or is created
     repo = open_repository(request.repo)
     if request.version is not None:
@@ -93,6 +100,16 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
                  verifier: VerifierProcess, progress: Progress
                  ) -> tuple[dict[str, Any], dict[str, float]]:
     """Writes and verifies the export into `staging`; returns its manifest and step timings."""
+    runtime = start_runtime_check(choose_runtime(request.serving_runtime))
+    try:
+        return _stage_export(request, repo, staging, verifier, runtime, progress)
+    finally:
+        runtime.close()
+
+
+def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
+                  verifier: VerifierProcess, runtime: Any, progress: Progress
+                  ) -> tuple[dict[str, Any], dict[str, float]]:
     from shipyard.export import archive, reference, source, warmup
 
     started = time.monotonic()
@@ -111,9 +128,11 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
         references = reference.compute_references(built, request.spec)
         dtypes = {e.name: {n: t.dtype for n, t in e.signature_inputs()}
                   for e in request.spec.endpoints}
+        # Every call the verifier makes, serving_default included: it is a separate function
+        # in the graph, so clients that omit signature_name would otherwise pay its first call.
         warmup_records = warmup.write_warmup(
             staging.path / MANIFEST_DIR, request.name,
-            [r.sample for r in references if r.signature == r.sample.endpoint], dtypes)
+            [(r.signature, r.sample) for r in references], dtypes)
         inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
     export_seconds = time.monotonic() - started
 
@@ -135,6 +154,8 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
         raise VerificationError(
             f"verification of the export of {request.model} failed; nothing was published:\n"
             f"{details}" + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
+    runtimes = _check_runtime(runtime, staging.path, references[:warmup_records],
+                              expected_path, request.spec, progress)
     verify_seconds = time.monotonic() - verify_started
 
     files = list_files(staging.path)
@@ -160,12 +181,28 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
             for e in spec.endpoints
         },
         "warmup_records": warmup_records,
-        "verification": {"devices": outcome["devices"], "load_seconds": outcome["load_seconds"]},
+        "verification": {"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
+                         "runtimes": runtimes},
         "producer": {"shipyard": __version__, **_library_versions()},
         "files": files,
     }
     write_manifest(staging.path, manifest)
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
+
+
+def _check_runtime(runtime: Any, saved_model_dir: Path, references: list[Any],
+                   expected_path: Path, spec: ExportSpec, progress: Progress
+                   ) -> dict[str, Any]:
+    """The version on the serving image's TensorFlow: {runtime: record} for shipyard.json."""
+    if not isinstance(runtime, RuntimeCheck):
+        return {}  # turned off
+    plan = [{"signature": r.signature, "batch_size": r.sample.batch_size} for r in references]
+    with progress.step(f"verify on TF Serving's runtime (TensorFlow {runtime.choice.version})"):
+        outcome = runtime.run(saved_model_dir.resolve(), plan)
+        if outcome.outputs is not None:
+            outcome.record["parity"] = compare_runtime_outputs(
+                outcome, expected_path, spec.tolerance.atol, spec.tolerance.rtol)
+    return {outcome.version: outcome.record}
 
 
 def check_compatibility(repo: ModelRepository, request: ExportRequest,

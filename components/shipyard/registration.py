@@ -22,6 +22,7 @@ import yaml
 
 from shipyard.aliases import move_alias
 from shipyard.errors import VersionExistsError
+from shipyard.export.runtime import choose_runtime
 from shipyard.export.verifier import start_verifier
 from shipyard.flow import ExportRequest, VerifierLauncher, check_compatibility, stage_export
 from shipyard.manifest import MANIFEST_PATH
@@ -60,6 +61,7 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
     from shipyard.export.source import check_model_path
 
     validate_model_name(request.name)
+    choose_runtime(request.serving_runtime)  # a bad value fails before anything starts
     check_model_path(request.model)
     # Started first, so its TensorFlow import overlaps MLflow's import and the export.
     verifier = launch_verifier()

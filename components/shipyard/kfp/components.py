@@ -26,9 +26,11 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     @dsl.component(base_image=image)
     def ship(model: dsl.Input[dsl.Model], model_name: str, export_spec: str, repository: str,
              tracking_uri: str, serving_label: str, device: str,
-             exported: dsl.Output[dsl.Model], pipeline_run_id: str = "") -> int:
-        """Export, verify (CPU only), register in MLflow, publish; label when asked. Pass
-        dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to tag the MLflow version."""
+             exported: dsl.Output[dsl.Model], pipeline_run_id: str = "",
+             serving_runtime: str = "") -> int:
+        """Export, verify (CPU only, and on the serving image's TensorFlow: `serving_runtime`,
+        "" for the default, "none" to skip), register in MLflow, publish; label when asked.
+        Pass dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to tag the MLflow version."""
         from pathlib import Path
 
         import yaml
@@ -45,6 +47,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         result = ship_model(
             ExportRequest(model=source, repo=repository, name=model_name,
                           device=device or None,  # "": TensorFlow places it (CPU here)
+                          serving_runtime=serving_runtime or None,
                           spec=parse_spec(yaml.safe_load(export_spec), source="export_spec")),
             RegistryLocation.resolve(tracking_uri or None),
             label=serving_label or None, pipeline_run_id=pipeline_run_id or None)

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shipyard.errors import SpecError
+from shipyard.serving.image import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 from shipyard.spec import format_validation_error
 
 
@@ -69,8 +70,8 @@ class Metrics(_Strict):
 class Serving(_Strict):
     """How the tracks are deployed (kube.manifests.ServingTarget's settings)."""
 
-    image: str = "tensorflow/serving:2.19.0"
-    gpu_image: str = "tensorflow/serving:2.19.0-gpu"
+    image: str = TF_SERVING_IMAGE
+    gpu_image: str = TF_SERVING_GPU_IMAGE
     gpu: bool = False
     replicas: Annotated[int, Field(ge=1)] = 2
     pvc: str | None = "shipyard-models"

@@ -38,6 +38,9 @@ class ShipyardPusherSpec(ComponentSpec):
         "registry_uri": ExecutionParameter(type=str, optional=True),
         "serving_label": ExecutionParameter(type=str, optional=True),  # stable | canary
         "serving_address": ExecutionParameter(type=str, optional=True),
+        # The TensorFlow of the serving image to verify on ("2.19"), "none", or unset for
+        # the default (see `shipyard export --serving-runtime`).
+        "serving_runtime": ExecutionParameter(type=str, optional=True),
         # Recorded for `shipyard rollout start`, which runs the canary on the cluster.
         "rollout_policy": ExecutionParameter(type=str, optional=True),
     }
@@ -73,7 +76,8 @@ class Executor(base_executor.BaseExecutor):
             model=model_path(model.uri),
             spec=parse_spec(yaml.safe_load(exec_properties["export_spec"]),
                             source="export_spec"),
-            repo=exec_properties["repository"], name=exec_properties["model_name"])
+            repo=exec_properties["repository"], name=exec_properties["model_name"],
+            serving_runtime=exec_properties.get("serving_runtime") or None)
         location = RegistryLocation.resolve(exec_properties.get("tracking_uri") or None,
                                             exec_properties.get("registry_uri") or None)
         result = ship_model(request, location,
@@ -100,12 +104,13 @@ class ShipyardPusher(base_component.BaseComponent):
                  infra_blessing: types.BaseChannel | None = None,
                  tracking_uri: str | None = None, registry_uri: str | None = None,
                  serving_label: str | None = None, serving_address: str | None = None,
-                 rollout_policy: str | None = None):
+                 rollout_policy: str | None = None, serving_runtime: str | None = None):
         spec = ShipyardPusherSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
             model_name=model_name, export_spec=export_spec, repository=repository,
             tracking_uri=tracking_uri, registry_uri=registry_uri, serving_label=serving_label,
             serving_address=serving_address, rollout_policy=rollout_policy,
+            serving_runtime=serving_runtime,
             exported_model=types.Channel(type=standard_artifacts.Model),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         super().__init__(spec=spec)
