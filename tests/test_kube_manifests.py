@@ -87,6 +87,32 @@ def test_each_track_serves_its_version_under_its_label():
         assert any(a.startswith(flag) for a in args), flag
 
 
+@pytest.mark.parametrize("target", [
+    *OVERLAYS.values(),
+    ServingTarget(name="churn", canary_version=4, canary_weight=25, gpu=True),
+    ServingTarget(name="churn", pvc=None, model_root="gs://acme-models"),
+])
+def test_every_tf_serving_container_allows_its_labels_before_the_versions_load(target):
+    # Each ConfigMap labels its version, and TF Serving checks labels before loading, at start-up
+    # too: without this flag every pod start is refused (tests/test_cold_start.py starts them).
+    # Spelled as main.cc defines it; a misspelled flag is ignored by TF Serving.
+    deployments = [o for o in render(target) if o["kind"] == "Deployment"]
+    assert len(deployments) == (2 if target.canary_version else 1)
+    for deployment in deployments:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["args"].count("--allow_version_labels_for_unavailable_models=true") == 1
+
+
+def test_every_start_command_the_readme_gives_passes_the_label_flag():
+    # A reader copies these: a start command without the flag fails on shipyard's configs.
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = [b for b in text.split("\n\n")
+              if "--model_config_file=" in b or "tensorflow_model_server " in b]
+    assert len(blocks) >= 3  # the push section's sentence and "Starting TF Serving"'s examples
+    for block in blocks:
+        assert "--allow_version_labels_for_unavailable_models=true" in block, block
+
+
 def test_reading_the_repository_from_a_bucket_mounts_no_volume():
     deployment = next(o for o in render(ServingTarget(name="churn", pvc=None,
                                                       model_root="gs://acme-models"))

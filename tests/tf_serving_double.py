@@ -5,12 +5,37 @@ instead: a real gRPC server on 127.0.0.1, in the test process, speaking TF Servi
 the official protos and stubs from `tensorflow-serving-api` (ModelService and PredictionService).
 Nothing under components/ imports this module; it lives in tests/ only.
 
-What it models, after TF Serving's own sources (ServerCore, FileSystemStoragePathSource,
-AspiredVersionsManager with the AvailabilityPreservingPolicy that tensorflow_model_server uses,
-get_model_status_impl, predict_util):
+What it models, after TF Serving's own sources (main.cc, Server, ServerCore,
+FileSystemStoragePathSource, AspiredVersionsManager with the AvailabilityPreservingPolicy that
+tensorflow_model_server uses, get_model_status_impl, predict_util):
 
-- HandleReloadConfigRequest. The server behaves as one started with an empty
-  `model_config_list {}`. A reload is checked in ServerCore's order: only a ModelConfigList is
+- Two ways to start. `TFServingDouble().start()` is a server started with an empty
+  `model_config_list {}`, configured afterwards by reload requests. `cold_start(args, mounts)`
+  is a pod starting: see "Cold start" below.
+- Cold start (`cold_start`), as tensorflow_model_server runs in a container:
+  main.cc's flags are parsed from the image entrypoint's flags followed by the container's
+  `args` (tensorflow::Flags::Parse: `--name=value`, bare `--name` for true, later flags win,
+  unknown arguments are ignored); a value that does not parse ends the start. Then
+  Server::BuildAndStart reads `--model_config_file` (text-format ModelServerConfig; NOT_FOUND for
+  a missing file, INVALID_ARGUMENT "Invalid protobuf file: 'F'" for bad text) and calls
+  ServerCore::Create, whose ReloadConfig checks that first config in the same order as a
+  reload: the version labels first (UpdateModelVersionLabelMap, with
+  `--allow_version_labels_for_unavailable_models`), so a label on a version that is not
+  AVAILABLE, which on a cold start means any label, refuses the start with FAILED_PRECONDITION
+  unless the flag is set; then the models are loaded and the start waits until each model's
+  newest aspired version is AVAILABLE (ConnectAdaptersToManagerAndAwaitModelLoads; a failed
+  load fails the start with UNKNOWN "Some models did not become available: {...}"). Only then
+  does the gRPC server listen. A refused start raises ServerStartError with main.cc's line
+  "Failed to start server. Error: CODE: message". Paths are container paths: `mounts` maps
+  each mount path to the host directory behind it (a ConfigMap's files, the PVC's repository),
+  and every file the server reads is looked up through it, so configs, GetModelStatus and
+  errors about the config keep the container's paths (load errors name the host path). A path
+  under no mount does not exist. `--model_config_file_poll_wait_seconds` re-reads the file
+  (Server::PollFilesystemAndReloadConfig, first right after the start, as PeriodicFunction
+  runs) and `--file_system_poll_wait_seconds` sets the version poll (1 s by default, as TF
+  Serving's). `--port` is ignored: the double listens on a free port of 127.0.0.1.
+- HandleReloadConfigRequest. Started with `start()`, the server behaves as one started with an
+  empty `model_config_list {}`. A reload is checked in ServerCore's order: only a ModelConfigList is
   accepted; model names unique; base paths absolute; no model changes platform. Then the version
   labels are checked against the versions AVAILABLE *now*: a label on a version that is not
   AVAILABLE fails the whole reload with FAILED_PRECONDITION and nothing else happens (TF Serving
@@ -49,10 +74,13 @@ get_model_status_impl, predict_util):
   Predict does, and `response.model_spec` carries name, version and signature_name.
 
 What it does not model: TF Serving's other RPCs (Classify, Regress, MultiInference,
-GetModelMetadata), the REST API, batching, warmup replay, load retries on by default (TF Serving
-retries a failing load `--max_num_load_retries` times, 5 by default, a minute apart, staying in
-LOADING meanwhile; here `max_num_load_retries` defaults to 0), base paths that are URIs, the
-exact text of errors raised inside the TensorFlow runtime, resource limits, and request logging.
+GetModelMetadata), the REST API (so `--rest_api_port` and `--monitoring_config_file` are
+accepted but not used; the MonitoringConfig proto is not in tensorflow-serving-api), batching,
+warmup replay (`--enable_model_warmup` is accepted and ignored), load retries on by default (TF
+Serving retries a failing load `--max_num_load_retries` times, 5 by default, a minute apart,
+staying in LOADING meanwhile; here `max_num_load_retries` defaults to 0, also on a cold start,
+whatever the flag says), base paths that are URIs, the exact text of errors raised inside the
+TensorFlow runtime, resource limits, and request logging.
 """
 
 from __future__ import annotations
@@ -62,13 +90,16 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -80,7 +111,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-__all__ = ["TFServingDouble", "wait_for_state", "State"]
+__all__ = ["TFServingDouble", "cold_start", "parse_model_server_flags", "ModelServerFlags",
+           "ServerStartError", "IMAGE_ENTRYPOINT_ARGS", "wait_for_state", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +211,25 @@ class TFServingDouble:
         self._retired: list[Any] = []  # sessions of unloaded versions, closed at stop()
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
+        # A cold start's view of the pod's file system: container mount path -> host directory.
+        # None (start()) reads paths as they are.
+        self._mounts: dict[str, str] | None = None
+        # True until the first ModelConfigList has been applied on a cold start: ServerCore's
+        # storage_path_source_and_router_ is unset then, and AddModelsViaModelConfigList takes
+        # its first-config path. start() behaves as a server whose first config was empty.
+        self._awaiting_first_config = False
+        self._model_config_file: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> str:
         if self._server is not None:
             raise RuntimeError("already started")
+        address = self._serve_grpc()
+        self._spawn(self._poll_loop, "poller")
+        return address
+
+    def _serve_grpc(self) -> str:
         # TF Serving accepts messages up to 2 GiB; grpc's Python default is 4 MiB.
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
                    ("grpc.so_reuseport", 0)]
@@ -198,17 +243,19 @@ class TFServingDouble:
         server.start()
         self._server = server
         self.address = f"127.0.0.1:{port}"
-        self._spawn(self._poll_loop, "poller")
         return self.address
 
     def stop(self) -> None:
-        if self._server is None or self._stopped.is_set():
+        # A cold start that failed has threads and loaded versions but no gRPC server yet.
+        if self._stopped.is_set() or (self._server is None and not self._threads):
             return
         self._stopped.set()
         with self._cond:
             self._cond.notify_all()  # wakes a reload waiting for a model to load
-        self._server.stop(grace=None).wait()
-        self._executor.shutdown(wait=True)  # grpc leaves its worker threads; handlers see _stopped
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+            # grpc leaves its worker threads; handlers see _stopped
+            self._executor.shutdown(wait=True)
         for thread in self._threads:
             thread.join(timeout=30)
         with self._cond:
@@ -243,6 +290,15 @@ class TFServingDouble:
             raise ServingError(INVALID_ARGUMENT,
                                "ServerModelConfig type not supported by HandleReloadConfigRequest."
                                " Only ModelConfigList is currently supported")
+        self._reload_config(config)
+
+    def _reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """ServerCore::ReloadConfig for a ModelConfigList: validate, labels, then the models.
+
+        On the first config of a cold start (ServerCore::Create) the models go through
+        AddModelsViaModelConfigList's first-config path: FileSystemStoragePathSource polls at
+        once when it is connected (SetAspiredVersionsCallback), and
+        ConnectAdaptersToManagerAndAwaitModelLoads waits for every model of the config."""
         models = config.model_config_list.config
         # Reloads queue behind each other; a stuck one (see _await_new_models) holds the rest.
         while not self._reload_lock.acquire(timeout=0.1):
@@ -259,6 +315,7 @@ class TFServingDouble:
                         raise ServingError(INVALID_ARGUMENT,
                                            f"Model {model.name} requests unsupported platform "
                                            f"{_platform(model)}")
+                first = self._awaiting_first_config
                 new_models = {m.name for m in models} - set(self._polled)
                 for name in set(self._polled) - {m.name for m in models}:
                     self._aspire(name, {})  # dropped models: unaspire every version now
@@ -266,7 +323,10 @@ class TFServingDouble:
                 self.config = model_server_config_pb2.ModelServerConfig()
                 self.config.CopyFrom(config)
                 since = self._seq
-            self._await_new_models(new_models, since)
+                if first and self.file_system_poll_wait_s >= 0:
+                    self.poll()  # the source's initial poll (a negative wait disables polling)
+            self._await_new_models(new_models, since, first=first)
+            self._awaiting_first_config = False
         finally:
             self._reload_lock.release()
 
@@ -289,11 +349,16 @@ class TFServingDouble:
                 labels.setdefault(model.name, {})[label] = version
         self._labels = labels
 
-    def _await_new_models(self, names: set[str], since: int) -> None:
+    def _await_new_models(self, names: set[str], since: int, *, first: bool = False) -> None:
         """ServerCore::WaitUntilModelsAvailable: each new model's highest version (among those
         the poller aspires after this reload) must end AVAILABLE. With no version ever aspired
         (base_path missing or empty) this waits, as TF Serving does, until one appears or the
-        double stops; the client's deadline ends the RPC but not the wait."""
+        double stops; the client's deadline ends the RPC but not the wait.
+
+        first: the first config of a cold start, where the same wait is
+        ConnectAdaptersToManagerAndAwaitModelLoads -> ConnectSourcesWithFastInitialLoad, whose
+        failure reads "Some models did not become available: {{name: M version: V}, }"
+        (tensorflow_serving/core/load_servables_fast.cc)."""
         with self._cond:
             while True:
                 if self._stopped.is_set():
@@ -312,6 +377,9 @@ class TFServingDouble:
                 if not pending:
                     break
                 self._cond.wait(timeout=0.5)
+        if failed and first:
+            ids = "".join(f"{{name: {r.name} version: {r.version}}}, " for r in failed)
+            raise ServingError(UNKNOWN, f"Some models did not become available: {{{ids}}}")
         if failed:
             details = "".join(
                 f"{{{{name: {r.name} version: {r.version}}}"
@@ -330,15 +398,75 @@ class TFServingDouble:
         with self._cond:
             aspired: dict[str, dict[int, str]] = {}
             for model in self._polled.values():
-                if not os.path.exists(model.base_path):
+                base_path = self._host_path(model.base_path)
+                if base_path is None or not os.path.exists(base_path):
                     # TF Serving's poll stops at the first such model: no model is updated.
                     log.error("FileSystemStoragePathSource encountered a filesystem access "
                               "error: Could not find base path %s for servable %s",
                               model.base_path, model.name)
                     return
-                aspired[model.name] = _versions_to_aspire(model)
+                aspired[model.name] = _versions_to_aspire(model, base_path)
             for name, versions in aspired.items():
                 self._aspire(name, versions)
+
+    def _host_path(self, path: str) -> str | None:
+        """Where a container path lives on this host: the longest mount path that holds it,
+        mapped to its host directory (what the kubelet's volume mounts do). None: the path is
+        under no mount, so the container cannot see it (the image holds no models or configs).
+        Without mounts (start()), paths are read as they are."""
+        if self._mounts is None:
+            return path
+        for mount in sorted(self._mounts, key=len, reverse=True):
+            inside = mount.rstrip("/")
+            if path == inside or path.startswith(inside + "/"):
+                return os.path.join(self._mounts[mount], path[len(inside):].lstrip("/"))
+        return None
+
+    def _read_config_file(self, path: str) -> model_server_config_pb2.ModelServerConfig:
+        """Server's ParseProtoTextFile<ModelServerConfig>: the file read through the mounts,
+        parsed as protobuf text format (TextFormat::ParseFromString); raises ServingError."""
+        host = self._host_path(path)
+        if host is None or not os.path.isfile(host):
+            # Env::NewReadOnlyMemoryRegionFromFile: the POSIX file system's IOError for ENOENT.
+            raise ServingError(NOT_FOUND, f"{path}; No such file or directory")
+        config = model_server_config_pb2.ModelServerConfig()
+        try:
+            text_format.Parse(Path(host).read_text(), config)
+        except (text_format.ParseError, UnicodeDecodeError):
+            raise ServingError(INVALID_ARGUMENT, f"Invalid protobuf file: '{path}'") from None
+        return config
+
+    def poll_config_file(self) -> ServingError | None:
+        """Server::PollFilesystemAndReloadConfig, the `--model_config_file_poll_wait_seconds`
+        thread's work: re-read the file and ServerCore::ReloadConfig it. Like TF Serving it only
+        logs a failure; the failure is also returned, for tests."""
+        try:
+            config = self._read_config_file(self._model_config_file)
+        except ServingError as failure:
+            log.error("Failed to read ModelServerConfig file: %s", failure.message)
+            return failure
+        try:
+            if self._awaiting_first_config and config.WhichOneof("config") is None:
+                log.info("Taking no action for empty config.")  # still nothing served
+                return None
+            if config.WhichOneof("config") != "model_config_list":
+                # ReloadConfig's transition check: once a ModelConfigList is served, only
+                # another ModelConfigList is accepted.
+                raise ServingError(FAILED_PRECONDITION,
+                                   "Cannot transition to requested config. It is only legal to "
+                                   "transition from one ModelConfigList to another.")
+            self._reload_config(config)
+        except ServingError as failure:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", failure.message)
+            return failure
+        return None
+
+    def _config_poll_loop(self, interval_s: float) -> None:
+        # PeriodicFunction runs its function at once, then every interval.
+        while not self._stopped.is_set():
+            self.poll_config_file()
+            if self._stopped.wait(interval_s):
+                return
 
     # ---- the manager (AspiredVersionsManager + AvailabilityPreservingPolicy) -----------------
     # Called with self._cond held.
@@ -529,6 +657,193 @@ class TFServingDouble:
         return response
 
 
+# ---- cold start: tensorflow_model_server's main() -> Server::BuildAndStart -> ServerCore -------
+
+# The tensorflow/serving image's ENTRYPOINT, /usr/bin/tf_serving_entrypoint.sh, runs
+#   tensorflow_model_server --port=8500 --rest_api_port=8501 --model_name=${MODEL_NAME} \
+#       --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@"
+# with MODEL_NAME=model and MODEL_BASE_PATH=/models set in the image; a Kubernetes container's
+# `args` are that "$@", so they come after (and override) these.
+IMAGE_ENTRYPOINT_ARGS = ("--port=8500", "--rest_api_port=8501", "--model_name=model",
+                         "--model_base_path=/models/model")
+
+
+class ServerStartError(Exception):
+    """tensorflow_model_server ending at start: `str()` is what main() printed before it
+    returned -1; `status` is the ServingError behind it (None for a flag that did not parse)."""
+
+    def __init__(self, message: str, status: ServingError | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ModelServerFlags:
+    """main.cc's flags that the double uses, with Server::Options' defaults."""
+
+    port: int = 8500
+    rest_api_port: int = 0
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    allow_version_labels_for_unavailable_models: bool = False
+    ignored: list[str] = field(default_factory=list)  # main.cc flags not modelled, unknown args
+
+
+# main.cc's flag list, in its order (the first flag whose name the argument starts with takes
+# it): (name, type). Flags of ModelServerFlags are used; the others are checked and ignored.
+_MAIN_FLAGS = (
+    ("port", "int32"), ("grpc_socket_path", "string"), ("rest_api_port", "int32"),
+    ("rest_api_num_threads", "int32"), ("rest_api_timeout_in_ms", "int32"),
+    ("rest_api_enable_cors_support", "bool"), ("enable_batching", "bool"),
+    ("allow_version_labels_for_unavailable_models", "bool"),
+    ("batching_parameters_file", "string"), ("enable_per_model_batching_parameters", "bool"),
+    ("model_config_file", "string"), ("model_config_file_poll_wait_seconds", "int32"),
+    ("model_name", "string"), ("model_base_path", "string"), ("num_load_threads", "int32"),
+    ("num_unload_threads", "int32"), ("max_num_load_retries", "int32"),
+    ("load_retry_interval_micros", "int64"), ("file_system_poll_wait_seconds", "int32"),
+    ("flush_filesystem_caches", "bool"), ("tensorflow_session_parallelism", "int64"),
+    ("tensorflow_session_config_file", "string"), ("tensorflow_intra_op_parallelism", "int64"),
+    ("tensorflow_inter_op_parallelism", "int64"), ("use_alts_credentials", "bool"),
+    ("ssl_config_file", "string"), ("platform_config_file", "string"),
+    ("per_process_gpu_memory_fraction", "float"), ("saved_model_tags", "string"),
+    ("grpc_channel_arguments", "string"), ("grpc_max_threads", "int32"),
+    ("enable_model_warmup", "bool"), ("num_request_iterations_for_warmup", "int32"),
+    ("version", "bool"), ("monitoring_config_file", "string"),
+    ("remove_unused_fields_from_bundle_metagraph", "bool"), ("prefer_tflite_model", "bool"),
+    ("num_tflite_pools", "int32"), ("num_tflite_interpreters_per_pool", "int32"),
+    ("enable_signature_method_name_check", "bool"), ("xla_cpu_compilation_enabled", "bool"),
+    ("enable_profiler", "bool"), ("thread_pool_factory_config_file", "string"),
+)
+_INTEGER = re.compile(r"\s*[+-]?\d+")  # sscanf("%d%c") reading exactly one integer
+_FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _parse_flag(arg: str, name: str, kind: str) -> tuple[bool, bool, Any]:
+    """tensorflow::Flag::Parse (tensorflow/core/util/command_line_flags.cc): (was_found,
+    value_parsing_ok, value). Bools take `--name`, `--name=true` or `--name=false`; the others
+    `--name=VALUE`."""
+    prefix = f"--{name}"
+    if not arg.startswith(prefix):
+        return False, True, None
+    rest = arg[len(prefix):]
+    if kind == "bool":
+        if rest in ("", "=true", "=false"):
+            return True, True, rest != "=false"
+        log.error("Couldn't interpret value %s for flag %s.", rest, name)
+        return True, False, rest
+    if not rest.startswith("="):
+        return False, True, None
+    value = rest[1:]
+    if kind == "string":
+        return True, True, value
+    pattern = _FLOAT if kind == "float" else _INTEGER
+    if not pattern.fullmatch(value):
+        log.error("Couldn't interpret value %s for flag %s.", value, name)
+        return True, False, value
+    return True, True, float(value) if kind == "float" else int(value)
+
+
+def parse_model_server_flags(argv: Sequence[str]) -> ModelServerFlags:
+    """main.cc's tensorflow::Flags::Parse over argv (without the program name): each argument
+    goes to the first flag of main.cc's list that takes it, a later value overrides an earlier
+    one, and what no flag takes (after a bare `--`, everything) is an unknown argument, which
+    main() prints and ignores. A value that does not parse makes main() print the usage and
+    return -1: ServerStartError."""
+    flags = ModelServerFlags()
+    bad: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            flags.ignored.extend(argv[index:])
+            break
+        for name, kind in _MAIN_FLAGS:
+            found, ok, value = _parse_flag(arg, name, kind)
+            if not ok:
+                bad.append(f"Couldn't interpret value {value} for flag {name}.")
+            if found:
+                if ok and hasattr(flags, name):
+                    setattr(flags, name, value)
+                elif ok:
+                    flags.ignored.append(arg)
+                break
+        else:
+            log.warning("unknown argument: %s", arg)
+            flags.ignored.append(arg)
+    if bad:
+        raise ServerStartError(" ".join(bad))
+    return flags
+
+
+def cold_start(args: Sequence[str], mounts: Mapping[str, str | os.PathLike], *,
+               entrypoint_args: Sequence[str] = IMAGE_ENTRYPOINT_ARGS,
+               **options: Any) -> TFServingDouble:
+    """Starts the double as a tensorflow/serving container starts: `args` exactly as in the
+    rendered container, `mounts` {container mount path: host directory} for its volumes (e.g.
+    {"/config": a directory holding the ConfigMap's files, "/models": the repository the PVC
+    holds}). Returns the started double; raises ServerStartError when TF Serving's start fails.
+
+    Models tensorflow_model_server's main() (flags, see parse_model_server_flags) ->
+    Server::BuildAndStart (the model config from `--model_config_file`, or one model from
+    `--model_name`/`--model_base_path` without it, BuildSingleModelConfig) -> ServerCore::Create
+    -> ServerCore::ReloadConfig with that config: ValidateModelConfigList, then
+    UpdateModelVersionLabelMap (a label on a version that is not AVAILABLE, i.e. on any
+    version at this point, fails unless `--allow_version_labels_for_unavailable_models`), then
+    AddModelsViaModelConfigList -> ConnectAdaptersToManagerAndAwaitModelLoads (every model's
+    newest aspired version AVAILABLE). Then the `--model_config_file_poll_wait_seconds` thread
+    starts and, last, the gRPC server. `options` go to TFServingDouble (e.g. load_delay_s)."""
+    flags = parse_model_server_flags([*entrypoint_args, *args])
+    double = TFServingDouble(
+        **{"file_system_poll_wait_s": float(flags.file_system_poll_wait_seconds),
+           "allow_version_labels_for_unavailable_models":
+               flags.allow_version_labels_for_unavailable_models, **options})
+    double._mounts = {str(mount): os.fspath(host) for mount, host in mounts.items()}
+    double._awaiting_first_config = True
+    try:
+        _build_and_start(double, flags)
+    except ServingError as failure:
+        double.stop()
+        raise ServerStartError(f"Failed to start server. Error: {failure}", failure) from None
+    except BaseException:
+        double.stop()
+        raise
+    return double
+
+
+def _build_and_start(double: TFServingDouble, flags: ModelServerFlags) -> None:
+    """Server::BuildAndStart, with ServerCore::Create's first ReloadConfig."""
+    if flags.port == 0:
+        raise ServingError(INVALID_ARGUMENT, "server_options.grpc_port is not set.")
+    if not flags.model_base_path and not flags.model_config_file:
+        raise ServingError(INVALID_ARGUMENT, "Both server_options.model_base_path and "
+                                             "server_options.model_config_file are empty!")
+    if flags.model_config_file:
+        config = double._read_config_file(flags.model_config_file)
+        double._model_config_file = flags.model_config_file
+    else:  # BuildSingleModelConfig
+        config = model_server_config_pb2.ModelServerConfig()
+        config.model_config_list.config.add(name=flags.model_name,
+                                            base_path=flags.model_base_path,
+                                            model_platform=_TENSORFLOW_PLATFORM)
+    # FileSystemStoragePathSource's own thread: 0 polls once (the initial poll), a negative
+    # wait never polls.
+    if double.file_system_poll_wait_s > 0:
+        double._spawn(double._poll_loop, "poller")
+    choice = config.WhichOneof("config")
+    if choice == "custom_model_config":
+        # Server's LoadCustomModelConfig: LOG(FATAL), the process aborts.
+        raise ServerStartError("ModelServer does not yet support custom model config.")
+    if choice == "model_config_list":
+        double._reload_config(config)
+    else:
+        log.info("Taking no action for empty config.")  # ReloadConfig on an empty config
+    if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
+        double._spawn(double._config_poll_loop, "config-poller",
+                      float(flags.model_config_file_poll_wait_seconds))
+    double._serve_grpc()
+
+
 # ---- gRPC servicers: translate ServingError into the RPC's status, as ToGRPCStatus does -------
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -621,12 +936,13 @@ def _validate_no_models_change_platforms(old_models, new_models) -> None:
                                f"{_platform(model)}")
 
 
-def _versions_to_aspire(model) -> dict[int, str]:
-    """The versions FileSystemStoragePathSource aspires for one model: {version: path}."""
+def _versions_to_aspire(model, base_path: str) -> dict[int, str]:
+    """The versions FileSystemStoragePathSource aspires for one model: {version: path}.
+    base_path: model.base_path as this process sees it (through a cold start's mounts)."""
     children = {}
-    for child in sorted(os.listdir(model.base_path)):
+    for child in sorted(os.listdir(base_path)):
         if _VERSION_DIR.fullmatch(child):
-            children[int(child)] = os.path.join(model.base_path, child)
+            children[int(child)] = os.path.join(base_path, child)
     policy = model.model_version_policy
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":

@@ -23,6 +23,13 @@ FIELD_MANAGER = "shipyard"
 PUSHER = "shipyard-pusher"
 MONITORING_PATH = "/monitoring/prometheus/metrics"
 MONITORING_CONFIG = f'prometheus_config {{\n  enable: true\n  path: "{MONITORING_PATH}"\n}}\n'
+# Every rendered config labels the version it serves, and TF Serving checks labels before it
+# loads anything, at start-up too (server_core.cc: ServerCore::ReloadConfig calls
+# UpdateModelVersionLabelMap() before AddModelsViaModelConfigList()). Without this flag
+# a labelled version is not AVAILABLE yet on a cold start, so every pod start, restart and new
+# canary pod would fail with FAILED_PRECONDITION. The flag allows a label that is new or
+# unchanged on an unloaded version, never a move, so pushes still move labels in two steps.
+ALLOW_UNAVAILABLE_LABELS = "--allow_version_labels_for_unavailable_models=true"
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,9 @@ def _meta(target: ServingTarget, name: str, track: str = "stable") -> dict[str, 
 
 def config_map_name(target: ServingTarget, track: str, version: int) -> str:
     """One ConfigMap per served version: a new version rolls the pods, which load it fresh
-    (TF Serving applies a label only to a loaded version; a polled config that labels a
-    version at once would be refused), and the old pods keep their config to the end."""
+    (TF Serving moves a label only onto a loaded version, even with
+    --allow_version_labels_for_unavailable_models, so a polled config that moved the label
+    at once would be refused), and the old pods keep their config to the end."""
     suffix = "" if track == "stable" else "-canary"
     return f"{target.name}{suffix}-config-v{version}"
 
@@ -104,6 +112,7 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
         "args": [f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}",
                  f"--model_config_file={CONFIG_MOUNT}/models.config",
                  f"--model_config_file_poll_wait_seconds={target.config_poll_seconds}",
+                 ALLOW_UNAVAILABLE_LABELS,
                  "--enable_model_warmup=true",
                  f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config"],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT},
