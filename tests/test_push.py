@@ -7,13 +7,13 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from tf_serving_double import wait_for_state
 from shipyard.flow import ExportRequest, export_model
 from shipyard.manifest import list_files, read_manifest, write_manifest
 from shipyard.serving.config import model_serving, parse_config, render_config, with_model
@@ -120,13 +120,72 @@ def test_label_moves_in_two_steps_on_the_server_and_serves_the_new_version(
                     ModelServing((1, 2), {"stable": 2}),   # then the label moves
                     ModelServing((2,), {"stable": 2})]     # then 1 is unloaded
     doc = json.loads(second.stdout)
-    assert doc["server"]["2"] == "AVAILABLE"
-    wait_for_state(tf_serving.address, "m", 1, "END")  # unloading goes on in the background
+    assert doc["server"] == {"1": "END", "2": "AVAILABLE"}  # the push waited for the unload
     version, output = predict(tf_serving.address, "m", label="stable")
     assert version == 2
     np.testing.assert_allclose(output, keras_output(models, "sequential_tanh"),
                                rtol=1e-5, atol=1e-6)
     assert model_serving(config_of(repo), "m") == ModelServing((2,), {"stable": 2})
+
+
+def test_push_json_reports_the_server_after_the_last_step(cli, templates, repo):
+    from tf_serving_double import TFServingDouble
+
+    add_version(repo, "m", 1, templates["sequential"])
+    add_version(repo, "m", 2, templates["sequential_tanh"])
+    # TF Serving's default --file_system_poll_wait_seconds: a version dropped from the config
+    # is unloaded on the poll after the reload was answered, not before the answer.
+    with TFServingDouble(file_system_poll_wait_s=1.0) as server:
+        push = ["push", "--repo", str(repo), "--name", "m", "--label", "stable",
+                "--serving-address", server.address, "--timeout", "60", "--json"]
+        assert cli(*push, "--version", "1").exit_code == 0
+        second = cli(*push, "--version", "2")
+        assert second.exit_code == 0, second.stderr
+        doc = json.loads(second.stdout)
+        # What the server does now: 2 serves, 1 (dropped by the last step) is unloaded.
+        assert doc["server"] == {"1": "END", "2": "AVAILABLE"}
+        assert doc["unloading"] == []
+
+
+def test_unloads_unfinished_at_the_timeout_are_reported_not_failed(cli, templates, repo,
+                                                                   caplog):
+    import threading
+
+    from tf_serving_double import TFServingDouble
+
+    add_version(repo, "m", 1, templates["sequential"])
+    add_version(repo, "m", 2, templates["sequential_tanh"])
+    # The poller never runs on its own: the test polls once for each load it allows, and never
+    # after the last step, so version 1 is still served when the push's time runs out.
+    with TFServingDouble(file_system_poll_wait_s=3600) as server:
+        def poll_once_config_has(versions: tuple[int, ...]) -> threading.Thread:
+            def run() -> None:
+                while (model_serving(server.config, "m") or ModelServing()).versions != versions:
+                    time.sleep(0.02)
+                server.poll()
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            return thread
+
+        push = ["push", "--repo", str(repo), "--name", "m", "--label", "stable",
+                "--serving-address", server.address, "--json"]
+        poller = poll_once_config_has((1,))
+        assert cli(*push, "--version", "1", "--timeout", "60").exit_code == 0
+        poller.join()
+        poller = poll_once_config_has((1, 2))  # step 1 of the move: load 2 beside 1
+        started = time.monotonic()
+        second = cli(*push, "--version", "2", "--timeout", "8")  # loading 2 fits in 8 s
+        poller.join()
+        assert second.exit_code == 0, second.stderr  # the label did move
+        assert time.monotonic() - started < 8 + 10  # the unload wait ended at --timeout
+        doc = json.loads(second.stdout)
+        assert doc["complete"] is True and doc["after"] == {"versions": [2],
+                                                            "labels": {"stable": 2}}
+        assert doc["server"] == {"1": "AVAILABLE", "2": "AVAILABLE"}  # as read, said so:
+        assert doc["unloading"] == [1]
+        # In-process, pytest owns the log handlers; a shell sees this warning on stderr.
+        assert "still serves version(s) 1 of m" in caplog.text
+        assert predict(server.address, "m", label="stable")[0] == 2
 
 
 def test_a_version_the_server_cannot_load_is_rolled_back_with_exit_7(cli, templates, repo,

@@ -38,7 +38,8 @@ class PushResult:
     complete: bool
     config: str
     serving_address: str | None
-    server_states: dict[int, str] = field(default_factory=dict)
+    server_states: dict[int, str] = field(default_factory=dict)  # after the last step
+    unloading: list[int] = field(default_factory=list)  # dropped, still served at the timeout
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "label": self.label,
@@ -46,7 +47,8 @@ class PushResult:
                 "after": self.after.to_json(), "steps": self.steps,
                 "complete": self.complete, "config": self.config,
                 "serving_address": self.serving_address,
-                "server": {str(v): s for v, s in sorted(self.server_states.items())}}
+                "server": {str(v): s for v, s in sorted(self.server_states.items())},
+                "unloading": self.unloading}
 
 
 def check_published(repo: ModelRepository, name: str, version: int,
@@ -151,12 +153,38 @@ def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
             if isinstance(err, ServingError):
                 raise ServingError(f"{err}\n{restored}") from None
             raise
-        states = ({v: s["state"] for v, s in client.version_states(name).items()}
-                  if client is not None else {})
+        states, unloading = (_server_after(client, name, before, steps, deadline, timeout_s)
+                             if client is not None else ({}, []))
         after = current_serving(repo, name) or ModelServing()
     complete = after.labels.get(label) == version
     return PushResult(name, version, label, before, after, len(steps), complete,
-                      repo.config_location, serving_address, states)
+                      repo.config_location, serving_address, states, unloading)
+
+
+def _server_after(client: Any, name: str, before: ModelServing | None,
+                  steps: list[ModelServing], deadline: float,
+                  timeout_s: float) -> tuple[dict[int, str], list[int]]:
+    """NAME's version states once the server has done what the last step asked.
+
+    `server` in the result should describe what the server does now, and TF Serving answers
+    a reload before it unloads the versions that reload dropped. So this waits, within what
+    is left of the push's timeout, until those versions are END. If the time runs out first,
+    the push still succeeds (the label moved and the server finishes unloading on its own):
+    the states are reported as read, the versions still served are listed in `unloading`,
+    and a warning says so. Outside the restore's `try`: nothing here may roll the move back.
+    """
+    dropped: set[int] = set()
+    if steps:  # no step, nothing sent: nothing of this push to wait for
+        for state in [before or ModelServing(), *steps]:
+            dropped |= set(state.versions)
+        dropped -= set(steps[-1].versions)
+    states, unloading = client.wait_unloaded(name, dropped, _left(deadline))
+    if unloading:
+        log.warning("%s: pushed, but TF Serving at %s still serves version(s) %s of %s: its "
+                    "unload had not finished when the %g s timeout ran out. The server "
+                    "finishes it on its own; check with shipyard status --serving-address.",
+                    name, client.address, ", ".join(map(str, unloading)), name, timeout_s)
+    return {v: s["state"] for v, s in states.items()}, unloading
 
 
 def _until_first_load(before: ModelServing | None,

@@ -122,6 +122,25 @@ class ServingClient:
                     "--timeout for large models, or check the server's log")
             time.sleep(_POLL_S)
 
+    def wait_unloaded(self, name: str, versions: set[int] | tuple[int, ...],
+                      timeout_s: float) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        """Waits until none of `versions` is served: each is END or no longer reported.
+
+        TF Serving answers a reload that drops a version before unloading it; the unload
+        follows in the background (its file-system poll, then UNLOADING, then END). Returns
+        the last states read and the versions still not unloaded when `timeout_s` passed. A
+        timeout is not an error here: the config was applied, and the server finishes the
+        unload on its own; the caller decides how to say so.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.version_states(name)
+            pending = sorted(v for v in versions
+                             if v in states and states[v]["state"] != END)
+            if not pending or time.monotonic() >= deadline:
+                return states, pending
+            time.sleep(min(_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
     def _unreachable(self, err: grpc.RpcError, what: str) -> ServingError:
         return ServingError(f"cannot {what} at TF Serving {self.address}: "
                             f"{err.code().name}: {err.details()}. Check --serving-address "
