@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from shipyard.serving.image import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+
 GRPC_PORT = 8500
 REST_PORT = 8501
 CONFIG_MOUNT = "/config"
@@ -38,8 +40,8 @@ class ServingTarget:
 
     name: str = "model"
     namespace: str = "shipyard"
-    image: str = "tensorflow/serving:2.19.0"
-    gpu_image: str = "tensorflow/serving:2.19.0-gpu"
+    image: str = TF_SERVING_IMAGE
+    gpu_image: str = TF_SERVING_GPU_IMAGE
     replicas: int = 2
     # A PVC holding the repository (mounted at /models), or None to read `model_root`
     # directly (gs://bucket/models, s3://bucket/models).
