@@ -7,7 +7,8 @@ Nothing under components/ imports this module; it lives in tests/ only.
 
 What it models, after TF Serving's own sources (main.cc, Server, ServerCore,
 FileSystemStoragePathSource, AspiredVersionsManager with the AvailabilityPreservingPolicy that
-tensorflow_model_server uses, get_model_status_impl, predict_util):
+tensorflow_model_server uses, get_model_status_impl, predict_util, classifier, regressor,
+util, grpc_status_util):
 
 - Two ways to start. `TFServingDouble().start()` is a server started with an empty
   `model_config_list {}`, configured afterwards by reload requests. `cold_start(args, mounts)`
@@ -71,16 +72,45 @@ tensorflow_model_server uses, get_model_status_impl, predict_util):
   not found for request: Specific(M, V)" / "Latest(M)" when it is not AVAILABLE. Signature
   (default "serving_default"), inputs, output_filter and their errors as predict_util.cc;
   outputs are serialized into the typed value fields (float_val, ...), as TF Serving's gRPC
-  Predict does, and `response.model_spec` carries name, version and signature_name.
+  Predict does, and `response.model_spec` carries name, version and signature_name. The
+  signature's method_name is checked only with `enable_signature_method_name_check`
+  (VerifySignature in predict_util.cc; INTERNAL "Expected prediction signature method_name
+  to be one of {...}").
+- Classify and Regress, as the TF1-session path of TF Serving 2.x runs them
+  (classification_service.cc / regression_service.cc -> classifier.cc's RunClassify /
+  regressor.cc's RunRegress): "Missing ModelSpec"; the version picked as for Predict; the
+  signature by `model_spec.signature_name` (default "serving_default"; INVALID_ARGUMENT "No
+  signature was found with the name: S"). The method-name check follows main.cc's
+  `--enable_signature_method_name_check`, off by default (Server::Options): with it on, the
+  signature's method_name must be tensorflow/serving/classify (regress), INVALID_ARGUMENT
+  "Expected classification signature method_name to be ... Was: ..."; with it off any
+  method name is accepted (so a TF2 signature saved as predict serves Classify when its
+  shape fits) and only the structure is checked. PreProcessClassification /
+  PreProcessRegression: exactly one input, aliased `inputs`; one or two outputs including
+  `classes` and/or `scores` (classify), exactly one output `outputs` (regress); their
+  messages verbatim, the SignatureDef's DebugString rendered as protobuf text format.
+  InputToSerializedExampleTensor: `input.example_list` or `example_list_with_context` (the
+  context's bytes before each example's, so features merge) become one DT_STRING vector fed
+  to the `inputs` tensor ("Input is empty." when there is no example); a non-string input
+  tensor fails as TF's session does ("Expects arg[0] to be float but string is provided").
+  PostProcessClassificationResult / PostProcessRegressionResult: rank, dtype (DT_STRING
+  classes, DT_FLOAT scores and outputs), batch size and column checks with their messages;
+  `result.classifications[i].classes[j]` {label, score}, `result.regressions[i].value`;
+  `response.model_spec` as MakeModelSpec fills it (name, version, signature_name).
+- Error messages go out as grpc_status_util.cc's ToGRPCStatus sends them: over 1024 bytes,
+  the first 1024 and "...TRUNCATED".
 
-What it does not model: TF Serving's other RPCs (Classify, Regress, MultiInference,
-GetModelMetadata), the REST API (so `--rest_api_port` and `--monitoring_config_file` are
-accepted but not used; the MonitoringConfig proto is not in tensorflow-serving-api), batching,
-warmup replay (`--enable_model_warmup` is accepted and ignored), load retries on by default (TF
-Serving retries a failing load `--max_num_load_retries` times, 5 by default, a minute apart,
-staying in LOADING meanwhile; here `max_num_load_retries` defaults to 0, also on a cold start,
-whatever the flag says), base paths that are URIs, the exact text of errors raised inside the
-TensorFlow runtime, resource limits, and request logging.
+What it does not model: TF Serving's other RPCs (MultiInference, GetModelMetadata), the TFRT
+runtime (`--use_tfrt`) and its Classify/Regress, the REST API (so `--rest_api_port` and
+`--monitoring_config_file` are accepted but not used; the MonitoringConfig proto is not in
+tensorflow-serving-api), batching, warmup replay (`--enable_model_warmup` is accepted and
+ignored), load retries on by default (TF Serving retries a failing load
+`--max_num_load_retries` times, 5 by default, a minute apart, staying in LOADING meanwhile;
+here `max_num_load_retries` defaults to 0, also on a cold start, whatever the flag says), base
+paths that are URIs, the exact text of errors raised inside the TensorFlow runtime (e.g. a
+tf.Example that does not parse), the exact whitespace of the C++ DebugString() inside
+Classify/Regress errors (newer C++ protobuf printers may vary it), resource limits, and
+request logging.
 """
 
 from __future__ import annotations
@@ -102,11 +132,13 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
     status_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
@@ -130,6 +162,11 @@ _TENSORFLOW_PLATFORM = "tensorflow"
 _DEFAULT_SIGNATURE = "serving_default"
 _PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify",
                     "tensorflow/serving/regress")
+# TensorFlow's signature_constants (kClassifyMethodName, kClassifyInputs, ...).
+_CLASSIFY_METHOD, _REGRESS_METHOD = _PREDICT_METHODS[1], _PREDICT_METHODS[2]
+_CLASSIFY_INPUTS = _REGRESS_INPUTS = "inputs"
+_CLASSIFY_OUTPUT_CLASSES, _CLASSIFY_OUTPUT_SCORES = "classes", "scores"
+_REGRESS_OUTPUTS = "outputs"
 _VERSION_DIR = re.compile(r"\s*[+-]?\d+\s*")  # what TF's safe_strto64 accepts
 
 
@@ -176,16 +213,21 @@ class TFServingDouble:
     file_system_poll_wait_s: how often base paths are polled (TF Serving's flag; 1 s there).
     allow_version_labels_for_unavailable_models: TF Serving's flag of that name (default off):
         a label that is new, or unchanged, may point to a version that is not AVAILABLE yet.
+    enable_signature_method_name_check: TF Serving's flag of that name (default off, as
+        Server::Options has it): Predict, Classify and Regress check the SignatureDef's
+        method_name (util.cc's GetSignatureMethodNameCheckFeature; see classify()).
     max_num_load_retries, load_retry_interval_s: TF Serving's retry of failed loads (off here).
     """
 
     def __init__(self, load_delay_s: float = 0.0, *, file_system_poll_wait_s: float = 0.05,
                  allow_version_labels_for_unavailable_models: bool = False,
+                 enable_signature_method_name_check: bool = False,
                  max_num_load_retries: int = 0, load_retry_interval_s: float = 0.0):
         self.load_delay_s = load_delay_s
         self.file_system_poll_wait_s = file_system_poll_wait_s
         self.allow_version_labels_for_unavailable_models = (
             allow_version_labels_for_unavailable_models)
+        self.enable_signature_method_name_check = enable_signature_method_name_check
         self.max_num_load_retries = max_num_load_retries
         self.load_retry_interval_s = load_retry_interval_s
 
@@ -600,7 +642,11 @@ class TFServingDouble:
         if signature is None:
             raise ServingError(FAILED_PRECONDITION,
                                f'Serving signature key "{signature_name}" not found.')
-        if signature.method_name not in _PREDICT_METHODS:
+        # predict_util.cc's VerifySignature checks the method name only when the server's
+        # --enable_signature_method_name_check is on (off by default: TF2 writes
+        # tensorflow/serving/predict for every signature, so the name says little).
+        if (self.enable_signature_method_name_check
+                and signature.method_name not in _PREDICT_METHODS):
             raise ServingError(INTERNAL, "Expected prediction signature method_name to be one of "
                                          f"{{{', '.join(_PREDICT_METHODS)}}}. Was: "
                                          f"{signature.method_name}")
@@ -656,6 +702,54 @@ class TFServingDouble:
             response.outputs[alias].CopyFrom(_as_proto_field(np.asarray(value)))
         return response
 
+    # ---- Classify and Regress (classification_service.cc, classifier.cc, regressor.cc) -------
+
+    def classify(self, request: classification_pb2.ClassificationRequest
+                 ) -> classification_pb2.ClassificationResponse:
+        """TF Serving's Classify on a TF1-session SavedModelBundle; raises ServingError.
+
+        TensorflowClassificationServiceImpl::Classify ("Missing ModelSpec") ->
+        ClassifyWithModelSpec (ServerCore::GetServableHandle: the version as Predict picks it)
+        -> classifier.cc's RunClassify: GetClassificationSignatureDef, MakeModelSpec, then
+        SavedModelTensorFlowClassifier::Classify: PreProcessClassification,
+        PerformOneShotTensorComputation (util.cc: InputToSerializedExampleTensor, then one
+        Session::Run feeding the serialized examples to the `inputs` tensor) and
+        PostProcessClassificationResult."""
+        if not request.HasField("model_spec"):
+            raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
+        version, bundle = self._servable(request.model_spec)
+        check = self.enable_signature_method_name_check
+        signature = _get_signature_def(request.model_spec, bundle, _CLASSIFY_METHOD,
+                                       "classification", _pre_process_classification, check)
+        response = classification_pb2.ClassificationResponse()
+        _make_model_spec(response.model_spec, request.model_spec, version)
+        input_name, output_names = _pre_process_classification(signature, check)
+        outputs, num_examples = _perform_one_shot_tensor_computation(
+            bundle, request.input, input_name, output_names)
+        _post_process_classification_result(signature, num_examples, output_names, outputs,
+                                            response.result)
+        return response
+
+    def regress(self, request: regression_pb2.RegressionRequest
+                ) -> regression_pb2.RegressionResponse:
+        """TF Serving's Regress, as classify() but through regression_service.cc and
+        regressor.cc: RunRegress -> GetRegressionSignatureDef, MakeModelSpec,
+        PreProcessRegression, PerformOneShotTensorComputation, PostProcessRegressionResult."""
+        if not request.HasField("model_spec"):
+            raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
+        version, bundle = self._servable(request.model_spec)
+        check = self.enable_signature_method_name_check
+        signature = _get_signature_def(request.model_spec, bundle, _REGRESS_METHOD,
+                                       "regression", _pre_process_regression, check)
+        response = regression_pb2.RegressionResponse()
+        _make_model_spec(response.model_spec, request.model_spec, version)
+        input_name, output_names = _pre_process_regression(signature, check)
+        outputs, num_examples = _perform_one_shot_tensor_computation(
+            bundle, request.input, input_name, output_names)
+        _post_process_regression_result(signature, num_examples, output_names, outputs,
+                                        response.result)
+        return response
+
 
 # ---- cold start: tensorflow_model_server's main() -> Server::BuildAndStart -> ServerCore -------
 
@@ -689,6 +783,7 @@ class ModelServerFlags:
     model_config_file_poll_wait_seconds: int = 0
     file_system_poll_wait_seconds: int = 1
     allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
     ignored: list[str] = field(default_factory=list)  # main.cc flags not modelled, unknown args
 
 
@@ -797,7 +892,9 @@ def cold_start(args: Sequence[str], mounts: Mapping[str, str | os.PathLike], *,
     double = TFServingDouble(
         **{"file_system_poll_wait_s": float(flags.file_system_poll_wait_seconds),
            "allow_version_labels_for_unavailable_models":
-               flags.allow_version_labels_for_unavailable_models, **options})
+               flags.allow_version_labels_for_unavailable_models,
+           "enable_signature_method_name_check": flags.enable_signature_method_name_check,
+           **options})
     double._mounts = {str(mount): os.fspath(host) for mount, host in mounts.items()}
     double._awaiting_first_config = True
     try:
@@ -846,6 +943,20 @@ def _build_and_start(double: TFServingDouble, flags: ModelServerFlags) -> None:
 
 # ---- gRPC servicers: translate ServingError into the RPC's status, as ToGRPCStatus does -------
 
+_ERROR_MESSAGE_LIMIT = 1024  # grpc_status_util.cc's kErrorMessageLimit (bytes)
+
+
+def _abort(context, failure: ServingError):
+    """grpc_status_util.cc's ToGRPCStatus: the code as is; a message over 1024 bytes is cut to
+    its first 1024 bytes plus "...TRUNCATED" (signature dumps in Classify/Regress errors get
+    that long)."""
+    message = failure.message.encode()
+    if len(message) > _ERROR_MESSAGE_LIMIT:
+        message = message[:_ERROR_MESSAGE_LIMIT] + b"...TRUNCATED"
+    context.abort(_GRPC_CODE.get(failure.code, grpc.StatusCode.UNKNOWN),
+                  message.decode(errors="replace"))
+
+
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, double: TFServingDouble):
         self._double = double
@@ -858,7 +969,7 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
             self._double.reload(config)
         except ServingError as failure:
             # TF Serving fills response.status too, but a failed gRPC status sends no message.
-            context.abort(_GRPC_CODE[failure.code], failure.message)
+            _abort(context, failure)
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(
             error_code=OK))
 
@@ -870,7 +981,7 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             rows = self._double.model_status(spec.name, version)
         except ServingError as failure:
-            context.abort(_GRPC_CODE[failure.code], failure.message)
+            _abort(context, failure)
         response = get_model_status_pb2.GetModelStatusResponse()
         for number, state, error in rows:
             response.model_version_status.add(
@@ -888,7 +999,19 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             return self._double.predict(request)
         except ServingError as failure:
-            context.abort(_GRPC_CODE[failure.code], failure.message)
+            _abort(context, failure)
+
+    def Classify(self, request, context):
+        try:
+            return self._double.classify(request)
+        except ServingError as failure:
+            _abort(context, failure)
+
+    def Regress(self, request, context):
+        try:
+            return self._double.regress(request)
+        except ServingError as failure:
+            _abort(context, failure)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -1011,6 +1134,227 @@ def _as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
                                    tensor_shape=shape)
     getattr(proto, field).extend(array.ravel().tolist())
     return proto
+
+
+# ---- Classify and Regress: classifier.cc, regressor.cc and util.cc ---------------------------
+
+@dataclass
+class _Output:
+    """One fetched tensor: its value and its dtype in the graph (a DataType enum), which is
+    what the C++ Tensor carries (numpy alone cannot tell DT_STRING from other object data)."""
+
+    value: np.ndarray
+    dtype: int
+
+    @property
+    def shape_string(self) -> str:  # TensorShape::DebugString: "[3,2]", "[]" for a scalar
+        return "[" + ",".join(str(d) for d in self.value.shape) + "]"
+
+
+def _debug_string(signature) -> str:
+    """SignatureDef::DebugString(), as protobuf text format (Python's printer; the C++ one
+    writes the same fields in the same order)."""
+    return text_format.MessageToString(signature)
+
+
+def _get_signature_def(model_spec, bundle: _Bundle, method: str, kind: str, pre_process,
+                       check: bool):
+    """GetClassificationSignatureDef / GetRegressionSignatureDef: the signature by
+    model_spec.signature_name (default "serving_default"); then, with the method-name check
+    on, its method_name must be the API's; with it off (TF Serving's default) the signature
+    passes PreProcessClassification / PreProcessRegression's structure checks instead."""
+    name = model_spec.signature_name or _DEFAULT_SIGNATURE
+    signature = bundle.signatures.get(name)
+    if signature is None:
+        raise ServingError(INVALID_ARGUMENT, f"No signature was found with the name: {name}")
+    if check:
+        if signature.method_name != method:
+            raise ServingError(INVALID_ARGUMENT, f"Expected {kind} signature method_name to be "
+                                                 f"{method}. Was: {signature.method_name}")
+    else:
+        pre_process(signature, check)
+    return signature
+
+
+def _pre_process_classification(signature, check: bool) -> tuple[str, list[str]]:
+    """classifier.cc's PreProcessClassification: (input tensor name, output tensor names,
+    classes before scores)."""
+    if check and signature.method_name != _CLASSIFY_METHOD:
+        raise ServingError(INVALID_ARGUMENT, "Expected classification signature method_name to "
+                                             f"be {_CLASSIFY_METHOD}. Was: "
+                                             f"{signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise ServingError(INVALID_ARGUMENT, "Expected one input Tensor.")
+    if len(signature.outputs) not in (1, 2):
+        raise ServingError(INVALID_ARGUMENT, "Expected one or two output Tensors, found "
+                                             f"{len(signature.outputs)}")
+    if _CLASSIFY_INPUTS not in signature.inputs:
+        raise ServingError(INVALID_ARGUMENT, "No classification inputs found in SignatureDef: "
+                                             + _debug_string(signature))
+    names = [signature.outputs[alias].name
+             for alias in (_CLASSIFY_OUTPUT_CLASSES, _CLASSIFY_OUTPUT_SCORES)
+             if alias in signature.outputs]
+    if not names:
+        raise ServingError(INVALID_ARGUMENT,
+                           "Expected classification signature outputs to contain at least one "
+                           f'of "{_CLASSIFY_OUTPUT_CLASSES}" or "{_CLASSIFY_OUTPUT_SCORES}". '
+                           f"Signature was: {_debug_string(signature)}")
+    return signature.inputs[_CLASSIFY_INPUTS].name, names
+
+
+def _pre_process_regression(signature, check: bool) -> tuple[str, list[str]]:
+    """regressor.cc's PreProcessRegression: (input tensor name, [output tensor name])."""
+    if check and signature.method_name != _REGRESS_METHOD:
+        raise ServingError(INVALID_ARGUMENT, "Expected regression signature method_name to be "
+                                             f"{_REGRESS_METHOD}. Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise ServingError(INVALID_ARGUMENT, "Expected one input Tensor.")
+    if len(signature.outputs) != 1:
+        raise ServingError(INVALID_ARGUMENT, "Expected one output Tensor.")
+    if _REGRESS_INPUTS not in signature.inputs:
+        raise ServingError(INVALID_ARGUMENT, "No regression inputs found in SignatureDef: "
+                                             + _debug_string(signature))
+    if _REGRESS_OUTPUTS not in signature.outputs:
+        raise ServingError(INVALID_ARGUMENT, "No regression outputs found in SignatureDef: "
+                                             + _debug_string(signature))
+    return signature.inputs[_REGRESS_INPUTS].name, [signature.outputs[_REGRESS_OUTPUTS].name]
+
+
+def _make_model_spec(spec, request_spec, version: int) -> None:
+    """util.cc's MakeModelSpec as RunClassify/RunRegress call it: the request's model name,
+    its signature_name ("serving_default" when empty) and the version that served."""
+    spec.name = request_spec.name
+    spec.signature_name = request_spec.signature_name or _DEFAULT_SIGNATURE
+    spec.version.value = version
+
+
+def _input_to_serialized_example_tensor(request_input) -> np.ndarray:
+    """util.cc's InputToSerializedExampleTensor: a DT_STRING vector, one serialized
+    tf.Example per example. With example_list_with_context each element is the serialized
+    context followed by the serialized example: concatenated protobuf messages parse as one
+    merged message, so the example's features are added to the context's (a feature in both
+    takes the example's value). No example at all (or no input) is INVALID_ARGUMENT."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        listed = request_input.example_list_with_context
+        context = listed.context.SerializeToString()
+        serialized = [context + e.SerializeToString() for e in listed.examples]
+    else:
+        serialized = []
+    if not serialized:
+        raise ServingError(INVALID_ARGUMENT, "Input is empty.")
+    return np.array(serialized, dtype=object)
+
+
+def _perform_one_shot_tensor_computation(bundle: _Bundle, request_input, input_name: str,
+                                         output_names: list[str]
+                                         ) -> tuple[list[_Output], int]:
+    """util.cc's PerformOneShotTensorComputation: the examples tensor fed to the signature's
+    input tensor, one Session::Run fetching the output tensors; (outputs, number of examples)."""
+    examples = _input_to_serialized_example_tensor(request_input)
+    graph = bundle.session.graph
+    try:
+        fed = graph.get_tensor_by_name(input_name)
+        fetched = [graph.get_tensor_by_name(name) for name in output_names]
+    except (KeyError, ValueError) as failure:  # a signature naming a tensor the graph lacks
+        raise ServingError(INVALID_ARGUMENT, str(failure)) from None
+    if fed.dtype != tf.string:
+        # Python's Session.run would try to convert the strings; TF Serving's C++ session
+        # refuses the feed (FunctionCallFrame::SetArgs), with the feed's index.
+        raise ServingError(INVALID_ARGUMENT, "Expects arg[0] to be "
+                                             f"{_dtype_name(fed.dtype.as_datatype_enum)} but "
+                                             "string is provided")
+    try:
+        values = bundle.session.run(output_names, {input_name: examples})
+    except tf.errors.OpError as failure:
+        raise ServingError(failure.error_code, failure.message) from None
+    except ValueError as failure:
+        raise ServingError(INVALID_ARGUMENT, str(failure)) from None
+    outputs = [_Output(np.asarray(value), tensor.dtype.as_datatype_enum)
+               for value, tensor in zip(values, fetched)]
+    return outputs, len(examples)
+
+
+def _post_process_classification_result(signature, num_examples: int, output_names,
+                                        outputs: list[_Output], result) -> None:
+    """classifier.cc's PostProcessClassificationResult: classes and scores must be
+    [batch_size, num_classes], DT_STRING and DT_FLOAT, with one row per example and, when both
+    are there, as many columns; then result.classifications[i].classes[j] gets label and/or
+    score."""
+    if len(outputs) != len(output_names):
+        raise ServingError(INVALID_ARGUMENT, f"Expected {len(output_names)} output tensor(s).  "
+                                             f"Got: {len(outputs)}")
+    names = {alias: signature.outputs[alias].name if alias in signature.outputs else ""
+             for alias in (_CLASSIFY_OUTPUT_CLASSES, _CLASSIFY_OUTPUT_SCORES)}
+    classes = scores = None
+    for name, output in zip(output_names, outputs):
+        if name == names[_CLASSIFY_OUTPUT_CLASSES]:
+            classes = output
+        elif name == names[_CLASSIFY_OUTPUT_SCORES]:
+            scores = output
+    for output, kind, dtype in ((classes, "classes", types_pb2.DT_STRING),
+                                (scores, "scores", types_pb2.DT_FLOAT)):
+        if output is None:
+            continue
+        if output.value.ndim != 2:
+            raise ServingError(INVALID_ARGUMENT, "Expected Tensor shape: [batch_size "
+                                                 f"num_classes] but got {output.shape_string}")
+        if output.dtype != dtype:
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Expected {kind} Tensor of {types_pb2.DataType.Name(dtype)}. "
+                               f"Got: {types_pb2.DataType.Name(output.dtype)}")
+        if output.value.shape[0] != num_examples:
+            raise ServingError(INVALID_ARGUMENT, f"Expected {kind} output batch size of "
+                                                 f"{num_examples}. Got: {output.value.shape[0]}")
+    if classes is not None and scores is not None:
+        if classes.value.shape[1] != scores.value.shape[1]:
+            raise ServingError(INVALID_ARGUMENT,
+                               "Tensors class and score should match in dim_size(1). Got "
+                               f"{classes.value.shape[1]} vs. {scores.value.shape[1]}")
+    num_classes = (classes if classes is not None else scores).value.shape[1]
+    for i in range(num_examples):
+        classifications = result.classifications.add()
+        for c in range(num_classes):
+            entry = classifications.classes.add()
+            if classes is not None:
+                # Class.label is a proto3 string; C++ copies the bytes, Python needs text.
+                entry.label = bytes(classes.value[i, c]).decode("utf-8", errors="replace")
+            if scores is not None:
+                entry.score = float(scores.value[i, c])
+
+
+def _post_process_regression_result(signature, num_examples: int, output_names,
+                                    outputs: list[_Output], result) -> None:
+    """regressor.cc's PostProcessRegressionResult: `outputs` must be [batch_size] or
+    [batch_size, 1] with one row per example, DT_FLOAT; result.regressions[i].value."""
+    if len(outputs) != len(output_names):
+        raise ServingError(INVALID_ARGUMENT, "Expected output_tensors and output_tensor_names "
+                                             "to have the same size.")
+    if _REGRESS_OUTPUTS not in signature.outputs:
+        raise ServingError(FAILED_PRECONDITION, "No regression outputs found in SignatureDef: "
+                                                + _debug_string(signature))
+    name = signature.outputs[_REGRESS_OUTPUTS].name
+    output = next((o for n, o in zip(output_names, outputs) if n == name), None)
+    if output is None:
+        raise ServingError(INVALID_ARGUMENT, f"Could not find output tensor '{name}'")
+    shape = output.value.shape
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise ServingError(INVALID_ARGUMENT, "Expected output Tensor shape to be either "
+                                             "[batch_size] or [batch_size, 1] but got "
+                                             f"{output.shape_string}")
+    if num_examples != shape[0]:
+        raise ServingError(INVALID_ARGUMENT, "Input batch size did not match output batch "
+                                             f"size: {num_examples} vs. {shape[0]}")
+    if output.dtype != types_pb2.DT_FLOAT:
+        raise ServingError(INVALID_ARGUMENT, "Expected output Tensor of DT_FLOAT.  Got: "
+                                             f"{types_pb2.DataType.Name(output.dtype)}")
+    if output.value.size != num_examples:
+        raise ServingError(INVALID_ARGUMENT, f"Expected output batch size to be {num_examples}."
+                                             f"  Got: {output.value.size}")
+    for value in output.value.ravel()[:num_examples]:
+        result.regressions.add(value=float(value))
 
 
 def wait_for_state(target, name: str, version: int, state="AVAILABLE",
