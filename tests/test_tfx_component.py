@@ -5,6 +5,7 @@ environment leaves out; the modules below are what it re-exports.)"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,11 @@ SPEC = {"endpoints": [{"name": "serve", "method": "call",
 
 
 def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
-             tracking_uri: str):
+             tracking_uri: str, serving_address: str | None = None,
+             tfx_pusher_to: Path | None = None, spec: dict = SPEC):
+    """The model imported, then ShipyardPusher; with `tfx_pusher_to`, TFX's own Pusher beside
+    it on the same Model (and blessing), pushing to that directory."""
+    import tfx
     from tfx.dsl.components.common.importer import Importer
     from tfx.orchestration import metadata
     from tfx.orchestration import pipeline as tfx_pipeline
@@ -29,8 +34,10 @@ def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
 
     from shipyard.tfx.component import ShipyardPusher
 
-    model = Importer(source_uri=str(model_dir),
-                     artifact_type=standard_artifacts.Model).with_id("model")
+    # tfx_version as a Trainer's output carries it: without it, TFX takes the artifact for an
+    # old one and its Pusher looks for the model under serving_model_dir/, not Format-Serving/.
+    model = Importer(source_uri=str(model_dir), artifact_type=standard_artifacts.Model,
+                     custom_properties={"tfx_version": tfx.__version__}).with_id("model")
     components = [model]
     blessing = None
     if blessed is not None:
@@ -43,9 +50,21 @@ def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
     pusher = ShipyardPusher(
         model=model.outputs["result"],
         model_blessing=blessing.outputs["result"] if blessing else None,
-        model_name="tfx-m", export_spec=yaml.safe_dump(SPEC), repository=str(repo),
-        tracking_uri=tracking_uri, serving_label="stable")
+        model_name="tfx-m", export_spec=yaml.safe_dump(spec), repository=str(repo),
+        tracking_uri=tracking_uri, serving_label="stable", serving_address=serving_address)
     components.append(pusher)
+    if tfx_pusher_to is not None:
+        # TFX's stock Pusher runs here: unlike Trainer's executor, the Pusher's component and
+        # executor (tfx.components.pusher, model_utils, io_utils, path_utils) import no TFDV.
+        from tfx.components.pusher.component import Pusher
+        from tfx.proto import pusher_pb2
+
+        components.append(Pusher(
+            model=model.outputs["result"],
+            model_blessing=blessing.outputs["result"] if blessing else None,
+            push_destination=pusher_pb2.PushDestination(
+                filesystem=pusher_pb2.PushDestination.Filesystem(
+                    base_directory=str(tfx_pusher_to)))))
     return tfx_pipeline.Pipeline(
         pipeline_name="shipyard-test", pipeline_root=str(root / "pipeline-root"),
         components=components,
@@ -62,6 +81,34 @@ def pushed_artifacts(root: Path):
     return store.get_artifacts_by_type("PushedModel"), store.get_artifacts_by_type("Model")
 
 
+def by_component(artifacts) -> dict[str, object]:
+    """Artifacts by the component that wrote them: LocalDagRunner puts each output under
+    pipeline-root/<component id>/<output key>/<execution id>."""
+    return {Path(a.uri).parent.parent.name: a for a in artifacts}
+
+
+def value_kinds(artifact, names) -> dict[str, str]:
+    return {name: artifact.custom_properties[name].WhichOneof("value") for name in names}
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def signatures(directory: Path) -> dict[str, tuple]:
+    """Each signature's inputs and outputs (names, dtypes, shapes) as TF Serving sees them."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(directory))
+
+    def specs(structure):
+        return sorted((name, spec.dtype.name, tuple(spec.shape.as_list()))
+                      for name, spec in structure.items())
+
+    return {key: (specs(fn.structured_input_signature[1]), specs(fn.structured_outputs))
+            for key, fn in loaded.signatures.items()}
+
+
 @pytest.fixture
 def model_dir(models, tmp_path):
     target = tmp_path / "trained"
@@ -70,22 +117,67 @@ def model_dir(models, tmp_path):
     return target
 
 
-def test_the_component_ships_a_model_and_records_it_in_mlmd(model_dir, tmp_path):
+@pytest.fixture
+def trainer_model_dir(models, tmp_path):
+    """A Model artifact as TFX's Trainer writes it: the SavedModel under Format-Serving/."""
+    target = tmp_path / "trainer-model"
+    shutil.copytree(models.saved_model(), target / "Format-Serving")
+    return target
+
+
+# The Trainer's SavedModel (Keras `model.export()`) has signatures `serve` and
+# `serving_default` over `input_layer`: the export re-declares the same endpoint.
+TRAINER_SPEC = {"endpoints": [{"name": "serve", "method": "serve", "inputs": [
+    {"name": "input_layer", "shape": [None, 3], "dtype": "float32"}]}]}
+
+
+def test_beside_tfx_pusher_the_records_and_the_pushed_model_match(trainer_model_dir, tmp_path):
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     repo = tmp_path / "repo"
+    serving = tmp_path / "tfx-pusher-serving"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    LocalDagRunner().run(
-        pipeline(tmp_path, model_dir, blessed=1, repo=repo, tracking_uri=uri))
+    LocalDagRunner().run(pipeline(tmp_path, trainer_model_dir, blessed=1, repo=repo,
+                                  tracking_uri=uri, tfx_pusher_to=serving, spec=TRAINER_SPEC))
 
     pushed, exported = pushed_artifacts(tmp_path)
-    assert len(pushed) == 1
-    props = pushed[0].custom_properties
-    assert props["pushed"].int_value == 1
+    pushed = by_component(pushed)
+    assert sorted(pushed) == ["Pusher", "ShipyardPusher"]
+    ours, theirs = pushed["ShipyardPusher"], pushed["Pusher"]
+    pusher_properties = ["pushed", "pushed_destination", "pushed_version"]
+    # Pusher's properties (and the orchestrator's tfx_version, is_external) with the same value
+    # types; ours adds three of its own.
+    assert set(pusher_properties) <= set(theirs.custom_properties)
+    assert set(ours.custom_properties) == set(theirs.custom_properties) | {
+        "serving_label_state", "mlflow_run_id", "registered_model_version"}
+    assert value_kinds(ours, pusher_properties) == value_kinds(theirs, pusher_properties) == {
+        "pushed": "int_value", "pushed_destination": "string_value",
+        "pushed_version": "string_value"}
+    assert ours.custom_properties["pushed"].int_value == \
+        theirs.custom_properties["pushed"].int_value == 1
+    timestamp = theirs.custom_properties["pushed_version"].string_value
+    assert theirs.custom_properties["pushed_destination"].string_value == \
+        str(serving / timestamp)
+
+    props = ours.custom_properties
+    version_dir = (repo / "tfx-m" / "1").resolve()
     assert props["pushed_version"].string_value == "1"
-    assert props["pushed_destination"].string_value == str((repo / "tfx-m" / "1").resolve())
+    assert props["pushed_destination"].string_value == str(version_dir)
+    # No serving_address: the label step stops after the load step (push's complete: false).
+    assert props["serving_label_state"].string_value == "pending"
     assert props["registered_model_version"].int_value == 1
     run_id = props["mlflow_run_id"].string_value
+
+    # Both artifacts hold the pushed SavedModel at their root, as Pusher's copy_dir leaves it.
+    ours_dir, theirs_dir = Path(ours.uri), Path(theirs.uri)
+    assert (theirs_dir / "saved_model.pb").is_file() and (ours_dir / "saved_model.pb").is_file()
+    assert signatures(ours_dir) == signatures(theirs_dir)
+    assert set(signatures(ours_dir)) == {"serve", "serving_default"}
+    # Ours is the published version, file for file, hard-linked (no second copy).
+    assert files_under(ours_dir) == files_under(version_dir)
+    assert "assets.extra/shipyard.json" in files_under(ours_dir)
+    for name in files_under(version_dir):
+        assert os.stat(ours_dir / name).st_ino == os.stat(version_dir / name).st_ino, name
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -95,19 +187,82 @@ def test_the_component_ships_a_model_and_records_it_in_mlmd(model_dir, tmp_path)
     assert (Path(shipped[0].uri) / "Format-Serving" / "saved_model.pb").is_file()
     config = (repo / "models.config").read_text()
     assert 'name: "tfx-m"' in config  # the label step ran (loaded; labelled on the next run)
+    assert "stable" not in config
 
 
-def test_an_unblessed_model_is_not_pushed(model_dir, tmp_path):
+def test_with_a_server_the_label_moves_and_serving_label_state_is_applied(model_dir, tmp_path,
+                                                                          tf_serving):
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+    from shipyard.serving.config import ModelServing, model_serving, parse_config
+
+    repo = tmp_path / "repo"
+    LocalDagRunner().run(pipeline(tmp_path, model_dir, blessed=1, repo=repo,
+                                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                  serving_address=tf_serving.address))
+    pushed, _ = pushed_artifacts(tmp_path)
+    assert pushed[0].custom_properties["serving_label_state"].string_value == "applied"
+    assert pushed[0].custom_properties["pushed"].int_value == 1
+    config = parse_config((repo / "models.config").read_text())
+    assert model_serving(config, "tfx-m") == ModelServing((1,), {"stable": 1})
+    assert tf_serving.reload_requests[-1] == config  # the server has the labelled config
+    # The .keras source: the artifact holds the published SavedModel, not the .keras file.
+    assert files_under(Path(pushed[0].uri)) == files_under(repo / "tfx-m" / "1")
+
+
+def test_an_unblessed_model_is_not_pushed_by_either_pusher(model_dir, tmp_path):
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     repo = tmp_path / "repo"
+    serving = tmp_path / "tfx-pusher-serving"
     LocalDagRunner().run(
         pipeline(tmp_path, model_dir, blessed=0, repo=repo,
-                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", tfx_pusher_to=serving))
     pushed, _ = pushed_artifacts(tmp_path)
-    assert pushed[0].custom_properties["pushed"].int_value == 0
-    assert "pushed_version" not in pushed[0].custom_properties
-    assert not repo.exists()
+    pushed = by_component(pushed)
+    ours, theirs = pushed["ShipyardPusher"], pushed["Pusher"]
+    # Pusher's _MarkNotPushed: `pushed` 0 and none of the other properties, no files.
+    assert value_kinds(ours, ours.custom_properties) == \
+        value_kinds(theirs, theirs.custom_properties)
+    for artifact in (ours, theirs):
+        assert artifact.custom_properties["pushed"].int_value == 0
+        assert "pushed_version" not in artifact.custom_properties
+        assert not files_under(Path(artifact.uri))
+    assert "serving_label_state" not in ours.custom_properties
+    assert not repo.exists() and not serving.exists()
+
+
+def examples_artifact(uri: Path, splits: list[str] | None):
+    from tfx.types import artifact_utils, standard_artifacts
+
+    examples = standard_artifacts.Examples()
+    examples.uri = str(uri)
+    if splits is not None:
+        examples.split_names = artifact_utils.encode_split_names(splits)
+    return examples
+
+
+@pytest.mark.parametrize(("splits", "expected"), [
+    (["train", "eval"], "Split-eval"),  # the held-out split, as ExampleGen names it
+    (["train", "test"], "Split-train"),  # no eval split: the first
+    (None, ""),  # no split names (say, imported): the directory itself
+])
+def test_the_examples_channel_gives_the_export_one_split(tmp_path, splits, expected):
+    from tfx.types import standard_artifacts
+
+    from shipyard.tfx.component import EXAMPLES, MODEL, export_request
+
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "model")
+    properties = {"export_spec": yaml.safe_dump(SPEC), "repository": str(tmp_path / "repo"),
+                  "model_name": "tfx-m"}
+    inputs = {MODEL: [model], EXAMPLES: [examples_artifact(tmp_path / "examples", splits)]}
+    request = export_request(inputs, properties)
+    assert request.examples == str(tmp_path / "examples" / expected)
+    assert request.warmup_from_examples is False  # real examples may hold personal data
+    assert export_request(inputs, {**properties, "warmup_from_examples": 1}) \
+        .warmup_from_examples is True
+    assert export_request({MODEL: [model]}, properties).examples is None
 
 
 def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
@@ -132,7 +287,8 @@ def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
     assert pusher["container"]["image"] == "europe-docker.pkg.dev/acme/shipyard:1"
     assert "shipyard.tfx.component.Executor" in json.dumps(pusher)
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["ShipyardPusher"]["dependentTasks"] == ["TrainDemoModel"]
+    # After the Trainer: TFX's own where TFDV imports, else ModuleTrainer (shipyard.tfx.trainer).
+    assert {"Trainer", "ModuleTrainer"} & set(tasks["ShipyardPusher"]["dependentTasks"])
     parameters = tasks["ShipyardPusher"]["inputs"]["parameters"]
     assert parameters["repository"]["runtimeValue"]["constantValue"]["stringValue"] == \
         "gs://acme-models/serving"

@@ -2,18 +2,22 @@
 trained model, and records the result the way TFX's Pusher does.
 
 Inputs: `model` (Model: the SavedModel under Format-Serving, as Trainer writes it, or a .keras
-file in the artifact's directory), `model_blessing` (optional ModelBlessing) and
-`infra_blessing` (optional InfraBlessing): an unblessed model is not pushed, as with Pusher.
+file in the artifact's directory), `model_blessing` (optional ModelBlessing),
+`infra_blessing` (optional InfraBlessing): an unblessed model is not pushed, as with Pusher;
+and `examples` (optional Examples, as InfraValidator takes): real tf.Examples for the
+verification of tf_example endpoints (the `eval` split, else the first split).
 Outputs: `exported_model` (Model: the published version under Format-Serving) and
-`pushed_model` (PushedModel) with Pusher's custom properties `pushed` (1/0),
-`pushed_destination` and `pushed_version`, plus `mlflow_run_id` and
+`pushed_model` (PushedModel: the published version's files in the artifact's directory, as
+Pusher leaves a copy there) with Pusher's custom properties `pushed` (1 = published),
+`pushed_destination` and `pushed_version`, plus `serving_label_state` (`applied` or
+`pending`; absent when no serving_label was asked), `mlflow_run_id` and
 `registered_model_version`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -22,11 +26,17 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from shipyard.repository import materialize
 
+if TYPE_CHECKING:  # imported where used, as the executor does: importing this stays light
+    from shipyard.flow import ExportRequest
+
 MODEL = "model"
 MODEL_BLESSING = "model_blessing"
 INFRA_BLESSING = "infra_blessing"
 EXPORTED_MODEL = "exported_model"
 PUSHED_MODEL = "pushed_model"
+EXAMPLES = "examples"
+# The split whose examples verify the export: the held-out one when ExampleGen made it.
+PREFERRED_SPLIT = "eval"
 
 
 class ShipyardPusherSpec(ComponentSpec):
@@ -43,11 +53,17 @@ class ShipyardPusherSpec(ComponentSpec):
         "serving_runtime": ExecutionParameter(type=str, optional=True),
         # Recorded for `shipyard rollout start`, which runs the canary on the cluster.
         "rollout_policy": ExecutionParameter(type=str, optional=True),
+        # 1: warmup records from the real examples too (off by default: real examples may
+        # hold personal data, and the version's files travel widely). An int, not a bool:
+        # MLMD stores it as one anyway, and KubeflowV2DagRunner's compiler puts a bool in an
+        # int_value field, which protobuf deprecates.
+        "warmup_from_examples": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         MODEL: ChannelParameter(type=standard_artifacts.Model),
         MODEL_BLESSING: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
         INFRA_BLESSING: ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
+        EXAMPLES: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         EXPORTED_MODEL: ChannelParameter(type=standard_artifacts.Model),
@@ -59,25 +75,15 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: dict[str, list[types.Artifact]],
            output_dict: dict[str, list[types.Artifact]],
            exec_properties: dict[str, Any]) -> None:
-        import yaml
-
-        from shipyard.flow import ExportRequest
         from shipyard.registry.client import RegistryLocation
         from shipyard.ship import ship_model
-        from shipyard.spec import parse_spec
 
         pushed = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL])
         exported = artifact_utils.get_single_instance(output_dict[EXPORTED_MODEL])
         if not _blessed(input_dict):
             pushed.set_int_custom_property("pushed", 0)
             return
-        model = artifact_utils.get_single_instance(input_dict[MODEL])
-        request = ExportRequest(
-            model=model_path(model.uri),
-            spec=parse_spec(yaml.safe_load(exec_properties["export_spec"]),
-                            source="export_spec"),
-            repo=exec_properties["repository"], name=exec_properties["model_name"],
-            serving_runtime=exec_properties.get("serving_runtime") or None)
+        request = export_request(input_dict, exec_properties)
         location = RegistryLocation.resolve(exec_properties.get("tracking_uri") or None,
                                             exec_properties.get("registry_uri") or None)
         result = ship_model(request, location,
@@ -86,13 +92,24 @@ class Executor(base_executor.BaseExecutor):
                             pipeline_run_id=_pipeline_run_id(self._context))
         registered = result.registered
         materialize(registered.path, Path(exported.uri) / "Format-Serving")
+        # TFX's Pusher (tfx/components/pusher/executor.py, TFX 1.21) archives the pushed model
+        # in the PushedModel artifact: `io_utils.copy_dir(model_path, model_push.uri)`, into
+        # the artifact's uri itself, not a versioned subdirectory (that was TFX 0.x's layout).
+        # Same place here, as hard links of the published version: no second copy of the bytes.
+        materialize(registered.path, Path(pushed.uri))
         for artifact in (exported, pushed):
             artifact.set_string_custom_property("mlflow_run_id", registered.run_id)
             artifact.set_int_custom_property("registered_model_version", registered.version)
         # Exactly what TFX's Pusher writes (int pushed, strings destination and version).
+        # pushed=1 means published: register_model returns only once the version is in the
+        # repository with its checksums. Whether serving moved is serving_label_state's
+        # business: a file-only label step is legitimately unfinished.
         pushed.set_int_custom_property("pushed", 1)
         pushed.set_string_custom_property("pushed_destination", registered.path)
         pushed.set_string_custom_property("pushed_version", str(registered.version))
+        if result.pushed is not None:  # no serving_label: no label step, no state to record
+            pushed.set_string_custom_property(
+                "serving_label_state", label_state(result.pushed))
 
 
 class ShipyardPusher(base_component.BaseComponent):
@@ -104,9 +121,11 @@ class ShipyardPusher(base_component.BaseComponent):
                  infra_blessing: types.BaseChannel | None = None,
                  tracking_uri: str | None = None, registry_uri: str | None = None,
                  serving_label: str | None = None, serving_address: str | None = None,
-                 rollout_policy: str | None = None, serving_runtime: str | None = None):
+                 rollout_policy: str | None = None, serving_runtime: str | None = None,
+                 examples: types.BaseChannel | None = None, warmup_from_examples: bool = False):
         spec = ShipyardPusherSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
+            examples=examples, warmup_from_examples=int(warmup_from_examples),
             model_name=model_name, export_spec=export_spec, repository=repository,
             tracking_uri=tracking_uri, registry_uri=registry_uri, serving_label=serving_label,
             serving_address=serving_address, rollout_policy=rollout_policy,
@@ -114,6 +133,45 @@ class ShipyardPusher(base_component.BaseComponent):
             exported_model=types.Channel(type=standard_artifacts.Model),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         super().__init__(spec=spec)
+
+
+def export_request(input_dict: dict[str, list[types.Artifact]],
+                   exec_properties: dict[str, Any]) -> ExportRequest:
+    """The ExportRequest for the component's inputs and parameters."""
+    import yaml
+
+    from shipyard.flow import ExportRequest
+    from shipyard.spec import parse_spec
+
+    model = artifact_utils.get_single_instance(input_dict[MODEL])
+    examples = input_dict.get(EXAMPLES) or []
+    return ExportRequest(
+        model=model_path(model.uri),
+        spec=parse_spec(yaml.safe_load(exec_properties["export_spec"]), source="export_spec"),
+        repo=exec_properties["repository"], name=exec_properties["model_name"],
+        serving_runtime=exec_properties.get("serving_runtime") or None,
+        examples=examples_location(artifact_utils.get_single_instance(examples))
+        if examples else None,
+        warmup_from_examples=bool(exec_properties.get("warmup_from_examples") or 0))
+
+
+def examples_location(examples: types.Artifact) -> str:
+    """The directory of TFRecord files to verify on: ExampleGen's Split-eval/ when there is an
+    `eval` split, else the first split's; an Examples artifact without split names (say,
+    imported) is taken as one directory of TFRecord files."""
+    splits = artifact_utils.decode_split_names(examples.split_names) \
+        if examples.split_names else []
+    if not splits:
+        return examples.uri
+    split = PREFERRED_SPLIT if PREFERRED_SPLIT in splits else splits[0]
+    return artifact_utils.get_split_uri([examples], split)
+
+
+def label_state(push_result: dict[str, Any]) -> str:
+    """`applied` when the label points at the version (push's `complete`), else `pending`:
+    without a server the label step stops after the load step, and the same push run again
+    once the version is loaded moves the label."""
+    return "applied" if push_result["complete"] else "pending"
 
 
 def model_path(uri: str) -> Path:
