@@ -101,6 +101,15 @@ def _model_arguments(command: Any) -> Any:
                           "version is written to REPO/NAME/N."),
         click.option("--name", required=True,
                      help="Model name (a DNS-1123 label); also the registered model's name."),
+        click.option("--examples", default=None, metavar="PATH",
+                     help="Real serialized tf.Examples (TFRecord file, glob or directory such "
+                          "as ExampleGen's Split-eval/; any fsspec URL) that tf_example "
+                          "endpoints are also verified on."),
+        click.option("--examples-limit", default=16, show_default=True, metavar="K",
+                     help="Read at most K examples from --examples."),
+        click.option("--warmup-from-examples", is_flag=True,
+                     help="Also write the real examples into the warmup file (off by default: "
+                          "they may hold personal data)."),
         click.option("--serving-runtime", default=None, metavar="VERSION",
                      callback=_checked_runtime,
                      help="Also verify on this TensorFlow, the one TF Serving's image runs "
@@ -125,6 +134,7 @@ def _model_arguments(command: Any) -> Any:
               help="Where the export runs (e.g. /GPU:0, /TPU:0); verification is CPU-only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export_command(model: Path, spec_path: Path, repo: str, name: str,
+                   examples: str | None, examples_limit: int, warmup_from_examples: bool,
                    serving_runtime: str | None, version: int | None,
                    imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
                    device: str | None, as_json: bool) -> None:
@@ -145,7 +155,9 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
                             imports=imports, unsafe=unsafe, allow_breaking=allow_breaking,
-                            device=device, serving_runtime=serving_runtime)
+                            device=device, serving_runtime=serving_runtime,
+                            examples=examples, examples_limit=examples_limit,
+                            warmup_from_examples=warmup_from_examples)
     result = export_model(request, progress=_progress(_quiet()), **_injected())
     _emit(result.to_json(), as_json, _describe_export(result.to_json()))
 
@@ -177,6 +189,7 @@ def _registry_options(command: Any) -> Any:
               help="Import MODULE first (registers custom Keras objects). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
+                     examples: str | None, examples_limit: int, warmup_from_examples: bool,
                      serving_runtime: str | None, tracking_uri: str | None, registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
                      as_json: bool) -> None:
@@ -197,7 +210,9 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     validate_model_name(name)
     spec = load_spec(spec_path)
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports,
-                            serving_runtime=serving_runtime)
+                            serving_runtime=serving_runtime, examples=examples,
+                            examples_limit=examples_limit,
+                            warmup_from_examples=warmup_from_examples)
     with _library_prints_to_stderr():
         result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
                                 pipeline_run_id=pipeline_run_id, progress=_progress(_quiet()),

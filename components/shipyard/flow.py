@@ -44,6 +44,13 @@ class ExportRequest:
     # The TensorFlow of the serving image to verify on ("2.19"), "none", or None for the
     # default (SHIPYARD_SERVING_RUNTIME, else the image the manifests render).
     serving_runtime: str | None = None
+    # Real tf.Examples for the tf_example endpoints' verification instead of generated ones: a
+    # TFRecord file, a glob or a directory of them (ExampleGen's Split-<name>/, gzip detected),
+    # a path or an fsspec URL. Warmup is written from them only if warmup_from_examples (real
+    # examples may hold personal data).
+    examples: str | None = None
+    examples_limit: int = 16  # at most this many real examples are read
+    warmup_from_examples: bool = False
 
 
 @dataclass
@@ -123,16 +130,17 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
             built.write(staging.path)
     signatures = archive.read_signatures(staging.path)
     check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
+    real_examples = _real_examples(request)
     with progress.step("compute reference outputs"):
         digests = reference.collection_digests(built)
-        references = reference.compute_references(built, request.spec)
-        dtypes = {e.name: {n: t.dtype for n, t in e.signature_inputs()}
-                  for e in request.spec.endpoints}
+        references = reference.compute_references(built, request.spec, real_examples)
         # Every call the verifier makes, serving_default included: it is a separate function
         # in the graph, so clients that omit signature_name would otherwise pay its first call.
+        # Real examples only with warmup_from_examples: the version's files travel widely.
+        warmed = [r for r in references if request.warmup_from_examples or not r.sample.real]
         warmup_records = warmup.write_warmup(
             staging.path / MANIFEST_DIR, request.name,
-            [(r.signature, r.sample) for r in references], dtypes)
+            [(r.signature, r.sample) for r in warmed], request.spec)
         inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
     export_seconds = time.monotonic() - started
 
@@ -143,8 +151,8 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
             "saved_model_dir": str(staging.path.resolve()),
             "inputs": str(inputs_path),
             "expected": str(expected_path),
-            "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size}
-                     for r in references],
+            "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size,
+                      "key": r.key} for r in references],
             "tolerance": request.spec.tolerance.model_dump(),
             "collections": digests,
         })
@@ -154,7 +162,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
         raise VerificationError(
             f"verification of the export of {request.model} failed; nothing was published:\n"
             f"{details}" + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
-    runtimes = _check_runtime(runtime, staging.path, references[:warmup_records],
+    runtimes = _check_runtime(runtime, staging.path, warmed[:warmup_records],
                               expected_path, request.spec, progress)
     verify_seconds = time.monotonic() - verify_started
 
@@ -190,13 +198,27 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
 
 
+def _real_examples(request: ExportRequest) -> tuple[bytes, ...]:
+    if request.examples is None:
+        return ()
+    from shipyard.errors import UsageError
+    from shipyard.export.real_examples import read_examples
+
+    if not any(e.examples_input() is not None for e in request.spec.endpoints):
+        raise UsageError("--examples: no endpoint of the spec takes serialized examples; "
+                         "declare the examples input with `tf_example`, or leave --examples "
+                         "out")
+    return read_examples(request.examples, request.examples_limit)
+
+
 def _check_runtime(runtime: Any, saved_model_dir: Path, references: list[Any],
                    expected_path: Path, spec: ExportSpec, progress: Progress
                    ) -> dict[str, Any]:
     """The version on the serving image's TensorFlow: {runtime: record} for shipyard.json."""
     if not isinstance(runtime, RuntimeCheck):
         return {}  # turned off
-    plan = [{"signature": r.signature, "batch_size": r.sample.batch_size} for r in references]
+    plan = [{"signature": r.signature, "batch_size": r.sample.batch_size, "key": r.key}
+            for r in references]
     with progress.step(f"verify on TF Serving's runtime (TensorFlow {runtime.choice.version})"):
         outcome = runtime.run(saved_model_dir.resolve(), plan)
         if outcome.outputs is not None:

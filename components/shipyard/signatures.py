@@ -14,9 +14,9 @@ Signatures = dict[str, dict[str, Any]]
 def breaking_changes(old: Signatures, new: Signatures) -> list[str]:
     """What in `new` would break a client written against `old` (empty: compatible).
 
-    Breaking: a removed (or renamed) signature, input or output; a new input (TF Serving has no
-    optional inputs, so old requests would lack it); a dtype change; a rank change; a change of
-    a dimension both sides fix. Added signatures and outputs, and a fixed dimension becoming
+    Breaking: a removed (or renamed) signature, input or output; a kind (method name) change;
+    a new input (TF Serving has no optional inputs, so old requests would lack it); a dtype
+    change; a rank change; a change of a dimension both sides fix. Added signatures and outputs, and a fixed dimension becoming
     unknown, are compatible.
     """
     problems: list[str] = []
@@ -26,6 +26,12 @@ def breaking_changes(old: Signatures, new: Signatures) -> list[str]:
                             f"{sorted(new)})")
             continue
         before, after = old[sig_name], new[sig_name]
+        old_method, new_method = before.get("method_name"), after.get("method_name")
+        if old_method and new_method and old_method != new_method:
+            # The Classify/Regress/Predict APIs each accept only their own method name.
+            problems.append(f"signature {sig_name!r}: kind changed {_kind(old_method)} -> "
+                            f"{_kind(new_method)} (method name {old_method} -> {new_method})")
+            continue
         for side in ("inputs", "outputs"):
             problems.extend(_tensor_changes(sig_name, side, before[side], after[side]))
         added_inputs = sorted(set(after["inputs"]) - set(before["inputs"]))
@@ -56,6 +62,10 @@ def _tensor_changes(sig_name: str, side: str, before: dict[str, Any],
                  for o, n in zip(old_shape, new_shape)):
             problems.append(f"{where}: shape changed {_shape(old_shape)} -> {_shape(new_shape)}")
     return problems
+
+
+def _kind(method_name: str) -> str:
+    return method_name.rsplit("/", 1)[-1]
 
 
 def _shape(shape: list[int | None]) -> str:

@@ -55,20 +55,77 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _non_negative(shape: list[int | None]) -> list[int | None]:
+    if any(d is not None and d < 0 for d in shape):
+        raise ValueError(f"dimensions must be >= 0; write null (not -1) for a dimension of "
+                         f"unknown size, e.g. [null, 3] (got {shape})")
+    return shape
+
+
+# What a tf.Example can carry: float_list, int64_list and bytes_list.
+FeatureDType = Literal["float32", "int64", "string"]
+_FEATURE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$"
+
+
+class FeatureDecl(_Strict):
+    """One feature of a serialized tf.Example, per example (no batch dimension).
+
+    Fixed-length by default (tf.io.FixedLenFeature(shape, dtype, default)); a `null` first
+    dimension makes it variable-length, parsed dense and padded with `default`
+    (tf.io.FixedLenSequenceFeature(shape[1:], dtype, allow_missing=True)).
+    """
+
+    shape: list[int | None] = []
+    dtype: FeatureDType
+    default: float | int | str | list[float | int | str] | None = None
+
+    _non_negative = field_validator("shape")(classmethod(lambda cls, v: _non_negative(v)))
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureDecl:
+        if None in self.shape[1:]:
+            raise ValueError(f"only the first dimension of a feature may be null (variable "
+                             f"length), got {self.shape}")
+        if self.default is not None:
+            values = self.default if isinstance(self.default, list) else [self.default]
+            wants_text = self.dtype == "string"
+            if any(isinstance(v, str) != wants_text for v in values):
+                raise ValueError(f"default {self.default!r} does not match dtype {self.dtype}")
+        return self
+
+    @property
+    def variable_length(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+
 class TensorDecl(_Strict):
-    """One tensor of an endpoint's input signature."""
+    """One tensor of an endpoint's input signature; with `tf_example`, a vector of serialized
+    tf.Examples (shape [null], dtype string implied) whose features it declares."""
 
     shape: list[int | None]
     dtype: DType
     name: Annotated[str, Field(pattern=_IDENTIFIER)] | None = None
+    tf_example: dict[Annotated[str, Field(pattern=_FEATURE_NAME)], FeatureDecl] | None = None
 
-    @field_validator("shape")
+    _non_negative = field_validator("shape")(classmethod(lambda cls, v: _non_negative(v)))
+
+    @model_validator(mode="before")
     @classmethod
-    def _known_or_null(cls, shape: list[int | None]) -> list[int | None]:
-        if any(d is not None and d < 0 for d in shape):
-            raise ValueError(f"dimensions must be >= 0; write null (not -1) for a dimension of "
-                             f"unknown size, e.g. [null, 3] (got {shape})")
-        return shape
+    def _implied_by_tf_example(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("tf_example") is not None:
+            data = {"shape": [None], "dtype": "string", **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TensorDecl:
+        if self.tf_example is not None:
+            if self.shape != [None] or self.dtype != "string":
+                raise ValueError("a tf_example input is a vector of serialized examples, shape "
+                                 "[null] and dtype string: remove `shape` and `dtype`")
+            if not self.tf_example:
+                raise ValueError("tf_example declares no features; list each feature the "
+                                 "examples carry with its shape and dtype")
+        return self
 
 
 def _argument_kind(value: Any) -> str | None:
@@ -76,7 +133,8 @@ def _argument_kind(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         return "list-argument"
     if isinstance(value, dict):
-        return "tensor-argument" if isinstance(value.get("dtype"), str) else "dict-argument"
+        is_tensor = isinstance(value.get("dtype"), str) or "tf_example" in value
+        return "tensor-argument" if is_tensor else "dict-argument"
     if isinstance(value, (TensorDecl)):
         return "tensor-argument"
     return None
@@ -101,13 +159,32 @@ _UNION_TAGS = frozenset({"tensor-argument", "dict-argument", "list-argument",
                          "selection-name", "selection-regex"})
 
 
+# TF Serving's SignatureDef method names (TensorFlow's signature_constants): the Classify and
+# Regress APIs look signatures up by these.
+METHOD_NAMES = {"predict": "tensorflow/serving/predict",
+                "classify": "tensorflow/serving/classify",
+                "regress": "tensorflow/serving/regress"}
+# The one input of classify and regress signatures, and their outputs (classifier.cc,
+# regressor.cc).
+EXAMPLES_INPUT = "inputs"
+KIND_OUTPUTS = {"classify": ("classes", "scores"), "regress": ("outputs",)}
+
+
 class Endpoint(_Strict):
-    """A serving signature: `method` of the model called with `inputs`."""
+    """A serving signature: `method` of the model called with `inputs`.
+
+    kind `classify` / `regress` follow TF Serving's Classify / Regress contracts: one input
+    `inputs` of serialized tf.Examples (declared with tf_example); outputs `scores` (from the
+    model output `output`) and `classes` (from `classes`), or `outputs`.
+    """
 
     name: Annotated[str, Field(pattern=_IDENTIFIER)]
     method: Annotated[str, Field(pattern=_IDENTIFIER)]
+    kind: Literal["predict", "classify", "regress"] = "predict"
     training: bool | None = None
     inputs: Annotated[list[Argument], Field(min_length=1)]
+    output: str | None = None  # classify/regress: the model output that gives scores/outputs
+    classes: Annotated[list[str], Field(min_length=1)] | None = None  # classify's labels
 
     @field_validator("name")
     @classmethod
@@ -122,6 +199,14 @@ class Endpoint(_Strict):
         if self.training is not None and self.method != "call":
             raise ValueError(f"training is only accepted with method 'call' (got method "
                              f"{self.method!r}); remove training or set method: call")
+        for argument in self.inputs:
+            tensors = argument.values() if isinstance(argument, dict) else (
+                argument if isinstance(argument, list) else [])
+            if any(t.tf_example is not None for t in tensors):
+                raise ValueError("tf_example declares a whole argument (the method receives "
+                                 "the dict of parsed features); write it as its own entry of "
+                                 "`inputs`, not inside a dict or list")
+        self._check_kind()
         names = [name for name, _ in self.signature_inputs()]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -129,11 +214,44 @@ class Endpoint(_Strict):
                              "than once: give each tensor a distinct name")
         return self
 
+    def _check_kind(self) -> None:
+        if self.kind == "predict":
+            if self.output is not None or self.classes is not None:
+                raise ValueError("`output` and `classes` belong to kind classify or regress; "
+                                 "set kind or remove them")
+            return
+        argument = self.inputs[0]
+        if (len(self.inputs) != 1 or not isinstance(argument, TensorDecl)
+                or argument.tf_example is None):
+            raise ValueError(f"a {self.kind} endpoint takes one input of serialized "
+                             "tf.Examples (TF Serving's contract): declare inputs: "
+                             "[{tf_example: {feature: {shape, dtype}, ...}}]")
+        if argument.name not in (None, EXAMPLES_INPUT):
+            raise ValueError(f"a {self.kind} endpoint's input is named {EXAMPLES_INPUT!r} by "
+                             f"TF Serving's contract; remove name: {argument.name!r}")
+        if self.classes is not None:
+            if self.kind != "classify":
+                raise ValueError("`classes` belongs to kind classify; remove it")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes must be distinct, got {self.classes}")
+
+    @property
+    def method_name(self) -> str:
+        """The SignatureDef method name TF Serving looks for."""
+        return METHOD_NAMES[self.kind]
+
+    def examples_input(self) -> TensorDecl | None:
+        """The tf_example input, if the endpoint takes serialized examples."""
+        return next((a for a in self.inputs
+                     if isinstance(a, TensorDecl) and a.tf_example is not None), None)
+
     def signature_inputs(self) -> list[tuple[str, TensorDecl]]:
         """(signature input name, tensor) for every tensor, in argument order."""
         named: list[tuple[str, TensorDecl]] = []
         for i, argument in enumerate(self.inputs):
-            if isinstance(argument, TensorDecl):
+            if isinstance(argument, TensorDecl) and self.kind != "predict":
+                named.append((EXAMPLES_INPUT, argument))
+            elif isinstance(argument, TensorDecl):
                 named.append((argument.name or f"input_{i}", argument))
             elif isinstance(argument, dict):
                 for key, tensor in argument.items():

@@ -35,9 +35,33 @@ class BuiltArchive:
     collections: dict[str, list[Any]]  # variable collection name -> variables
     vocabularies: Vocabularies  # what sample inputs draw from
     lookup_vocabularies: list[list[Any]]  # per lookup layer, in layer order (fingerprinted)
+    method_names: dict[str, str]  # signature -> TF Serving method name, where not predict
 
     def write(self, directory: Path) -> None:
         self.archive.write_out(str(directory), options=SAVE_OPTIONS, verbose=False)
+        if self.method_names:
+            set_method_names(directory, self.method_names)
+
+
+def set_method_names(directory: Path, method_names: dict[str, str]) -> None:
+    """Sets SignatureDef.method_name in saved_model.pb (tf.saved_model.save writes
+    tensorflow/serving/predict for every signature; TF Serving's Classify and Regress APIs
+    look for their own). The field is metadata: the graph does not change. fingerprint.pb
+    holds a checksum of saved_model.pb, so it is written again."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    path = directory / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(path.read_bytes())
+    for meta_graph in proto.meta_graphs:
+        for name, method_name in method_names.items():
+            if name in meta_graph.signature_def:
+                meta_graph.signature_def[name].method_name = method_name
+    path.write_bytes(proto.SerializeToString(deterministic=True))
+    fingerprint = directory / "fingerprint.pb"
+    if fingerprint.exists():
+        fingerprint.write_bytes(fingerprinting.CreateFingerprintDef(str(directory)))
 
 
 # Variables are saved through the host (needed when they live on a TPU, harmless elsewhere),
@@ -91,7 +115,11 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = variables
     lookups = _lookup_vocabularies(source)
-    return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups), lookups)
+    method_names = {e.name: e.method_name for e in spec.endpoints if e.kind != "predict"}
+    if spec.default.kind != "predict":  # serving_default is the default endpoint's signature
+        method_names["serving_default"] = spec.default.method_name
+    return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups),
+                        lookups, method_names)
 
 
 def tensor_spec(decl: TensorDecl, name: str) -> tf.TensorSpec:
@@ -113,8 +141,83 @@ def _input_signature(endpoint: Endpoint) -> list[Any]:
 
 def _endpoint_fn(source: SourceModel, endpoint: Endpoint, index: int) -> EndpointFn:
     if source.format == "keras":
-        return _keras_endpoint_fn(source.obj, endpoint, index)
-    return _saved_model_endpoint_fn(source.obj, endpoint, index)
+        # A Keras model takes features: the endpoint parses the examples for it. A SavedModel
+        # source's signature parses them itself (its feature spec only says how to make them).
+        fn = _parsing_examples(_keras_endpoint_fn(source.obj, endpoint, index), endpoint)
+    else:
+        fn = _saved_model_endpoint_fn(source.obj, endpoint, index)
+    return _shaped_for_kind(fn, endpoint, index)
+
+
+def feature_spec(features: dict[str, Any]) -> dict[str, Any]:
+    """The spec's tf_example features -> tf.io.parse_example's feature spec."""
+    parsed = {}
+    for name, feature in features.items():
+        dtype = tf.dtypes.as_dtype(feature.dtype)
+        if feature.variable_length:
+            parsed[name] = tf.io.FixedLenSequenceFeature(
+                feature.shape[1:], dtype, allow_missing=True, default_value=feature.default)
+        else:
+            parsed[name] = tf.io.FixedLenFeature(feature.shape, dtype,
+                                                 default_value=feature.default)
+    return parsed
+
+
+def _parsing_examples(fn: EndpointFn, endpoint: Endpoint) -> EndpointFn:
+    """Replaces each tf_example argument (serialized examples) by its dict of features."""
+    specs = {i: feature_spec(argument.tf_example) for i, argument in enumerate(endpoint.inputs)
+             if isinstance(argument, TensorDecl) and argument.tf_example is not None}
+    if not specs:
+        return fn
+
+    def parse_then_call(*args: Any) -> dict[str, Any]:
+        args = tuple(tf.io.parse_example(a, specs[i]) if i in specs else a
+                     for i, a in enumerate(args))
+        return fn(*args)
+
+    return parse_then_call
+
+
+def _shaped_for_kind(fn: EndpointFn, endpoint: Endpoint, index: int) -> EndpointFn:
+    """Classify: {scores [N, K] float, classes [N, K] string}; regress: {outputs [N] or [N, 1]
+    float}; the contracts of TF Serving's classifier.cc and regressor.cc."""
+    if endpoint.kind == "predict":
+        return fn
+    field = f"endpoints[{index}]"
+
+    def kind_outputs(*args: Any) -> dict[str, Any]:
+        outputs = fn(*args)
+        if endpoint.output is None and len(outputs) != 1:
+            wanted = "scores" if endpoint.kind == "classify" else "regression values"
+            raise SpecError(f"{field}.output: the model has outputs {sorted(outputs)}; name the "
+                            f"one that gives the {wanted}")
+        name = endpoint.output or next(iter(outputs))
+        if name not in outputs:
+            raise SpecError(f"{field}.output: {name!r} is not an output of the model; its "
+                            f"outputs are {sorted(outputs)}")
+        value = tf.cast(outputs[name], tf.float32)
+        if endpoint.kind == "regress":
+            if value.shape.rank not in (1, 2) or (value.shape.rank == 2 and value.shape[-1] != 1):
+                raise SpecError(f"{field}: output {name!r} has shape {value.shape}; TF Serving's "
+                                "Regress needs one value per example, [N] or [N, 1]")
+            return {"outputs": value}
+        if value.shape.rank == 1:
+            value = value[:, None]
+        if value.shape.rank != 2:
+            raise SpecError(f"{field}: output {name!r} has shape {value.shape}; TF Serving's "
+                            "Classify needs scores [N, K]")
+        count = value.shape[-1]
+        if count is None and endpoint.classes is None:
+            raise SpecError(f"{field}.classes: output {name!r} does not fix its number of "
+                            "classes; list the class labels in `classes`")
+        labels = endpoint.classes or [str(i) for i in range(count)]
+        if count is not None and len(labels) != count:
+            raise SpecError(f"{field}.classes: {len(labels)} labels for {count} scores per "
+                            f"example in output {name!r}; list one label per score")
+        classes = tf.tile(tf.constant([labels]), tf.stack([tf.shape(value)[0], 1]))
+        return {"classes": classes, "scores": value}
+
+    return kind_outputs
 
 
 def _keras_endpoint_fn(model: Any, endpoint: Endpoint, index: int) -> EndpointFn:
@@ -150,6 +253,10 @@ def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> End
     if endpoint.method in signatures:
         signature = signatures[endpoint.method]
         expected = sorted(signature.structured_input_signature[1])
+        if endpoint.examples_input() is not None and len(expected) == len(declared) == 1:
+            # Serialized examples in, whatever the source calls that input (TFX's Trainer:
+            # `examples`; a classify/regress endpoint must call it `inputs`).
+            declared = expected
         if sorted(declared) == expected:
             def call_signature(*args: Any) -> dict[str, Any]:
                 flat = tf.nest.flatten(args)

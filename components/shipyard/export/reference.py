@@ -9,6 +9,7 @@ written, and which both sides then advance identically.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from shipyard.export.archive import BuiltArchive
-from shipyard.export.samples import Sample, make_samples
+from shipyard.export.samples import Sample, make_real_samples, make_samples
 from shipyard.errors import SpecError
 from shipyard.export.verifier import KEY_SEPARATOR, array_digest, plain_array
 from shipyard.spec import Endpoint, ExportSpec, TensorDecl
@@ -29,17 +30,27 @@ class Reference:
     outputs: dict[str, np.ndarray]
     signature: str  # the signature the verifier calls: the endpoint, or serving_default
 
+    @property
+    def key(self) -> str:
+        """The prefix of this call's arrays in inputs.npz / expected.npz."""
+        return f"{self.signature}{KEY_SEPARATOR}{self.sample.key}{KEY_SEPARATOR}"
+
 
 def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
     return {name: [array_digest(_to_numpy(v)) for v in variables]
             for name, variables in built.collections.items()}
 
 
-def compute_references(built: BuiltArchive, spec: ExportSpec) -> list[Reference]:
-    """Every endpoint at each batch size, then serving_default on the default endpoint."""
+def compute_references(built: BuiltArchive, spec: ExportSpec,
+                       real_examples: tuple[bytes, ...] = ()) -> list[Reference]:
+    """Every endpoint at each batch size (and, for tf_example endpoints, on the real examples
+    if given), then serving_default on the default endpoint."""
     references = []
     for endpoint in spec.endpoints:
-        for sample in make_samples(endpoint, built.vocabularies):
+        samples = make_samples(endpoint, built.vocabularies)
+        if real_examples and endpoint.examples_input() is not None:
+            samples += make_real_samples(endpoint, built.vocabularies, real_examples)
+        for sample in samples:
             references.append(_reference(built, endpoint, sample, endpoint.name))
     default = spec.default
     first = make_samples(default, built.vocabularies)[0]
@@ -53,12 +64,32 @@ def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
         outputs = built.endpoint_fns[endpoint.name](*_as_tensors(endpoint, sample.arguments))
     except Exception as err:  # user code on generated inputs: name the endpoint and the cause
         text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        source = "the real examples (--examples)" if sample.real else (
+            "inputs generated from the declared signature")
         raise SpecError(
-            f"endpoint {endpoint.name!r}: the original model fails on inputs generated from the "
-            f"declared signature (batch {sample.batch_size}): {type(err).__name__}: {text}. "
-            "Declare the exact shapes the model accepts (fixed sizes instead of null where it "
-            "needs them).") from None
+            f"endpoint {endpoint.name!r}: the original model fails on {source} (batch "
+            f"{sample.batch_size}): {type(err).__name__}: {text}. "
+            f"{_advice(endpoint, str(err))}") from None
     return Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}, signature)
+
+
+def _advice(endpoint: Endpoint, error: str) -> str:
+    """What to change in the spec, judged from the declared inputs and the error."""
+    strings = [name for name, decl in endpoint.signature_inputs()
+               if decl.dtype == "string" and decl.tf_example is None]
+    if endpoint.examples_input() is not None:
+        return ("Declare in tf_example exactly the features the model parses (names, "
+                "shapes, dtypes), or pass --examples with real ones.")
+    if strings and re.search(r"parse|Example|proto", error, re.IGNORECASE):
+        return (f"Input(s) {strings} look like serialized tf.Examples the model parses: declare "
+                "them with `tf_example: {feature: {shape, dtype}}` so shipyard builds valid "
+                "examples.")
+    if strings:
+        return (f"Input(s) {strings} are declared as strings: if the model parses them "
+                "(serialized tf.Examples), declare them with `tf_example`; if it takes "
+                "numbers, declare their dtype.")
+    return ("Declare the dtypes and exact shapes the model accepts (fixed sizes instead of "
+            "null where it needs them).")
 
 
 def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path]:
@@ -66,10 +97,12 @@ def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path
     inputs: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
     for ref in references:
-        prefix = f"{ref.signature}{KEY_SEPARATOR}{ref.sample.batch_size}{KEY_SEPARATOR}"
+        prefix = ref.key
         inputs.update({prefix + k: v for k, v in ref.sample.named.items()})
         expected.update({prefix + k: v for k, v in ref.outputs.items()})
     inputs_path, expected_path = job_dir / "inputs.npz", job_dir / "expected.npz"
+    # Serialized examples stay object arrays (pickled): fixed-width bytes would drop the NUL
+    # bytes a serialized proto may end with.
     np.savez(inputs_path, **inputs)
     np.savez(expected_path, **expected)
     return inputs_path, expected_path

@@ -336,11 +336,12 @@ def compare_runtime_outputs(outcome: RuntimeOutcome, expected_path: Path, atol: 
 
     from shipyard.export.verifier import KEY_SEPARATOR, compare
 
-    got, expected = np.load(outcome.outputs), np.load(expected_path)
+    got = np.load(outcome.outputs)
+    expected = np.load(expected_path, allow_pickle=True)  # written by this process
     parity: dict[str, float] = {}
     problems = []
     for key in sorted(got.files):
-        signature, batch, output = key.split(KEY_SEPARATOR, 2)
+        signature, batch, output = key.split(KEY_SEPARATOR, 2)  # batch: e.g. "4", "8-real"
         if key not in expected.files:
             problems.append(f"signature {signature!r} answers output {output!r}, which the "
                             "original model does not have")

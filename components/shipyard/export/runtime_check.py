@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
-SEPARATOR = "|"
 
 
 def main() -> int:
@@ -69,7 +68,7 @@ def check(job: dict) -> dict:
         except Exception as err:  # noqa: BLE001
             return {"ok": False, "stage": "warmup", "record": index, "signature": name,
                     "error": f"{type(err).__name__}: {err}", "tensorflow": tf.__version__}
-        prefix = f"{step['signature']}{SEPARATOR}{step['batch_size']}{SEPARATOR}"
+        prefix = step["key"]  # the key of the original model's outputs for this call
         outputs.update({prefix + key: plain(value) for key, value in answered.items()})
         counts[name] = counts.get(name, 0) + 1
     np.savez(job["outputs"], **outputs)

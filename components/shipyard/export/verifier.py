@@ -194,8 +194,9 @@ def _check_collections(loaded: Any, expected: dict[str, list[str]]) -> list[str]
 
 def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
                      ) -> tuple[dict[str, float], list[str]]:
-    inputs = np.load(job["inputs"])
-    expected = np.load(job["expected"])
+    # Our own files, written by the exporting process: serialized examples travel pickled.
+    inputs = np.load(job["inputs"], allow_pickle=True)
+    expected = np.load(job["expected"], allow_pickle=True)
     atol, rtol = job["tolerance"]["atol"], job["tolerance"]["rtol"]
     parity: dict[str, float] = {}
     failures: list[str] = []
@@ -207,7 +208,7 @@ def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
         if signature is None:
             failures.append(f"endpoint {endpoint!r} is not a signature of the SavedModel")
             continue
-        prefix = f"{endpoint}{KEY_SEPARATOR}{batch}{KEY_SEPARATOR}"
+        prefix = step["key"]  # the reference's key (see reference.Reference.key)
         specs = signature.structured_input_signature[1]
         feed = {k[len(prefix):]: tf.constant(inputs[k], dtype=specs[k[len(prefix):]].dtype)
                 for k in inputs.files if k.startswith(prefix)}
