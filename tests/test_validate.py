@@ -205,3 +205,205 @@ def test_agreement_below_the_minimum_fails_with_exit_8(cli, published, examples,
     assert doc["agreement"]["logits"]["top1_agreement"] == pytest.approx(expected)
     assert f"agreement logits: {doc['agreement']['logits']['top1_agreement']} < " \
         "--min-agreement" in result.stderr
+
+
+# ---- endpoints of serialized tf.Examples (tf_example inputs, kind classify) --------------------
+
+FEATURES = {"x1": {"shape": [3], "dtype": "float32"},
+            "color": {"shape": [1], "dtype": "string", "default": ""}}
+EXAMPLE_ROWS = 24
+
+
+def tf_example_spec() -> dict:
+    from shipyard_test_models import COLORS
+
+    return {"endpoints": [
+        {"name": "serve", "method": "call",
+         "inputs": [{"name": "examples", "tf_example": FEATURES}]},
+        {"name": "classify", "kind": "classify", "method": "call", "output": "probs",
+         "classes": list(COLORS), "inputs": [{"tf_example": FEATURES}]}]}
+
+
+@pytest.fixture(scope="module")
+def kinds(models, launcher, tmp_path_factory):
+    """Version 1: the functional model; version 2: the same with noise on the probs layer's
+    kernel, a challenger that names another top-1 class on some examples. Plus the examples
+    as TFRecord, CSV and JSONL, and what Keras itself answers on them."""
+    import keras
+    import tensorflow as tf
+
+    from shipyard_test_models import COLORS
+
+    root = tmp_path_factory.mktemp("kinds")
+    challenger = keras.saving.load_model(models.path("functional"))
+    kernel = challenger.get_layer("probs").kernel
+    kernel.assign(kernel.numpy() + np.random.default_rng(3).normal(
+        0, 0.5, kernel.shape).astype(np.float32))
+    challenger.save(root / "challenger.keras")
+    repo = root / "repo"
+    for path in (models.path("functional"), root / "challenger.keras"):
+        export_model(ExportRequest(model=path, spec=parse_spec(tf_example_spec()), repo=repo,
+                                   name="v"), launch_verifier=launcher)
+
+    rng = np.random.default_rng(11)
+    x1 = rng.standard_normal((EXAMPLE_ROWS, 3)).astype(np.float32)
+    colors = [COLORS[i] for i in rng.integers(0, len(COLORS), EXAMPLE_ROWS)]
+    colors[::5] = [""] * len(colors[::5])  # left out below: the declared default "" applies
+    with tf.io.TFRecordWriter(str(root / "examples.tfrecord")) as writer:
+        for row, color in zip(x1, colors):
+            example = tf.train.Example()
+            example.features.feature["x1"].float_list.value.extend(row)
+            if color:
+                example.features.feature["color"].bytes_list.value.append(color.encode())
+            example.features.feature["label"].int64_list.value.append(1)  # not declared
+            writer.write(example.SerializeToString())
+    lines = ["x1_0,x1_1,x1_2,color,label"] + [
+        ",".join([*(repr(float(v)) for v in row), color, "1"]) for row, color in zip(x1, colors)]
+    (root / "examples.csv").write_text("\n".join(lines) + "\n")
+    (root / "examples.jsonl").write_text("".join(
+        json.dumps({"x1": [float(v) for v in row], **({"color": color} if color else {}),
+                    "id": i}) + "\n" for i, (row, color) in enumerate(zip(x1, colors))))
+
+    features = {"x1": tf.constant(x1), "color": tf.constant([[c] for c in colors])}
+    answers = [model(features) for model in (
+        keras.saving.load_model(models.path("functional")), challenger)]
+    top1 = [np.asarray(COLORS)[np.asarray(a["probs"]).argmax(-1)] for a in answers]
+    expected = {"top1_agreement": float((top1[0] == top1[1]).mean()),
+                "scores_mean_abs": float(np.abs(np.asarray(answers[0]["probs"])
+                                                - np.asarray(answers[1]["probs"])).mean())}
+    assert 0 < expected["top1_agreement"] < 1  # the challenger disagrees on some examples
+    return repo, root, expected
+
+
+@pytest.mark.parametrize("file", ["examples.tfrecord", "examples.csv", "examples.jsonl"])
+def test_a_classify_endpoint_validates_alike_from_tfrecord_csv_and_jsonl(cli, kinds, models,
+                                                                          file):
+    """Records go in as they are, rows are serialized with the feature spec: the same
+    examples give the same figures, and those are what Keras answers."""
+    repo, root, expected = kinds
+    result, doc = validate(cli, repo, "--version", "1", "--endpoint", "classify",
+                           "--examples", str(root / file), "--source",
+                           str(models.path("functional")), "--against", "2",
+                           "--min-agreement", str(expected["top1_agreement"]))
+    assert result.exit_code == 0, result.stderr
+    assert doc["examples"] == EXAMPLE_ROWS and doc["passed"] and doc["failures"] == []
+    assert doc["parity"]["scores"]["within_tolerance"] == 1.0
+    assert doc["parity"]["classes"]["top1_agreement"] == 1.0
+    agreement = doc["agreement"]
+    assert agreement["classes"]["top1_agreement"] == pytest.approx(expected["top1_agreement"])
+    assert agreement["scores"]["mean_abs_error"] == pytest.approx(expected["scores_mean_abs"],
+                                                                  rel=1e-4)
+    # Both versions list the same labels on every row: only the top-1 label can disagree.
+    assert agreement["classes"]["within_tolerance"] == 1.0
+    # The gate covers `classes` by default: the challenger's scores are nowhere near the
+    # export tolerance, yet the run passes.
+    assert doc["thresholds"]["agreement_outputs"] == ["classes"]
+    assert agreement["scores"]["within_tolerance"] < expected["top1_agreement"]
+
+
+def test_top1_class_agreement_gates_classify_and_predict_over_examples_keeps_its_gate(
+        cli, kinds, models):
+    repo, root, expected = kinds
+    result, doc = validate(cli, repo, "--version", "1", "--endpoint", "classify",
+                           "--examples", str(root / "examples.csv"), "--against", "2",
+                           "--min-agreement", str(expected["top1_agreement"] + 0.01))
+    assert result.exit_code == 8, result.stderr
+    assert doc["failures"] == [
+        f"agreement classes: {doc['agreement']['classes']['top1_agreement']} < "
+        f"--min-agreement {expected['top1_agreement'] + 0.01:g}"]
+
+    # A predict endpoint over tf.Examples: the examples feed its declared input `examples`,
+    # parity and agreement per output as for plain tensors (top-1 of probs, all outputs gated).
+    result, doc = validate(cli, repo, "--version", "1", "--examples",
+                           str(root / "examples.tfrecord"), "--source",
+                           str(models.path("functional")), "--against", "2")
+    assert result.exit_code == 0, result.stderr
+    assert doc["endpoint"] == "serve" and doc["examples"] == EXAMPLE_ROWS
+    assert {o: f["within_tolerance"] for o, f in doc["parity"].items()} == {
+        "probs": 1.0, "score": 1.0}
+    assert doc["agreement"]["probs"]["top1_agreement"] == pytest.approx(
+        expected["top1_agreement"])
+    assert doc["thresholds"]["agreement_outputs"] is None
+
+
+def test_examples_that_do_not_fit_the_feature_spec_are_listed_with_the_fix(kinds, tmp_path):
+    import tensorflow as tf
+
+    from shipyard.errors import UsageError
+    from shipyard.repository import open_repository
+    from shipyard.validate import ValidateRequest, validate_version_on_examples
+
+    repo, _, _ = kinds
+
+    def run(examples: Path, endpoint: str) -> None:
+        validate_version_on_examples(
+            open_repository(repo), ValidateRequest(name="v", version=1, examples=str(examples),
+                                                   endpoint=endpoint, against="2"),
+            read_aliases=lambda name: None)
+
+    no_x1 = tmp_path / "no-x1.csv"
+    no_x1.write_text("x_0,x_1,x_2,color\n1,2,3,red\n")
+    with pytest.raises(UsageError, match=(
+            r"1 example\(s\) do not map onto endpoint 'serve' of v version 1:\n.*missing "
+            r"feature\(s\) x1 of input 'examples' \(declared x1: float32\[3\], without a "
+            r"default; the example has color, x_0, x_1, x_2\): add them to the examples, or "
+            r"declare a `default:` for them in the export spec's tf_example")):
+        run(no_x1, "serve")
+
+    wrong = tmp_path / "wrong.tfrecord"
+    with tf.io.TFRecordWriter(str(wrong)) as writer:
+        example = tf.train.Example()
+        example.features.feature["x1"].int64_list.value.extend([1, 2, 3])
+        writer.write(example.SerializeToString())
+        writer.write(b"not an example")
+    with pytest.raises(UsageError) as raised:
+        run(wrong, "classify")
+    message = str(raised.value)
+    assert "2 example(s) do not map onto endpoint 'classify'" in message
+    assert ("feature x1: the record holds int64_list values where x1: float32[3] is declared "
+            "(float_list)") in message
+    assert "not a tf.Example record" in message
+
+
+def test_rows_become_the_examples_the_endpoint_parses():
+    """to_example on its own, parsed back with the parser the export builds from the spec."""
+    import tensorflow as tf
+
+    from shipyard.export.archive import feature_spec
+    from shipyard.validation.examples import ExampleError, examples_input, to_example
+
+    spec = parse_spec({"endpoints": [{"name": "s", "method": "call", "inputs": [{"tf_example": {
+        "x": {"shape": [3], "dtype": "float32"},
+        "ids": {"shape": [None], "dtype": "int64", "default": 0},
+        "pairs": {"shape": [None, 2], "dtype": "float32"},
+        "name": {"shape": [], "dtype": "string", "default": "?"}}}]}]})
+    spec_input = examples_input(spec.normalized(), "s")
+    assert spec_input.name == "input_0"
+    rows = [{"x": [1, 2, 3], "ids": [7, "9007199254740993"], "pairs": [[1, 2], [3, 4]],
+             "name": "a"},
+            # CSV cells: "1 2 3" in one cell, an empty variable-length cell, no `name` column
+            {"x_0": "1", "x_1": "2", "x_2": "3.5", "ids": "", "pairs": "5 6"}]
+    parsed = tf.io.parse_example([to_example(row, spec_input) for row in rows],
+                                 feature_spec(spec.endpoints[0].inputs[0].tf_example))
+    np.testing.assert_array_equal(parsed["x"], [[1, 2, 3], [1, 2, 3.5]])
+    # int64 ids are read as integers, not through float64 (which would round this one).
+    np.testing.assert_array_equal(parsed["ids"], [[7, 9007199254740993], [0, 0]])
+    np.testing.assert_array_equal(parsed["pairs"], [[[1, 2], [3, 4]], [[5, 6], [0, 0]]])
+    assert parsed["name"].numpy().tolist() == [b"a", b"?"]  # the declared default
+
+    for row, message in (
+            ({"ids": [1], "pairs": [], "name": "a"},
+             r"missing feature\(s\) x of input 'input_0' \(declared x: float32\[3\], without a "
+             r"default; the example has ids, name, pairs\): add them"),
+            ({"x": [1, 2, 3], "ids": [1.5], "pairs": []},
+             r"feature ids: cannot read \[1.5\] as int64 \(1.5 is not an integer\)"),
+            ({"x": [1, 2, 3], "pairs": [1, 2, 3]},
+             r"feature pairs: 3 value\(s\) do not fit the declared shape \[null, 2\] \(a "
+             r"multiple of 2\)"),
+            ({"x": [1, None, 3], "pairs": []},
+             r"feature x: null value\(s\) in \[1, None, 3\]; give every value, or leave the "
+             r"feature out to use its default"),
+            ({"x": ["a", "b", "c"], "pairs": []},
+             r"feature x: cannot read \['a', 'b', 'c'\] as float32")):
+        with pytest.raises(ExampleError, match=message):
+            to_example(row, spec_input)

@@ -105,3 +105,30 @@ def test_unmappable_examples_name_the_feature(row, message):
 def test_integer_inputs_refuse_fractions():
     with pytest.raises(ExampleError, match=r"feature ids: cannot read \[1.5\] as int64"):
         to_inputs({"ids": [1.5]}, [InputDecl("ids", "int64", (None, 1))])
+
+
+def test_classify_agreement_is_on_the_top1_label_per_example():
+    """`classes` repeats the same labels on every row: equal element-wise even where the two
+    sides pick another class. Its top-1 figure compares the label at the arg-max of scores;
+    the rows' label lists may differ (a SavedModel's classify signature can give per-example
+    classes), so the label is compared, not the index."""
+    labels = np.array([[b"red", b"green", b"blue"]] * 3, dtype=object)
+    champion = {"classes": labels, "scores": np.array([[.7, .2, .1], [.1, .8, .1], [.2, .3, .5]])}
+    challenger = {"classes": np.array([[b"red", b"green", b"blue"]] * 2
+                                      + [[b"blue", b"green", b"red"]], dtype=object),
+                  "scores": np.array([[.6, .3, .1], [.5, .4, .1], [.5, .3, .2]])}
+    figures = compare_batch(champion, challenger, 1e-5, 1e-5, kind="classify")
+    # Rows: red/red, green/red, blue/blue (the challenger's third row lists blue first).
+    assert figures["classes"]["top1"] == 2 and figures["classes"]["within"] == 2
+    assert figures["scores"]["top1"] == 1  # by index: the third row's argmax differs
+    summary = summarize({"agreement": figures})
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.6,
+                         agreement_outputs=("classes",)) == []
+    assert gate_failures(summary, max_abs_error=None, min_agreement=0.7,
+                         agreement_outputs=("classes",)) == [
+        f"agreement classes: {2 / 3} < --min-agreement 0.7"]
+    # A predict endpoint's outputs named classes/scores are compared as before.
+    assert compare_batch(champion, challenger, 1e-5, 1e-5)["classes"]["top1"] is None
+    # One score per example names no winner: no top-1 figure, the share within tolerance.
+    single = {"classes": labels[:, :1], "scores": np.array([[.7], [.1], [.2]])}
+    assert compare_batch(single, single, 1e-5, 1e-5, kind="classify")["classes"]["top1"] is None

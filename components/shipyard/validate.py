@@ -56,7 +56,7 @@ def validate_version_on_examples(
     """Runs the pipeline and returns the result document; GateError (exit 8) when a gate
     fails, after the results were written out and logged."""
     from shipyard.push import check_published
-    from shipyard.validation.examples import declared_inputs, format_of
+    from shipyard.validation.examples import declared_inputs, examples_input, format_of
 
     validate_model_name(request.name)
     validate_version(request.version)
@@ -72,7 +72,11 @@ def validate_version_on_examples(
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
-    _check_agreement_outputs(request, manifest["signatures"][endpoint]["outputs"], endpoint)
+    signature = manifest["signatures"][endpoint]
+    _check_agreement_outputs(request, signature["outputs"], endpoint)
+    kind = _kind(manifest["spec"], endpoint)
+    agreement_outputs = request.agreement_outputs or _default_agreement_outputs(kind,
+                                                                                signature)
     fmt = format_of(request.examples, request.fmt)
     files = _matching_files(request.examples)
     against = _resolve_against(repo, request, read_aliases)
@@ -90,7 +94,8 @@ def validate_version_on_examples(
     job = ValidationJob(
         examples=request.examples, fmt=fmt,
         csv_header=_csv_header(files) if fmt == "csv" else None,
-        decls=tuple(declared_inputs(manifest["signatures"][endpoint])),
+        decls=tuple(declared_inputs(signature)),
+        examples_input=examples_input(manifest["spec"], endpoint), kind=kind,
         endpoint=endpoint,
         version_dir=repo.version_location(request.name, request.version),
         spec=manifest["spec"], source=str(request.source) if request.source else None,
@@ -125,7 +130,7 @@ def validate_version_on_examples(
     summary = summarize(outcome["stats"])
     failures = gate_failures(summary, max_abs_error=request.max_abs_error,
                              min_agreement=request.min_agreement,
-                             agreement_outputs=request.agreement_outputs or None)
+                             agreement_outputs=agreement_outputs or None)
     document = {
         "name": request.name, "version": request.version, "endpoint": endpoint,
         "examples": outcome["examples"], "files": len(files), "format": fmt,
@@ -133,7 +138,7 @@ def validate_version_on_examples(
         "parity": summary.get("parity"), "agreement": summary.get("agreement"),
         "thresholds": {"max_abs_error": request.max_abs_error,
                        "min_agreement": request.min_agreement,
-                       "agreement_outputs": list(request.agreement_outputs) or None,
+                       "agreement_outputs": list(agreement_outputs) or None,
                        **tolerance},
         "failures": failures, "passed": not failures, "runner": request.runner,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -176,9 +181,27 @@ def _check_agreement_outputs(request: ValidateRequest, outputs: dict[str, Any],
                          "pass --min-agreement too")
 
 
+def _kind(spec: dict[str, Any], endpoint: str) -> str:
+    declared = next(e for e in spec["endpoints"] if e["name"] == endpoint)
+    return declared.get("kind") or "predict"  # manifests from before kinds: predict
+
+
+def _default_agreement_outputs(kind: str, signature: dict[str, Any]) -> tuple[str, ...]:
+    """What the agreement gate covers without --agreement-output. A classify endpoint: its
+    `classes`, i.e. whether both versions name the same top-1 class (what its callers act
+    on); its `scores` are still reported, but a retrained model's scores are not expected to
+    stay within the export tolerance. With one score per example there is no top-1 to
+    compare, so every output is gated. Other endpoints: every output."""
+    classes = signature["outputs"].get("classes", {}).get("shape") or [None, None]
+    if kind == "classify" and classes[-1] != 1:
+        return ("classes",)
+    return ()
+
+
 def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:
     endpoints = [e["name"] for e in manifest["spec"]["endpoints"]]
-    if requested is None:
+    if requested is None or requested == "serving_default":
+        # serving_default is the default endpoint's signature under another name.
         return manifest["default_endpoint"]
     if requested not in endpoints:
         raise UsageError(f"--endpoint: the version has no endpoint {requested!r}; it has "

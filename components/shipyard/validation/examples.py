@@ -4,6 +4,11 @@ decoded by the caller into {feature: list of values} first.
 Every example is mapped by input name to the signature's declared inputs: the values are
 reshaped to the declared shape without its batch dimension and cast to the declared dtype.
 Anything that does not fit raises ExampleError naming the feature, the example and the fix.
+
+An endpoint that takes serialized tf.Examples (a `tf_example` input) is fed differently: a
+TFRecord record is passed on as it is (only checked against the feature spec, so one bad
+record is reported instead of failing a whole batch inside the model), and a CSV or JSONL row
+is serialized to a tf.Example with the declared feature spec.
 """
 
 from __future__ import annotations
@@ -43,6 +48,63 @@ def declared_inputs(signature: dict[str, Any]) -> list[InputDecl]:
     """From shipyard.json's `signatures[<endpoint>]`."""
     return [InputDecl(name, spec["dtype"], tuple(spec["shape"]))
             for name, spec in sorted(signature["inputs"].items())]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of a tf_example input, as the endpoint parses it."""
+
+    name: str
+    dtype: str  # float32 | int64 | string
+    shape: tuple[int | None, ...]  # per example; a None first dimension: variable length
+    has_default: bool
+
+    @property
+    def variable_length(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def values_per_row(self) -> int:
+        """Values per example (fixed length) or per step (variable length)."""
+        known = self.shape[1:] if self.variable_length else self.shape
+        return int(np.prod(known)) if known else 1
+
+    def shape_text(self) -> str:
+        return "[" + ", ".join("null" if d is None else str(d) for d in self.shape) + "]"
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}{self.shape_text()}"
+
+
+@dataclass(frozen=True)
+class ExamplesInput:
+    """The endpoint's one input of serialized tf.Examples, and the features it parses."""
+
+    name: str  # the signature input: `inputs` for classify/regress, else the declared name
+    features: tuple[FeatureSpec, ...]
+
+
+def examples_input(spec: dict[str, Any], endpoint: str) -> ExamplesInput | None:
+    """From shipyard.json's normalized `spec`: the endpoint's tf_example input, if it has one.
+
+    Only an endpoint whose one input is tf_example is fed examples: rows or records cannot say
+    which of their features belong to the examples and which to other tensors."""
+    from shipyard.spec import parse_spec
+
+    declared = next(e for e in parse_spec(spec).endpoints if e.name == endpoint)
+    decl = declared.examples_input()
+    if decl is None:
+        return None
+    inputs = declared.signature_inputs()
+    if len(inputs) != 1:
+        raise UsageError(
+            f"endpoint {endpoint!r} takes serialized tf.Examples beside other inputs "
+            f"({', '.join(name for name, _ in inputs)}); validate feeds endpoints whose only "
+            "input is tf_example, or that take plain tensors only: validate another endpoint "
+            "(--endpoint)")
+    features = tuple(FeatureSpec(name, f.dtype, tuple(f.shape), f.default is not None)
+                     for name, f in sorted(decl.tf_example.items()))
+    return ExamplesInput(inputs[0][0], features)
 
 
 def format_of(pattern: str, given: str | None) -> str:
@@ -152,6 +214,130 @@ def _bool(value: Any) -> bool:
     if text in ("0", "false", "no"):
         return False
     raise ValueError(f"{value!r} is not a boolean")
+
+
+def to_example(row: dict[str, Any], spec: ExamplesInput) -> bytes:
+    """A CSV or JSONL row -> one serialized tf.Example carrying the declared features (columns
+    and keys the spec does not declare, such as labels or ids, are left out).
+
+    A feature is read the way a tensor input is (`x` of shape [3]: the columns x_0..x_2, one
+    cell "1 2 3", or a JSON list). A missing feature (no column or key, a JSON null, or an
+    empty CSV cell of a fixed-length number feature) is left out of the example when it
+    declares a default, since the endpoint's parser then fills in that default as it does for
+    any client; otherwise it is an error naming the feature and the fix."""
+    from shipyard.export.samples import serialize_example
+
+    values: dict[str, np.ndarray] = {}
+    missing = []
+    for feature in spec.features:
+        flat = _feature_values(row, feature)
+        if flat is None:
+            if not feature.has_default:
+                missing.append(feature)
+            continue
+        values[feature.name] = _typed(flat, feature)
+    if missing:
+        raise ExampleError(
+            f"missing feature(s) {', '.join(f.name for f in missing)} of input "
+            f"{spec.name!r} (declared {'; '.join(f.describe() for f in missing)}, without a "
+            f"default; the example has {', '.join(sorted(row)) or 'no features'}): add them to "
+            "the examples, or declare a `default:` for them in the export spec's tf_example")
+    return serialize_example(values)
+
+
+_KINDS = {"float32": "float_list", "int64": "int64_list", "string": "bytes_list"}
+
+
+def check_record(features: dict[str, tuple[str | None, int]], spec: ExamplesInput) -> None:
+    """A tf.Example record ({feature: (value kind, number of values)}) against the feature
+    spec, as tf.io.parse_example would judge it; the record itself is fed unchanged."""
+    missing = []
+    for feature in spec.features:
+        kind, count = features.get(feature.name, (None, 0))
+        if kind is None:  # absent, or present with no value list at all
+            if not feature.has_default and not feature.variable_length:
+                missing.append(feature)
+            continue
+        if kind != _KINDS[feature.dtype]:
+            raise ExampleError(f"feature {feature.name}: the record holds {kind} values where "
+                               f"{feature.describe()} is declared ({_KINDS[feature.dtype]})")
+        _check_count(count, feature)
+    if missing:
+        raise ExampleError(
+            f"missing feature(s) {', '.join(f.name for f in missing)} of input "
+            f"{spec.name!r} (declared {'; '.join(f.describe() for f in missing)}, without a "
+            f"default; the record has {', '.join(sorted(features)) or 'no features'}): add "
+            "them to the examples, or declare a `default:` for them in the export spec's "
+            "tf_example")
+
+
+def _feature_values(row: dict[str, Any], feature: FeatureSpec) -> list[Any] | None:
+    """The feature's flat values in the row; None when the row does not carry it."""
+    decl = InputDecl(feature.name, feature.dtype, (None, *feature.shape))
+    if feature.name in row:
+        value = row[feature.name]
+        if value is None:  # JSON null
+            return None
+        values = _flat(value, decl)
+        if (isinstance(value, str) and not value.strip() and feature.dtype != "string"
+                and not feature.variable_length):
+            return None  # an empty CSV cell: no value given
+    elif f"{feature.name}_0" in row:
+        values = _values(row, decl)
+    else:
+        return None
+    if any(v is None for v in values):
+        raise ExampleError(f"feature {feature.name}: null value(s) in {values[:4]!r}; give "
+                           "every value, or leave the feature out to use its default")
+    return values
+
+
+def _typed(values: list[Any], feature: FeatureSpec) -> np.ndarray:
+    _check_count(len(values), feature)
+    try:
+        if feature.dtype == "string":
+            return np.array([v if isinstance(v, bytes) else bytes(v) if isinstance(
+                v, bytearray) else str(v).encode() for v in values], dtype=object)
+        if feature.dtype == "int64":
+            return np.array([_int64(v) for v in values], dtype=np.int64)
+        return np.array([float(v) for v in values], dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ExampleError(f"feature {feature.name}: cannot read {values[:4]!r} as "
+                           f"{feature.dtype} ({err})") from None
+
+
+def _int64(value: Any) -> int:
+    # int() first: float64 would round ids above 2**53.
+    if isinstance(value, (str, bytes)):
+        try:
+            number = int(value)
+        except ValueError:
+            number = _integral(float(value))
+    elif isinstance(value, (bool, int, np.integer)):
+        number = int(value)
+    else:
+        number = _integral(float(value))
+    if not -2**63 <= number < 2**63:
+        raise ValueError(f"{value!r} is out of the int64 range")
+    return number
+
+
+def _integral(number: float) -> int:
+    if not number.is_integer():
+        raise ValueError(f"{number!r} is not an integer")
+    return int(number)
+
+
+def _check_count(count: int, feature: FeatureSpec) -> None:
+    per_row = feature.values_per_row
+    if feature.variable_length:
+        if per_row and count % per_row:
+            raise ExampleError(f"feature {feature.name}: {count} value(s) do not fit the "
+                               f"declared shape {feature.shape_text()} (a multiple of "
+                               f"{per_row})")
+    elif count != per_row:
+        raise ExampleError(f"feature {feature.name}: expected {per_row} value(s) for the "
+                           f"declared shape {feature.shape_text()}, got {count}")
 
 
 def batch(examples: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

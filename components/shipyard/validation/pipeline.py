@@ -1,6 +1,7 @@
 """The validation pipeline (Apache Beam). Runs on any runner; DirectRunner by default.
 
-read examples -> map onto the endpoint's inputs (unmappable ones go to a side output) ->
+read examples -> map onto the endpoint's inputs (unmappable ones go to a side output; for an
+endpoint of serialized tf.Examples: TFRecord records as they are, CSV/JSONL rows serialized) ->
 [sample K] -> BatchElements -> run the version, its source and/or the other version in a DoFn
 that loads each model once per worker (`setup`) -> merge statistics -> one JSON result file.
 """
@@ -13,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.utils import shared
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shipyard.validation import stats as stats_lib
 from shipyard.validation.examples import (
-    ExampleError, InputDecl, batch, csv_row, json_row, to_inputs,
+    ExampleError, ExamplesInput, InputDecl, batch, check_record, csv_row, json_row, to_example,
+    to_inputs,
 )
 
 UNMAPPABLE = "unmappable"
@@ -44,6 +47,10 @@ class ValidationJob:
     atol: float = 1e-5
     rtol: float = 1e-5
     sample: int | None = None
+    # The endpoint's one input of serialized tf.Examples, if it takes them (else None: the
+    # examples are mapped onto `decls` by name).
+    examples_input: ExamplesInput | None = None
+    kind: str = "predict"  # predict | classify | regress: classify compares top-1 labels
     min_batch_size: int = 8
     max_batch_size: int = 256
 
@@ -60,19 +67,44 @@ class _ToInputs(beam.DoFn):
 
     def process(self, record: Any) -> Iterator[Any]:
         try:
-            yield to_inputs(self._row(record), list(self.job.decls))
+            if self.job.examples_input is not None:
+                yield {self.job.examples_input.name: np.array(self._serialized(record),
+                                                              dtype=object)}
+            else:
+                yield to_inputs(self._row(record), list(self.job.decls))
         except ExampleError as err:
             yield beam.pvalue.TaggedOutput(UNMAPPABLE, f"{_describe(record)}: {err}")
+
+    def _serialized(self, record: Any) -> bytes:
+        """One serialized tf.Example for the endpoint's examples input. A record is fed as it
+        is: re-serializing it could reorder or drop what the model's parser reads; it is only
+        checked, so that a bad record is listed rather than failing its whole batch."""
+        spec = self.job.examples_input
+        assert spec is not None
+        if self.job.fmt != "tfrecord":
+            row = (csv_row(list(self.job.csv_header or ()), record) if self.job.fmt == "csv"
+                   else json_row(record))
+            return to_example(row, spec)
+        example = self._decode(record)
+        features = {}
+        for name, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            features[name] = (kind, len(getattr(feature, kind).value) if kind else 0)
+        check_record(features, spec)
+        return bytes(record)
+
+    def _decode(self, record: Any) -> Any:
+        try:
+            return self._example.FromString(record)
+        except Exception as err:  # protobuf's DecodeError and friends
+            raise ExampleError(f"not a tf.Example record: {err}") from None
 
     def _row(self, record: Any) -> dict[str, Any]:
         if self.job.fmt == "csv":
             return csv_row(list(self.job.csv_header or ()), record)
         if self.job.fmt == "jsonl":
             return json_row(record)
-        try:
-            example = self._example.FromString(record)
-        except Exception as err:  # protobuf's DecodeError and friends
-            raise ExampleError(f"not a tf.Example record: {err}") from None
+        example = self._decode(record)
         row = {}
         for name, feature in example.features.feature.items():
             kind = feature.WhichOneof("kind")
@@ -136,11 +168,11 @@ class _RunModels(beam.DoFn):
             reference = self._numpy(self._source(*structure_arguments(self._endpoint, feed)),
                                     plain_array)
             result["parity"] = stats_lib.compare_batch(reference, outputs, self.job.atol,
-                                                       self.job.rtol)
+                                                       self.job.rtol, kind=self.job.kind)
         if self._against is not None:
             other = self._numpy(self._against(**feed), plain_array)
             result["agreement"] = stats_lib.compare_batch(other, outputs, self.job.atol,
-                                                          self.job.rtol)
+                                                          self.job.rtol, kind=self.job.kind)
         yield len(examples), result
 
     def _dtype(self, name: str) -> Any:

@@ -5,6 +5,10 @@ another version) and each output: examples, elements, sum and max of absolute di
 examples within tolerance (every element |a - b| <= atol + rtol * |reference|), and for
 classification-shaped outputs (last dimension > 1) examples whose arg-max agrees.
 Non-numeric outputs (strings) count as within tolerance only when equal.
+
+A classify endpoint's `classes` ([N, K] labels, the same K labels on every row of a shipyard
+export) would always agree element-wise, so its top-1 figure is what a classifier's caller
+reads: per example, the label at the arg-max of `scores`, compared between the two sides.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ Stats = dict[str, dict[str, dict[str, Any]]]  # comparison -> output -> figures
 
 
 def compare_batch(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                  atol: float, rtol: float) -> dict[str, dict[str, Any]]:
+                  atol: float, rtol: float, *, kind: str = "predict"
+                  ) -> dict[str, dict[str, Any]]:
     figures = {}
     for name, expected in reference.items():
         expected = np.asarray(expected)
@@ -44,7 +49,25 @@ def compare_batch(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
                              .all(axis=1).sum())
                          if numeric and expected.ndim >= 2 and expected.shape[-1] > 1 else None)
         figures[name] = entry
+    if kind == "classify" and {"classes", "scores"} <= reference.keys():
+        figures["classes"]["top1"] = _top_label_agreement(reference, candidate)
     return figures
+
+
+def top_labels(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per example, the class label with the highest score (the first one on a tie, as
+    argmax picks it)."""
+    classes, scores = np.asarray(outputs["classes"]), np.asarray(outputs["scores"])
+    best = scores.reshape(scores.shape[0], -1).argmax(-1)
+    return classes.reshape(classes.shape[0], -1)[np.arange(classes.shape[0]), best]
+
+
+def _top_label_agreement(reference: dict[str, np.ndarray],
+                         candidate: dict[str, np.ndarray]) -> int | None:
+    # One score per example names no winner: its label would always "agree".
+    if np.asarray(reference["scores"]).reshape(len(reference["scores"]), -1).shape[-1] < 2:
+        return None
+    return int((top_labels(reference) == top_labels(candidate)).sum())
 
 
 def merge(a: Stats, b: Stats) -> Stats:
@@ -89,8 +112,9 @@ def gate_failures(summary: dict[str, dict[str, dict[str, Any]]], *,
     """What misses its threshold. Parity: max abs error <= --max-abs-error when given (for
     numeric outputs), else every example within the spec's tolerance; a NaN or infinite
     difference always fails. Agreement (only with --min-agreement): top-1 agreement for
-    classification-shaped outputs, else the share of examples within the spec's tolerance;
-    on `agreement_outputs` only, when given."""
+    classification-shaped outputs and a classify endpoint's `classes` (its top-1 label), else
+    the share of examples within the spec's tolerance; on `agreement_outputs` only, when
+    given."""
     failures = []
     for output, f in summary.get("parity", {}).items():
         if f["non_finite"]:
