@@ -31,7 +31,15 @@ def test_nan_only_matches_nan_and_never_reaches_the_report():
     assert both == (0.0, None)  # a number JSON can carry, not NaN
     error, problem = compare(np.array([np.nan]), np.array([1.0]), 1e-5, 1e-5)
     assert error == float("inf")
-    assert problem.startswith("max abs error NaN where the original is not")
+    assert problem == ("non-finite values (NaN or Inf) where the original has other values, "
+                       "or the reverse")
+    assert compare(np.array([1.0]), np.array([np.nan]), 1e-5, 1e-5)[0] == float("inf")
+
+
+def test_infinities_match_only_the_same_infinity():
+    assert compare(np.array([np.inf, -np.inf]), np.array([np.inf, -np.inf]), 0, 0) == (0.0, None)
+    assert compare(np.array([np.inf]), np.array([-np.inf]), 1, 1)[0] == float("inf")
+    assert compare(np.array([np.inf]), np.array([1e30]), 1, 1)[0] == float("inf")
 
 
 def test_shape_mismatch_is_reported():

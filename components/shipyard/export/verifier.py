@@ -244,13 +244,18 @@ def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
         same = bool(np.array_equal(got, want))
         return (0.0 if same else float("inf")), None if same else "values differ"
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
-    both_nan = np.isnan(got64) & np.isnan(want64)
-    difference = np.where(both_nan, 0.0, np.abs(got64 - want64))
-    error = float(np.nanmax(difference)) if difference.size else 0.0
-    if np.isnan(error) or not np.allclose(got64, want64, atol=atol, rtol=rtol, equal_nan=True):
-        shown = "NaN where the original is not" if np.isnan(error) else f"{error:.3g}"
-        return (float("inf") if np.isnan(error) else error), (
-            f"max abs error {shown} exceeds the tolerance (atol={atol:g}, rtol={rtol:g})")
+    # Non-finite values match only the same value on the other side (NaN with NaN, +inf with
+    # +inf): whether the original may produce them at all is decided before (reference.py).
+    same_special = (np.isnan(got64) & np.isnan(want64)) | (np.isinf(got64) & (got64 == want64))
+    with np.errstate(invalid="ignore"):
+        difference = np.where(same_special, 0.0, np.abs(got64 - want64))
+    if not np.all(np.isfinite(difference)):
+        return float("inf"), ("non-finite values (NaN or Inf) where the original has other "
+                               "values, or the reverse")
+    error = float(np.max(difference)) if difference.size else 0.0
+    if not np.allclose(got64, want64, atol=atol, rtol=rtol, equal_nan=True):
+        return error, (f"max abs error {error:.3g} exceeds the tolerance (atol={atol:g}, "
+                       f"rtol={rtol:g})")
     return error, None
 
 
