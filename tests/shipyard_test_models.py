@@ -152,6 +152,24 @@ class ModelFactory:
         return keras.Sequential([keras.Input((3,)), Noisy(), keras.layers.Dense(1, name="out")])
 
     @staticmethod
+    def _nan() -> keras.Model:
+        """Answers NaN for every input: a broken model (e.g. a diverged training run)."""
+        model = ModelFactory._sequential()
+        kernel, bias = model.layers[-1].get_weights()
+        model.layers[-1].set_weights([np.full_like(kernel, np.nan), bias])
+        return model
+
+    @staticmethod
+    def _dropout() -> keras.Model:
+        """An unseeded Dropout: its SeedGenerator draws its state from Python's `random` when
+        the model is built or loaded, so each process exporting it holds another state. Every
+        name is explicit: Keras numbers default names per process (sequential_1, ...)."""
+        keras.utils.set_random_seed(6)
+        return keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, name="hidden"),
+                                 keras.layers.Dropout(0.5, name="dropout"),
+                                 keras.layers.Dense(1, name="out")], name="dropout_model")
+
+    @staticmethod
     def _webp() -> keras.Model:
         images = keras.Input((), dtype="string", name="images")
         return keras.Model({"images": images},

@@ -128,6 +128,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
             built = archive.build_archive(model, request.spec)
         with progress.step("write SavedModel"):
             built.write(staging.path)
+        rng_states = archive.rng_state_digests(model)  # before any call advances them
     signatures = archive.read_signatures(staging.path)
     check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
     real_examples = _real_examples(request)
@@ -175,7 +176,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
         "source": model.describe(),
         "spec": spec.normalized(),
         "fingerprint": fingerprint(files, spec.normalized(), signatures,
-                                   archive.checkpoint_digests(staging.path),
+                                   archive.checkpoint_digests(staging.path, rng_states),
                                    built.lookup_vocabularies,
                                    archive.architecture_digest(model)),
         "signatures": signatures,

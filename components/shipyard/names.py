@@ -23,8 +23,12 @@ def validate_model_name(name: str, *, field: str = "--name") -> str:
     return name
 
 
+MAX_VERSION = 2**63 - 1  # TF Serving's version numbers are int64 (ModelSpec, the config)
+
+
 def validate_version(version: int, *, field: str = "--version") -> int:
-    """TF Serving versions are positive integers (directory names)."""
-    if version < 1:
-        raise UsageError(f"{field}: {version} is not a valid version. Expected an integer >= 1.")
+    """TF Serving versions are positive int64 integers (directory names)."""
+    if version < 1 or version > MAX_VERSION:
+        raise UsageError(f"{field}: {version} is not a valid version. Expected an integer from "
+                         f"1 to {MAX_VERSION} (TF Serving's versions are int64).")
     return version

@@ -305,6 +305,9 @@ class ExportSpec(_Strict):
     variable_collections: list[VariableCollection] = []
     default_endpoint: str | None = None
     tolerance: Tolerance = Tolerance()
+    # NaN/Inf in the original model's outputs is refused (a broken model would otherwise pass
+    # parity, NaN matching NaN) unless the model is meant to produce them.
+    allow_non_finite: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ExportSpec:
@@ -372,7 +375,26 @@ def parse_spec(data: Any, *, source: str = "spec") -> ExportSpec:
     try:
         return ExportSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, source)) from None
+        message = format_validation_error(err, source)
+        # Cross-field checks run only once every field is valid; say this one anyway, so a
+        # bad default_endpoint is not reported only after the other problems are fixed.
+        unknown = _unknown_default_endpoint(data)
+        if unknown and "default_endpoint" not in message:
+            message = message.replace(f"({err.error_count()} problem(s))",
+                                      f"({err.error_count() + 1} problem(s))", 1)
+            message += f"\n  - {unknown}"
+        raise SpecError(message) from None
+
+
+def _unknown_default_endpoint(data: dict[str, Any]) -> str | None:
+    wanted = data.get("default_endpoint")
+    endpoints = data.get("endpoints")
+    if wanted is None or not isinstance(endpoints, list):
+        return None
+    names = [e.get("name") for e in endpoints if isinstance(e, dict)]
+    if wanted in names:
+        return None
+    return f"default_endpoint: {wanted!r} is not an endpoint; use one of {names}"
 
 
 def load_spec(path: str | Path) -> ExportSpec:

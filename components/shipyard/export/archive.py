@@ -103,11 +103,13 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         except SpecError:
             raise  # already names the field (e.g. an output that cannot be a signature output)
         except Exception as err:  # tracing runs user code: any error means the inputs misfit
+            declared = ", ".join(f"{name}: {decl.dtype}{_shape_text(decl.shape)}"
+                                 for name, decl in endpoint.signature_inputs())
             raise SpecError(
                 f"endpoints[{index}] ({endpoint.name!r}): calling {endpoint.method!r} with the "
-                f"declared inputs failed: {type(err).__name__}: {_first_line(err)}. Declare one "
-                "entry in `inputs` per positional argument, with the shapes and dtypes the "
-                "method expects.") from None
+                f"declared inputs ({declared}) failed: {type(err).__name__}: "
+                f"{_first_line(err)}. Declare one entry in `inputs` per positional argument, "
+                "with the dtypes and shapes the method expects.") from None
         endpoint_fns[endpoint.name] = fn
     collections = {}
     for index, collection in enumerate(spec.variable_collections):
@@ -419,8 +421,22 @@ def keras_config_digest(config: Any) -> str:
     return hashlib.sha256(json.dumps(canonical(config), sort_keys=True).encode()).hexdigest()
 
 
-def checkpoint_digests(saved_model_dir: Path) -> list[str]:
-    """One digest per tensor in the SavedModel's checkpoint (object graph excluded)."""
+def rng_state_digests(source: SourceModel) -> set[str]:
+    """Digests of the Keras SeedGenerator states (random-number state, not learned weights):
+    an unseeded Dropout starts from a random state in every process, so hashing it would
+    give each export of one trained model a new fingerprint. Call it right after the write,
+    before anything advances the states."""
+    from shipyard.export.verifier import array_digest
+
+    if source.format != "keras":
+        return set()
+    return {array_digest(np.asarray(v)) for v in getattr(source.obj, "variables", [])
+            if variable_path(v).endswith("seed_generator_state")}
+
+
+def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset()) -> list[str]:
+    """One digest per tensor in the SavedModel's checkpoint (object graph excluded), less
+    those in `leave_out`."""
     from shipyard.export.verifier import array_digest
 
     reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
@@ -430,7 +446,7 @@ def checkpoint_digests(saved_model_dir: Path) -> list[str]:
             continue  # layout, not content: it varies between exports of one model
         value = reader.get_tensor(key)
         digests.append(array_digest(np.asarray([value]) if isinstance(value, bytes) else value))
-    return digests
+    return [d for d in digests if d not in leave_out]
 
 
 def read_signatures(saved_model_dir: Path) -> dict[str, Any]:
@@ -456,6 +472,10 @@ def _tensor_info(info: Any) -> dict[str, Any]:
     shape = info.tensor_shape
     dims = None if shape.unknown_rank else [None if d.size < 0 else d.size for d in shape.dim]
     return {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": dims}
+
+
+def _shape_text(shape: list[int | None]) -> str:
+    return "[" + ", ".join("null" if d is None else str(d) for d in shape) + "]"
 
 
 def _first_line(err: Exception) -> str:

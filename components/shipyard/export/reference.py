@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from shipyard.export.archive import BuiltArchive
 from shipyard.export.samples import Sample, make_real_samples, make_samples
-from shipyard.errors import SpecError
+from shipyard.errors import SpecError, VerificationError
 from shipyard.export.verifier import KEY_SEPARATOR, array_digest, plain_array
 from shipyard.spec import Endpoint, ExportSpec, TensorDecl
 
@@ -52,6 +52,8 @@ def compute_references(built: BuiltArchive, spec: ExportSpec,
             samples += make_real_samples(endpoint, built.vocabularies, real_examples)
         for sample in samples:
             references.append(_reference(built, endpoint, sample, endpoint.name))
+            if not spec.allow_non_finite:
+                _refuse_non_finite(references[-1])
     default = spec.default
     first = make_samples(default, built.vocabularies)[0]
     references.append(_reference(built, default, first, "serving_default"))
@@ -71,6 +73,19 @@ def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
             f"{sample.batch_size}): {type(err).__name__}: {text}. "
             f"{_advice(endpoint, str(err))}") from None
     return Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}, signature)
+
+
+def _refuse_non_finite(reference: Reference) -> None:
+    for name, value in sorted(reference.outputs.items()):
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise VerificationError(
+                f"endpoint {reference.signature!r} output {name!r}: the original model answers "
+                f"NaN or Inf ({bad} of {np.size(value)} values, batch "
+                f"{reference.sample.batch_size}) on inputs generated from its signature; "
+                "nothing was published. A model that is meant to produce them can say "
+                "`allow_non_finite: true` in the spec; otherwise fix the model (its weights or "
+                "the inputs it cannot take).")
 
 
 def _advice(endpoint: Endpoint, error: str) -> str:

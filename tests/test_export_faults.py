@@ -1,0 +1,114 @@
+"""Broken models and bad inputs that must not pass as verified: non-finite outputs, versions
+beyond TF Serving's int64, random-number state in fingerprints, and messages that name the
+wrong dtype or every spec problem at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shipyard.errors import SpecError, UsageError, VerificationError
+from shipyard.names import MAX_VERSION, validate_version
+from shipyard.spec import parse_spec
+
+SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
+                                  "inputs": [{"name": "x", "shape": [None, 3],
+                                              "dtype": "float32"}]}]}
+
+
+def test_versions_are_int64_like_tf_servings():
+    assert validate_version(MAX_VERSION) == 2**63 - 1
+    with pytest.raises(UsageError, match=r"--version: 9223372036854775808 is not a valid "
+                                         r"version. Expected an integer from 1 to "
+                                         r"9223372036854775807 \(TF Serving's versions are int64\)"):
+        validate_version(2**63)
+
+
+def test_a_bad_default_endpoint_is_reported_with_the_other_problems():
+    with pytest.raises(SpecError, match=r"\(2 problem\(s\)\):\n  - tolerance.atol: .*\n  - "
+                                        r"default_endpoint: 'nope' is not an endpoint; use one "
+                                        r"of \['serve'\]"):
+        parse_spec({**SEQUENTIAL_SPEC, "default_endpoint": "nope", "tolerance": {"atol": -1}})
+
+
+@pytest.mark.integration
+def test_a_version_beyond_int64_is_refused_before_anything_is_written(cli, models, repo,
+                                                                      tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SEQUENTIAL_SPEC))  # JSON is YAML
+    result = cli("export", str(models.path("sequential")), "--spec", str(spec), "--repo",
+                 str(repo), "--name", "m", "--version", "99999999999999999999999")
+    assert result.exit_code == 2, result.output
+    assert "--version: 99999999999999999999999 is not a valid version" in result.stderr
+    assert not repo.exists() or not any(repo.rglob("saved_model.pb"))
+
+
+@pytest.mark.integration
+def test_a_model_that_answers_nan_is_refused_naming_endpoint_and_output(launcher, models, repo):
+    from test_export import export
+
+    with pytest.raises(VerificationError, match=r"endpoint 'serve' output 'logits': the original "
+                                                r"model answers NaN or Inf \(2 of 2 values, batch "
+                                                r"1\).*nothing was published.*allow_non_finite: "
+                                                r"true"):
+        export(launcher, models.path("nan"), SEQUENTIAL_SPEC, repo)
+    assert not (repo / "m").exists() or not any(p.name.isdigit() for p in (repo / "m").iterdir())
+
+    allowed = export(launcher, models.path("nan"), {**SEQUENTIAL_SPEC, "allow_non_finite": True},
+                     repo)
+    assert allowed.version == 1  # NaN on both sides is the same answer when it is meant
+
+
+@pytest.mark.integration
+def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tmp_path):
+    """An unseeded Dropout draws its SeedGenerator state from Python's `random` on load: each
+    process exporting one trained model holds another state. It must register once."""
+    import random
+
+    import keras
+    import numpy as np
+    from test_export import export
+
+    from shipyard.flow import ExportRequest
+    from shipyard.registration import register_model
+    from shipyard.registry.client import RegistryLocation
+
+    path = models.path("dropout")
+
+    def seed_state(seed: int):
+        random.seed(seed)
+        layer = keras.saving.load_model(path).get_layer("dropout")
+        return np.asarray(layer.seed_generator.state).tolist()
+
+    assert seed_state(11) != seed_state(97)  # the premise: two processes, two states
+
+    random.seed(11)
+    a = export(launcher, path, SEQUENTIAL_SPEC, repo, name="a")
+    random.seed(97)
+    b = export(launcher, path, SEQUENTIAL_SPEC, repo, name="b")
+    assert a.manifest["fingerprint"] == b.manifest["fingerprint"]
+
+    location = RegistryLocation.resolve(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = []
+    for seed in (11, 97):
+        random.seed(seed)
+        runs.append(register_model(ExportRequest(model=path, spec=parse_spec(SEQUENTIAL_SPEC),
+                                                 repo=tmp_path / "registered", name="dropout"),
+                                   location, launch_verifier=launcher))
+    assert [r.version for r in runs] == [1, 1]
+    assert [r.reused for r in runs] == [False, True]
+
+
+@pytest.mark.integration
+def test_a_wrong_dtype_is_named_in_the_error(launcher, models, repo):
+    from test_export import export
+
+    spec = {"endpoints": [{"name": "serve", "method": "call", "inputs": [
+        {"x1": {"shape": [None, 3], "dtype": "string"},
+         "color": {"shape": [None, 1], "dtype": "string"}}]}]}
+    with pytest.raises(SpecError, match=r"endpoints\[0\] \('serve'\): calling 'call' with the "
+                                        r"declared inputs \(x1: string\[null, 3\], color: "
+                                        r"string\[null, 1\]\) failed"):
+        export(launcher, models.path("functional"), spec, repo)
