@@ -130,7 +130,7 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
     result = export_model(ExportRequest(model=model_path, spec=spec, repo=repo,
                                         name="bench-model"), launch_verifier=launch)
     wall_s = time.monotonic() - started
-    size = dir_bytes(result.path)
+    size = dir_bytes(Path(result.path))
     shutil.rmtree(repo)
     return {"wall_s": wall_s, "export_s": result.timings["export_seconds"],
             "verify_s": result.timings["verify_seconds"],

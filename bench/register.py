@@ -71,7 +71,7 @@ def main() -> int:
             seconds, written, result = measure(lambda: export_model(
                 ExportRequest(model_path, spec, repo, "bench"), launch_verifier=launcher))
             rows["export"].append({"seconds": seconds, "written": written,
-                                   "version_bytes": dir_bytes(result.path)})
+                                   "version_bytes": dir_bytes(Path(result.path))})
             time.sleep(20)
             home = work / f"home-{i}"
             location = RegistryLocation.resolve(home=home)
@@ -80,7 +80,7 @@ def main() -> int:
                 ExportRequest(model_path, spec, repo, "bench"), location,
                 launch_verifier=launcher))
             rows["register"].append({"seconds": seconds, "written": written,
-                                     "version_bytes": dir_bytes(result.path),
+                                     "version_bytes": dir_bytes(Path(result.path)),
                                      "artifact_bytes": dir_bytes(home / "mlartifacts")})
     launcher.close()
     med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
