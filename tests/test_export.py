@@ -316,8 +316,9 @@ def test_an_existing_version_is_refused_before_any_work(launcher, models, repo):
      r"endpoints\[0\]\.method: Sequential has no public method 'embed'"),
     ("sequential", {"endpoints": [{"name": "serve", "method": "call",
                                    "inputs": [{"shape": [None, 4], "dtype": "float32"}]}]},
-     r"endpoints\[0\] \('serve'\): calling 'call' with the declared inputs failed: .*Declare "
-     r"one entry in `inputs` per positional argument"),
+     r"endpoints\[0\] \('serve'\): calling 'call' with the declared inputs "
+     r"\(input_0: float32\[null, 4\]\) failed: .*Declare one entry in `inputs` per positional "
+     r"argument"),
     ("sequential", {**SEQUENTIAL_SPEC,
                     "variable_collections": [{"name": "opt", "select": "optimizer"}]},
      r"variable_collections\[0\]\.select: 'optimizer' selected, but the model has no optimizer "

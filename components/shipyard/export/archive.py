@@ -91,6 +91,7 @@ def placed_on(device: str | None) -> Iterator[None]:
 def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
     archive = keras.export.ExportArchive()
     archive.track(source.obj)
+    _track_backend_variables(archive)
     ordered = [spec.default] + [e for e in spec.endpoints if e.name != spec.default.name]
     endpoint_fns: dict[str, EndpointFn] = {}
     for endpoint in ordered:
@@ -114,7 +115,7 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
     collections = {}
     for index, collection in enumerate(spec.variable_collections):
         variables = _select_variables(source, collection.select, index)
-        archive.add_variable_collection(collection.name, variables)
+        archive.add_variable_collection(collection.name, [backend_variable(v) for v in variables])
         collections[collection.name] = variables
     lookups = _lookup_vocabularies(source)
     method_names = {e.name: e.method_name for e in spec.endpoints if e.kind != "predict"}
@@ -122,6 +123,28 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         method_names["serving_default"] = spec.default.method_name
     return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups),
                         lookups, method_names)
+
+
+def backend_variable(variable: Any) -> Any:
+    """The tf.Variable a Keras variable holds (TensorFlow backend); tf.Variables as they are."""
+    value = getattr(variable, "value", None)
+    return value if isinstance(value, tf.Variable) else variable
+
+
+def _track_backend_variables(archive: Any) -> None:
+    """Stores every variable once (keras-team/keras#23553).
+
+    ExportArchive.track() lists the model's Keras variables, while the endpoints capture the
+    tf.Variables inside them, which write_out() tracks as `_all_variables`. The two are
+    different trackable objects over the same buffers, so the checkpoint holds every value
+    twice, and every loader (TF Serving included) restores two copies. Tracking the
+    tf.Variables themselves makes both lists name the same objects, which the checkpoint
+    then stores once (the approach of keras PR #23563). The revived `variables`,
+    `trainable_variables` and `non_trainable_variables` are tf.Variables either way.
+    """
+    tracked = archive._tf_trackable  # no public hook: ExportArchive keeps these lists here
+    for attribute in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(tracked, attribute, [backend_variable(v) for v in getattr(tracked, attribute)])
 
 
 def tensor_spec(decl: TensorDecl, name: str) -> tf.TensorSpec:
