@@ -8,7 +8,8 @@ import pytest
 
 from shipyard.errors import UsageError
 from shipyard.registration import flatten_params
-from shipyard.registry.audit import AliasMove, check_move, history, log_tag
+from shipyard.registry.audit import (AliasMove, check_move, history, last_recorded_target,
+                                     log_tag, pending_records, record_value)
 
 
 def move(alias="candidate", to=2, frm=1):
@@ -63,3 +64,17 @@ def test_params_flatten_the_spec_and_the_source():
         "spec.endpoints.0.inputs.0.x.shape": "[null, 3]",
         "spec.tolerance.atol": "1e-05",
         "source.path": "/m.keras", "source.format": "keras", "source.sha256": "null"}
+
+
+def test_an_intent_is_the_record_marked_pending_until_settled():
+    key, value = log_tag(move(to=2), now_ns=10)
+    intent = record_value(json.loads(value), pending=True)
+    assert json.loads(intent) == {**json.loads(value), "pending": True}
+    assert record_value(json.loads(intent)) == value  # settling drops the mark, nothing else
+    later_key, later = log_tag(move(alias="canary", to=3, frm=None), now_ns=20)
+    tags = {key: intent, later_key: later}
+    assert pending_records(tags) == [(key, json.loads(intent))]
+    # Where the trail says an alias points: pending intents do not count.
+    assert last_recorded_target(tags, "candidate") == (False, None)
+    assert last_recorded_target(tags, "canary") == (True, 3)
+    assert last_recorded_target({key: value, **tags}, "champion") == (False, None)

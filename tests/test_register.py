@@ -89,6 +89,7 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     mlflow.set_registry_uri(mlflow_server.uri)
     try:
         loaded = mlflow.pyfunc.load_model("models:/reg-a/1")
+        signature = mlflow.models.get_model_info("models:/reg-a/1").signature
     finally:
         mlflow.set_tracking_uri(saved[0])
         mlflow.set_registry_uri(saved[1])
@@ -101,6 +102,24 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     assert sorted(predicted) == ["probs", "score"]
     for name in predicted:
         np.testing.assert_allclose(predicted[name], served[name].numpy(), atol=1e-6)
+    # The MLflow signature is the default endpoint's, tensor by tensor.
+    inputs = {spec.name: (spec.type, spec.shape) for spec in signature.inputs.inputs}
+    assert inputs == {"x1": (np.dtype("float32"), (-1, 3)), "color": (np.dtype(np.bytes_), (-1, 1))}
+    outputs = {spec.name: (spec.type, spec.shape) for spec in signature.outputs.inputs}
+    assert outputs == {name: (np.dtype("float32"), (-1,) + served[name].shape[1:])
+                       for name in served}
+    # MLflow checks inputs against it before the model sees them.
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"dtype of input int64 does not match expected dtype "
+                                        r"float32"):
+        loaded.predict({"x1": np.ones((2, 3), "int64"), "color": x["color"]})
+
+    # A move made without its record (by a shipyard before records were written first, or
+    # outside shipyard) is recorded by the next register of that content.
+    for key in [k for k in client.get_registered_model("reg-a").tags
+                if k.startswith("shipyard.alias_log.")]:
+        client.delete_registered_model_tag("reg-a", key)
 
     # The same content again: reused, nothing new anywhere.
     again = cli("register", str(models.path("functional")), "--spec",
@@ -111,6 +130,11 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     assert (reused["version"], reused["reused"], reused["run_id"]) == (1, True, doc["run_id"])
     assert sorted(p.name for p in (repo / "reg-a").iterdir() if p.is_dir()) == ["1"]
     assert [v.version for v in client.search_model_versions("name='reg-a'")] == ["1"]
+    assert reused["aliases"] == {"candidate": 1}
+    recorded = cli("alias", "history", "reg-a", "--tracking-uri", mlflow_server.uri, "--json")
+    [move] = json.loads(recorded.stdout)
+    assert (move["alias"], move["from"], move["to"]) == ("candidate", None, 1)
+    assert move["reason"].startswith("recorded afterwards: candidate was found at 1 without")
 
 
 def test_alias_moves_are_recorded_and_champion_is_protected(cli, models, mlflow_server,
@@ -126,6 +150,11 @@ def test_alias_moves_are_recorded_and_champion_is_protected(cli, models, mlflow_
                  *uri, "--json")
     assert second.exit_code == 0, second.stderr
     assert json.loads(second.stdout)["version"] == 2
+    # No --pipeline-run-id: the tag is there all the same, empty.
+    client = client_for(mlflow_server.uri)
+    version_2 = client.get_model_version("reg-b", "2")
+    assert version_2.tags["shipyard.pipeline_run_id"] == ""
+    assert client.get_run(version_2.run_id).data.tags["shipyard.pipeline_run_id"] == ""
 
     canary = cli("alias", "set", "reg-b", "canary", "2", "--reason", "try tanh",
                  "--pipeline-run-id", "run-9", *uri)
@@ -154,6 +183,30 @@ def test_alias_moves_are_recorded_and_champion_is_protected(cli, models, mlflow_
         "candidate": "2", "canary": "2", "champion": "1"}
     human = cli("alias", "history", "reg-b", *uri)
     assert "canary     - -> 2" in human.stdout and "(run run-9): try tanh" in human.stdout
+
+    # Intents a killed `alias set` left behind (written as that process would have) are
+    # settled by the next read: kept where the alias did move, dropped where it did not.
+    from shipyard.registry.audit import AliasMove, log_tag, record_value
+
+    def intent(alias, frm, to):
+        move = AliasMove(alias=alias, from_version=frm, to_version=to,
+                         time="2026-11-29T10:00:00+00:00", user="ci", reason=f"killed {alias}")
+        key, _ = log_tag(move)
+        client.set_registered_model_tag("reg-b", key, record_value(move.to_json(),
+                                                                   pending=True))
+        return key
+
+    moved = intent("canary", 2, 1)
+    client.set_registered_model_alias("reg-b", "canary", "1")  # killed before the record
+    not_moved = intent("shadow", None, 2)  # killed before the alias
+    settled = cli("alias", "history", "reg-b", *uri, "--json")
+    assert settled.exit_code == 0, settled.stderr
+    last = json.loads(settled.stdout)[-1]
+    assert (last["alias"], last["from"], last["to"], "pending" in last) == (
+        "canary", 2, 1, False)
+    assert "shadow" not in settled.stdout
+    tags = client.get_registered_model("reg-b").tags
+    assert json.loads(tags[moved]) == last and not_moved not in tags
 
 
 class _FailingPublish:

@@ -2,13 +2,20 @@
 record an MLflow run and registered model version N, publish <repo>/<name>/N, point
 `candidate` at N.
 
-Order and failure:
+Order, and why a re-run always completes what a killed or failed one left:
 - MLflow is checked before anything is exported; if it is unreachable, nothing is published.
-- The version is registered (tagged shipyard.published=false) BEFORE it is published, because
-  MLflow picks N; the published tag turns true after the rename. A run that died in between
-  is completed by running the same command again: the fingerprint finds version N, which is
-  then published as N.
-- Content whose fingerprint already has a published version is not registered again.
+- The run is created RUNNING and logged; the version is registered from it (tagged
+  shipyard.published=false, with the fingerprint) BEFORE it is published, because MLflow
+  picks N; then the run gets shipyard.serving_version=N and is finished.
+- The directory N is published, then the published tag turns true.
+- `candidate` moves to N with its audit record (intent first: shipyard.aliases).
+- Every run then ends in `_complete`, which reads the version and the run and writes only
+  what is missing: the tags, the run's FINISHED status, the runs of killed attempts marked
+  FAILED, versions duplicated by a retried request deleted, `candidate` at N with its record.
+  A re-run of the same content finds version N by its fingerprint and goes through the same
+  completion (publishing first when the version is not published yet), so whatever request
+  an earlier attempt died at, the end state is the same. `reused` says only that the
+  version was already published before this run.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from shipyard.aliases import move_alias
+from shipyard.aliases import point_alias
 from shipyard.errors import VersionExistsError
 from shipyard.export.runtime import choose_runtime
 from shipyard.export.verifier import start_verifier
@@ -72,32 +79,44 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
         repo = open_repository(request.repo)
         with repo.create_staging(request.name) as staging:
             manifest, timings = stage_export(request, repo, staging, verifier, progress)
-            fingerprint = manifest["fingerprint"]
-            existing = registry.find_by_fingerprint(request.name, fingerprint)
-            if existing is not None:
-                version = int(existing.version)
-                run_id = existing.run_id
-                if existing.tags.get(PUBLISHED_TAG) == "true":
-                    return _result(registry, request, version, run_id, fingerprint, reused=True)
-            else:
-                version, run_id = _register(registry, request, manifest, timings, staging.path,
-                                            pipeline_run_id, progress)
-            with progress.step(f"publish version {version}"):
-                _publish(repo, request, staging, version, manifest)
-            registry.set_tags(request.name, version, run_id, {PUBLISHED_TAG: "true"})
-        move_alias(registry, request.name, CANDIDATE, version,
-                   reason=f"registered by shipyard register ({fingerprint})",
-                   pipeline_run_id=pipeline_run_id)
-        return _result(registry, request, version, run_id, fingerprint, reused=False)
+            return register_staged(registry, repo, request, staging, manifest, timings,
+                                   pipeline_run_id=pipeline_run_id, progress=progress)
     finally:
         verifier.close()
 
 
-def _register(registry: ModelRegistry, request: ExportRequest, manifest: dict[str, Any],
-              timings: dict[str, float], saved_model_dir: Path, pipeline_run_id: str | None,
-              progress: Progress) -> tuple[int, str]:
+def register_staged(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
+                    staging: Any, manifest: dict[str, Any], timings: dict[str, float], *,
+                    pipeline_run_id: str | None = None,
+                    progress: Progress = NullProgress()) -> RegisterResult:
+    """The MLflow half of `register`, given a verified export in `staging` (its manifest and
+    step timings): register, publish, complete. Tests drive it directly to sweep faults
+    over every MLflow request without exporting again each time."""
+    fingerprint = manifest["fingerprint"]
+    existing = registry.find_by_fingerprint(request.name, fingerprint)
+    if existing is None:
+        version, run_id = _register(registry, repo, request, manifest, timings, staging.path,
+                                    pipeline_run_id, progress)
+        # What _register just wrote: no need to read it back.
+        version_tags = {**_tags(manifest, pipeline_run_id), SERVING_VERSION_TAG: str(version)}
+    else:
+        version, run_id = int(existing.version), existing.run_id
+        version_tags = dict(existing.tags)
+    reused = existing is not None and version_tags.get(PUBLISHED_TAG) == "true"
+    if not reused:
+        with progress.step(f"publish version {version}"):
+            _publish(repo, request, staging, version, manifest)
+    with progress.step(f"complete version {version} in MLflow"):
+        aliases = _complete(registry, request.name, version, run_id, fingerprint,
+                            version_tags, pipeline_run_id, registered_now=existing is None)
+    path = repo.version_location(request.name, version)
+    return RegisterResult(request.name, version, run_id, fingerprint, reused, path, aliases)
+
+
+def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
+              manifest: dict[str, Any], timings: dict[str, float], saved_model_dir: Path,
+              pipeline_run_id: str | None, progress: Progress) -> tuple[int, str]:
     # MLflow numbers versions; the directory it will name must be free on disk first.
-    repo = open_repository(request.repo)
     expected = registry.latest_version_number(request.name) + 1
     if repo.version_exists(request.name, expected):
         raise VersionExistsError(
@@ -115,8 +134,42 @@ def _register(registry: ModelRegistry, request: ExportRequest, manifest: dict[st
     with progress.step("register the model version"):
         version = registry.create_version(request.name, source=source, run_id=run_id,
                                           tags=tags)
+    # The run is complete once its version exists; finishing it here, not after publishing,
+    # keeps RUNNING for runs an attempt abandoned (fail_abandoned_runs relies on that).
     registry.set_tags(request.name, version, run_id, {SERVING_VERSION_TAG: str(version)})
+    registry.finish_run(run_id)
     return version, run_id
+
+
+def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fingerprint: str,
+              version_tags: dict[str, str], pipeline_run_id: str | None, *,
+              registered_now: bool) -> dict[str, int]:
+    """Brings version N, its run and `candidate` to the registered state, writing only what
+    is missing, so it is cheap after a clean run and repairs any interrupted one. Returns the
+    model's aliases afterwards. `version_tags`: the version's tags as last read or written;
+    `registered_now`: this process created the version (and already dropped duplicates)."""
+    wanted = {SERVING_VERSION_TAG: str(version), PUBLISHED_TAG: "true"}
+    # The pipeline run id of the registration that made the version stays; only a missing
+    # tag (a version registered before the tag was always written) gets this run's.
+    wanted[PIPELINE_RUN_TAG] = version_tags.get(PIPELINE_RUN_TAG, pipeline_run_id or "")
+    missing = {k: v for k, v in wanted.items() if version_tags.get(k) != v}
+    registry.set_version_tags(name, version, missing)
+    version_tags.update(missing)
+
+    run = registry.run(run_id)
+    run_wanted = {k: version_tags[k] for k in (FINGERPRINT_TAG, ENDPOINTS_TAG, COLLECTIONS_TAG,
+                                                *wanted) if k in version_tags}
+    registry.set_run_tags(run_id, {k: v for k, v in run_wanted.items()
+                                   if run.data.tags.get(k) != v})
+    if run.info.status != "FINISHED":
+        registry.finish_run(run_id)
+    registry.fail_abandoned_runs(run.info.experiment_id, fingerprint, keep=run_id)
+    if not registered_now:  # an attempt killed inside create_version's retry left them
+        registry.drop_duplicates(name, run_id, keep=version)
+
+    return point_alias(registry, name, registry.registered_model(name), CANDIDATE, version,
+                       version_tags, reason=f"registered by shipyard register ({fingerprint})",
+                       pipeline_run_id=pipeline_run_id)
 
 
 def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, version: int,
@@ -128,22 +181,14 @@ def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, versio
                  precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
 
 
-def _result(registry: ModelRegistry, request: ExportRequest, version: int, run_id: str,
-            fingerprint: str, *, reused: bool) -> RegisterResult:
-    aliases = {alias: int(v) for alias, v in
-               registry.registered_model(request.name).aliases.items()}
-    path = open_repository(request.repo).version_location(request.name, version)
-    return RegisterResult(request.name, version, run_id, fingerprint, reused, path, aliases)
-
-
 def _tags(manifest: dict[str, Any], pipeline_run_id: str | None) -> dict[str, str]:
-    tags = {FINGERPRINT_TAG: manifest["fingerprint"],
+    # pipeline_run_id is always there, empty when none was given: filters and readers can
+    # rely on the key (tags.`shipyard.pipeline_run_id` = '' finds manual registrations).
+    return {FINGERPRINT_TAG: manifest["fingerprint"],
             ENDPOINTS_TAG: ",".join(e["name"] for e in manifest["spec"]["endpoints"]),
             COLLECTIONS_TAG: to_json_tag(manifest["variable_collections"]),
-            PUBLISHED_TAG: "false"}
-    if pipeline_run_id:
-        tags[PIPELINE_RUN_TAG] = pipeline_run_id
-    return tags
+            PUBLISHED_TAG: "false",
+            PIPELINE_RUN_TAG: pipeline_run_id or ""}
 
 
 def flatten_params(manifest: dict[str, Any]) -> dict[str, str]:

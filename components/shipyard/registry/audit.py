@@ -6,6 +6,12 @@ even when two runs move aliases at once); the value is the move as compact JSON:
 `{"alias", "from", "to", "time", "user", "pipeline_run_id", "reason", "gates"}`. `from` is
 null when the alias is new. Reading every tag with that prefix, sorted by key, gives the
 history oldest first.
+
+A move is written in three requests: the record as an intent (`"pending": true`), the alias,
+the record again without `pending`. A process killed in between leaves a pending record;
+whoever next moves an alias of the model or reads its history settles it against the alias
+(shipyard.aliases.settle_pending): kept if the alias points where the record says, deleted if
+it does not (the move never happened). So a move never exists without its record.
 """
 
 from __future__ import annotations
@@ -46,12 +52,37 @@ def log_tag(move: AliasMove, now_ns: int | None = None) -> tuple[str, str]:
     """(tag key, tag value) recording `move`."""
     stamp = now_ns if now_ns is not None else time.time_ns()
     key = f"{LOG_TAG_PREFIX}{stamp:020d}-{secrets.token_hex(4)}"
-    return key, json.dumps(move.to_json(), sort_keys=True, separators=(",", ":"))
+    return key, record_value(move.to_json())
+
+
+def record_value(record: dict[str, Any], *, pending: bool = False) -> str:
+    """The tag value of a move record; `pending` marks the intent written before the move."""
+    data = {k: v for k, v in record.items() if k != "pending"}
+    if pending:
+        data["pending"] = True
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def history(tags: dict[str, str]) -> list[dict[str, Any]]:
-    """The recorded moves, oldest first, from a registered model's tags."""
+    """The recorded moves, oldest first, from a registered model's tags (pending intents
+    included, marked `"pending": true`; settle them first to read what happened)."""
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(LOG_TAG_PREFIX)]
+
+
+def pending_records(tags: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(tag key, record) of every intent not yet settled, oldest first."""
+    records = [(key, json.loads(tags[key])) for key in sorted(tags)
+               if key.startswith(LOG_TAG_PREFIX)]
+    return [(key, record) for key, record in records if record.get("pending")]
+
+
+def last_recorded_target(tags: dict[str, str], alias: str) -> tuple[bool, int | None]:
+    """(found, version) of the latest settled record of `alias`: where the trail says it
+    points. found is False when the trail has no record of that alias."""
+    for record in reversed(history(tags)):
+        if record["alias"] == alias and not record.get("pending"):
+            return True, record["to"]
+    return False, None
 
 
 def check_move(alias: str, *, version_tags: dict[str, str], force: bool,

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from shipyard.errors import RegistryUnavailableError, ShipyardError, UsageError
+from shipyard.registry.audit import PUBLISHED_TAG
 
 EMBEDDED_HOME = Path(".shipyard")
 MODEL_ARTIFACT_PATH = "model"
+SUPERSEDED_TAG = "shipyard.superseded_by"
 RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -109,12 +111,14 @@ class ModelRegistry:
     # -- versions ---------------------------------------------------------------------------
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> Any | None:
+        """The version holding this content: the oldest published one, else the oldest."""
         if self._existing_model(name) is None:
             return None
         with translate_errors(self.location):
             versions = self.client.search_model_versions(
                 f"name='{name}' and tags.`shipyard.fingerprint`='{fingerprint}'")
-        return min(versions, key=lambda v: int(v.version)) if versions else None
+        published = [v for v in versions if v.tags.get(PUBLISHED_TAG) == "true"]
+        return min(published or versions, key=lambda v: int(v.version), default=None)
 
     def latest_version_number(self, name: str) -> int:
         if self._existing_model(name) is None:
@@ -126,7 +130,12 @@ class ModelRegistry:
     def log_run(self, name: str, *, params: dict[str, str], metrics: dict[str, float],
                 tags: dict[str, str], saved_model_dir: Path, manifest_path: Path,
                 spec_text: str) -> tuple[str, str]:
-        """Creates the run with everything logged; returns (run_id, model source URI)."""
+        """Creates the run with everything logged, left RUNNING: it is finished once its
+        version exists (finish_run), so a run killed before that is recognisably abandoned.
+        Returns (run_id, model source URI)."""
+        from shipyard.registry.pyfunc import model_signature
+
+        signature = model_signature(json.loads(manifest_path.read_text()))
         with translate_errors(self.location):
             experiment_id = self._experiment(f"shipyard/{name}")
             run = self.client.create_run(experiment_id, tags=tags, run_name=f"{name}-export")
@@ -138,17 +147,21 @@ class ModelRegistry:
             self.client.log_text(run_id, spec_text, "spec.yaml")
             workdir = saved_model_dir.with_name(saved_model_dir.name + ".pyfunc")
             try:
-                model_dir = _pyfunc_model_dir(saved_model_dir, workdir)
+                model_dir = _pyfunc_model_dir(saved_model_dir, workdir, signature)
                 # The one copy of the SavedModel's bytes into the artifact store.
                 self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            self.client.set_terminated(run_id)
-            source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        return run_id, source
+        return run_id, f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
 
     def create_version(self, name: str, *, source: str, run_id: str,
                        tags: dict[str, str]) -> int:
+        """Registers the run's model as a new version and returns its number.
+
+        MLflow's client retries a request whose answer was lost, and the retry of
+        create_model_version registers a second version. Every version of one run holds the
+        same content, so the oldest is kept and the others (never published: this process
+        is the only one that knows their numbers) are deleted."""
         from mlflow.exceptions import MlflowException
 
         with translate_errors(self.location):
@@ -157,16 +170,78 @@ class ModelRegistry:
             except MlflowException as err:
                 if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
                     raise
-            version = self.client.create_model_version(name, source=source, run_id=run_id,
+            created = self.client.create_model_version(name, source=source, run_id=run_id,
                                                        tags=tags)
-        return int(version.version)
+        kept = self.drop_duplicates(name, run_id, keep=None)
+        return kept if kept is not None else int(created.version)
+
+    def drop_duplicates(self, name: str, run_id: str, keep: int | None) -> int | None:
+        """Deletes the unpublished versions registered from `run_id` other than `keep`
+        (default: the oldest); returns the version kept (None if the run has none)."""
+        with translate_errors(self.location):
+            versions = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        numbers = sorted(int(v.version) for v in versions)
+        if not numbers:
+            return None
+        keep = numbers[0] if keep is None else keep
+        for v in versions:
+            if int(v.version) != keep and v.tags.get(PUBLISHED_TAG) != "true":
+                self.delete_version(name, int(v.version))
+        return keep
+
+    def delete_version(self, name: str, version: int) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                self.client.delete_model_version(name, str(version))
+            except MlflowException as err:  # a retried delete finds it gone
+                if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code):
+                    raise
 
     def set_tags(self, name: str, version: int, run_id: str | None, tags: dict[str, str]) -> None:
+        """The same tags on the version and on its run."""
+        self.set_version_tags(name, version, tags)
+        if run_id:
+            self.set_run_tags(run_id, tags)
+
+    def set_version_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
         with translate_errors(self.location):
             for key, value in tags.items():
                 self.client.set_model_version_tag(name, str(version), key, value)
-                if run_id:
-                    self.client.set_tag(run_id, key, value)
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:  # one request for all of them
+            with translate_errors(self.location):
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def run(self, run_id: str) -> Any:
+        with translate_errors(self.location):
+            return self.client.get_run(run_id)
+
+    def finish_run(self, run_id: str) -> None:
+        with translate_errors(self.location):
+            self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_abandoned_runs(self, experiment_id: str, fingerprint: str, keep: str) -> list[str]:
+        """Marks FAILED the runs of this content still RUNNING other than `keep`: runs of
+        attempts killed before their version existed (or duplicated by a retried
+        create_run). Each gets `shipyard.superseded_by=<keep>`, saying which run holds the
+        version. Returns their ids."""
+        from mlflow.entities import RunTag
+
+        with translate_errors(self.location):
+            runs = self.client.search_runs(
+                [experiment_id],
+                filter_string=(f"tags.`shipyard.fingerprint` = '{fingerprint}' "
+                               "and attributes.status = 'RUNNING'"))
+            abandoned = [r.info.run_id for r in runs if r.info.run_id != keep]
+            for run_id in abandoned:
+                self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED_TAG, keep)])
+                self.client.set_terminated(run_id, status="FAILED")
+        return abandoned
 
     def version(self, name: str, version: int) -> Any:
         from mlflow.exceptions import MlflowException
@@ -235,6 +310,16 @@ class ModelRegistry:
         with translate_errors(self.location):
             self.client.set_registered_model_tag(name, key, value)
 
+    def delete_log(self, name: str, key: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(self.location):
+            try:
+                self.client.delete_registered_model_tag(name, key)
+            except MlflowException as err:  # a retried delete finds it gone
+                if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code):
+                    raise
+
     def _experiment(self, experiment_name: str) -> str:
         from mlflow.exceptions import MlflowException
 
@@ -251,7 +336,7 @@ class ModelRegistry:
         return self.client.get_experiment_by_name(experiment_name).experiment_id
 
 
-def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
+def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path, signature: Any) -> Path:
     """An MLflow pyfunc model directory whose SavedModel is hard-linked, not copied.
 
     mlflow.pyfunc.log_model copies its artifacts into a temporary model directory and then
@@ -268,7 +353,7 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path) -> Path:
     model_dir = workdir / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=ShipyardSavedModel(),
                              artifacts={SAVED_MODEL_ARTIFACT: str(placeholder)},
-                             pip_requirements=_serving_requirements())
+                             pip_requirements=_serving_requirements(), signature=signature)
     target = model_dir / "artifacts" / SAVED_MODEL_ARTIFACT
     shutil.rmtree(target)
     materialize(str(saved_model_dir), target)  # hard links where the filesystem allows

@@ -4,9 +4,50 @@ way and computes exactly what TF Serving serves."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow.pyfunc
 
 SAVED_MODEL_ARTIFACT = "saved_model"
+SERVING_DEFAULT = "serving_default"
+
+
+def model_signature(manifest: dict[str, Any]) -> Any:
+    """A tensor-based MLflow ModelSignature of the default endpoint, from shipyard.json.
+
+    One TensorSpec per input and output, named as in the SavedModel's signature, so MLflow's
+    UI shows the inputs and `predict` checks a dict of arrays (or a DataFrame) against them.
+    Unknown dimensions are -1. TensorFlow strings are bytes (np.bytes_): what tf.string holds.
+    An unknown rank or a dtype numpy has no equivalent for (bfloat16, ...) cannot be stated
+    as a TensorSpec: then the model carries no signature rather than a wrong one.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signatures = manifest.get("signatures") or {}
+    endpoint = signatures.get(SERVING_DEFAULT) or signatures.get(manifest.get("default_endpoint"))
+    if endpoint is None:
+        return None
+
+    def specs(tensors: dict[str, Any]) -> Schema | None:
+        out = []
+        for name in sorted(tensors):
+            dtype, shape = tensors[name]["dtype"], tensors[name]["shape"]
+            if shape is None:
+                return None
+            try:
+                numpy_dtype = np.dtype(np.bytes_) if dtype == "string" else np.dtype(dtype)
+            except TypeError:
+                return None
+            out.append(TensorSpec(numpy_dtype, tuple(-1 if d is None else d for d in shape),
+                                  name))
+        return Schema(out)
+
+    inputs, outputs = specs(endpoint["inputs"]), specs(endpoint["outputs"])
+    if inputs is None or outputs is None:
+        return None
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
@@ -16,7 +57,7 @@ class ShipyardSavedModel(mlflow.pyfunc.PythonModel):
 
         # Keep the loaded object: it owns the variables the signature reads.
         self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
-        self._signature = self._loaded.signatures["serving_default"]
+        self._signature = self._loaded.signatures[SERVING_DEFAULT]
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
