@@ -1,7 +1,9 @@
-"""The reference TFX pipeline: train a small model, then ship it with ShipyardPusher.
+"""Run the reference TFX pipeline (shipyard.tfx.pipeline): ExampleGen, Trainer, then ship.
 
-    train (the demo model, a Model artifact holding model.keras) -> ShipyardPusher (export,
-    verify on CPU, MLflow run and version, publish, models.config label)
+    CsvExampleGen (the demo CSV, written under WORKDIR/data) -> Trainer (the module file
+    shipyard.tfx.demo_trainer_module: TFX's Trainer where TFDV is installed, else shipyard's
+    ModuleTrainer) -> ShipyardPusher (export with predict and classify endpoints, verify on
+    CPU, MLflow run and version, publish, models.config label)
 
 Run here:   .venv/bin/python pipelines/tfx_pipeline.py --workdir .shipyard/tfx
 (LocalDagRunner, SQLite MLMD at WORKDIR/mlmd.sqlite, MLflow at WORKDIR/mlflow.db, models under

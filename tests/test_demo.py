@@ -1,7 +1,7 @@
 """`shipyard demo`, the README's main job, on its embedded defaults, run twice in one workdir:
-the TFX pipeline under LocalDagRunner, the first deployment, a challenger through the offline
-canary to promotion; the second run reuses the pipeline's version and promotes a new
-challenger."""
+the standard TFX pipeline under LocalDagRunner with SQLite MLMD (CsvExampleGen, the Trainer
+module file, ShipyardPusher), the first deployment, a challenger through the offline canary to
+promotion; the second run reuses the pipeline's version and promotes a new challenger."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(
     assert first["pipeline"]["registered_model_version"] == 1
     assert first["pipeline"]["pushed_destination"] == str(workdir / "models" / "demo-model" / "1")
     assert (workdir / "tfx" / "mlmd.sqlite").is_file()
+    # CsvExampleGen on the CSV the demo wrote, the module file's Trainer (TFX's where TFDV is
+    # installed), ShipyardPusher.
+    assert (workdir / "tfx" / "data" / "demo.csv").is_file()
+    from shipyard.tfx.trainer import trainer_component
+
+    assert {p.name for p in (workdir / "tfx" / "pipeline-root").iterdir()} == {
+        "CsvExampleGen", trainer_component().__name__, "ShipyardPusher"}
+    # The Trainer's SavedModel takes serialized tf.Examples; shipyard added TF Serving's
+    # Classify signature over the same examples.
+    signatures = read_manifest(workdir / "models" / "demo-model" / "1")["signatures"]
+    assert signatures["serve"]["inputs"] == {"examples": {"dtype": "string", "shape": [None]}}
+    assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
+    assert signatures["classify"]["outputs"]["classes"]["shape"] == [None, 3]
     assert first["first_deployment"] == {"name": "demo-model", "champion": 1,
                                          "first_deployment": True}
     # The challenger went through the offline canary against version 1 and took over.

@@ -1,16 +1,20 @@
 """`shipyard demo`: the whole job on embedded defaults, on small models trained here.
 
-1. The reference TFX pipeline under LocalDagRunner (SQLite MLMD): train, then ShipyardPusher
-   (export, CPU verification, MLflow run and version on SQLite, publish, models.config). On
-   the first run the version becomes stable and champion (nothing to compare against).
-2. A challenger, trained on other data, is registered and taken through the offline canary
-   (shipyard.canary): canary label, Beam validation against the champion on sample data,
-   agreement gate, promotion.
+1. The reference TFX pipeline under LocalDagRunner (SQLite MLMD): CsvExampleGen on a CSV
+   written here, a Trainer running the demo's module file (TFX's Trainer where TFDV is
+   installed, else shipyard's ModuleTrainer: see shipyard.tfx.trainer), whose SavedModel's
+   `serving_default` takes serialized tf.Examples, then ShipyardPusher (export with predict
+   and classify endpoints, CPU verification, MLflow run and version on SQLite, publish,
+   models.config). On the first run the version becomes stable and champion (nothing to
+   compare against).
+2. A challenger, trained by the same module file on other data with other weights, is
+   registered and taken through the offline canary (shipyard.canary): canary label, Beam
+   validation against the champion on sample examples, agreement gate, promotion.
 3. The document says where everything is and how to look at it.
 
-Re-runnable: the pipeline's model is trained with a fixed seed, so a re-run exports the same
-content and reuses its version; each run's challenger is seeded by the newest version number,
-so it is a new version that takes over.
+Re-runnable: the pipeline's data and weights come from a fixed seed, so a re-run exports the
+same content and reuses its version; each run's challenger is seeded by the newest version
+number, so it is a new version that takes over.
 """
 
 from __future__ import annotations
@@ -29,7 +33,32 @@ from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.progress import NullProgress, Progress
 
 DEMO_NAME = "demo-model"
+# The demo model's classes: its StringLookup vocabulary (shipyard.export.demo_model.COLORS),
+# here so that the spec needs no TensorFlow import.
+DEMO_CLASSES = ("red", "green", "blue")
+# The features the Trainer module's `serving_default` parses (one per CSV column: ExampleGen
+# makes scalar features); the module file builds its tf.io feature spec from this.
+DEMO_FEATURES = {
+    "x1_0": {"shape": [1], "dtype": "float32"},
+    "x1_1": {"shape": [1], "dtype": "float32"},
+    "x1_2": {"shape": [1], "dtype": "float32"},
+    "color": {"shape": [1], "dtype": "string", "default": ""},
+}
+# The Trainer's SavedModel: predict over serialized examples (its own signature) and TF
+# Serving's Classify API over the same examples, classes from `probs`.
 DEMO_SPEC = {
+    "endpoints": [
+        {"name": "serve", "method": "serving_default",
+         "inputs": [{"name": "examples", "tf_example": DEMO_FEATURES}]},
+        {"name": "classify", "kind": "classify", "method": "serving_default",
+         "output": "probs", "classes": list(DEMO_CLASSES),
+         "inputs": [{"tf_example": DEMO_FEATURES}]},
+    ],
+    "default_endpoint": "serve",
+    "tolerance": {"atol": 1e-5, "rtol": 1e-5},
+}
+# The demo model saved as a .keras file (what the KFP reference pipeline ships): dict inputs.
+KERAS_DEMO_SPEC = {
     "endpoints": [
         {"name": "serve", "method": "call", "training": False,
          "inputs": [{"x1": {"shape": [None, 3], "dtype": "float32"},
@@ -107,7 +136,7 @@ def _layout(workdir: Path) -> dict[str, Any]:
             "mlflow_db": workdir / "mlflow.db",
             "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
             "examples": workdir / "examples" / "sample.jsonl",
-            "challenger": workdir / "challenger.keras"}
+            "challenger": workdir / "challenger"}
 
 
 def _champion(registry: Any) -> int | None:
@@ -118,7 +147,8 @@ def _run_tfx_pipeline(paths: dict[str, Any], *, serving_label: str | None,
                       progress: Progress) -> dict[str, Any]:
     what = "export, verify, register, publish" + (f", label {serving_label}"
                                                   if serving_label else "")
-    with progress.step(f"TFX pipeline (LocalDagRunner, SQLite MLMD): train, {what}"):
+    with progress.step("TFX pipeline (LocalDagRunner, SQLite MLMD): CsvExampleGen, Trainer, "
+                       f"{what}"):
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from shipyard.tfx.pipeline import build_pipeline, last_push
@@ -141,20 +171,41 @@ def _register_challenger(paths: dict[str, Any], location: Any, *, seed: int,
     verifier = launch_verifier()  # its TensorFlow import overlaps the training below
     try:
         with progress.step(f"train a challenger (seed {seed}: other data, other weights)"):
-            from shipyard.export.demo_model import train_demo_model
-
-            train_demo_model(paths["challenger"], seed=seed)
+            model_dir = _train_challenger(paths["challenger"], seed=seed)
     except BaseException:
         verifier.close()  # register_model closes it otherwise
         raise
-    request = ExportRequest(model=paths["challenger"],
+    request = ExportRequest(model=model_dir,
                             spec=parse_spec(DEMO_SPEC, source=str(paths["spec"])),
                             repo=str(paths["models"]), name=DEMO_NAME)
     return register_model(request, location, progress=progress,
                           launch_verifier=lambda: verifier).to_json()
 
 
+def _train_challenger(root: Path, *, seed: int) -> Path:
+    """The pipeline's module file, run on other data (gzipped TFRecords, as ExampleGen
+    writes) with TFX's own FnArgs: how a retrained challenger comes about."""
+    import shutil
+
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from shipyard.export.demo_model import demo_rows, write_demo_tfrecord
+    from shipyard.tfx import demo_trainer_module
+
+    shutil.rmtree(root, ignore_errors=True)  # the previous run's challenger, registered then
+    rows = demo_rows(768, seed=seed)
+    train = write_demo_tfrecord(root / "Split-train" / "data.gz", rows[:512])
+    evaluation = write_demo_tfrecord(root / "Split-eval" / "data.gz", rows[512:])
+    model_dir = root / "Format-Serving"
+    demo_trainer_module.run_fn(FnArgs(
+        train_files=[str(train)], eval_files=[str(evaluation)],
+        serving_model_dir=str(model_dir), custom_config={"seed": seed}))
+    return model_dir
+
+
 def _write_examples(path: Path) -> None:
+    """The offline canary's sample: JSON rows of the demo's features, which `shipyard
+    validate` serializes to tf.Examples with the `serve` endpoint's feature spec."""
     from shipyard.export.demo_model import sample_examples
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import json
 
 from kfp import dsl
 
-from shipyard.demo import DEMO_SPEC
+from shipyard.demo import KERAS_DEMO_SPEC
 from shipyard.kfp.components import DEFAULT_IMAGE, accelerate, make_components
 
 DEVICES = {"none": "", "gpu": "/GPU:0", "tpu": "/TPU:0"}
@@ -36,7 +36,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, accelerator: str = "none"):
                   serving_label: str = "stable",
                   # One line (JSON is YAML): KFP copies defaults into the YAML's header
                   # comments, where a multi-line string would break the file.
-                  export_spec: str = json.dumps(DEMO_SPEC)) -> int:
+                  export_spec: str = json.dumps(KERAS_DEMO_SPEC)) -> int:
         trained = train()
         shipped = components.ship(model=trained.outputs["model"], model_name=model_name,
                                   export_spec=export_spec, repository=repository,

@@ -1,10 +1,19 @@
-"""The reference TFX pipeline: train a small model, then ship it with ShipyardPusher.
+"""The reference TFX pipeline: the standard TFX pipeline, then ShipyardPusher.
 
-    TrainDemoModel (stands in for a team's Trainer: a Model artifact holding model.keras)
-      -> ShipyardPusher (export, verify on CPU, MLflow run and version, publish, label)
+    CsvExampleGen (the demo CSV, written here, or your data_root)
+      -> Trainer (the module file shipyard.tfx.demo_trainer_module: run_fn trains the demo
+         model and exports `serving_default` over serialized tf.Examples)
+      -> ShipyardPusher (export with predict and classify endpoints, verify on CPU, MLflow run
+         and version, publish, label)
+
+The Trainer is TFX's own where it imports; without TensorFlow Data Validation (TFDV 1.21 ships
+only glibc 2.39 wheels, and TFX's Trainer executor imports it) shipyard's ModuleTrainer runs
+the same module file with TFX's own FnArgs (shipyard.tfx.trainer). Transform, StatisticsGen
+and SchemaGen are left out: the module file has a fixed feature spec.
 
 Used by `pipelines/tfx_pipeline.py` (run it locally) and `shipyard demo`. On Kubeflow, compile
-the same pipeline with KubeflowV2DagRunner onto the shipyard image.
+the same pipeline with KubeflowV2DagRunner onto the shipyard image, with a data_root the
+workers can read.
 """
 
 # (No "from __future__ import annotations": TFX reads the types of component signatures.)
@@ -12,41 +21,47 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
-from tfx.dsl.component.experimental.decorators import component
+from tfx.components.example_gen.csv_example_gen.component import CsvExampleGen
 from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
-from tfx.types import standard_artifacts
 
 from shipyard.demo import DEMO_NAME, DEMO_SPEC
 from shipyard.tfx.component import ShipyardPusher
+from shipyard.tfx.trainer import trainer_component
 
 PIPELINE_NAME = "shipyard-reference"
-
-
-@component
-def TrainDemoModel(model: OutputArtifact[standard_artifacts.Model],  # noqa: N802
-                   seed: Parameter[int] = 0) -> None:
-    """Stands in for a team's Trainer: the demo model, saved as model.keras."""
-    from shipyard.export.demo_model import train_demo_model
-
-    Path(model.uri).mkdir(parents=True, exist_ok=True)
-    train_demo_model(Path(model.uri) / "model.keras", seed=seed)
+# A module path rather than the file's path: it resolves wherever shipyard is installed (the
+# shipyard image on Kubeflow too), where a file path from the compiling machine would not.
+# TFX's Trainer and ModuleTrainer both take `run_fn` this way.
+RUN_FN = "shipyard.tfx.demo_trainer_module.run_fn"
+DEMO_CSV = "demo.csv"
 
 
 def build_pipeline(root: Path, *, repository: str, tracking_uri: str,
                    model_name: str = DEMO_NAME, serving_label: Optional[str] = "stable",
-                   seed: int = 0) -> tfx_pipeline.Pipeline:
+                   seed: int = 0, data_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
     """The pipeline with its TFX state under `root`: pipeline-root/ (artifacts) and
-    mlmd.sqlite (the SQLite MLMD store)."""
-    trainer = TrainDemoModel(seed=seed)
+    mlmd.sqlite (the SQLite MLMD store). Without `data_root`, the demo CSV (rows drawn with
+    `seed`) is written to root/data/ for CsvExampleGen; `seed` also seeds the weights."""
+    if data_root is None:
+        from shipyard.export.demo_model import write_demo_csv
+
+        write_demo_csv(root / "data" / DEMO_CSV, seed=seed)
+        data_root = str(root / "data")
+    example_gen = CsvExampleGen(input_base=data_root)
+    trainer = trainer_component()(
+        examples=example_gen.outputs["examples"], run_fn=RUN_FN,
+        custom_config={"seed": seed})
     pusher = ShipyardPusher(
-        model=trainer.outputs["model"], model_name=model_name,
+        # ExampleGen's examples verify the export (its held-out split) instead of generated
+        # ones.
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        model_name=model_name,
         export_spec=json.dumps(DEMO_SPEC), repository=repository, tracking_uri=tracking_uri,
         serving_label=serving_label)
     return tfx_pipeline.Pipeline(
         pipeline_name=PIPELINE_NAME, pipeline_root=str(root / "pipeline-root"),
-        components=[trainer, pusher],
+        components=[example_gen, trainer, pusher],
         metadata_connection_config=metadata_config(root))
 
 
