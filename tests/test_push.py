@@ -397,3 +397,35 @@ def test_status_of_an_unknown_model_names_the_flags(cli, repo, registry_uri):
                  registry_uri)
     assert result.exit_code == 2
     assert "--name nothing:" in result.stderr and "check --repo and --name" in result.stderr
+
+
+def test_refusals_list_only_verified_versions(cli, templates, repo, tmp_path):
+    add_version(repo, "m", 1, templates["sequential"])
+    unpublished = add_version(repo, "m", 2, templates["sequential"])
+    (unpublished / "assets.extra" / "shipyard.json").unlink()
+    corrupt = add_version(repo, "m", 3, templates["sequential"])
+    (corrupt / "saved_model.pb").write_bytes(b"not the model")
+    add_version(repo, "m", 4, templates["sequential"])
+    (repo / "m" / "5").symlink_to(templates["sequential"])
+    push = ["push", "--repo", str(repo), "--name", "m", "--label", "stable"]
+
+    missing = cli(*push, "--version", "2")
+    assert missing.exit_code == 2
+    assert "(no shipyard.json); verified published versions: 1, 4\n" in missing.stderr + "\n"
+    linked = cli(*push, "--version", "5")
+    assert linked.exit_code == 2
+    assert f"is a symlink to {templates['sequential']}; shipyard serves only version " \
+           "directories it published and never follows links" in linked.stderr
+    assert "verified versions: 1, 4" in linked.stderr
+    assert not (repo / "models.config").exists()
+
+    status = cli("status", "--repo", str(repo), "--name", "m")
+    assert status.exit_code == 0, status.stderr
+    rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:]
+            if line.split()[0].isdigit()}
+    assert rows["5"][1] == "symlink"
+    assert f"warning: version 5 ({repo / 'm' / '5'}) is a symlink to" in status.stdout
+    gc = cli("gc", "--repo", str(repo), "--name", "m", "--keep", "1", "--no-registry")
+    assert gc.exit_code == 0, gc.stderr
+    assert "skipped 5: a symlink to" in gc.stdout
+    assert (repo / "m" / "5").is_symlink() and templates["sequential"].is_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -107,3 +108,76 @@ def test_repository_refuses_bad_names_before_touching_disk(tmp_path):
     with pytest.raises(UsageError, match=r"'\.\./x' is not a valid model name"):
         LocalModelRepository(tmp_path / "repo").create_staging("../x")
     assert not (tmp_path / "repo").exists()
+
+
+def test_symlinked_versions_are_reported_and_never_followed_or_removed(tmp_path):
+    from shipyard.gc import collect_garbage
+    from shipyard.status import model_status
+
+    root, outside = tmp_path / "repo", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "saved_model.pb").write_text("someone else's model")
+    for version in (1, 2):
+        (root / "m" / str(version)).mkdir(parents=True)
+    (root / "m" / "3").symlink_to(outside)
+    (root / "m" / "4").symlink_to(tmp_path / "gone")  # dangling
+    repo = LocalModelRepository(root)
+    assert repo.versions("m") == [1, 2]
+    assert repo.symlinked_versions("m") == {3: str(outside), 4: str(tmp_path / "gone")}
+
+    status = model_status(repo, "m", read_aliases=None, read_server=None)
+    rows = {row["version"]: row for row in status["versions"]}
+    assert rows[3]["symlink"] == str(outside) and rows[3]["bytes"] is None
+    assert rows[3]["on_disk"] is False and rows[1]["symlink"] is None
+    assert len(status["warnings"]) == 2
+    assert f"is a symlink to {outside}: shipyard did not publish it and neither follows" in \
+        status["warnings"][0]
+
+    doc = collect_garbage(repo, "m", 0, read_aliases=None)
+    assert doc["removed"] == [1, 2]
+    assert sorted(doc["skipped"]) == ["3", "4"]
+    assert doc["skipped"]["3"].startswith(f"a symlink to {outside}: gc never follows or removes")
+    assert (root / "m" / "3").is_symlink() and (root / "m" / "4").is_symlink()
+    assert (outside / "saved_model.pb").read_text() == "someone else's model"
+
+    with repo.create_staging("m") as staging:  # never published over a link's number
+        write_version(staging, "x")
+        assert repo.publish(staging, "m") == 5
+    with repo.create_staging("m") as staging, pytest.raises(VersionExistsError, match="m/4 already"):
+        repo.publish(staging, "m", 4)  # a dangling link still takes its number
+
+
+def test_a_symlink_an_older_gc_renamed_away_is_put_back(tmp_path):
+    # Before symlinks were skipped, gc renamed a symlinked version to .removing-N-* and died.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / ".removing-3-0123abcd").symlink_to(outside)
+    repo = LocalModelRepository(tmp_path)
+    with repo.create_staging("m"):
+        pass
+    assert os.readlink(tmp_path / "m" / "3") == str(outside) and outside.is_dir()
+    assert not (tmp_path / "m" / ".removing-3-0123abcd").exists()
+
+
+def test_orphan_staging_locks_are_removed_but_held_ones_kept(tmp_path):
+    (tmp_path / "m").mkdir()
+    orphan = tmp_path / "m" / ".staging-0123456789ab.lock"  # a killed run's, no directory
+    orphan.touch()
+    # A live run between taking its lock and creating its directory.
+    code = ("import sys, time; from filelock import FileLock;"
+            f"lock = FileLock({str(tmp_path / 'm' / '.staging-live00000000.lock')!r});"
+            "lock.acquire();"
+            "print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        repo = LocalModelRepository(tmp_path)
+        with repo.create_staging("m") as staging:
+            locks = sorted(p.name for p in (tmp_path / "m").glob("*.lock"))
+            assert locks == sorted([".staging-live00000000.lock", staging.path.name + ".lock"])
+    finally:
+        child.kill()
+        child.wait()
+    repo.remove_abandoned_staging("m")  # its holder is gone now
+    assert sorted((tmp_path / "m").glob(".staging-*")) == []

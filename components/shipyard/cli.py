@@ -381,13 +381,15 @@ def _describe_status(doc: dict[str, Any]) -> str:
              f"{'version':>7}  {'size':>11}  {'loaded':<6}  {'labels':<13} {'aliases':<24} "
              f"{'server':<10} fingerprint"]
     for row in doc["versions"]:
-        size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] is not None else "not on disk"
+        size = (f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] is not None else
+                "symlink" if row.get("symlink") else "not on disk")
         fingerprint = (row["fingerprint"] or "-").removeprefix("sha256:")[:12]
         lines.append(f"{row['version']:>7}  {size:>11}  {'yes' if row['in_config'] else 'no':<6}"
                      f"  {','.join(row['labels']) or '-':<13} {','.join(row['aliases']) or '-':<24}"
                      f" {row['server'] or '-':<10} {fingerprint}")
     if not doc["versions"]:
         lines.append("  (no versions)")
+    lines += [f"warning: {w}" for w in doc.get("warnings", [])]
     lines += [f"error ({e['source']}): {e['message']}" for e in doc["errors"]]
     return "\n".join(lines)
 
@@ -419,7 +421,9 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
                           dry_run=dry_run, progress=_progress(_quiet()))
     verb = "would remove" if dry_run else "removed"
     kept = "; ".join(f"{v} ({', '.join(r)})" for v, r in doc["keep"].items()) or "none"
-    _emit(doc, as_json, f"{name}: {verb} versions {doc['remove'] or 'none'}\n  kept: {kept}")
+    skipped = "".join(f"\n  skipped {v}: {why}" for v, why in doc["skipped"].items())
+    _emit(doc, as_json, f"{name}: {verb} versions {doc['remove'] or 'none'}\n  kept: {kept}"
+          + skipped)
 
 
 @main.command("validate")

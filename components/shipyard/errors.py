@@ -74,3 +74,11 @@ class LeaseHeldError(ShipyardError):
     """Another rollout of the same model holds its Lease (exit 9)."""
 
     exit_code = 9
+
+
+class StorageError(ShipyardError):
+    """A write of shipyard's failed for lack of space, a read-only file system or missing
+    permission (exit 1). The message names the operation, the path, the bytes needed against
+    the bytes free, and the fix; nothing partial is left behind."""
+
+    exit_code = 1

@@ -24,6 +24,7 @@ from shipyard.manifest import (
 from shipyard.names import validate_model_name, validate_version
 from shipyard.progress import NullProgress, Progress
 from shipyard.repository import LocalModelRepository, ModelRepository, StagingDir, open_repository
+from shipyard.repository.storage import writing_export, writing_verifier_inputs
 from shipyard.signatures import breaking_changes
 from shipyard.spec import ExportSpec
 
@@ -109,7 +110,10 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
     """Writes and verifies the export into `staging`; returns its manifest and step timings."""
     runtime = start_runtime_check(choose_runtime(request.serving_runtime))
     try:
-        return _stage_export(request, repo, staging, verifier, runtime, progress)
+        # A full disk, read-only repository or missing permission: one clear StorageError.
+        with writing_export(staging.path, request.model,
+                            local=isinstance(repo, LocalModelRepository)):
+            return _stage_export(request, repo, staging, verifier, runtime, progress)
     finally:
         runtime.close()
 
@@ -142,7 +146,8 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
         warmup_records = warmup.write_warmup(
             staging.path / MANIFEST_DIR, request.name,
             [(r.signature, r.sample) for r in warmed], request.spec)
-        inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
+        with writing_verifier_inputs(verifier.workdir):  # in $TMPDIR, not the repository
+            inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
     export_seconds = time.monotonic() - started
 
     verify_started = time.monotonic()

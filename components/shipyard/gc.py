@@ -4,6 +4,10 @@ A version is kept while a label of models.config points to it, while models.conf
 while a registry alias (candidate, canary, champion, or any other) points to it, or while it
 is among the newest K. The decision is pure (`plan_gc`); removal holds the model's push/gc
 lock, so no push can name a version while it is being removed.
+
+A version directory that is a symlink is never followed or removed: gc lists it under
+`skipped` with the reason. A removal that fails for lack of permission or a read-only file
+system raises StorageError naming the version; versions not yet removed stay.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
                     "pass --no-registry if the model is not registered anywhere")
             aliases = found
         plan = plan_gc(repo.versions(name), current_serving(repo, name), aliases, keep_newest)
+        skipped = {str(version): (f"a symlink to {target}: gc never follows or removes "
+                                  "symlinks; remove the link yourself if nothing needs it")
+                   for version, target in repo.symlinked_versions(name).items()}
         cleaned = []
         if not dry_run:
             for version in plan.remove:
@@ -87,4 +94,5 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
             cleaned = [str(p) for p in repo.remove_abandoned_staging(name)]
     return {"name": name, "dry_run": dry_run, "keep_newest": keep_newest,
             "aliases": aliases, **plan.to_json(),
-            "removed": [] if dry_run else list(plan.remove), "staging_removed": cleaned}
+            "removed": [] if dry_run else list(plan.remove), "staging_removed": cleaned,
+            "skipped": skipped}

@@ -54,18 +54,43 @@ class PushResult:
 def check_published(repo: ModelRepository, name: str, version: int,
                     flag: str = "--version") -> None:
     """A version may be served only if shipyard published it and every file is intact."""
+    links = repo.symlinked_versions(name)
+    if version in links:
+        raise UsageError(
+            f"{flag} {version}: {repo.version_location(name, version)} is a symlink to "
+            f"{links[version]}; shipyard serves only version directories it published and "
+            f"never follows links. Publish the model as a version instead; verified versions: "
+            f"{_listed(verified_versions(repo, name))}")
     manifest = repo.read_manifest(name, version)
     if manifest is None:
         where = repo.version_location(name, version)
-        known = ", ".join(map(str, repo.versions(name))) or "none"
         raise UsageError(f"{flag} {version}: {where} is not a published version of {name} "
-                         f"(no shipyard.json); published versions: {known}")
+                         f"(no shipyard.json); verified published versions: "
+                         f"{_listed(verified_versions(repo, name))}")
     problems = repo.checksum_problems(name, version, manifest)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise UsageError(
             f"{flag} {version}: {repo.version_location(name, version)} fails its checksums "
             f"and will not be served:\n{listed}\nRe-export the model to publish a new version.")
+
+
+def verified_versions(repo: ModelRepository, name: str) -> list[int]:
+    """Versions that could be pushed: with shipyard.json and every file matching it. Read only
+    on the error path (it hashes every file of every version)."""
+    verified = []
+    for version in repo.versions(name):
+        try:
+            manifest = repo.read_manifest(name, version)
+            if manifest is not None and not repo.checksum_problems(name, version, manifest):
+                verified.append(version)
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable or malformed
+            continue
+    return verified
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(map(str, versions)) or "none"
 
 
 def push_version(repo: ModelRepository, name: str, version: int, label: str, *,

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ShipyardError, UsageError, VerificationError
+from shipyard.repository.locks import OwnedWorkdir
+from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, guarded
 from shipyard.serving.image import DEFAULT_SERVING_RUNTIME, TF_SERVING_IMAGE
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ _READY = "shipyard-runtime.json"  # written last: an environment without it is u
 _CHECK_SCRIPT = Path(__file__).with_name("runtime_check.py")
 CREATE_TIMEOUT_S = 1800.0
 CHECK_TIMEOUT_S = 900.0
+WORKDIR_PREFIX = "shipyard-runtime-"
 
 
 class RuntimeUnavailable(ShipyardError):
@@ -192,7 +195,14 @@ class RuntimeCheck:
     def __init__(self, choice: RuntimeChoice):
         assert choice.version is not None
         self.choice = choice
-        self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-runtime-"))
+        # Owned through a lock while this process lives, so the next check's start removes
+        # the work directories of killed runs (see locks.OwnedWorkdir).
+        temporary = Path(tempfile.gettempdir())
+        with guarded(f"create the serving-runtime check's work directory in {temporary}",
+                     temporary, needed=DIRECTORY_ENTRY_BYTES, flag="TMPDIR",
+                     after="Nothing was written."):
+            self._owned = OwnedWorkdir(WORKDIR_PREFIX)
+        self.workdir = self._owned.path
         self.log_path = self.workdir / "runtime.log"
         self._process: subprocess.Popen | None = None
         self._failure: BaseException | None = None
@@ -281,7 +291,7 @@ class RuntimeCheck:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._owned.remove()
 
 
 class NoRuntimeCheck:

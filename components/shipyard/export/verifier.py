@@ -28,9 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.repository.locks import OwnedWorkdir
+from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, guarded
+
 log = logging.getLogger(__name__)
 
 KEY_SEPARATOR = "|"
+WORKDIR_PREFIX = "shipyard-verify-"
 DEFAULT_TIMEOUT_S = 900.0
 
 
@@ -60,10 +64,17 @@ class VerifierProcess:
     """A started verifier child; give it one job with `run`, or `close` it."""
 
     def __init__(self) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-verify-"))
-        self.log_path = self.workdir / "verifier.log"
+        # Owned through a lock while this process lives: the next verifier's start removes
+        # the work directories of killed runs (see locks.OwnedWorkdir).
+        temporary = Path(tempfile.gettempdir())
+        with guarded(f"create the verifier's work directory in {temporary}", temporary,
+                     needed=DIRECTORY_ENTRY_BYTES, flag="TMPDIR", after="Nothing was written."):
+            self._owned = OwnedWorkdir(WORKDIR_PREFIX)
+            self.workdir = self._owned.path
+            self.log_path = self.workdir / "verifier.log"
+            log_file = open(self.log_path, "wb")
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-        with open(self.log_path, "wb") as log_file:
+        with log_file:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "shipyard.export.verifier", str(self.workdir)],
                 stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -105,7 +116,7 @@ class VerifierProcess:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._owned.remove()
 
 
 def start_verifier() -> VerifierProcess:

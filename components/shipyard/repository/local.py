@@ -7,7 +7,13 @@ filesystem, so a server polling the directory never sees a half-written version.
 
 A staging directory is owned through an flock on `.staging-<id>.lock`; the kernel drops the lock
 when its process dies (even by SIGKILL), so any run can tell abandoned staging directories
-from live ones and remove them.
+(and lock files left without their directory) from live ones and remove them.
+
+A version directory that is a symlink is not shipyard's: it is listed apart
+(`symlinked_versions`), never followed, published over, or removed.
+
+Writes that fail for lack of space, a read-only file system or permission raise StorageError
+(see storage.py) and leave nothing partial.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from shipyard.errors import ShipyardError, VersionExistsError
 from shipyard.manifest import MANIFEST_PATH, checksum_mismatches
 from shipyard.names import validate_model_name
 from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
+from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, fault_of, guarded, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +103,36 @@ class LocalModelRepository:
         return self.model_dir(name) / str(version)
 
     def version_location(self, name: str, version: int) -> str:
-        return str(self.version_dir(name, version).resolve())
+        # The last component is not resolved: a symlinked version is named, not followed.
+        return str(self.model_dir(name).resolve() / str(version))
 
     def version_exists(self, name: str, version: int) -> bool:
-        return self.version_dir(name, version).exists()
+        # lexists: a dangling symlink named N still takes the number N.
+        return os.path.lexists(self.version_dir(name, version))
 
-    def versions(self, name: str) -> list[int]:
-        """Published versions, ascending (integer-named directories only)."""
+    def _numbered(self, name: str) -> list[Path]:
         model_dir = self.model_dir(name)
         if not model_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in model_dir.iterdir()
-                      if p.is_dir() and p.name.isascii() and p.name.isdigit())
+        return [p for p in model_dir.iterdir() if p.name.isascii() and p.name.isdigit()]
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions, ascending (integer-named directories, not symlinks)."""
+        return sorted(int(p.name) for p in self._numbered(name)
+                      if p.is_dir() and not p.is_symlink())
+
+    def symlinked_versions(self, name: str) -> dict[int, str]:
+        """Integer-named symlinks in NAME's directory -> their targets. TF Serving may load
+        them, but shipyard did not publish them: they are reported, never followed."""
+        return {int(p.name): os.readlink(p) for p in sorted(self._numbered(name))
+                if p.is_symlink()}
 
     def latest_version(self, name: str) -> int | None:
         versions = self.versions(name)
         return versions[-1] if versions else None
 
     def ensure_version_free(self, name: str, version: int) -> None:
-        if self.version_dir(name, version).exists():
+        if self.version_exists(name, version):
             raise VersionExistsError(
                 f"--version: {self.version_dir(name, version)} already exists and published "
                 f"versions are never overwritten; omit --version to use "
@@ -123,16 +141,26 @@ class LocalModelRepository:
     def create_staging(self, name: str) -> StagingDir:
         """A fresh staging directory inside <root>/<name>, after removing abandoned ones."""
         model_dir = self.model_dir(name)
-        try:
-            model_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ShipyardError(f"--repo: cannot create {model_dir}: {err.strerror}") from None
-        self.remove_abandoned_staging(name)
-        staging_id = uuid.uuid4().hex[:12]
-        lock = FileLock(model_dir / f"{STAGING_PREFIX}{staging_id}.lock")
-        lock.acquire()
-        path = model_dir / f"{STAGING_PREFIX}{staging_id}"
-        path.mkdir()
+        with guarded(f"create a staging directory in {model_dir}", model_dir,
+                     needed=DIRECTORY_ENTRY_BYTES, after="Nothing was written."):
+            try:
+                model_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                if fault_of(err) is not None:
+                    raise  # phrased by `guarded`
+                raise ShipyardError(f"--repo: cannot create {model_dir}: {err.strerror}") from None
+            self.remove_abandoned_staging(name)
+            staging_id = uuid.uuid4().hex[:12]
+            lock_path = model_dir / f"{STAGING_PREFIX}{staging_id}.lock"
+            lock = FileLock(lock_path)
+            lock.acquire()
+            path = model_dir / f"{STAGING_PREFIX}{staging_id}"
+            try:
+                path.mkdir()
+            except BaseException:  # no lock file without its directory
+                lock.release()
+                lock_path.unlink(missing_ok=True)
+                raise
         return StagingDir(path=path, _lock=lock)
 
     def remove_abandoned_staging(self, name: str) -> list[Path]:
@@ -141,28 +169,55 @@ class LocalModelRepository:
         removed = []
         model_dir = self.model_dir(name)
         for path in sorted(model_dir.glob(f"{TRASH_PREFIX}*")):
+            if path.is_symlink():
+                # A symlinked version an older gc renamed before failing on it: shipyard does
+                # not remove symlinks, so it goes back to its number.
+                self._restore_symlink(path)
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+        owned: dict[str, list[Path]] = {}
         for path in sorted(model_dir.glob(f"{STAGING_PREFIX}*")):
-            if path.suffix == ".lock" or not path.is_dir():
-                continue
+            if path.is_symlink():
+                continue  # not ours: never followed or removed
             # `.staging-<id>` and its companions (`.staging-<id>.<suffix>`, e.g. the MLflow
-            # upload folder) all belong to whoever holds `.staging-<id>.lock`.
+            # upload folder) all belong to whoever holds `.staging-<id>.lock`; a lock file
+            # alone is what a run killed between its lock and its mkdir (or an older shipyard's
+            # discard) leaves.
             staging_id = path.name[len(STAGING_PREFIX):].split(".")[0]
+            members = owned.setdefault(staging_id, [])
+            if path.suffix != ".lock" and path.is_dir():
+                members.append(path)
+        for staging_id, members in owned.items():
             lock_path = model_dir / f"{STAGING_PREFIX}{staging_id}.lock"
             lock = FileLock(lock_path)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
                 continue  # a live run owns it
+            except OSError as err:  # read-only or not ours to write: leave it, keep going
+                log.warning("cannot check staging %s: %s", lock_path, err.strerror)
+                continue
             try:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-                log.info("removed abandoned staging directory %s", path)
+                for path in members:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                    log.info("removed abandoned staging directory %s", path)
+                if not members:
+                    log.info("removed orphan staging lock %s", lock_path)
             finally:
                 lock.release()
                 lock_path.unlink(missing_ok=True)
         return removed
+
+    def _restore_symlink(self, trash: Path) -> None:
+        number = trash.name[len(TRASH_PREFIX):].split("-")[0]
+        target = trash.parent / number
+        if number.isdigit() and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(trash, target)
+                log.warning("restored the symlinked version %s (a symlink is never removed)",
+                            target)
 
     def publish(self, staging: StagingDir, name: str, version: int | None = None,
                 precheck: Callable[[], None] | None = None) -> int:
@@ -174,7 +229,10 @@ class LocalModelRepository:
         """
         model_dir = self.model_dir(name)
         # A version must survive a power loss intact once TF Serving can see it.
-        _fsync_tree(staging.path)
+        with guarded(f"write the staged version {staging.path} to disk (fsync)", staging.path,
+                     needed=lambda: tree_bytes(staging.path),
+                     after="Nothing was published: the staging directory is removed."):
+            _fsync_tree(staging.path)
         with self.publish_lock(name):
             if precheck is not None:
                 precheck()
@@ -183,10 +241,14 @@ class LocalModelRepository:
             target = model_dir / str(version)
             # os.rename would silently replace an empty directory: check under the lock.
             self.ensure_version_free(name, version)
-            os.rename(staging.path, target)
+            with guarded(f"publish {staging.path} as {target}", model_dir,
+                         needed=DIRECTORY_ENTRY_BYTES, needed_note=" (a rename)",
+                         after="Nothing was published: the staging directory is removed."):
+                os.rename(staging.path, target)
             staging.published = True
             staging.path = target
-            _fsync_dir(model_dir)
+            with contextlib.suppress(OSError):  # published; only the durability of the
+                _fsync_dir(model_dir)             # rename's entry is not confirmed
         log.info("published %s", target)
         return version
 
@@ -198,16 +260,25 @@ class LocalModelRepository:
         return checksum_mismatches(self.version_dir(name, version), manifest)
 
     def version_bytes(self, name: str, version: int) -> int:
-        return sum(p.stat().st_size for p in self.version_dir(name, version).rglob("*")
-                   if p.is_file())
+        return tree_bytes(self.version_dir(name, version))
 
     def remove_version(self, name: str, version: int) -> None:
         """Renames the version away first (one atomic step for a polling server), then
-        deletes it."""
+        deletes it. A symlink is refused: its target is not ours to delete."""
         source = self.version_dir(name, version)
+        if source.is_symlink():
+            raise ShipyardError(f"{source} is a symlink to {os.readlink(source)}; shipyard never "
+                                "removes symlinked versions")
         trash = self.model_dir(name) / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-        os.rename(source, trash)
-        shutil.rmtree(trash)
+        with guarded(f"remove version {version} ({source})", source,
+                     needed=DIRECTORY_ENTRY_BYTES, needed_note=" (a rename)",
+                     after="Nothing was removed."):
+            os.rename(source, trash)
+        with guarded(f"delete the files of version {version} ({trash})", trash, needed=0,
+                     after=(f"Version {version} is no longer visible to TF Serving (renamed to "
+                            f"{trash.name}); the next gc or export removes the rest once the "
+                            "cause is fixed.")):
+            shutil.rmtree(trash)
 
     def serving_base_path(self, name: str) -> str:
         """The model's base_path for TF Serving (absolute, as the server requires)."""
@@ -218,15 +289,24 @@ class LocalModelRepository:
         return path.read_text() if path.is_file() else None
 
     def write_config(self, text: str) -> None:
-        """Atomically: a server polling the file reads the old or the new config, never half."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Atomically: a server polling the file reads the old or the new config, never half.
+        On failure the old file stays as it was and the temporary file is removed."""
         temporary = self.root / f".{CONFIG_NAME}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(temporary, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.root / CONFIG_NAME)
-        _fsync_dir(self.root)
+        with guarded(f"write {CONFIG_NAME} in {self.root}", self.root,
+                     needed=len(text.encode()), after=f"{CONFIG_NAME} is unchanged."):
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                with open(temporary, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, self.root / CONFIG_NAME)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
+                raise
+        with contextlib.suppress(OSError):  # replaced; only its durability is unconfirmed
+            _fsync_dir(self.root)
 
     @property
     def config_location(self) -> str:
@@ -253,4 +333,6 @@ class LocalModelRepository:
             yield
 
     def _next_version(self, name: str) -> int:
-        return (self.latest_version(name) or 0) + 1
+        # Every integer name counts, symlinks included: N is never published over a link.
+        numbers = [int(p.name) for p in self._numbered(name)]
+        return max(numbers, default=0) + 1

@@ -30,6 +30,7 @@ from shipyard.manifest import MANIFEST_PATH, MANIFEST_NAME, list_files
 from shipyard.names import validate_model_name
 from shipyard.repository.local import CONFIG_NAME, PUBLISH_LOCK_TIMEOUT_S, StagingDir
 from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
+from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, guarded
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -88,6 +89,9 @@ class ObjectStoreRepository:
         return [v for v in self._version_numbers(name)
                 if self.fs.exists(self._path(name, str(v), MANIFEST_PATH))]
 
+    def symlinked_versions(self, name: str) -> dict[int, str]:
+        return {}  # object stores have no symlinks
+
     def latest_version(self, name: str) -> int | None:
         versions = self.versions(name)
         return versions[-1] if versions else None
@@ -131,11 +135,14 @@ class ObjectStoreRepository:
         validate_model_name(name)
         # A private parent directory, so StagingDir.discard's clean-up of an empty parent
         # removes exactly it.
-        parent = Path(tempfile.mkdtemp(prefix="shipyard-"))
-        lock = FileLock(parent / "staging.lock")
-        lock.acquire()
-        path = parent / "staging"
-        path.mkdir()
+        temporary = Path(tempfile.gettempdir())
+        with guarded(f"create a staging directory in {temporary}", temporary,
+                     needed=DIRECTORY_ENTRY_BYTES, flag="TMPDIR", after="Nothing was written."):
+            parent = Path(tempfile.mkdtemp(prefix="shipyard-"))
+            lock = FileLock(parent / "staging.lock")
+            lock.acquire()
+            path = parent / "staging"
+            path.mkdir()
         return StagingDir(path=path, _lock=lock)
 
     def remove_abandoned_staging(self, name: str) -> list[Path]:
