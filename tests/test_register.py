@@ -106,7 +106,7 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     inputs = {spec.name: (spec.type, spec.shape) for spec in signature.inputs.inputs}
     assert inputs == {"x1": (np.dtype("float32"), (-1, 3)), "color": (np.dtype(np.bytes_), (-1, 1))}
     outputs = {spec.name: (spec.type, spec.shape) for spec in signature.outputs.inputs}
-    assert outputs == {name: (np.dtype("float32"), (-1,) + served[name].shape[1:])
+    assert outputs == {name: (np.dtype("float32"), (-1, *served[name].shape.as_list()[1:]))
                        for name in served}
     # MLflow checks inputs against it before the model sees them.
     from mlflow.exceptions import MlflowException
