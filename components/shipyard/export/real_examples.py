@@ -15,6 +15,7 @@ import struct
 from shipyard.errors import UsageError
 
 DEFAULT_LIMIT = 16
+_MAX_RECORD_BYTES = 2**31  # a serialized proto is at most 2 GiB
 
 
 def read_examples(location: str, limit: int = DEFAULT_LIMIT) -> tuple[bytes, ...]:
@@ -68,6 +69,10 @@ def _records(stream, wanted: int, path: str) -> list[bytes]:
             raise UsageError(f"--examples: {path} is not a complete TFRecord file (a record "
                              "header is cut short); pass TFRecord files, gzipped as `.gz`")
         (length,) = struct.unpack("<Q", header[:8])
+        if length > _MAX_RECORD_BYTES:  # not TFRecord framing (e.g. text): never allocate it
+            raise UsageError(f"--examples: {path} is not a complete TFRecord file (record "
+                             f"{len(records)} claims {length} bytes); pass TFRecord files, "
+                             "gzipped as `.gz`")
         data = stream.read(length)
         footer = stream.read(4)
         if len(data) != length or len(footer) != 4:
