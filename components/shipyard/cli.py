@@ -190,7 +190,8 @@ def _registry_options(command: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
                      examples: str | None, examples_limit: int, warmup_from_examples: bool,
-                     serving_runtime: str | None, tracking_uri: str | None, registry_uri: str | None,
+                     serving_runtime: str | None, tracking_uri: str | None,
+                     registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
                      as_json: bool) -> None:
     """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
@@ -199,7 +200,9 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     already has a version (same fingerprint) reuses it. Alias `candidate` then points to N.
 
     Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (before the version
-    is registered nothing is published; after the rename, running again completes it).
+    is registered nothing is published). A registration that was killed or cut off at any
+    point is completed by running the same command again (tags, run, `candidate` and its
+    audit record).
     """
     from shipyard.flow import ExportRequest
     from shipyard.names import validate_model_name
@@ -452,7 +455,8 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
               help="Agreement gate: top-1 share (classification outputs) or share within "
                    "tolerance.")
 @click.option("--agreement-output", "agreement_outputs", multiple=True, metavar="OUTPUT",
-              help="An output the agreement gate covers (default: all). Repeatable.")
+              help="An output the agreement gate covers (default: all; `classes` for classify "
+                   "endpoints). Repeatable.")
 @click.option("--output", default=None, metavar="PATH", help="Also write the results here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
