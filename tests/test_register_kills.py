@@ -303,25 +303,23 @@ def _kill_at(k: int, proxy, models, tmp_path, spec: str, staged) -> tuple[list, 
     return before, inconsistencies(proxy.uri, name, repo_dir)
 
 
-def _kill_points(requests: list[str]) -> list[int]:
-    """Two kills by default, each a subprocess that exports: right after
-    model-versions/create and right after the alias moved, the two the issue found left
-    broken (k counts the command's reachability check too)."""
-    def after(label: str) -> int:
-        return next(i for i, r in enumerate(requests, 1) if r.startswith(label)) + 2
-
-    return [after("POST /api/2.0/mlflow/model-versions/create"),
-            after("POST /api/2.0/mlflow/registered-models/alias")]
+def _kill_point(requests: list[str]) -> int:
+    """One kill by default, a subprocess that exports (about 30-60 s here): right after the
+    alias moved, before its record settles, the state issue 13 found hidden. The state a
+    kill leaves after model-versions/create is the cut test's, and the sweep kills there
+    too (k counts the command's reachability check)."""
+    return next(i for i, r in enumerate(requests, 1)
+                if r.startswith("POST /api/2.0/mlflow/registered-models/alias")) + 2
 
 
 def test_sigkill_at_chosen_requests_is_completed_by_a_rerun(proxy, models, staged, tmp_path,
                                                             requests_of_one_register):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    for k in _kill_points(requests_of_one_register):
-        before, after = _kill_at(k, proxy, models, tmp_path, str(spec), staged)
-        assert before, f"kill at {k} left nothing to complete: not a useful kill point"
-        assert after == [], (k, after)
+    k = _kill_point(requests_of_one_register)
+    before, after = _kill_at(k, proxy, models, tmp_path, str(spec), staged)
+    assert before, f"kill at {k} left nothing to complete: not a useful kill point"
+    assert after == [], (k, after)
 
 
 @pytest.mark.slow
@@ -333,10 +331,13 @@ def test_sigkill_at_every_request_is_completed_by_a_rerun(proxy, models, staged,
     started = time.monotonic()
     left_before, left_after = [], []
     total = len(requests_of_one_register) + 1  # + the reachability check before the export
-    for k in range(1, total + 1):
+    # A sweep of about 45 min can be resumed: SHIPYARD_KILL_SWEEP_FROM=k starts at k.
+    first = int(os.environ.get("SHIPYARD_KILL_SWEEP_FROM", "1"))
+    for k in range(first, total + 1):
         before, after = _kill_at(k, proxy, models, tmp_path, str(spec), staged)
         left_before += [(k, before)] if before else []
         left_after += [(k, after)] if after else []
-    print(f"\nSIGKILL: {total} kills in {time.monotonic() - started:.0f} s; inconsistent after "
+    print(f"\nSIGKILL: k = {first} to {total} in {time.monotonic() - started:.0f} s; "
+          f"inconsistent after "
           f"the kill: {len(left_before)}, after the re-run: {len(left_after)}")
     assert left_after == []
