@@ -68,7 +68,7 @@ def main() -> int:
         for i in range(args.repeat):
             time.sleep(20)  # let the prefetched verifier finish importing TensorFlow
             repo = work / f"export-{i}"
-            seconds, written, result = measure(lambda: export_model(
+            seconds, written, result = measure(lambda repo=repo: export_model(
                 ExportRequest(model_path, spec, repo, "bench"), launch_verifier=launcher))
             rows["export"].append({"seconds": seconds, "written": written,
                                    "version_bytes": dir_bytes(Path(result.path))})
@@ -76,7 +76,7 @@ def main() -> int:
             home = work / f"home-{i}"
             location = RegistryLocation.resolve(home=home)
             repo = work / f"register-{i}"
-            seconds, written, result = measure(lambda: register_model(
+            seconds, written, result = measure(lambda repo=repo, location=location: register_model(
                 ExportRequest(model_path, spec, repo, "bench"), location,
                 launch_verifier=launcher))
             rows["register"].append({"seconds": seconds, "written": written,

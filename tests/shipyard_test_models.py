@@ -15,7 +15,6 @@ import tensorflow as tf
 from shipyard.export.demo_model import COLORS, build_demo_model
 
 
-
 @keras.saving.register_keras_serializable(package="shipyard_tests")
 class Embedder(keras.Model):
     """A subclassed model with a custom method (`embed`) and dropout active in training."""

@@ -8,8 +8,15 @@ import pytest
 
 from shipyard.errors import UsageError
 from shipyard.registration import flatten_params
-from shipyard.registry.audit import (AliasMove, check_move, history, last_recorded_target,
-                                     log_tag, pending_records, record_value)
+from shipyard.registry.audit import (
+    AliasMove,
+    check_move,
+    history,
+    last_recorded_target,
+    log_tag,
+    pending_records,
+    record_value,
+)
 
 
 def move(alias="candidate", to=2, frm=1):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import subprocess_env
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")

@@ -20,7 +20,11 @@ import grpc
 import pytest
 
 from shipyard.kube.manifests import (
-    CANARY_EXAMPLE_VERSION, CANARY_EXAMPLE_WEIGHT, KUSTOMIZE_TARGET, ServingTarget, render,
+    CANARY_EXAMPLE_VERSION,
+    CANARY_EXAMPLE_WEIGHT,
+    KUSTOMIZE_TARGET,
+    ServingTarget,
+    render,
 )
 
 pytestmark = pytest.mark.integration
@@ -260,9 +264,10 @@ def test_a_version_that_fails_to_load_fails_the_start_after_the_labels_pass(tmp_
 
 def test_the_flag_allows_a_new_label_but_a_polled_move_still_waits_for_the_load(repository,
                                                                                 tmp_path):
+    from tf_serving_double import cold_start, wait_for_state
+
     from shipyard.kube.manifests import models_config
     from shipyard.serving.config import ModelServing, parse_config, render_config, with_model
-    from tf_serving_double import cold_start, wait_for_state
 
     objects = render(KUSTOMIZE_TARGET)
     args, mounts = pod(objects, deployment(objects, KUSTOMIZE_TARGET, "stable"),

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import subprocess_env
 
 from shipyard.manifest import checksum_mismatches, read_manifest

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from shipyard.errors import (
-    BreakingChangeError, ModelLoadError, SpecError, VerificationError, VersionExistsError,
+    BreakingChangeError,
+    ModelLoadError,
+    SpecError,
+    VerificationError,
+    VersionExistsError,
 )
 from shipyard.flow import ExportRequest, export_model
 from shipyard.manifest import checksum_mismatches, read_manifest
@@ -101,7 +105,6 @@ def test_sequential_model_round_trip(launcher, models, repo):
 def test_functional_model_with_lookup_two_outputs_and_optimizer_state(launcher, models, repo):
     import keras
     import tensorflow as tf
-
     from shipyard_test_models import COLORS
 
     result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)

@@ -5,7 +5,6 @@ wrong dtype or every spec problem at once."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "pipelines"))

@@ -9,11 +9,16 @@ from dataclasses import replace
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
+
 from shipyard.kube.manifests import (
-    CANARY_EXAMPLE_VERSION, CANARY_EXAMPLE_WEIGHT, KUSTOMIZE_TARGET, PUSHER_RULES,
-    ServingTarget, kustomize_tree, render,
+    CANARY_EXAMPLE_VERSION,
+    CANARY_EXAMPLE_WEIGHT,
+    KUSTOMIZE_TARGET,
+    PUSHER_RULES,
+    ServingTarget,
+    kustomize_tree,
+    render,
 )
 from shipyard.serving.config import ModelServing, model_serving, parse_config
 

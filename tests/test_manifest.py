@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from shipyard.manifest import (
-    MANIFEST_PATH, checksum_mismatches, fingerprint, list_files, read_manifest, write_manifest,
+    MANIFEST_PATH,
+    checksum_mismatches,
+    fingerprint,
+    list_files,
+    read_manifest,
+    write_manifest,
 )
 
 SPEC = {"endpoints": [{"name": "serve"}]}

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import subprocess_env
+
 from shipyard.flow import ExportRequest, export_model
 from shipyard.manifest import list_files, read_manifest, write_manifest
-from shipyard.serving.config import model_serving, parse_config, render_config, with_model
-from shipyard.serving.config import ModelServing
+from shipyard.serving.config import (
+    ModelServing,
+    model_serving,
+    parse_config,
+    render_config,
+    with_model,
+)
 from shipyard.spec import parse_spec
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import subprocess_env
+
 from shipyard.errors import VersionExistsError
 from shipyard.flow import ExportRequest
 from shipyard.manifest import read_manifest
@@ -302,7 +302,7 @@ def test_two_concurrent_registrations_get_distinct_versions(models, mlflow_serve
                                  env=subprocess_env())
                 for kind in ("sequential", "sequential_tanh")]
     outputs = [child.communicate(timeout=300) for child in children]
-    for child, (out, err) in zip(children, outputs):
+    for child, (_, err) in zip(children, outputs):
         assert child.returncode == 0, err
     versions = sorted(json.loads(out)["version"] for out, _ in outputs)
     assert versions == [1, 2]

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import subprocess_env
 from mlflow_proxy import FaultProxy
+
 from shipyard.errors import ShipyardError
 from shipyard.flow import ExportRequest, stage_export
 from shipyard.manifest import write_manifest

@@ -6,10 +6,15 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from rollout_fakes import (
-    Crash, FakeCluster, FakeClock, RecordingAliases, ScriptedObserver, ports,
+    Crash,
+    FakeClock,
+    FakeCluster,
+    RecordingAliases,
+    ScriptedObserver,
+    ports,
 )
+
 from shipyard.errors import LeaseHeldError, SpecError, UsageError
 from shipyard.rollout import controller, machine
 from shipyard.rollout.gates import FAIL, NO_DATA, PASS, Observation, evaluate

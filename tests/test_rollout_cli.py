@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
+from rollout_fakes import Crash, FakeClock, FakeCluster, RecordingAliases, ScriptedObserver
 
-from rollout_fakes import Crash, FakeCluster, FakeClock, RecordingAliases, ScriptedObserver
 from shipyard.cli import main
 from shipyard.rollout.controller import Ports
 from shipyard.rollout.gates import Observation

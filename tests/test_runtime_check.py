@@ -168,7 +168,6 @@ def test_the_default_runtime_unavailable_on_first_use_warns_and_records_the_skip
 def test_an_explicit_runtime_that_cannot_be_honoured_is_an_error(cli, models, repo,
                                                                  no_package_index, tmp_path):
     import yaml
-
     from test_export import SEQUENTIAL_SPEC
 
     spec = tmp_path / "spec.yaml"

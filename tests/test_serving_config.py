@@ -8,7 +8,12 @@ from google.protobuf import text_format
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.gc import plan_gc
 from shipyard.serving.config import (
-    ModelServing, model_names, model_serving, parse_config, render_config, with_model,
+    ModelServing,
+    model_names,
+    model_serving,
+    parse_config,
+    render_config,
+    with_model,
 )
 from shipyard.serving.plan import label_move_steps, label_removal_steps
 from shipyard.serving.protos import model_server_config_pb2

@@ -126,9 +126,8 @@ def test_signatures_carry_tf_servings_method_names_and_shapes(kinds_version):
 
 @pytest.mark.integration
 def test_warmup_records_are_of_the_endpoints_kind_and_carry_valid_examples(kinds_version):
-    from tensorflow.core.example import example_pb2
-
     from shipyard_test_models import COLORS
+    from tensorflow.core.example import example_pb2
 
     logs = read_warmup(kinds_version.path)
     kinds = [(log.WhichOneof("log_type"),
@@ -155,14 +154,16 @@ def test_tf_serving_classifies_and_regresses_like_the_original_model(kinds_versi
     import grpc
     import keras
     import tensorflow as tf
+    from shipyard_test_models import COLORS
     from tensorflow.core.example import example_pb2
     from tensorflow_serving.apis import (
-        classification_pb2, prediction_service_pb2_grpc, regression_pb2,
+        classification_pb2,
+        prediction_service_pb2_grpc,
+        regression_pb2,
     )
     from tf_serving_double import TFServingDouble, wait_for_state
 
     from shipyard.serving.config import ModelServing, parse_config, with_model
-    from shipyard_test_models import COLORS
 
     features = {"x1": [[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]], "color": [["red"], ["blue"]]}
     examples = []

@@ -334,8 +334,8 @@ def test_without_the_check_a_tf2_predict_signature_of_classify_shape_serves_clas
     response = classify(server, "native_tf2")
     assert rows(response) == [[("neg", x0), ("pos", x1)] for x0, x1 in XS]
     # ...and Predict takes any method name (predict_util.cc's VerifySignature is off too).
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = "m", "custom_method"
@@ -364,8 +364,8 @@ def test_with_the_check_the_method_name_must_match_the_api(checked):
                                  "tensorflow/serving/regress. Was: tensorflow/serving/classify")
 
     # Predict's VerifySignature: predict, classify and regress names only, INTERNAL otherwise.
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = "m", "custom_method"

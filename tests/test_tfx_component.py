@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -269,7 +268,8 @@ def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
     """The reference pipeline (the one `shipyard demo` runs under LocalDagRunner) compiled
     with KubeflowV2DagRunner onto the shipyard image."""
     from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
-        KubeflowV2DagRunner, KubeflowV2DagRunnerConfig,
+        KubeflowV2DagRunner,
+        KubeflowV2DagRunnerConfig,
     )
 
     from shipyard.tfx.pipeline import build_pipeline

@@ -231,7 +231,6 @@ def kinds(models, launcher, tmp_path_factory):
     as TFRecord, CSV and JSONL, and what Keras itself answers on them."""
     import keras
     import tensorflow as tf
-
     from shipyard_test_models import COLORS
 
     root = tmp_path_factory.mktemp("kinds")

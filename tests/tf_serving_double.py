@@ -310,7 +310,7 @@ class TFServingDouble:
         for session in sessions:
             session.close()
 
-    def __enter__(self) -> "TFServingDouble":
+    def __enter__(self) -> TFServingDouble:
         if self._server is None:
             self.start()
         return self

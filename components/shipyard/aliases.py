@@ -13,8 +13,15 @@ import datetime as dt
 from typing import Any
 
 from shipyard.errors import UsageError
-from shipyard.registry.audit import (AliasMove, check_move, history, last_recorded_target,
-                                     log_tag, pending_records, record_value)
+from shipyard.registry.audit import (
+    AliasMove,
+    check_move,
+    history,
+    last_recorded_target,
+    log_tag,
+    pending_records,
+    record_value,
+)
 from shipyard.registry.client import ModelRegistry, current_user
 
 
@@ -90,7 +97,7 @@ def _new_move(alias: str, previous: int | None, version: int | None, reason: str
               pipeline_run_id: str | None, gates: dict[str, Any] | None) -> AliasMove:
     return AliasMove(
         alias=alias, from_version=previous, to_version=version,
-        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         user=current_user(), reason=reason, pipeline_run_id=pipeline_run_id, gates=gates or {})
 
 

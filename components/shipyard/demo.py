@@ -92,7 +92,7 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     location = RegistryLocation.resolve(paths["tracking_uri"])
     registry = ModelRegistry(location)
     repo = open_repository(str(paths["models"]))
-    run_id = "shipyard-demo-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = "shipyard-demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     with progress.step(f"check MLflow at {location.tracking_uri}"):
         registry.check_reachable()

@@ -15,11 +15,18 @@ from typing import Any, Callable
 from shipyard import __version__
 from shipyard.errors import BreakingChangeError, ShipyardError, VerificationError
 from shipyard.export.runtime import (
-    RuntimeCheck, choose_runtime, compare_runtime_outputs, start_runtime_check,
+    RuntimeCheck,
+    choose_runtime,
+    compare_runtime_outputs,
+    start_runtime_check,
 )
 from shipyard.export.verifier import VerifierProcess, start_verifier
 from shipyard.manifest import (
-    MANIFEST_DIR, MANIFEST_FORMAT, fingerprint, list_files, write_manifest,
+    MANIFEST_DIR,
+    MANIFEST_FORMAT,
+    fingerprint,
+    list_files,
+    write_manifest,
 )
 from shipyard.names import validate_model_name, validate_version
 from shipyard.progress import NullProgress, Progress
@@ -177,7 +184,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": request.name,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": model.describe(),
         "spec": spec.normalized(),
         "fingerprint": fingerprint(files, spec.normalized(), signatures,

@@ -120,8 +120,8 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
     expected = registry.latest_version_number(request.name) + 1
     if repo.version_exists(request.name, expected):
         raise VersionExistsError(
-            f"{repo.version_location(request.name, expected)} exists but MLflow would register this "
-            f"export as version {expected} of {request.name!r}: the repository holds versions "
+            f"{repo.version_location(request.name, expected)} exists but MLflow would register "
+            f"this export as version {expected} of {request.name!r}: the repository holds versions "
             "MLflow does not know (made by `shipyard export`?). Use a repository that only "
             "`shipyard register` writes to, so that directory N is registered version N.")
     tags = _tags(manifest, pipeline_run_id)

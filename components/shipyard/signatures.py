@@ -1,6 +1,7 @@
 """Serving signatures as plain data, and the diff that decides whether a change breaks clients.
 
-A signature set is `{signature_name: {"method_name": str, "inputs": {name: T}, "outputs": {name: T}}}`
+A signature set is
+`{signature_name: {"method_name": str, "inputs": {name: T}, "outputs": {name: T}}}`
 with `T = {"dtype": "float32", "shape": [None, 3]}` (shape None for unknown rank). Pure.
 """
 
@@ -16,8 +17,8 @@ def breaking_changes(old: Signatures, new: Signatures) -> list[str]:
 
     Breaking: a removed (or renamed) signature, input or output; a kind (method name) change;
     a new input (TF Serving has no optional inputs, so old requests would lack it); a dtype
-    change; a rank change; a change of a dimension both sides fix. Added signatures and outputs, and a fixed dimension becoming
-    unknown, are compatible.
+    change; a rank change; a change of a dimension both sides fix. Added signatures and
+    outputs, and a fixed dimension becoming unknown, are compatible.
     """
     problems: list[str] = []
     for sig_name in sorted(old):

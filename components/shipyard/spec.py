@@ -143,7 +143,8 @@ def _argument_kind(value: Any) -> str | None:
 Argument = Annotated[
     Union[
         Annotated[TensorDecl, Tag("tensor-argument")],
-        Annotated[dict[Annotated[str, Field(pattern=_IDENTIFIER)], TensorDecl], Tag("dict-argument")],
+        Annotated[dict[Annotated[str, Field(pattern=_IDENTIFIER)], TensorDecl],
+                  Tag("dict-argument")],
         Annotated[list[TensorDecl], Tag("list-argument")],
     ],
     Discriminator(

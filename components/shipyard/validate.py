@@ -140,7 +140,7 @@ def validate_version_on_examples(
                        "agreement_outputs": list(agreement_outputs) or None,
                        **tolerance},
         "failures": failures, "passed": not failures, "runner": request.runner,
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "logged_to_run": None,
     }
     if request.output:

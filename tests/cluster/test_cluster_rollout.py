@@ -41,6 +41,8 @@ def cluster():
 
 
 def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path):
+    from rollout_fakes import RecordingAliases
+
     from shipyard.flow import ExportRequest, export_model
     from shipyard.kube.cluster import KubeCluster
     from shipyard.kube.manifests import ServingTarget, rbac
@@ -48,7 +50,6 @@ def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path)
     from shipyard.rollout.observe import ClusterObserver
     from shipyard.rollout.policy import parse_policy
     from shipyard.spec import parse_spec
-    from rollout_fakes import RecordingAliases
 
     # Only now: these start TensorFlow and a verifier, which a skipped run must not pay for.
     models, launcher = request.getfixturevalue("models"), request.getfixturevalue("launcher")

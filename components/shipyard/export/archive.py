@@ -158,7 +158,8 @@ def _input_signature(endpoint: Endpoint) -> list[Any]:
         if isinstance(argument, TensorDecl):
             signature.append(tensor_spec(argument, next(names)))
         elif isinstance(argument, dict):
-            signature.append({key: tensor_spec(decl, next(names)) for key, decl in argument.items()})
+            signature.append({key: tensor_spec(decl, next(names))
+                              for key, decl in argument.items()})
         else:
             signature.append([tensor_spec(decl, next(names)) for decl in argument])
     return signature

@@ -47,7 +47,8 @@ def _files(location: str) -> list[str]:
     found: list[str] = []
     for path in paths:
         if fs.isdir(path):
-            found.extend(sorted(p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")))
+            found.extend(sorted(p for p in fs.find(path)
+                                if not p.rsplit("/", 1)[-1].startswith(".")))
         elif fs.exists(path):
             found.append(path)
     if not found:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from shipyard.errors import SpecError, VerificationError
 from shipyard.export.archive import BuiltArchive
 from shipyard.export.samples import Sample, make_real_samples, make_samples
-from shipyard.errors import SpecError, VerificationError
 from shipyard.export.verifier import KEY_SEPARATOR, array_digest, plain_array
 from shipyard.spec import Endpoint, ExportSpec, TensorDecl
 

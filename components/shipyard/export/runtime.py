@@ -78,10 +78,8 @@ def choose_runtime(value: str | None) -> RuntimeChoice:
     Not given: SHIPYARD_SERVING_RUNTIME if set, else the TensorFlow of the image the manifests
     render (TF_SERVING_IMAGE). "none" turns the check off.
     """
-    explicit = value is not None
     if value is None:
         value = os.environ.get(ENV_VAR) or None
-        explicit = value is not None
     if value is None:
         if DEFAULT_SERVING_RUNTIME is None:  # an untagged image: nothing to check against
             return RuntimeChoice(None, explicit=False)
@@ -166,7 +164,8 @@ def _run(command: list[str], version: str) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CREATE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise RuntimeUnavailable(f"creating the TensorFlow {version} runtime failed: {err}") from None
+        raise RuntimeUnavailable(
+            f"creating the TensorFlow {version} runtime failed: {err}") from None
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
         raise RuntimeUnavailable(

@@ -35,7 +35,8 @@ def import_modules(modules: list[str] | tuple[str, ...]) -> None:
             importlib.import_module(module)
         except Exception as err:  # any failure of user code at import time
             raise UsageError(f"--import: cannot import module {module!r}: "
-                             f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH.") from None
+                             f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH."
+                             ) from None
 
 
 def check_model_path(path: str | Path) -> None:
@@ -87,7 +88,6 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
 
 def _load_saved_model(path: Path) -> SourceModel:
     import tensorflow as tf
-
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 

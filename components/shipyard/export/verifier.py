@@ -98,7 +98,8 @@ class VerifierProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-            return {"ok": False, "failures": [f"the verifier did not finish within {timeout:.0f} s"],
+            return {"ok": False,
+                    "failures": [f"the verifier did not finish within {timeout:.0f} s"],
                     "log": self.log_tail()}
         if not result_path.exists():
             return {"ok": False, "failures": [f"the verifier exited with code {code} and no "

@@ -8,7 +8,11 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (
-    classification_pb2, model_pb2, predict_pb2, prediction_log_pb2, regression_pb2,
+    classification_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
 )
 
 from shipyard.export.samples import Sample

@@ -242,7 +242,7 @@ class KubeCluster:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         spec = client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=LEASE_SECONDS,
                                   acquire_time=now, renew_time=now)
         try:
@@ -282,7 +282,7 @@ class KubeCluster:
                     handle.lose(f"lost the Lease {handle.name} to "
                                 f"{lease.spec.holder_identity}")
                     return
-                lease.spec.renew_time = dt.datetime.now(dt.timezone.utc)
+                lease.spec.renew_time = dt.datetime.now(dt.UTC)
                 self.leases.replace_namespaced_lease(handle.name, self.namespace, lease)
                 last_renewed = time.monotonic()
             except Exception as err:  # keep trying while the Lease is still ours

@@ -48,5 +48,5 @@ def materialize(location: str, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-__all__ = ["materialize", "LocalModelRepository", "ModelRepository", "ObjectStoreRepository", "StagingDir",
-           "open_repository"]
+__all__ = ["LocalModelRepository", "ModelRepository", "ObjectStoreRepository", "StagingDir",
+           "materialize", "open_repository"]

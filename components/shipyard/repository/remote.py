@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 from filelock import FileLock
 
 from shipyard.errors import ShipyardError, VersionExistsError
-from shipyard.manifest import MANIFEST_PATH, MANIFEST_NAME, list_files
+from shipyard.manifest import MANIFEST_NAME, MANIFEST_PATH, list_files
 from shipyard.names import validate_model_name
 from shipyard.repository.local import CONFIG_NAME, PUBLISH_LOCK_TIMEOUT_S, StagingDir
 from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held

@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 
 from shipyard.errors import StorageError
 
-
 _FAULTS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
@@ -170,7 +169,8 @@ def _owner(path: Path) -> str:
     return f"owned by uid {status.st_uid}, mode {status.st_mode & 0o7777:04o}"
 
 
-def writing_export(staging: Path, source: Path, *, local: bool) -> contextlib.AbstractContextManager:
+def writing_export(staging: Path, source: Path, *,
+                   local: bool) -> contextlib.AbstractContextManager:
     """Guards the writes of an export into its staging directory (SavedModel, warmup,
     shipyard.json). The finished size is not known before TensorFlow writes it, so the bytes
     needed are an estimate, said as such: at least what was written before the failure, or the

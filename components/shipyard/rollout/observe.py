@@ -26,7 +26,11 @@ import numpy as np
 from shipyard.kube.manifests import MONITORING_PATH, REST_PORT
 from shipyard.rollout.gates import Observation
 from shipyard.rollout.metrics import (
-    REQUEST_COUNT, REQUEST_LATENCY, Scrape, parse_scrape, per_pod_window,
+    REQUEST_COUNT,
+    REQUEST_LATENCY,
+    Scrape,
+    parse_scrape,
+    per_pod_window,
 )
 from shipyard.rollout.policy import RolloutPolicy
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
 import grpc
 
 from shipyard.errors import ServingError, UsageError
 from shipyard.serving.protos import (
-    get_model_status_pb2, model_management_pb2, model_server_config_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_server_config_pb2,
     model_service_pb2_grpc,
 )
 

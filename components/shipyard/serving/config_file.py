@@ -11,7 +11,11 @@ from typing import Any, Callable
 
 from shipyard.repository import ModelRepository
 from shipyard.serving.config import (
-    ModelServing, model_serving, parse_config, render_config, with_model,
+    ModelServing,
+    model_serving,
+    parse_config,
+    render_config,
+    with_model,
 )
 
 

@@ -64,7 +64,10 @@ def _register_status_without_tensorflow() -> None:
 _register_status_without_tensorflow()
 
 from tensorflow_serving.apis import (  # noqa: E402  (after the registration above)
-    get_model_status_pb2, model_management_pb2, model_pb2, model_service_pb2_grpc,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 

@@ -15,13 +15,20 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.utils import shared
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils import shared
 
 from shipyard.validation import stats as stats_lib
 from shipyard.validation.examples import (
-    ExampleError, ExamplesInput, InputDecl, batch, check_record, csv_row, json_row, to_example,
+    ExampleError,
+    ExamplesInput,
+    InputDecl,
+    batch,
+    check_record,
+    csv_row,
+    json_row,
+    to_example,
     to_inputs,
 )
 
