@@ -15,6 +15,6 @@ RUN uv pip sync --system requirements.lock \
 # The serving-runtime check's environment (tensorflow-cpu of the TF Serving image the manifests
 # render), made at build time so pipeline steps never need the package index.
 ENV SHIPYARD_CACHE_DIR=/opt/shipyard/cache
-RUN python -c "from shipyard.export.runtime import choose_runtime, ensure_environment; \
+RUN python -c "from shipyard.exporter.runtime import choose_runtime, ensure_environment; \
 c = choose_runtime(None); ensure_environment(c.version, c.pip_spec)"
 ENTRYPOINT []

@@ -81,9 +81,9 @@ def warm_up(tmp: Path) -> None:
     not pay one-off costs the others don't (the TF import alone is ~15 s)."""
     import keras
 
-    import shipyard.export.archive  # noqa: F401,E401
-    import shipyard.export.reference
-    import shipyard.export.source  # noqa: F401,E401
+    import shipyard.exporter.archive  # noqa: F401,E401
+    import shipyard.exporter.reference
+    import shipyard.exporter.source  # noqa: F401,E401
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).export(
         str(tmp / "warmup"), verbose=False)
     shutil.rmtree(tmp / "warmup")
@@ -114,9 +114,9 @@ def run_baseline(model_path: Path, work: Path) -> dict:
 
 
 def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
-    from shipyard.export.verifier import start_verifier
-    from shipyard.flow import ExportRequest, export_model
-    from shipyard.spec import parse_spec
+    from shipyard.core.spec import parse_spec
+    from shipyard.exporter.verifier import start_verifier
+    from shipyard.steps.export import ExportRequest, export_model
 
     spec = parse_spec({"endpoints": [{"name": "serve", "method": "call", "inputs": [
         {"name": "x", "shape": [None, width], "dtype": "float32"}]}]})

@@ -50,11 +50,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from shipyard.export.verifier import PrefetchingLauncher
-    from shipyard.flow import ExportRequest, export_model
-    from shipyard.registration import register_model
+    from shipyard.core.spec import parse_spec
+    from shipyard.exporter.verifier import PrefetchingLauncher
     from shipyard.registry.client import RegistryLocation
-    from shipyard.spec import parse_spec
+    from shipyard.steps.export import ExportRequest, export_model
+    from shipyard.steps.register import register_model
 
     launcher = PrefetchingLauncher()
     rows = {"export": [], "register": []}

@@ -30,9 +30,9 @@ SPEC = {"endpoints": [{"name": "serve", "method": "call",
 
 
 def run(model_path: Path, work: Path, width: int, runtime: str, cache: Path | None) -> dict:
-    from shipyard.flow import ExportRequest, export_model
-    from shipyard.manifest import read_manifest
-    from shipyard.spec import parse_spec
+    from shipyard.core.manifest import read_manifest
+    from shipyard.core.spec import parse_spec
+    from shipyard.steps.export import ExportRequest, export_model
 
     spec = json.loads(json.dumps(SPEC))
     spec["endpoints"][0]["inputs"][0]["shape"] = [None, width]

@@ -41,8 +41,8 @@ def build(workdir: Path, examples: int) -> tuple[Path, Path, Path]:
     import numpy as np
     import tensorflow as tf
 
-    from shipyard.flow import ExportRequest, export_model
-    from shipyard.spec import parse_spec
+    from shipyard.core.spec import parse_spec
+    from shipyard.steps.export import ExportRequest, export_model
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(256, "relu"),
@@ -92,7 +92,7 @@ def baseline(source: Path, version_dir: Path, records: Path) -> tuple[float, int
 def shipyard(repo: Path, source: Path, records: Path, beam_args: list[str]
              ) -> tuple[float, int, float]:
     from shipyard.repository import open_repository
-    from shipyard.validate import ValidateRequest, validate_version_on_examples
+    from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
 
     request = ValidateRequest(name="bench", version=1, examples=str(records), source=source,
                               beam_args=tuple(beam_args))

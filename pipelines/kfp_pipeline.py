@@ -1,4 +1,4 @@
-"""Compile or run the reference KFP pipeline (shipyard.kfp.pipeline): train, then ship.
+"""Compile or run the reference KFP pipeline (shipyard.demo.kfp_pipeline): train, then ship.
 
 Compile:  .venv/bin/python pipelines/kfp_pipeline.py --accelerator gpu --output pipeline.yaml
 Run here: .venv/bin/python pipelines/kfp_pipeline.py --run-locally --workdir .shipyard/kfp
@@ -13,7 +13,7 @@ from pathlib import Path
 from kfp import compiler
 
 from shipyard.kfp.components import ACCELERATORS, DEFAULT_IMAGE
-from shipyard.kfp.pipeline import build_pipeline
+from shipyard.demo.kfp_pipeline import build_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,13 @@
-"""Run the reference TFX pipeline (shipyard.tfx.pipeline): ExampleGen, Trainer, then ship.
+"""Run the reference TFX pipeline (shipyard.demo.tfx_pipeline): ExampleGen, Trainer, then ship.
 
     CsvExampleGen (the demo CSV, written under WORKDIR/data) -> Trainer (the module file
-    shipyard.tfx.demo_trainer_module: TFX's Trainer where TFDV is installed, else shipyard's
+    shipyard.demo.trainer_module: TFX's Trainer where TFDV is installed, else shipyard's
     ModuleTrainer) -> ShipyardPusher (export with predict and classify endpoints, verify on
     CPU, MLflow run and version, publish, models.config label)
 
 Run here:   .venv/bin/python pipelines/tfx_pipeline.py --workdir .shipyard/tfx
 (LocalDagRunner, SQLite MLMD at WORKDIR/mlmd.sqlite, MLflow at WORKDIR/mlflow.db, models under
-WORKDIR/models). The pipeline itself is `shipyard.tfx.pipeline.build_pipeline`; on Kubeflow,
+WORKDIR/models). The pipeline itself is `shipyard.demo.tfx_pipeline.build_pipeline`; on Kubeflow,
 compile it with KubeflowV2DagRunner onto the shipyard image.
 """
 
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from shipyard.tfx.pipeline import build_pipeline, last_push
+from shipyard.demo.tfx_pipeline import build_pipeline, last_push
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ os.environ["SHIPYARD_SERVING_RUNTIME"] = "none"
 @pytest.fixture(scope="session")
 def launcher():
     """Verifiers started ahead of need, so each export finds one that imported TensorFlow."""
-    from shipyard.export.verifier import PrefetchingLauncher
+    from shipyard.exporter.verifier import PrefetchingLauncher
 
     prefetching = PrefetchingLauncher()
     yield prefetching

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from shipyard.errors import LeaseHeldError, ShipyardError
+from shipyard.core.errors import LeaseHeldError, ShipyardError
 from shipyard.rollout.controller import Ports
 from shipyard.rollout.gates import Observation
 

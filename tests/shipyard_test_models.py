@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from shipyard.export.demo_model import COLORS, build_demo_model
+from shipyard.demo.model import COLORS, build_demo_model
 
 
 @keras.saving.register_keras_serializable(package="shipyard_tests")

@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from shipyard.errors import UsageError
-from shipyard.registration import flatten_params
-from shipyard.registry.audit import (
+from shipyard.core.audit import (
     AliasMove,
     check_move,
     history,
@@ -17,6 +15,8 @@ from shipyard.registry.audit import (
     pending_records,
     record_value,
 )
+from shipyard.core.errors import UsageError
+from shipyard.steps.register import flatten_params
 
 
 def move(alias="candidate", to=2, frm=1):

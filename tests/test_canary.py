@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from shipyard.errors import GateError, UsageError
-from shipyard.flow import ExportRequest
-from shipyard.registry.audit import history
+from shipyard.core.audit import history
+from shipyard.core.errors import GateError, UsageError
+from shipyard.core.spec import parse_spec
 from shipyard.serving.config_file import current_serving
-from shipyard.spec import parse_spec
+from shipyard.steps.export import ExportRequest
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ SPEC = {"endpoints": [{"name": "serve", "method": "call",
 def registered(models, launcher, tmp_path_factory):
     """Version 1 (sequential, relu) and version 2 (sequential_tanh: same weights, another
     activation, so the two disagree on some examples), registered once in a SQLite MLflow."""
-    from shipyard.registration import register_model
     from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.register import register_model
 
     root = tmp_path_factory.mktemp("canary")
     location = RegistryLocation.resolve(f"sqlite:///{root / 'mlflow.db'}")
@@ -60,7 +60,7 @@ def aliases_and_moves(registry):
 
 
 def test_a_canary_that_misses_its_gate_is_rolled_back_and_can_pass_later(published):
-    from shipyard.canary import first_deployment, offline_canary
+    from shipyard.steps.canary import first_deployment, offline_canary
 
     repo, registry, examples = published
     with pytest.raises(UsageError, match="serving_address: the canary moves labels in several "
@@ -149,10 +149,10 @@ def test_the_kfp_components_run_the_same_canary_validation_and_rollout(published
 
 def test_failures_leave_no_canary_behind_and_a_stopped_promotion_finishes_on_rerun(
         published, monkeypatch):
-    import shipyard.canary as canary_module
-    from shipyard.canary import first_deployment, offline_canary
-    from shipyard.errors import ServingError
-    from shipyard.rollout.aliases import RegistryAliases
+    import shipyard.steps.canary as canary_module
+    from shipyard.core.errors import ServingError
+    from shipyard.steps.canary import first_deployment, offline_canary
+    from shipyard.steps.rollout import RegistryAliases
 
     repo, registry, examples = published
     first_deployment(repo, registry, "can", 1, file_only=True)
@@ -194,7 +194,7 @@ def test_failures_leave_no_canary_behind_and_a_stopped_promotion_finishes_on_rer
     assert "canary" not in aliases_and_moves(registry)[0]  # the alias was still cleared
     assert current_serving(repo, "can").labels == {"stable": 1, "canary": 2}  # as reported
     monkeypatch.undo()
-    from shipyard.push import drop_label
+    from shipyard.steps.push import drop_label
 
     drop_label(repo, "can", "canary")  # what the operator does by hand
 

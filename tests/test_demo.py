@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from shipyard.manifest import checksum_mismatches, read_manifest
+from shipyard.core.manifest import checksum_mismatches, read_manifest
 from shipyard.serving.config import model_serving, parse_config
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def aliases_and_history(uri: str):
     from mlflow import MlflowClient
 
-    from shipyard.registry.audit import history
+    from shipyard.core.audit import history
 
     model = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("demo-model")
     return dict(model.aliases), history(dict(model.tags))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.errors import StorageError
-from shipyard.flow import ExportRequest, export_model
+from shipyard.core.errors import StorageError
+from shipyard.core.spec import parse_spec
 from shipyard.repository import LocalModelRepository
-from shipyard.spec import parse_spec
+from shipyard.steps.export import ExportRequest, export_model
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,7 @@ def test_export_without_write_permission(models, tmpfs):
     repo = tmpfs(mode="0755")  # root's, not writable by nobody
     source = repo / "model.keras"
     shutil.copy(models.path("sequential"), source)
-    from shipyard.export.verifier import start_verifier
+    from shipyard.exporter.verifier import start_verifier
 
     # Started as root (the venv's Python lies under /root, which nobody may not run) and
     # stopped before the switch: nobody could not kill a root process. The failure comes

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.errors import (
+from shipyard.core.errors import (
     BreakingChangeError,
     ModelLoadError,
     SpecError,
     VerificationError,
     VersionExistsError,
 )
-from shipyard.flow import ExportRequest, export_model
-from shipyard.manifest import checksum_mismatches, read_manifest
-from shipyard.spec import parse_spec
+from shipyard.core.manifest import checksum_mismatches, read_manifest
+from shipyard.core.spec import parse_spec
+from shipyard.steps.export import ExportRequest, export_model
 
 pytestmark = pytest.mark.integration
 
@@ -217,7 +217,7 @@ def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models
 
 
 def test_the_architecture_digest_ignores_where_shared_objects_lived_in_memory():
-    from shipyard.export.archive import keras_config_digest
+    from shipyard.exporter.archive import keras_config_digest
 
     def config(first_id: int, second_id: int) -> dict:
         # What Keras writes for a layer reused twice (e.g. a lookup shared by two inputs):

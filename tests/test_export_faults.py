@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from shipyard.errors import SpecError, UsageError, VerificationError
-from shipyard.names import MAX_VERSION, validate_version
-from shipyard.spec import parse_spec
+from shipyard.core.errors import SpecError, UsageError, VerificationError
+from shipyard.core.names import MAX_VERSION, validate_version
+from shipyard.core.spec import parse_spec
 
 SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
                                   "inputs": [{"name": "x", "shape": [None, 3],
@@ -70,9 +70,9 @@ def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tm
     import numpy as np
     from test_export import export
 
-    from shipyard.flow import ExportRequest
-    from shipyard.registration import register_model
     from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.export import ExportRequest
+    from shipyard.steps.register import register_model
 
     path = models.path("dropout")
 

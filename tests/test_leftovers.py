@@ -46,9 +46,9 @@ def kill_run(child: subprocess.Popen) -> None:
 
 
 def test_a_killed_runs_verifier_directory_is_removed_by_the_next_verifier(tmpdir_of_runs):
-    from shipyard.export.verifier import VerifierProcess
+    from shipyard.exporter.verifier import VerifierProcess
 
-    code = ("from shipyard.export.verifier import VerifierProcess\n"
+    code = ("from shipyard.exporter.verifier import VerifierProcess\n"
             "v = VerifierProcess()\nprint(v.workdir, flush=True)\nprint(v.pid, flush=True)")
     live, (live_dir, _) = start_run(code)
     killed, (killed_dir, _) = start_run(code)
@@ -71,8 +71,8 @@ def test_a_killed_runs_verifier_directory_is_removed_by_the_next_verifier(tmpdir
         assert not verifier.workdir.exists()
     finally:
         kill_run(live)
-    assert sorted(p.name for p in tmpdir_of_runs.iterdir()) == [Path(live_dir).name,
-                                                                 young.name]
+    assert sorted(p.name for p in tmpdir_of_runs.iterdir()) == sorted([Path(live_dir).name,
+                                                                        young.name])
 
 
 def test_a_killed_runs_runtime_check_directory_is_removed_by_the_next_check(
@@ -82,9 +82,9 @@ def test_a_killed_runs_runtime_check_directory_is_removed_by_the_next_check(
     monkeypatch.setenv("SHIPYARD_CACHE_DIR", str(tmp_path / "shipyard-cache"))
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     monkeypatch.setenv("UV_OFFLINE", "1")
-    from shipyard.export.runtime import RuntimeCheck, choose_runtime
+    from shipyard.exporter.runtime import RuntimeCheck, choose_runtime
 
-    code = ("from shipyard.export.runtime import RuntimeCheck, choose_runtime\n"
+    code = ("from shipyard.exporter.runtime import RuntimeCheck, choose_runtime\n"
             "c = RuntimeCheck(choose_runtime('2.19'))\nprint(c.workdir, flush=True)\n"
             "print('started', flush=True)")
     killed, (killed_dir, _) = start_run(code)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shipyard.manifest import (
+from shipyard.core.manifest import (
     MANIFEST_PATH,
     checksum_mismatches,
     fingerprint,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import subprocess_env
 
-from shipyard.flow import ExportRequest, export_model
-from shipyard.manifest import list_files, read_manifest, write_manifest
+from shipyard.core.manifest import list_files, read_manifest, write_manifest
+from shipyard.core.spec import parse_spec
 from shipyard.serving.config import (
     ModelServing,
     model_serving,
@@ -23,7 +23,7 @@ from shipyard.serving.config import (
     render_config,
     with_model,
 )
-from shipyard.spec import parse_spec
+from shipyard.steps.export import ExportRequest, export_model
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from shipyard.errors import VersionExistsError
-from shipyard.flow import ExportRequest
-from shipyard.manifest import read_manifest
-from shipyard.registration import register_model
+from shipyard.core.errors import VersionExistsError
+from shipyard.core.manifest import read_manifest
+from shipyard.core.spec import parse_spec
 from shipyard.registry.client import RegistryLocation
-from shipyard.spec import parse_spec
+from shipyard.steps.export import ExportRequest
+from shipyard.steps.register import register_model
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def test_alias_moves_are_recorded_and_champion_is_protected(cli, models, mlflow_
 
     # Intents a killed `alias set` left behind (written as that process would have) are
     # settled by the next read: kept where the alias did move, dropped where it did not.
-    from shipyard.registry.audit import AliasMove, log_tag, record_value
+    from shipyard.core.audit import AliasMove, log_tag, record_value
 
     def intent(alias, frm, to):
         move = AliasMove(alias=alias, from_version=frm, to_version=to,

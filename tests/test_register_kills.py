@@ -33,15 +33,15 @@ import yaml
 from conftest import subprocess_env
 from mlflow_proxy import FaultProxy
 
-from shipyard.errors import ShipyardError
-from shipyard.flow import ExportRequest, stage_export
-from shipyard.manifest import write_manifest
-from shipyard.progress import NullProgress
-from shipyard.registration import register_staged
-from shipyard.registry.audit import LOG_TAG_PREFIX
+from shipyard.core.audit import LOG_TAG_PREFIX
+from shipyard.core.errors import ShipyardError
+from shipyard.core.manifest import write_manifest
+from shipyard.core.progress import NullProgress
+from shipyard.core.spec import parse_spec
 from shipyard.registry.client import ModelRegistry, RegistryLocation
 from shipyard.repository import open_repository
-from shipyard.spec import parse_spec
+from shipyard.steps.export import ExportRequest, stage_export
+from shipyard.steps.register import register_staged
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import uuid
 import fsspec
 import pytest
 
-from shipyard.errors import ShipyardError
-from shipyard.manifest import list_files, write_manifest
+from shipyard.core.errors import ShipyardError
+from shipyard.core.manifest import list_files, write_manifest
 from shipyard.repository import ObjectStoreRepository, open_repository
 from shipyard.serving.config import ModelServing, model_serving, parse_config
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.errors import UsageError, VersionExistsError
-from shipyard.names import validate_model_name
+from shipyard.core.errors import UsageError, VersionExistsError
+from shipyard.core.names import validate_model_name
 from shipyard.repository import LocalModelRepository
 
 
@@ -111,8 +111,8 @@ def test_repository_refuses_bad_names_before_touching_disk(tmp_path):
 
 
 def test_symlinked_versions_are_reported_and_never_followed_or_removed(tmp_path):
-    from shipyard.gc import collect_garbage
-    from shipyard.status import model_status
+    from shipyard.steps.gc import collect_garbage
+    from shipyard.steps.status import model_status
 
     root, outside = tmp_path / "repo", tmp_path / "elsewhere"
     outside.mkdir()

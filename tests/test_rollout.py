@@ -15,10 +15,10 @@ from rollout_fakes import (
     ports,
 )
 
-from shipyard.errors import LeaseHeldError, SpecError, UsageError
+from shipyard.core.errors import LeaseHeldError, SpecError, UsageError
+from shipyard.kube.metrics import parse_scrape, window
 from shipyard.rollout import controller, machine
 from shipyard.rollout.gates import FAIL, NO_DATA, PASS, Observation, evaluate
-from shipyard.rollout.metrics import parse_scrape, window
 from shipyard.rollout.policy import parse_policy
 
 POLICY = parse_policy({
@@ -378,7 +378,7 @@ def test_agreement_samples_are_read_next_to_the_policy_and_checked(tmp_path):
 
 
 def test_predictions_of_another_shape_fail_instead_of_broadcasting():
-    from shipyard.rollout.observe import compare_predictions
+    from shipyard.kube.observe import compare_predictions
 
     assert compare_predictions([[[0.1, 0.9], [0.8, 0.2]]], [[[0.2, 0.8], [0.3, 0.7]]]) == (
         0.5, pytest.approx(0.5))
@@ -398,7 +398,7 @@ def test_measuring_errors_fail_the_gates():
 
 
 def test_a_restarted_pod_counts_its_new_requests_not_a_negative_window():
-    from shipyard.rollout.metrics import per_pod_window
+    from shipyard.kube.metrics import per_pod_window
 
     before = {"pod-a": parse_scrape(SCRAPE.format(ok=1000, bad=0, fast=1000, slow=1000), "m")}
     after = {"pod-a": parse_scrape(SCRAPE.format(ok=5, bad=40, fast=45, slow=45), "m")}
@@ -407,7 +407,7 @@ def test_a_restarted_pod_counts_its_new_requests_not_a_negative_window():
 
 
 def test_the_prometheus_error_rate_is_zero_when_nothing_failed():
-    from shipyard.rollout.observe import prometheus_queries
+    from shipyard.kube.observe import prometheus_queries
 
     query = prometheus_queries("m", 30)["error_rate"]
     assert 'status!="OK"' in query and "or vector(0)" in query

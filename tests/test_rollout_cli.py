@@ -122,9 +122,9 @@ def test_without_a_cluster_the_error_says_how_to_configure_one(policy_file, tmp_
 def test_rollout_alias_moves_are_audited_in_mlflow(tmp_path):
     from mlflow import MlflowClient
 
-    from shipyard.aliases import alias_history
     from shipyard.registry.client import ModelRegistry, RegistryLocation
-    from shipyard.rollout.aliases import RegistryAliases
+    from shipyard.steps.alias import alias_history
+    from shipyard.steps.rollout import RegistryAliases
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.errors import UsageError
-from shipyard.export.runtime import ENV_VAR, RuntimeChoice, choose_runtime, describe_failure
-from shipyard.serving.image import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE, runtime_of_image
+from shipyard.core.errors import UsageError
+from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE, runtime_of_image
+from shipyard.exporter.runtime import ENV_VAR, RuntimeChoice, choose_runtime, describe_failure
 
 WEBP_SPEC = {"endpoints": [{"name": "serve", "method": "call",
                             "inputs": [{"images": {"shape": [None], "dtype": "string"}}]}]}
@@ -94,7 +94,7 @@ def test_failures_name_the_op_or_attr_the_runtime_and_the_fix():
 def test_a_normal_export_loads_and_answers_on_the_2_19_runtime(launcher, models, repo):
     from test_export import FUNCTIONAL_SPEC, export
 
-    from shipyard.manifest import read_manifest
+    from shipyard.core.manifest import read_manifest
 
     result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo,
                     serving_runtime="2.19")
@@ -152,7 +152,7 @@ def test_the_default_runtime_unavailable_on_first_use_warns_and_records_the_skip
         launcher, models, repo, no_package_index, caplog):
     from test_export import SEQUENTIAL_SPEC, export
 
-    from shipyard.manifest import read_manifest
+    from shipyard.core.manifest import read_manifest
 
     with caplog.at_level("WARNING"):
         result = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo)

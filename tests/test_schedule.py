@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from shipyard.cli import main
-from shipyard.errors import UsageError
+from shipyard.core.errors import UsageError
 from shipyard.kfp.schedule import kfp_cron
 
 

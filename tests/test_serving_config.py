@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import text_format
 
-from shipyard.errors import ShipyardError, UsageError
-from shipyard.gc import plan_gc
+from shipyard.core.errors import ShipyardError, UsageError
 from shipyard.serving.config import (
     ModelServing,
     model_names,
@@ -17,6 +16,7 @@ from shipyard.serving.config import (
 )
 from shipyard.serving.plan import label_move_steps, label_removal_steps
 from shipyard.serving.protos import model_server_config_pb2
+from shipyard.steps.gc import plan_gc
 
 OTHER_MODEL = """
 model_config_list {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shipyard.signatures import breaking_changes
+from shipyard.core.signatures import breaking_changes
 
 
 def sig(inputs, outputs=None):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from shipyard.errors import SpecError, UsageError
-from shipyard.spec import load_spec, parse_spec
+from shipyard.core.errors import SpecError, UsageError
+from shipyard.core.spec import load_spec, parse_spec
 
 SERVE = {"name": "serve", "method": "call", "training": False,
          "inputs": [{"x1": {"shape": [None, 3], "dtype": "float32"},

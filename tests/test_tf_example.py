@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.errors import SpecError
-from shipyard.signatures import breaking_changes
-from shipyard.spec import parse_spec
+from shipyard.core.errors import SpecError
+from shipyard.core.signatures import breaking_changes
+from shipyard.core.spec import parse_spec
 
 FEATURES = {"x1": {"shape": [3], "dtype": "float32"},
             "color": {"shape": [1], "dtype": "string", "default": ""}}
@@ -107,7 +107,7 @@ def read_warmup(path):
 
 @pytest.mark.integration
 def test_signatures_carry_tf_servings_method_names_and_shapes(kinds_version):
-    from shipyard.export.archive import read_signatures
+    from shipyard.exporter.archive import read_signatures
 
     signatures = read_signatures(Path(kinds_version.path))
     assert {n: s["method_name"] for n, s in signatures.items()} == {
@@ -258,7 +258,7 @@ def test_a_trainer_saved_model_is_verified_on_real_examples(launcher, trainer_mo
     from tensorflow.core.example import example_pb2
     from test_export import export
 
-    from shipyard.manifest import read_manifest
+    from shipyard.core.manifest import read_manifest
 
     records = []
     for i, color in enumerate(["red", "green", "blue", "red", "green"]):
@@ -304,7 +304,7 @@ def test_examples_that_are_not_tfrecords_are_refused_naming_the_file(launcher, t
                                                                      repo, tmp_path):
     from test_export import export
 
-    from shipyard.errors import UsageError
+    from shipyard.core.errors import UsageError
 
     bad = tmp_path / "rows.csv"
     bad.write_text("x1,color\n1,red\n")

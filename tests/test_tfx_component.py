@@ -272,7 +272,7 @@ def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
         KubeflowV2DagRunnerConfig,
     )
 
-    from shipyard.tfx.pipeline import build_pipeline
+    from shipyard.demo.tfx_pipeline import build_pipeline
 
     output = tmp_path / "pipeline.json"
     runner = KubeflowV2DagRunner(

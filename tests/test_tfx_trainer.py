@@ -26,7 +26,7 @@ def run_pipeline(root: Path, trainer_class: type, **trainer_args) -> Path:
     from tfx.orchestration import pipeline as tfx_pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from shipyard.export.demo_model import write_demo_csv
+    from shipyard.demo.model import write_demo_csv
 
     write_demo_csv(root / "data" / "demo.csv", seed=0, count=300)
     example_gen = CsvExampleGen(input_base=str(root / "data"))
@@ -106,14 +106,14 @@ def test_module_trainer_needs_exactly_one_of_module_file_and_run_fn():
         ModuleTrainer(examples=examples)
     with pytest.raises(ValueError, match="Exactly one of 'module_file', or 'run_fn'"):
         ModuleTrainer(examples=examples, module_file=MODULE_FILE,
-                      run_fn="shipyard.tfx.demo_trainer_module.run_fn")
+                      run_fn="shipyard.demo.trainer_module.run_fn")
 
 
 def test_module_trainer_fails_when_run_fn_writes_no_model(tmp_path):
     """The executor's own check, as TFX's: a run_fn that saves nothing fails the step."""
     from tfx.types import standard_artifacts
 
-    from shipyard.export.demo_model import demo_rows, write_demo_tfrecord
+    from shipyard.demo.model import demo_rows, write_demo_tfrecord
     from shipyard.tfx.trainer import Executor
 
     examples = standard_artifacts.Examples()

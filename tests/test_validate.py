@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.flow import ExportRequest, export_model
-from shipyard.manifest import list_files
-from shipyard.spec import parse_spec
+from shipyard.core.manifest import list_files
+from shipyard.core.spec import parse_spec
+from shipyard.steps.export import ExportRequest, export_model
 
 pytestmark = pytest.mark.integration
 
@@ -328,9 +328,9 @@ def test_top1_class_agreement_gates_classify_and_predict_over_examples_keeps_its
 def test_examples_that_do_not_fit_the_feature_spec_are_listed_with_the_fix(kinds, tmp_path):
     import tensorflow as tf
 
-    from shipyard.errors import UsageError
+    from shipyard.core.errors import UsageError
     from shipyard.repository import open_repository
-    from shipyard.validate import ValidateRequest, validate_version_on_examples
+    from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
 
     repo, _, _ = kinds
 
@@ -368,7 +368,7 @@ def test_rows_become_the_examples_the_endpoint_parses():
     """to_example on its own, parsed back with the parser the export builds from the spec."""
     import tensorflow as tf
 
-    from shipyard.export.archive import feature_spec
+    from shipyard.exporter.archive import feature_spec
     from shipyard.validation.examples import ExampleError, examples_input, to_example
 
     spec = parse_spec({"endpoints": [{"name": "s", "method": "call", "inputs": [{"tf_example": {

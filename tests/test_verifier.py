@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shipyard.export.verifier import _check_collections, array_digest, compare, plain_array
+from shipyard.exporter.verifier import _check_collections, array_digest, compare, plain_array
 
 
 def test_floats_compare_within_tolerance():
@@ -86,7 +86,7 @@ def test_collections_must_come_back_with_the_same_count_and_values():
 
 def test_a_verifier_left_without_a_job_removes_its_folder():
     """If the exporter dies before sending a job, the verifier cleans up after itself."""
-    from shipyard.export.verifier import VerifierProcess
+    from shipyard.exporter.verifier import VerifierProcess
 
     verifier = VerifierProcess()
     verifier._process.stdin.close()  # what the kernel does when the exporter is killed

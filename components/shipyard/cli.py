@@ -1,4 +1,4 @@
-"""`shipyard` command line. Thin: parses arguments, calls shipyard.flow, prints results.
+"""`shipyard` command line. Thin: parses arguments, calls shipyard.steps.export, prints results.
 
 Human output by default; `--json` prints the result document alone on stdout while progress and
 logs go to stderr. Errors exit with the code of their ShipyardError subclass. Nothing here
@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from shipyard import __version__
-from shipyard.errors import ShipyardError
+from shipyard.core.errors import ShipyardError
 
 log = logging.getLogger("shipyard")
 
@@ -46,7 +46,7 @@ def main(quiet: bool) -> None:
 
 
 def _progress(quiet: bool = False) -> Any:
-    from shipyard.progress import LogProgress, NullProgress, RichProgress
+    from shipyard.core.progress import LogProgress, NullProgress, RichProgress
 
     if quiet:
         return NullProgress()
@@ -83,7 +83,7 @@ def _quiet() -> bool:
 
 def _checked_runtime(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     """--serving-runtime is checked while the arguments are read, before anything starts."""
-    from shipyard.export.runtime import choose_runtime
+    from shipyard.exporter.runtime import choose_runtime
 
     if value is not None:
         choose_runtime(value)  # raises UsageError (exit 2) naming the flag and the fix
@@ -147,9 +147,9 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
     Exit codes: 0 ok, 2 bad spec/arguments/name, 3 version exists, 4 verification failed,
     5 breaking signature change, 1 anything else.
     """
-    from shipyard.flow import ExportRequest, export_model
-    from shipyard.names import validate_model_name
-    from shipyard.spec import load_spec
+    from shipyard.core.names import validate_model_name
+    from shipyard.core.spec import load_spec
+    from shipyard.steps.export import ExportRequest, export_model
 
     validate_model_name(name)
     spec = load_spec(spec_path)
@@ -204,11 +204,11 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     point is completed by running the same command again (tags, run, `candidate` and its
     audit record).
     """
-    from shipyard.flow import ExportRequest
-    from shipyard.names import validate_model_name
-    from shipyard.registration import register_model
+    from shipyard.core.names import validate_model_name
+    from shipyard.core.spec import load_spec
     from shipyard.registry.client import RegistryLocation
-    from shipyard.spec import load_spec
+    from shipyard.steps.export import ExportRequest
+    from shipyard.steps.register import register_model
 
     validate_model_name(name)
     spec = load_spec(spec_path)
@@ -248,8 +248,8 @@ def alias_set_command(name: str, alias: str, version: int, reason: str,
 
     The version must be published; 'champion' moves only through a rollout or with --force.
     """
-    from shipyard.aliases import move_alias
     from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.steps.alias import move_alias
 
     with _library_prints_to_stderr():
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
@@ -266,8 +266,8 @@ def alias_set_command(name: str, alias: str, version: int, reason: str,
 def alias_history_command(name: str, tracking_uri: str | None, registry_uri: str | None,
                           as_json: bool) -> None:
     """Every recorded alias move of registered model NAME, oldest first."""
-    from shipyard.aliases import alias_history
     from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.steps.alias import alias_history
 
     with _library_prints_to_stderr():
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
@@ -329,8 +329,8 @@ def push_command(repo: str, name: str, version: int, label: str, serving_address
     Exit codes: 0 ok, 2 N is not published or fails its checksums, 7 the server refused,
     failed or timed out (the previous config is restored, file and server), 1 anything else.
     """
-    from shipyard.push import push_version
     from shipyard.repository import open_repository
+    from shipyard.steps.push import push_version
 
     result = push_version(open_repository(repo), name, version, label,
                           serving_address=serving_address, timeout_s=timeout_s,
@@ -361,7 +361,7 @@ def status_command(repo: str, name: str, serving_address: str | None, tracking_u
     exit code is then that error's (6 registry, 7 server).
     """
     from shipyard.repository import open_repository
-    from shipyard.status import model_status
+    from shipyard.steps.status import model_status
 
     read_server = None
     if serving_address is not None:
@@ -415,8 +415,8 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
     if it cannot be, nothing is removed (exit 6); if it has no model NAME, nothing is removed
     either (exit 2: point it at the right registry, or pass --no-registry).
     """
-    from shipyard.gc import collect_garbage
     from shipyard.repository import open_repository
+    from shipyard.steps.gc import collect_garbage
 
     doc = collect_garbage(open_repository(repo), name, keep,
                           read_aliases=(None if no_registry
@@ -478,7 +478,7 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     or unmappable examples, 6 MLflow unreachable, 1 anything else.
     """
     from shipyard.repository import open_repository
-    from shipyard.validate import ValidateRequest, validate_version_on_examples
+    from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
 
     request = ValidateRequest(
         name=name, version=version, examples=examples, fmt=fmt, endpoint=endpoint,
@@ -534,10 +534,10 @@ def _rollout_ports(name: str, namespace: str, policy: Any, tracking_uri: str | N
         return factory(name, namespace, policy)
     from shipyard.kube.cluster import KubeCluster, connect
     from shipyard.kube.manifests import ServingTarget
+    from shipyard.kube.observe import ClusterObserver
     from shipyard.registry.client import ModelRegistry, RegistryLocation
-    from shipyard.rollout.aliases import RegistryAliases
     from shipyard.rollout.controller import Ports
-    from shipyard.rollout.observe import ClusterObserver
+    from shipyard.steps.rollout import RegistryAliases
 
     api = connect()
     serving = policy.serving.model_dump()
@@ -606,8 +606,8 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
     Exit codes: 0 promoted, 8 rolled back or aborted, 9 another rollout holds NAME,
     2 bad policy or arguments, 6 MLflow unreachable, 1 anything else.
     """
-    from shipyard.errors import GateError
-    from shipyard.names import validate_model_name, validate_version
+    from shipyard.core.errors import GateError
+    from shipyard.core.names import validate_model_name, validate_version
     from shipyard.rollout import controller
     from shipyard.rollout.machine import PROMOTED
     from shipyard.rollout.policy import load_policy
@@ -636,7 +636,7 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def rollout_status_command(name: str, namespace: str, as_json: bool) -> None:
     """The current (or last) rollout of NAME, as stored in the cluster."""
-    from shipyard.errors import UsageError
+    from shipyard.core.errors import UsageError
     from shipyard.rollout.controller import current
     from shipyard.rollout.policy import RolloutPolicy
 
@@ -732,6 +732,7 @@ def schedule_create_command(host: str, cron: str, repository: str, model_name: s
                             image: str | None, accelerator: str, as_json: bool) -> None:
     """Create a KFP recurring run of the reference pipeline: one run at a time
     (max_concurrency 1), no catch-up of missed runs."""
+    from shipyard.demo.kfp_pipeline import build_pipeline
     from shipyard.kfp.components import DEFAULT_IMAGE
     from shipyard.kfp.schedule import create_schedule, kfp_cron
 
@@ -741,7 +742,7 @@ def schedule_create_command(host: str, cron: str, repository: str, model_name: s
                               params={"repository": repository, "model_name": model_name,
                                       "tracking_uri": tracking_uri,
                                       "serving_label": serving_label},
-                              image=image or DEFAULT_IMAGE, accelerator=accelerator)
+                              pipeline=build_pipeline(image or DEFAULT_IMAGE, accelerator))
     _emit(doc, as_json, f"recurring run {doc['recurring_run_id']} ({name}) on {host}: "
                         f"cron {doc['cron']}, one run at a time, no catch-up")
 
@@ -759,7 +760,7 @@ def demo_command(workdir: Path, as_json: bool) -> None:
     data, agreement gate) to promotion. Run it again: the pipeline's version is reused and a
     new challenger takes over.
     """
-    from shipyard.demo import run_demo
+    from shipyard.demo.run import run_demo
 
     try:
         with _library_prints_to_stderr():

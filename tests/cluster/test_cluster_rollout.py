@@ -43,13 +43,13 @@ def cluster():
 def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path):
     from rollout_fakes import RecordingAliases
 
-    from shipyard.flow import ExportRequest, export_model
+    from shipyard.core.spec import parse_spec
     from shipyard.kube.cluster import KubeCluster
     from shipyard.kube.manifests import ServingTarget, rbac
+    from shipyard.kube.observe import ClusterObserver
     from shipyard.rollout import controller, machine
-    from shipyard.rollout.observe import ClusterObserver
     from shipyard.rollout.policy import parse_policy
-    from shipyard.spec import parse_spec
+    from shipyard.steps.export import ExportRequest, export_model
 
     # Only now: these start TensorFlow and a verifier, which a skipped run must not pay for.
     models, launcher = request.getfixturevalue("models"), request.getfixturevalue("launcher")

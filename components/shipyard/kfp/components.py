@@ -2,8 +2,8 @@
 and the rollout on a cluster.
 
 Each is a lightweight component on the shipyard image (`Dockerfile` at the repository root):
-its function body only calls the core (shipyard.ship, shipyard.push, shipyard.validate,
-shipyard.rollout), which the image has installed, so KFP runs it in that container on a
+its function body only calls the steps (shipyard.steps.ship, .push, .validate, .canary,
+.rollout), which the image has installed, so KFP runs it in that container on a
 cluster, and `kfp.local.SubprocessRunner` runs the same code here. `make_components(image)`
 builds them for an image; `accelerate(task, kind)` puts a task on GPU or TPU workers.
 """
@@ -35,11 +35,11 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
 
         import yaml
 
-        from shipyard.flow import ExportRequest
+        from shipyard.core.spec import parse_spec
+        from shipyard.files.trees import materialize
         from shipyard.registry.client import RegistryLocation
-        from shipyard.repository import materialize
-        from shipyard.ship import ship_model
-        from shipyard.spec import parse_spec
+        from shipyard.steps.export import ExportRequest
+        from shipyard.steps.ship import ship_model
 
         source = Path(model.path)
         if source.is_dir() and (source / "model.keras").is_file():
@@ -63,8 +63,8 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         """Point a label at a published version (models.config, and the server if given)."""
         import json
 
-        from shipyard.push import push_version
         from shipyard.repository import open_repository
+        from shipyard.steps.push import push_version
 
         return json.dumps(push_version(open_repository(repository), model_name, version, label,
                                        serving_address=serving_address or None).to_json())
@@ -79,7 +79,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
 
         from shipyard.registry.client import ModelRegistry, RegistryLocation
         from shipyard.repository import open_repository
-        from shipyard.validate import ValidateRequest, validate_version_on_examples
+        from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
 
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri or None))
         document = validate_version_on_examples(
@@ -96,16 +96,16 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
                tracking_uri: str, min_agreement: float, agreement_outputs: str = "",
                serving_address: str = "", file_only: bool = False,
                pipeline_run_id: str = "") -> str:
-        """The offline canary (shipyard.canary): canary label, validation against the
+        """The offline canary (shipyard.steps.canary): canary label, validation against the
         champion, then promotion, or rollback and a failed task. A model's first version
         becomes stable and champion directly. Label steps wait for TF Serving at
         `serving_address`; `file_only` when no server reads models.config. Pass
         dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to record the run."""
         import json
 
-        from shipyard.canary import first_deployment, offline_canary
         from shipyard.registry.client import ModelRegistry, RegistryLocation
         from shipyard.repository import open_repository
+        from shipyard.steps.canary import first_deployment, offline_canary
 
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri or None))
         repo = open_repository(repository)

@@ -1,4 +1,5 @@
-"""`shipyard schedule create`: the reference pipeline as a KFP recurring run.
+"""`shipyard schedule create`: a pipeline (the CLI passes the reference one,
+shipyard.demo.kfp_pipeline) as a KFP recurring run.
 
 One run at a time (max_concurrency 1) and no catch-up: a scheduled run that would overlap the
 previous one waits, and runs missed while the schedule was paused are not replayed. Together
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from shipyard.errors import ShipyardError, UsageError
+from shipyard.core.errors import ShipyardError, UsageError
 
 
 def kfp_cron(expression: str) -> str:
@@ -26,16 +27,15 @@ def kfp_cron(expression: str) -> str:
 
 
 def create_schedule(host: str, cron: str, *, name: str, experiment: str,
-                    params: dict[str, Any], image: str, accelerator: str,
+                    params: dict[str, Any], pipeline: Callable[..., Any],
                     client_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """`pipeline`: a @dsl.pipeline function, compiled here."""
     from kfp import Client, compiler
-
-    from shipyard.kfp.pipeline import build_pipeline
 
     schedule = kfp_cron(cron)
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "shipyard-pipeline.yaml")
-        compiler.Compiler().compile(build_pipeline(image, accelerator), package)
+        compiler.Compiler().compile(pipeline, package)
         try:
             client = (client_factory or Client)(host=host)
             experiment_id = client.create_experiment(experiment).experiment_id

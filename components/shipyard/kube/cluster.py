@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any, Iterator
 
-from shipyard.errors import LeaseHeldError, ShipyardError
+from shipyard.core.errors import LeaseHeldError, ShipyardError
 from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, render, route
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from shipyard.serving.image import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 
 GRPC_PORT = 8500
 REST_PORT = 8501

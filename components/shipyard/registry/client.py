@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from shipyard.errors import RegistryUnavailableError, ShipyardError, UsageError
-from shipyard.registry.audit import PUBLISHED_TAG
+from shipyard.core.errors import RegistryUnavailableError, ShipyardError, UsageError
+from shipyard.core.vocabulary import PUBLISHED_TAG, SUPERSEDED_TAG
 
 EMBEDDED_HOME = Path(".shipyard")
 MODEL_ARTIFACT_PATH = "model"
-SUPERSEDED_TAG = "shipyard.superseded_by"
 RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -345,8 +344,8 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path, signature: Any) -> P
     """
     import mlflow.pyfunc
 
+    from shipyard.files.trees import materialize
     from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
-    from shipyard.repository import materialize
 
     placeholder = workdir / SAVED_MODEL_ARTIFACT
     placeholder.mkdir(parents=True)

@@ -30,11 +30,12 @@ from typing import Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from shipyard.errors import ShipyardError, VersionExistsError
-from shipyard.manifest import MANIFEST_PATH, checksum_mismatches
-from shipyard.names import validate_model_name
-from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
-from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, fault_of, guarded, tree_bytes
+from shipyard.core.errors import ShipyardError, VersionExistsError
+from shipyard.core.manifest import MANIFEST_PATH, checksum_mismatches
+from shipyard.core.names import validate_model_name
+from shipyard.core.vocabulary import CONFIG_NAME
+from shipyard.files.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
+from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, fault_of, guarded, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ STAGING_PREFIX = ".staging-"
 PUBLISH_LOCK = ".publish.lock"
 PUBLISH_LOCK_TIMEOUT_S = 300
 SERVING_LOCK = ".serving.lock"
-CONFIG_NAME = "models.config"
 TRASH_PREFIX = ".removing-"
 
 
@@ -96,8 +96,13 @@ class LocalModelRepository:
         self.root = Path(root)
         self.location = str(root)
 
+    is_local = True
+
     def model_dir(self, name: str) -> Path:
         return self.root / validate_model_name(name)
+
+    def local_version_dir(self, name: str, version: int) -> Path | None:
+        return self.version_dir(name, version)
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.model_dir(name) / str(version)

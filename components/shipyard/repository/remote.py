@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
-from shipyard.errors import ShipyardError, VersionExistsError
-from shipyard.manifest import MANIFEST_NAME, MANIFEST_PATH, list_files
-from shipyard.names import validate_model_name
-from shipyard.repository.local import CONFIG_NAME, PUBLISH_LOCK_TIMEOUT_S, StagingDir
-from shipyard.repository.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
-from shipyard.repository.storage import DIRECTORY_ENTRY_BYTES, guarded
+from shipyard.core.errors import ShipyardError, VersionExistsError
+from shipyard.core.manifest import MANIFEST_NAME, MANIFEST_PATH, list_files
+from shipyard.core.names import validate_model_name
+from shipyard.core.vocabulary import CONFIG_NAME
+from shipyard.files.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
+from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, guarded
+from shipyard.repository.local import PUBLISH_LOCK_TIMEOUT_S, StagingDir
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -63,6 +64,11 @@ class ObjectStoreRepository:
 
     def _url(self, *parts: str) -> str:
         return "/".join([self.location, *parts])
+
+    is_local = False
+
+    def local_version_dir(self, name: str, version: int) -> Path | None:
+        return None  # in the object store
 
     def version_location(self, name: str, version: int) -> str:
         return self._url(validate_model_name(name), str(version))

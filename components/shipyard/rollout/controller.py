@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any, Callable, ContextManager, Protocol
 
-from shipyard.errors import LeaseHeldError, ShipyardError, UsageError
+from shipyard.core.errors import LeaseHeldError, ShipyardError, UsageError
 from shipyard.rollout import machine
 from shipyard.rollout.gates import GateResult, Observation, evaluate
 from shipyard.rollout.machine import RolloutState

@@ -31,9 +31,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shipyard.errors import SpecError
-from shipyard.serving.image import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
-from shipyard.spec import format_validation_error
+from shipyard.core.errors import SpecError
+from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+from shipyard.core.spec import format_validation_error
 
 
 class _Strict(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from shipyard.errors import ServingError, UsageError
+from shipyard.core.errors import ServingError, UsageError
 from shipyard.serving.protos import (
     get_model_status_pb2,
     model_management_pb2,

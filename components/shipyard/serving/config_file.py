@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from shipyard.repository import ModelRepository
+from shipyard.core.repository import ModelRepository
 from shipyard.serving.config import (
     ModelServing,
     model_serving,

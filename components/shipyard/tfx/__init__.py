@@ -1,2 +1,2 @@
 """The TFX custom component: shipyard as a Pusher. The executor only coordinates the core
-(shipyard.ship); nothing here decides how a model is exported, verified or published."""
+(shipyard.steps.ship); nothing here decides how a model is exported, verified or published."""

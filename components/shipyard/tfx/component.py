@@ -24,10 +24,10 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from shipyard.repository import materialize
+from shipyard.files.trees import materialize
 
 if TYPE_CHECKING:  # imported where used, as the executor does: importing this stays light
-    from shipyard.flow import ExportRequest
+    from shipyard.steps.export import ExportRequest
 
 MODEL = "model"
 MODEL_BLESSING = "model_blessing"
@@ -76,7 +76,7 @@ class Executor(base_executor.BaseExecutor):
            output_dict: dict[str, list[types.Artifact]],
            exec_properties: dict[str, Any]) -> None:
         from shipyard.registry.client import RegistryLocation
-        from shipyard.ship import ship_model
+        from shipyard.steps.ship import ship_model
 
         pushed = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL])
         exported = artifact_utils.get_single_instance(output_dict[EXPORTED_MODEL])
@@ -140,8 +140,8 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
     """The ExportRequest for the component's inputs and parameters."""
     import yaml
 
-    from shipyard.flow import ExportRequest
-    from shipyard.spec import parse_spec
+    from shipyard.core.spec import parse_spec
+    from shipyard.steps.export import ExportRequest
 
     model = artifact_utils.get_single_instance(input_dict[MODEL])
     examples = input_dict.get(EXAMPLES) or []

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from shipyard.errors import UsageError
+from shipyard.core.errors import UsageError
 
 FORMATS = ("tfrecord", "csv", "jsonl")
 _NUMPY = {"float16": np.float16, "float32": np.float32, "float64": np.float64,
@@ -89,7 +89,7 @@ def examples_input(spec: dict[str, Any], endpoint: str) -> ExamplesInput | None:
 
     Only an endpoint whose one input is tf_example is fed examples: rows or records cannot say
     which of their features belong to the examples and which to other tensors."""
-    from shipyard.spec import parse_spec
+    from shipyard.core.spec import parse_spec
 
     declared = next(e for e in parse_spec(spec).endpoints if e.name == endpoint)
     decl = declared.examples_input()
@@ -225,7 +225,7 @@ def to_example(row: dict[str, Any], spec: ExamplesInput) -> bytes:
     empty CSV cell of a fixed-length number feature) is left out of the example when it
     declares a default, since the endpoint's parser then fills in that default as it does for
     any client; otherwise it is an error naming the feature and the fix."""
-    from shipyard.export.samples import serialize_example
+    from shipyard.exporter.samples import serialize_example
 
     values: dict[str, np.ndarray] = {}
     missing = []
@@ -344,3 +344,35 @@ def batch(examples: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Stacks per-example arrays along a new batch dimension."""
     examples = list(examples)
     return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
+
+
+def matching_files(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # Beam raises BeamIOError for unknown schemes, missing dirs
+        raise UsageError(f"--examples {pattern}: cannot list matching files: {err}") from None
+    if not matched:
+        raise UsageError(f"--examples {pattern}: no file matches; check the path or glob")
+    return sorted(m.path for m in matched)
+
+
+def shared_csv_header(paths: list[str]) -> tuple[str, ...]:
+    """The header all CSV files share (each file's first line is skipped as its header)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    headers = {}
+    for path in paths:
+        with FileSystems.open(path) as f:
+            first = f.readline().decode().rstrip("\r\n")
+        if not first:
+            raise UsageError(f"--examples: {path} is empty; a CSV file needs a header line")
+        headers[path] = tuple(parse_csv_header(first))
+    first_path, header = next(iter(headers.items()))
+    for path, other in headers.items():
+        if other != header:
+            raise UsageError(f"--examples: {path} has the header {','.join(other)} but "
+                             f"{first_path} has {','.join(header)}; columns are mapped by one "
+                             "header, so give every file the same one")
+    return header

@@ -136,8 +136,8 @@ class _LoadedModels:
         self.source = None
         self.endpoint = None
         if job.source:
-            from shipyard.export import archive, source
-            from shipyard.spec import parse_spec
+            from shipyard.core.spec import parse_spec
+            from shipyard.exporter import archive, source
 
             source.import_modules(job.imports)
             spec = parse_spec(job.spec)
@@ -164,8 +164,8 @@ class _RunModels(beam.DoFn):
         self._source, self._endpoint = models.source, models.endpoint
 
     def process(self, examples: list[dict[str, Any]]) -> Iterator[tuple[int, stats_lib.Stats]]:
-        from shipyard.export.archive import structure_arguments
-        from shipyard.export.verifier import plain_array
+        from shipyard.exporter.archive import structure_arguments
+        from shipyard.exporter.verifier import plain_array
 
         named = batch(examples)
         feed = {k: self._tf.constant(v, dtype=self._dtype(k)) for k, v in named.items()}

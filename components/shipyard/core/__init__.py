@@ -1,0 +1,1 @@
+"""Pure vocabulary and rules: no outside system is imported here."""

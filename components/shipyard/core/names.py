@@ -1,0 +1,34 @@
+"""Validation of names that become paths, Kubernetes objects and registry keys (pure)."""
+
+from __future__ import annotations
+
+import re
+
+from shipyard.core.errors import UsageError
+
+# A DNS-1123 label, as Kubernetes requires for object names: it also rules out path tricks
+# ("../x", "a/b", ".hidden") because neither "." nor "/" is allowed.
+_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME_LENGTH = 63
+
+
+def validate_model_name(name: str, *, field: str = "--name") -> str:
+    """Returns `name` if it is a DNS-1123 label, else raises UsageError naming the fix."""
+    if not name or len(name) > MAX_NAME_LENGTH or not _DNS_1123_LABEL.match(name):
+        raise UsageError(
+            f"{field}: {name!r} is not a valid model name. Expected a DNS-1123 label: "
+            f"1-{MAX_NAME_LENGTH} characters of lower-case letters, digits and '-', starting "
+            "and ending with a letter or digit (e.g. 'churn-model')."
+        )
+    return name
+
+
+MAX_VERSION = 2**63 - 1  # TF Serving's version numbers are int64 (ModelSpec, the config)
+
+
+def validate_version(version: int, *, field: str = "--version") -> int:
+    """TF Serving versions are positive int64 integers (directory names)."""
+    if version < 1 or version > MAX_VERSION:
+        raise UsageError(f"{field}: {version} is not a valid version. Expected an integer from "
+                         f"1 to {MAX_VERSION} (TF Serving's versions are int64).")
+    return version

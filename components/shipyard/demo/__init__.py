@@ -1,0 +1,1 @@
+"""The demo: its model, spec and run."""

@@ -1,0 +1,116 @@
+"""Loading the source model: a `.keras` file or a SavedModel directory."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from shipyard.core.errors import ModelLoadError, UsageError
+from shipyard.core.manifest import sha256_file
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    format: Literal["keras", "saved_model"]
+    obj: Any  # a keras.Model, or the object tf.saved_model.load revived
+    sha256: str | None  # of the .keras file; None for a SavedModel directory
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve()), "format": self.format, "sha256": self.sha256}
+
+
+def import_modules(modules: list[str] | tuple[str, ...]) -> None:
+    """Imports --import modules so that their registered custom objects can be deserialized."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # any failure of user code at import time
+            raise UsageError(f"--import: cannot import module {module!r}: "
+                             f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH."
+                             ) from None
+
+
+def check_model_path(path: str | Path) -> None:
+    """Cheap checks (no TensorFlow) that MODEL can be what it must be."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"MODEL: {path} does not exist; pass a .keras file or a "
+                             "SavedModel directory")
+    if path.is_dir():
+        if not any((path / name).is_file() for name in SAVED_MODEL_FILES):
+            raise ModelLoadError(f"MODEL: {path} is a directory without saved_model.pb; pass a "
+                                 ".keras file or a SavedModel directory")
+    elif path.suffix != ".keras":
+        raise ModelLoadError(f"MODEL: {path} is neither a .keras file nor a SavedModel directory; "
+                             "save the model with model.save('model.keras') or model.export(dir)")
+
+
+def load_source_model(path: str | Path, *, unsafe: bool = False) -> SourceModel:
+    path = Path(path)
+    check_model_path(path)
+    if path.is_dir():
+        return _load_saved_model(path)
+    return _load_keras(path, unsafe=unsafe)
+
+
+def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
+                             "one is not (truncated or overwritten?); re-save the model")
+    try:
+        model = keras.saving.load_model(path, safe_mode=not unsafe)
+    except Exception as err:  # Keras raises many types; translate the ones we can name
+        text = str(err)
+        if not unsafe and ("safe_mode" in text or "Lambda" in text):
+            raise ModelLoadError(
+                f"MODEL: {path} contains a Lambda layer (arbitrary code), which safe mode "
+                "refuses to load; pass --unsafe if you trust this file") from None
+        if "Could not locate" in text or "custom_objects" in text or "Unknown" in text:
+            raise ModelLoadError(
+                f"MODEL: {path} uses a class Keras cannot find ({text.splitlines()[0][:300]}); "
+                "pass --import MODULE naming the module that registers it with "
+                "@keras.saving.register_keras_serializable") from None
+        raise ModelLoadError(f"MODEL: cannot load {path}: {type(err).__name__}: "
+                             f"{text.splitlines()[0][:500] if text else ''}") from None
+    return SourceModel(path=path, format="keras", obj=model, sha256=sha256_file(path))
+
+
+def _load_saved_model(path: Path) -> SourceModel:
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph = path / "saved_model.pb"
+    if graph.is_file():
+        try:
+            saved_model_pb2.SavedModel().ParseFromString(graph.read_bytes())
+        except DecodeError as err:
+            raise ModelLoadError(f"MODEL: {graph} is corrupt (not a SavedModel protocol buffer: "
+                                 f"{err}); export the model again") from None
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as err:  # the graph parsed, so the variables or assets are at fault
+        first = str(err).strip().splitlines()[0][:500] if str(err).strip() else ""
+        raise ModelLoadError(f"MODEL: cannot load SavedModel {path}: its variables/ or "
+                             f"assets/ are corrupt or incomplete ({type(err).__name__}: "
+                             f"{first}); export the model again") from None
+    return SourceModel(path=path, format="saved_model", obj=loaded, sha256=None)
+
+
+def library_versions() -> dict[str, str]:
+    """The TensorFlow and Keras that made an export (recorded in shipyard.json)."""
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}

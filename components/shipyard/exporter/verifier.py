@@ -1,0 +1,275 @@
+"""Verification of a written SavedModel in a fresh, CPU-only process.
+
+Why a separate process: it proves the SavedModel stands alone (no Python objects, custom
+classes or GPU state of the exporting process leak in), and CUDA_VISIBLE_DEVICES="" proves that
+a model exported on a GPU worker loads and answers on plain CPU TF Serving.
+
+Why start it early: importing TensorFlow costs ~15 s. The parent starts the verifier before it
+imports TensorFlow itself, so that cost overlaps the export instead of following it. The
+child imports TensorFlow (never Keras: a SavedModel must not need it), then waits on stdin for
+exactly one job (a JSON line) and writes its result as JSON to the file the job names.
+
+The parent side of this module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.files.locks import OwnedWorkdir
+from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, guarded
+
+log = logging.getLogger(__name__)
+
+KEY_SEPARATOR = "|"
+WORKDIR_PREFIX = "shipyard-verify-"
+DEFAULT_TIMEOUT_S = 900.0
+
+
+def plain_array(array: np.ndarray) -> np.ndarray:
+    """An array that survives np.savez/np.load without pickling and compares by value.
+
+    TensorFlow hands out strings as object arrays (pickled by savez, hashed by address) and
+    bfloat16 as an ml_dtypes type numpy cannot do arithmetic on; bytes and float32 can.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind == "O":
+        return array.astype(bytes)
+    if array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    return array
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Digest of a variable's value: dtype, shape and bytes."""
+    array = np.ascontiguousarray(plain_array(array))
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class VerifierProcess:
+    """A started verifier child; give it one job with `run`, or `close` it."""
+
+    def __init__(self) -> None:
+        # Owned through a lock while this process lives: the next verifier's start removes
+        # the work directories of killed runs (see locks.OwnedWorkdir).
+        temporary = Path(tempfile.gettempdir())
+        with guarded(f"create the verifier's work directory in {temporary}", temporary,
+                     needed=DIRECTORY_ENTRY_BYTES, flag="TMPDIR", after="Nothing was written."):
+            self._owned = OwnedWorkdir(WORKDIR_PREFIX)
+            self.workdir = self._owned.path
+            self.log_path = self.workdir / "verifier.log"
+            log_file = open(self.log_path, "wb")
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        with log_file:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "shipyard.exporter.verifier", str(self.workdir)],
+                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def run(self, job: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """Sends `job`, waits for the child to finish, returns its result document."""
+        result_path = self.workdir / "result.json"
+        job = dict(job, result=str(result_path))
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write((json.dumps(job) + "\n").encode())
+            self._process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died early; reported below with its log
+        try:
+            code = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            return {"ok": False,
+                    "failures": [f"the verifier did not finish within {timeout:.0f} s"],
+                    "log": self.log_tail()}
+        if not result_path.exists():
+            return {"ok": False, "failures": [f"the verifier exited with code {code} and no "
+                                              "result (crashed or killed)"],
+                    "log": self.log_tail()}
+        return json.loads(result_path.read_text())
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._owned.remove()
+
+
+def start_verifier() -> VerifierProcess:
+    return VerifierProcess()
+
+
+class PrefetchingLauncher:
+    """Hands out a verifier that was started earlier and starts the next one at once.
+
+    For processes that export many models in a row (a test session, a long-lived worker): each
+    export then finds a verifier that has already imported TensorFlow.
+    """
+
+    def __init__(self) -> None:
+        self._spare: VerifierProcess | None = VerifierProcess()
+
+    def __call__(self) -> VerifierProcess:
+        verifier = self._spare or VerifierProcess()
+        self._spare = VerifierProcess()
+        return verifier
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The child side.
+
+
+def _main() -> int:
+    import tensorflow as tf  # the cost this process exists to pay early
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        # The parent closed stdin without a job: it gave up or was killed. Nobody else will
+        # remove the working folder then.
+        shutil.rmtree(sys.argv[1], ignore_errors=True)
+        return 0
+    job = json.loads(line)
+    result = _verify(tf, job)
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def _verify(tf: Any, job: dict[str, Any]) -> dict[str, Any]:
+    failures: list[str] = []
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    if any(d != "CPU" for d in devices):
+        failures.append(f"an accelerator is visible to the verifier ({devices}); it must run "
+                        "on CPU only")
+    started = time.monotonic()
+    try:
+        loaded = tf.saved_model.load(job["saved_model_dir"])
+    except Exception as err:  # any load failure is a verification failure
+        return {"ok": False, "failures": [f"the SavedModel does not load: "
+                                          f"{type(err).__name__}: {err}"], "devices": devices}
+    load_seconds = time.monotonic() - started
+
+    failures += _check_collections(loaded, job["collections"])
+    parity, parity_failures = _check_endpoints(tf, loaded, job)
+    failures += parity_failures
+    return {"ok": not failures, "failures": failures, "parity": parity, "devices": devices,
+            "load_seconds": load_seconds}
+
+
+def _check_collections(loaded: Any, expected: dict[str, list[str]]) -> list[str]:
+    failures = []
+    for name, digests in expected.items():
+        restored = getattr(loaded, name, None)
+        if restored is None:
+            failures.append(f"variable collection {name!r} is missing from the SavedModel")
+            continue
+        restored = list(restored)
+        if len(restored) != len(digests):
+            failures.append(f"variable collection {name!r}: {len(restored)} variables restored, "
+                            f"{len(digests)} exported")
+            continue
+        changed = sum(array_digest(v.numpy()) != d for v, d in zip(restored, digests))
+        if changed:
+            failures.append(f"variable collection {name!r}: {changed} of {len(digests)} "
+                            "variables restored with different values")
+    return failures
+
+
+def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
+                     ) -> tuple[dict[str, float], list[str]]:
+    # Our own files, written by the exporting process: serialized examples travel pickled.
+    inputs = np.load(job["inputs"], allow_pickle=True)
+    expected = np.load(job["expected"], allow_pickle=True)
+    atol, rtol = job["tolerance"]["atol"], job["tolerance"]["rtol"]
+    parity: dict[str, float] = {}
+    failures: list[str] = []
+    # The exporter's call order (see reference.py); it ends with serving_default, whose
+    # reference is the default endpoint's output, so a wrong default is caught by value.
+    for step in job["plan"]:
+        endpoint, batch = step["signature"], step["batch_size"]
+        signature = loaded.signatures.get(endpoint)
+        if signature is None:
+            failures.append(f"endpoint {endpoint!r} is not a signature of the SavedModel")
+            continue
+        prefix = step["key"]  # the reference's key (see reference.Reference.key)
+        specs = signature.structured_input_signature[1]
+        feed = {k[len(prefix):]: tf.constant(inputs[k], dtype=specs[k[len(prefix):]].dtype)
+                for k in inputs.files if k.startswith(prefix)}
+        try:
+            outputs = {k: plain_array(v.numpy()) for k, v in signature(**feed).items()}
+        except Exception as err:  # the call itself failing is the finding
+            failures.append(f"endpoint {endpoint!r} (batch {batch}) fails when called: "
+                            f"{type(err).__name__}: {str(err)[:300]}")
+            continue
+        wanted = {k[len(prefix):]: expected[k] for k in expected.files if k.startswith(prefix)}
+        if sorted(outputs) != sorted(wanted):
+            failures.append(f"endpoint {endpoint!r}: outputs {sorted(outputs)} differ from the "
+                            f"original model's {sorted(wanted)}")
+            continue
+        for name in sorted(wanted):
+            error, problem = compare(outputs[name], wanted[name], atol, rtol)
+            parity[endpoint] = max(parity.get(endpoint, 0.0), error)
+            if problem:
+                failures.append(f"endpoint {endpoint!r} output {name!r} (batch {batch}): {problem}")
+    return parity, failures
+
+
+def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+            ) -> tuple[float, str | None]:
+    """(max abs error, problem or None). Floats within tolerance; everything else exactly."""
+    if got.shape != want.shape:
+        return float("inf"), f"shape {got.shape} != original {want.shape}"
+    if got.dtype.kind != "f" or want.dtype.kind != "f":
+        # Strings, booleans and integers (class ids, counts) must match exactly: a float
+        # tolerance would let 1_000_000 pass for 1_000_009.
+        if got.dtype.kind != want.dtype.kind:
+            return float("inf"), f"dtype {got.dtype} != original {want.dtype}"
+        same = bool(np.array_equal(got, want))
+        return (0.0 if same else float("inf")), None if same else "values differ"
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    # Non-finite values match only the same value on the other side (NaN with NaN, +inf with
+    # +inf): whether the original may produce them at all is decided before (reference.py).
+    same_special = (np.isnan(got64) & np.isnan(want64)) | (np.isinf(got64) & (got64 == want64))
+    with np.errstate(invalid="ignore"):
+        difference = np.where(same_special, 0.0, np.abs(got64 - want64))
+    if not np.all(np.isfinite(difference)):
+        return float("inf"), ("non-finite values (NaN or Inf) where the original has other "
+                               "values, or the reverse")
+    error = float(np.max(difference)) if difference.size else 0.0
+    if not np.allclose(got64, want64, atol=atol, rtol=rtol, equal_nan=True):
+        return error, (f"max abs error {error:.3g} exceeds the tolerance (atol={atol:g}, "
+                       f"rtol={rtol:g})")
+    return error, None
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

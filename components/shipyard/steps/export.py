@@ -1,0 +1,269 @@
+"""The one place that strings the steps together: export -> verify -> publish.
+
+The CLI, the TFX executor and the KFP components all call this module, so a fix to the flow
+lands in all three at once. TensorFlow is imported only inside the steps that need it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from shipyard import __version__
+from shipyard.core.errors import BreakingChangeError, ShipyardError, VerificationError
+from shipyard.core.manifest import (
+    MANIFEST_DIR,
+    MANIFEST_FORMAT,
+    fingerprint,
+    list_files,
+    write_manifest,
+)
+from shipyard.core.names import validate_model_name, validate_version
+from shipyard.core.progress import NullProgress, Progress
+from shipyard.core.repository import ModelRepository
+from shipyard.core.signatures import breaking_changes
+from shipyard.core.spec import ExportSpec
+from shipyard.exporter.runtime import (
+    RuntimeCheck,
+    choose_runtime,
+    compare_runtime_outputs,
+    start_runtime_check,
+)
+from shipyard.exporter.verifier import VerifierProcess, start_verifier
+from shipyard.files.storage import writing_export, writing_verifier_inputs
+from shipyard.repository import StagingDir, open_repository
+
+VerifierLauncher = Callable[[], VerifierProcess]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model: Path
+    spec: ExportSpec
+    repo: str | Path  # a local path or an fsspec URL (gs://, s3://, ...)
+    name: str
+    version: int | None = None
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    allow_breaking: bool = False
+    device: str | None = None  # where the export runs, e.g. "/GPU:0"; verification: CPU
+    # The TensorFlow of the serving image to verify on ("2.19"), "none", or None for the
+    # default (SHIPYARD_SERVING_RUNTIME, else the image the manifests render).
+    serving_runtime: str | None = None
+    # Real tf.Examples for the tf_example endpoints' verification instead of generated ones: a
+    # TFRecord file, a glob or a directory of them (ExampleGen's Split-<name>/, gzip detected),
+    # a path or an fsspec URL. Warmup is written from them only if warmup_from_examples (real
+    # examples may hold personal data).
+    examples: str | None = None
+    examples_limit: int = 16  # at most this many real examples are read
+    warmup_from_examples: bool = False
+
+
+@dataclass
+class ExportResult:
+    name: str
+    version: int
+    path: str  # the version directory: an absolute path or a URL
+    manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": self.path,
+            "fingerprint": self.manifest["fingerprint"],
+            "endpoints": [e["name"] for e in self.manifest["spec"]["endpoints"]],
+            "variable_collections": self.manifest["variable_collections"],
+            "parity": {k: v["max_abs_error"] for k, v in self.manifest["parity"].items()},
+        }
+
+
+def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
+                 launch_verifier: VerifierLauncher = start_verifier) -> ExportResult:
+    """Exports, verifies and publishes `request.model` as <repo>/<name>/<N>; returns N and more.
+
+    Nothing becomes visible as a version unless every step succeeded.
+    """
+    from shipyard.exporter.source import check_model_path
+
+    validate_model_name(request.name)
+    choose_runtime(request.serving_runtime)  # a bad value fails before anything starts
+    check_model_path(request.model)  # before anything starts or is created
+    repo = open_repository(request.repo)
+    if request.version is not None:
+        validate_version(request.version)
+        repo.ensure_version_free(request.name, request.version)
+    # Started first, so its TensorFlow import overlaps loading and writing the model.
+    verifier = launch_verifier()
+    try:
+        with repo.create_staging(request.name) as staging:
+            manifest, timings = stage_export(request, repo, staging, verifier, progress)
+            with progress.step("publish"):
+                version = repo.publish(
+                    staging, request.name, request.version,
+                    precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
+            return ExportResult(request.name, version, repo.version_location(request.name, version),
+                                manifest, timings)
+    finally:
+        verifier.close()
+
+
+def stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
+                 verifier: VerifierProcess, progress: Progress
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Writes and verifies the export into `staging`; returns its manifest and step timings."""
+    runtime = start_runtime_check(choose_runtime(request.serving_runtime))
+    try:
+        # A full disk, read-only repository or missing permission: one clear StorageError.
+        with writing_export(staging.path, request.model,
+                            local=repo.is_local):
+            return _stage_export(request, repo, staging, verifier, runtime, progress)
+    finally:
+        runtime.close()
+
+
+def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
+                  verifier: VerifierProcess, runtime: Any, progress: Progress
+                  ) -> tuple[dict[str, Any], dict[str, float]]:
+    from shipyard.exporter import archive, reference, source, warmup
+
+    started = time.monotonic()
+    with archive.placed_on(request.device):
+        with progress.step(f"load {request.model}"):
+            source.import_modules(request.imports)
+            model = source.load_source_model(request.model, unsafe=request.unsafe)
+        with progress.step("build endpoints"):
+            built = archive.build_archive(model, request.spec)
+        with progress.step("write SavedModel"):
+            built.write(staging.path)
+        rng_states = archive.rng_state_digests(model)  # before any call advances them
+    signatures = archive.read_signatures(staging.path)
+    check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
+    real_examples = _real_examples(request)
+    with progress.step("compute reference outputs"):
+        digests = reference.collection_digests(built)
+        references = reference.compute_references(built, request.spec, real_examples)
+        # Every call the verifier makes, serving_default included: it is a separate function
+        # in the graph, so clients that omit signature_name would otherwise pay its first call.
+        # Real examples only with warmup_from_examples: the version's files travel widely.
+        warmed = [r for r in references if request.warmup_from_examples or not r.sample.real]
+        warmup_records = warmup.write_warmup(
+            staging.path / MANIFEST_DIR, request.name,
+            [(r.signature, r.sample) for r in warmed], request.spec)
+        with writing_verifier_inputs(verifier.workdir):  # in $TMPDIR, not the repository
+            inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
+    export_seconds = time.monotonic() - started
+
+    verify_started = time.monotonic()
+    with progress.step("verify in a fresh CPU-only process"):
+        outcome = verifier.run({
+            # Absolute: the verifier may have been started in another working directory.
+            "saved_model_dir": str(staging.path.resolve()),
+            "inputs": str(inputs_path),
+            "expected": str(expected_path),
+            "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size,
+                      "key": r.key} for r in references],
+            "tolerance": request.spec.tolerance.model_dump(),
+            "collections": digests,
+        })
+    if not outcome["ok"]:
+        details = "\n".join(f"  - {f}" for f in outcome["failures"])
+        log_tail = outcome.get("log", "")
+        raise VerificationError(
+            f"verification of the export of {request.model} failed; nothing was published:\n"
+            f"{details}" + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
+    runtimes = _check_runtime(runtime, staging.path, warmed[:warmup_records],
+                              expected_path, request.spec, progress)
+    verify_seconds = time.monotonic() - verify_started
+
+    files = list_files(staging.path)
+    spec = request.spec
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": request.name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": model.describe(),
+        "spec": spec.normalized(),
+        "fingerprint": fingerprint(files, spec.normalized(), signatures,
+                                   archive.checkpoint_digests(staging.path, rng_states),
+                                   built.lookup_vocabularies,
+                                   archive.architecture_digest(model)),
+        "signatures": signatures,
+        "default_endpoint": spec.default.name,
+        "variable_collections": {name: len(v) for name, v in built.collections.items()},
+        "parity": {
+            e.name: {"max_abs_error": outcome["parity"].get(e.name, 0.0),
+                     "batch_sizes": sorted({r.sample.batch_size for r in references
+                                            if r.signature == e.name}),
+                     **spec.tolerance.model_dump()}
+            for e in spec.endpoints
+        },
+        "warmup_records": warmup_records,
+        "verification": {"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
+                         "runtimes": runtimes},
+        "producer": {"shipyard": __version__, **source.library_versions()},
+        "files": files,
+    }
+    write_manifest(staging.path, manifest)
+    return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
+
+
+def _real_examples(request: ExportRequest) -> tuple[bytes, ...]:
+    if request.examples is None:
+        return ()
+    from shipyard.core.errors import UsageError
+    from shipyard.exporter.real_examples import read_examples
+
+    if not any(e.examples_input() is not None for e in request.spec.endpoints):
+        raise UsageError("--examples: no endpoint of the spec takes serialized examples; "
+                         "declare the examples input with `tf_example`, or leave --examples "
+                         "out")
+    return read_examples(request.examples, request.examples_limit)
+
+
+def _check_runtime(runtime: Any, saved_model_dir: Path, references: list[Any],
+                   expected_path: Path, spec: ExportSpec, progress: Progress
+                   ) -> dict[str, Any]:
+    """The version on the serving image's TensorFlow: {runtime: record} for shipyard.json."""
+    if not isinstance(runtime, RuntimeCheck):
+        return {}  # turned off
+    plan = [{"signature": r.signature, "batch_size": r.sample.batch_size, "key": r.key}
+            for r in references]
+    with progress.step(f"verify on TF Serving's runtime (TensorFlow {runtime.choice.version})"):
+        outcome = runtime.run(saved_model_dir.resolve(), plan)
+        if outcome.outputs is not None:
+            outcome.record["parity"] = compare_runtime_outputs(
+                outcome, expected_path, spec.tolerance.atol, spec.tolerance.rtol)
+    return {outcome.version: outcome.record}
+
+
+def check_compatibility(repo: ModelRepository, request: ExportRequest,
+                        signatures: dict[str, Any]) -> None:
+    """Refuses signatures that break clients of the latest version (unless allowed)."""
+    from shipyard.exporter.archive import read_signatures
+
+    latest = repo.latest_version(request.name)
+    if latest is None or request.allow_breaking:
+        return
+    latest_location = repo.version_location(request.name, latest)
+    try:
+        previous = (repo.read_manifest(request.name, latest) or {}).get("signatures")
+        local_dir = repo.local_version_dir(request.name, latest)
+        if previous is None and local_dir is not None:
+            # A version written by another tool: its SavedModel still has signatures.
+            previous = read_signatures(local_dir)
+    except Exception as err:  # unreadable JSON or proto: say which version and what to do
+        raise ShipyardError(
+            f"cannot read the signatures of version {latest} ({latest_location}) to check "
+            f"compatibility: {type(err).__name__}: {err}. Repair or remove that version, or "
+            "pass --allow-breaking to skip the check.") from None
+    problems = breaking_changes(previous, signatures)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise BreakingChangeError(
+            f"the new export breaks clients of version {latest} ({latest_location}):\n{listed}\n"
+            "Keep the signatures compatible, or pass --allow-breaking if clients are ready.")

@@ -1,0 +1,70 @@
+"""`shipyard status`: one model's versions on disk, labels in models.config, registry aliases
+and what the server reports, side by side.
+
+A part that cannot be read (registry or server unreachable) is reported in `errors` while
+the rest is still shown; the CLI then exits with that error's code.
+
+A version directory that is a symlink gets a row with `symlink` set to its target and a
+warning; it is not followed (no size, no manifest read through it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from shipyard.core.errors import ShipyardError, UsageError
+from shipyard.core.names import validate_model_name
+from shipyard.core.repository import ModelRepository
+from shipyard.serving.config_file import current_serving
+
+AliasReader = Callable[[str], dict[str, int] | None]
+StateReader = Callable[[str], dict[int, dict[str, Any]]]
+
+
+def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader | None,
+                 read_server: StateReader | None) -> dict[str, Any]:
+    validate_model_name(name)
+    errors: list[dict[str, Any]] = []
+    serving = current_serving(repo, name)
+    # A registry that does not know NAME has no aliases for it ({}); None: not read.
+    aliases = (_attempt(lambda: read_aliases(name) or {}, "registry", errors)
+               if read_aliases else None)
+    server = _attempt(lambda: read_server(name), "server", errors) if read_server else None
+    on_disk = repo.versions(name)
+    links = repo.symlinked_versions(name)
+    rows = []
+    for version in sorted(set(on_disk) | set(links) | set(serving.versions if serving else ())
+                          | set((server or {}).keys())):
+        manifest = repo.read_manifest(name, version) if version in on_disk else None
+        rows.append({
+            "version": version,
+            "on_disk": version in on_disk,
+            "symlink": links.get(version),
+            "bytes": repo.version_bytes(name, version) if version in on_disk else None,
+            "fingerprint": (manifest or {}).get("fingerprint"),
+            "created_at": (manifest or {}).get("created_at"),
+            "in_config": bool(serving and version in serving.versions),
+            "labels": sorted(k for k, v in (serving.labels if serving else {}).items()
+                             if v == version),
+            "aliases": sorted(k for k, v in (aliases or {}).items() if v == version),
+            "server": (server or {}).get(version, {}).get("state"),
+        })
+    warnings = [f"version {version} ({repo.version_location(name, version)}) is a symlink to "
+                f"{target}: shipyard did not publish it and neither follows, verifies nor "
+                "removes it, but TF Serving may load it; replace it with a published version "
+                "or remove the link" for version, target in links.items()]
+    if not rows and serving is None and not aliases:
+        raise UsageError(f"--name {name}: {repo.location} has no versions of {name}, its "
+                         "models.config does not name it and the registry has no aliases for "
+                         "it; check --repo and --name")
+    return {"name": name, "repository": repo.location, "config": repo.config_location,
+            "labels": dict(sorted(serving.labels.items())) if serving else {},
+            "aliases": aliases, "versions": rows, "warnings": warnings, "errors": errors}
+
+
+def _attempt(read: Callable[[], Any], source: str, errors: list[dict[str, Any]]) -> Any:
+    try:
+        return read()
+    except ShipyardError as err:
+        errors.append({"source": source, "message": str(err), "exit_code": err.exit_code})
+        return None

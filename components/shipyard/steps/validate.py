@@ -1,0 +1,294 @@
+"""`shipyard validate`: a published version on real examples, through Apache Beam.
+
+Composes: the repository (the version and its manifest), the registry (champion, and where the
+results are logged), the example mapping and the Beam pipeline, the gates. Nothing is written
+into the version directory: published versions are immutable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from shipyard.core.errors import GateError, ShipyardError, UsageError
+from shipyard.core.names import validate_model_name, validate_version
+from shipyard.core.progress import NullProgress, Progress
+from shipyard.core.repository import ModelRepository
+from shipyard.core.vocabulary import CHAMPION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    name: str
+    version: int
+    examples: str
+    fmt: str | None = None
+    endpoint: str | None = None
+    source: Path | None = None
+    against: str | None = None  # "champion" or a version number
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    runner: str = "DirectRunner"
+    beam_args: tuple[str, ...] = ()
+    sample: int | None = None
+    max_abs_error: float | None = None
+    min_agreement: float | None = None
+    # The outputs the agreement gate covers (default: all). A regression output of a retrained
+    # model never agrees within the export tolerance; its figures are still reported.
+    agreement_outputs: tuple[str, ...] = ()
+    output: str | None = None
+
+
+def validate_version_on_examples(
+        repo: ModelRepository, request: ValidateRequest, *,
+        read_aliases: Callable[[str], dict[str, int] | None],
+        registry: Callable[[], Any] | None = None,
+        progress: Progress = NullProgress()) -> dict[str, Any]:
+    """Runs the pipeline and returns the result document; GateError (exit 8) when a gate
+    fails, after the results were written out and logged."""
+    from shipyard.steps.push import check_published
+    from shipyard.validation.examples import (
+        declared_inputs,
+        examples_input,
+        format_of,
+        matching_files,
+        shared_csv_header,
+    )
+
+    validate_model_name(request.name)
+    validate_version(request.version)
+    _check_thresholds(request)
+    if request.source is None and request.against is None:
+        raise UsageError("nothing to compare: pass --source MODEL (parity with the source "
+                         "model) and/or --against champion|VERSION (agreement with another "
+                         "version)")
+    if request.runner != "DirectRunner" and _option(request.beam_args,
+                                                    "--temp_location") is None:
+        raise UsageError(f"--runner {request.runner}: pass -- --temp_location URL (a bucket "
+                         "path the workers can write to); the results are collected there")
+    check_published(repo, request.name, request.version)
+    manifest = repo.read_manifest(request.name, request.version)
+    endpoint = _endpoint(manifest, request.endpoint)
+    signature = manifest["signatures"][endpoint]
+    _check_agreement_outputs(request, signature["outputs"], endpoint)
+    kind = _kind(manifest["spec"], endpoint)
+    agreement_outputs = request.agreement_outputs or _default_agreement_outputs(kind,
+                                                                                signature)
+    fmt = format_of(request.examples, request.fmt)
+    files = matching_files(request.examples)
+    against = _resolve_against(repo, request, read_aliases)
+    if against is not None:
+        _check_same_signature(manifest, repo.read_manifest(request.name, against), endpoint,
+                              against)
+    if request.source is not None:
+        from shipyard.exporter.source import check_model_path
+
+        check_model_path(request.source)
+
+    from shipyard.validation.pipeline import ValidationJob, run_pipeline
+
+    tolerance = manifest["spec"].get("tolerance", {})
+    job = ValidationJob(
+        examples=request.examples, fmt=fmt,
+        csv_header=shared_csv_header(files) if fmt == "csv" else None,
+        decls=tuple(declared_inputs(signature)),
+        examples_input=examples_input(manifest["spec"], endpoint), kind=kind,
+        endpoint=endpoint,
+        version_dir=repo.version_location(request.name, request.version),
+        spec=manifest["spec"], source=str(request.source) if request.source else None,
+        imports=request.imports, unsafe=request.unsafe,
+        against_dir=repo.version_location(request.name, against) if against else None,
+        atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
+        sample=request.sample)
+    beam_args = list(request.beam_args)
+    if request.runner == "DirectRunner" and _option(request.beam_args,
+                                                    "--direct_num_workers") is None:
+        # One in-memory worker: measured fastest (bench/validate.py), since parsing and
+        # mapping examples is Python and threads contend for the GIL; worker processes would
+        # each pay TensorFlow's ~15 s import.
+        beam_args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    with contextlib.ExitStack() as stack:
+        results_dir = _option(request.beam_args, "--temp_location") or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="shipyard-validate-"))
+        with progress.step(f"run the validation pipeline on {len(files)} file(s) "
+                           f"({request.runner})"):
+            outcome = run_pipeline(job, runner=request.runner, beam_args=beam_args,
+                                   results_dir=results_dir)
+    if outcome["unmappable"]:
+        listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
+        raise UsageError(
+            f"--examples {request.examples}: {outcome['unmappable']} example(s) do not map onto "
+            f"endpoint {endpoint!r} of {request.name} version {request.version}:\n{listed}")
+    if outcome["examples"] == 0:
+        raise UsageError(f"--examples {request.examples}: the files hold no examples")
+
+    from shipyard.validation.stats import gate_failures, summarize
+
+    summary = summarize(outcome["stats"])
+    failures = gate_failures(summary, max_abs_error=request.max_abs_error,
+                             min_agreement=request.min_agreement,
+                             agreement_outputs=agreement_outputs or None)
+    document = {
+        "name": request.name, "version": request.version, "endpoint": endpoint,
+        "examples": outcome["examples"], "files": len(files), "format": fmt,
+        "source": str(request.source) if request.source else None, "against": against,
+        "parity": summary.get("parity"), "agreement": summary.get("agreement"),
+        "thresholds": {"max_abs_error": request.max_abs_error,
+                       "min_agreement": request.min_agreement,
+                       "agreement_outputs": list(agreement_outputs) or None,
+                       **tolerance},
+        "failures": failures, "passed": not failures, "runner": request.runner,
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "logged_to_run": None,
+    }
+    if request.output:
+        _write(request.output, document)
+    if registry is not None:
+        try:
+            with progress.step("log the results to MLflow"):
+                document["logged_to_run"] = _log(registry(), request, document)
+        except ShipyardError as err:  # the results stand; the caller still prints them
+            err.document = document  # type: ignore[attr-defined]
+            raise
+    if failures:
+        raise GateError("validation gates failed:\n" + "\n".join(f"  - {f}" for f in failures),
+                        document=document)
+    return document
+
+
+def _check_thresholds(request: ValidateRequest) -> None:
+    if request.sample is not None and request.sample < 1:
+        raise UsageError(f"--sample: expected a positive number of examples, got "
+                         f"{request.sample}")
+    if request.max_abs_error is not None and request.max_abs_error < 0:
+        raise UsageError(f"--max-abs-error: expected 0 or more, got {request.max_abs_error}")
+    if request.min_agreement is not None and not 0 <= request.min_agreement <= 1:
+        raise UsageError(f"--min-agreement: expected a share between 0 and 1, got "
+                         f"{request.min_agreement}")
+
+
+def _check_agreement_outputs(request: ValidateRequest, outputs: dict[str, Any],
+                             endpoint: str) -> None:
+    unknown = [o for o in request.agreement_outputs if o not in outputs]
+    if unknown:
+        raise UsageError(f"--agreement-output {', '.join(unknown)}: endpoint {endpoint!r} has "
+                         f"no such output; its outputs are {', '.join(sorted(outputs))}")
+    if request.agreement_outputs and request.min_agreement is None:
+        raise UsageError("--agreement-output names the outputs the agreement gate covers; "
+                         "pass --min-agreement too")
+
+
+def _kind(spec: dict[str, Any], endpoint: str) -> str:
+    declared = next(e for e in spec["endpoints"] if e["name"] == endpoint)
+    return declared.get("kind") or "predict"  # manifests from before kinds: predict
+
+
+def _default_agreement_outputs(kind: str, signature: dict[str, Any]) -> tuple[str, ...]:
+    """What the agreement gate covers without --agreement-output. A classify endpoint: its
+    `classes`, i.e. whether both versions name the same top-1 class (what its callers act
+    on); its `scores` are still reported, but a retrained model's scores are not expected to
+    stay within the export tolerance. With one score per example there is no top-1 to
+    compare, so every output is gated. Other endpoints: every output."""
+    classes = signature["outputs"].get("classes", {}).get("shape") or [None, None]
+    if kind == "classify" and classes[-1] != 1:
+        return ("classes",)
+    return ()
+
+
+def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:
+    endpoints = [e["name"] for e in manifest["spec"]["endpoints"]]
+    if requested is None or requested == "serving_default":
+        # serving_default is the default endpoint's signature under another name.
+        return manifest["default_endpoint"]
+    if requested not in endpoints:
+        raise UsageError(f"--endpoint: the version has no endpoint {requested!r}; it has "
+                         f"{', '.join(endpoints)}")
+    return requested
+
+
+def _check_same_signature(manifest: dict[str, Any], other: dict[str, Any] | None,
+                          endpoint: str, version: int) -> None:
+    signatures = (other or {}).get("signatures", {})
+    if endpoint not in signatures:
+        raise UsageError(f"--against: version {version} has no endpoint {endpoint!r}; it has "
+                         f"{', '.join(sorted(signatures)) or 'none'}")
+    if signatures[endpoint] != manifest["signatures"][endpoint]:
+        raise UsageError(f"--against: endpoint {endpoint!r} of version {version} has another "
+                         f"signature ({signatures[endpoint]}) than the version validated "
+                         f"({manifest['signatures'][endpoint]}); agreement needs the same "
+                         "inputs and outputs")
+
+
+def _resolve_against(repo: ModelRepository, request: ValidateRequest,
+                     read_aliases: Callable[[str], dict[str, int] | None]) -> int | None:
+    from shipyard.steps.push import check_published
+
+    if request.against is None:
+        return None
+    if request.against == CHAMPION:
+        aliases = read_aliases(request.name) or {}
+        if CHAMPION not in aliases:
+            raise UsageError(f"--against champion: registered model {request.name} has no "
+                             "champion alias; pass a version number instead")
+        other = aliases[CHAMPION]
+    elif request.against.isdigit():
+        other = int(request.against)
+    else:
+        raise UsageError(f"--against: expected 'champion' or a version number, got "
+                         f"{request.against!r}")
+    if other == request.version:
+        raise UsageError(f"--against: version {other} is the version being validated")
+    check_published(repo, request.name, other, flag="--against")
+    return other
+
+
+def _option(args: tuple[str, ...], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def metrics_of(document: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics: validation.<comparison>.<output>.<figure>."""
+    metrics = {"validation.examples": float(document["examples"]),
+               "validation.passed": 1.0 if document["passed"] else 0.0}
+    for comparison in ("parity", "agreement"):
+        for output, figures in (document.get(comparison) or {}).items():
+            for key, value in figures.items():
+                if value is not None and key != "examples":
+                    metrics[f"validation.{comparison}.{output}.{key}"] = float(value)
+    return metrics
+
+
+def _log(registry: Any, request: ValidateRequest, document: dict[str, Any]) -> str | None:
+    registered = registry.find_version(request.name, request.version)
+    if registered is None or not registered.run_id:
+        log.info("%s version %s is not registered at %s: results not logged to MLflow",
+                 request.name, request.version, registry.location.registry_uri)
+        return None
+    stamp = document["time"].replace(":", "").replace("-", "")
+    registry.log_results(registered.run_id, metrics_of(document),
+                         json.dumps(document, indent=2, sort_keys=True),
+                         f"validation/validation-{stamp}.json")
+    return registered.run_id
+
+
+def _write(output: str, document: dict[str, Any]) -> None:
+    import fsspec
+
+    try:
+        with fsspec.open(output, "w") as f:
+            f.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot write the results: {err}") from None
