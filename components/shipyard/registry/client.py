@@ -16,6 +16,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,21 @@ class RegistryLocation:
             # command ran from; beside the database, the store stays in one place.
             artifacts = (database.parent / "mlartifacts").resolve().as_uri()
         registry = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+        _check_has_scheme(tracking, "tracking_uri", "MLFLOW_TRACKING_URI")
+        _check_has_scheme(registry, "registry_uri", "MLFLOW_REGISTRY_URI")
         return cls(tracking, registry, artifacts)
+
+
+# host:port or host:port/path with no scheme: MLflow would take it for a file store path.
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d+(/.*)?$")
+
+
+def _check_has_scheme(uri: str, param: str, env_var: str) -> None:
+    if _HOST_PORT.match(uri):
+        raise UsageError(
+            f"{param}: {uri!r} is a host and port without a scheme, which MLflow would read "
+            f"as a local directory; use http://{uri} (or https://), or fix ${env_var}",
+            param=param)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -67,9 +82,18 @@ def translate_errors(location: RegistryLocation) -> Iterator[None]:
     """MLflow and HTTP failures -> shipyard errors that name the URI and the fix."""
     import requests
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     try:
         yield
+    except UnsupportedModelRegistryStoreURIException:
+        param = ("tracking_uri" if location.registry_uri == location.tracking_uri
+                 else "registry_uri")
+        raise UsageError(
+            f"{param}: MLflow has no model registry for {location.registry_uri!r} (its "
+            "scheme is not one MLflow's registry supports); use an MLflow server "
+            "(http://HOST:PORT) or a database URI (sqlite:///PATH, postgresql://...)",
+            param=param) from None
     except MlflowException as err:
         text = str(err)
         if _is_unreachable(text):
@@ -100,8 +124,9 @@ class ModelRegistry:
         from mlflow import MlflowClient
 
         self.location = location
-        self.client = MlflowClient(tracking_uri=location.tracking_uri,
-                                   registry_uri=location.registry_uri)
+        with translate_errors(location):  # an unsupported store URI fails here already
+            self.client = MlflowClient(tracking_uri=location.tracking_uri,
+                                       registry_uri=location.registry_uri)
 
     def check_reachable(self) -> None:
         with translate_errors(self.location):
