@@ -90,9 +90,9 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     assert {"├── 1/", "└── 2/"} <= {line.strip("│ ") for line in first["where"]["tree"]}
     assert first["where"]["mlflow_ui"].endswith(f"ui --backend-store-uri {uri} --port 5000")
 
-    from shipyard.cli import _describe_demo
+    from shipyard.cli.output import describe_demo
 
-    told = _describe_demo(first)
+    told = describe_demo(first)
     assert "First deployment: version 1 is stable and champion" in told
     assert "probs top-1 agreement" in told and "(gate >= 95%)" in told
     assert "promoted: version 2 is stable and champion" in told

@@ -121,24 +121,32 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     def rollout(model_name: str, version: int, policy: str, namespace: str,
                 tracking_uri: str) -> str:
         """The canary rollout on the cluster the pipeline runs in (its service account needs
-        the shipyard-pusher Role): `shipyard rollout start`, whose exit code and message
-        become the task's."""
-        import subprocess
-        import sys
+        the shipyard-pusher Role), as `shipyard rollout start` runs it (shipyard.steps.rollout);
+        returns the final state as that command's --json prints it. A rollout that does not
+        end promoted, or cannot run, fails the task with a RuntimeError giving the command's
+        exit code (8 rolled back or aborted, 9 another rollout holds the model, 2 bad policy,
+        ...) and its message."""
+        import json
+        import os
         import tempfile
 
+        from shipyard.core.errors import ShipyardError
+        from shipyard.rollout.policy import load_policy
+        from shipyard.steps.rollout import require_promoted, start_rollout
+
+        # Read from a file as `rollout start --policy` reads it: the same checks and messages.
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             f.write(policy)
-        command = [sys.executable, "-m", "shipyard", "rollout", "start", "--name", model_name,
-                   "--version", str(version), "--policy", f.name, "--namespace", namespace,
-                   "--json"]
-        if tracking_uri:
-            command += ["--tracking-uri", tracking_uri]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"shipyard rollout start failed (exit {done.returncode}): "
-                               f"{done.stderr.strip()[-2000:]}")
-        return done.stdout
+        try:
+            state = require_promoted(start_rollout(
+                model_name, version, load_policy(f.name), namespace=namespace,
+                tracking_uri=tracking_uri or None))
+        except ShipyardError as err:
+            raise RuntimeError(f"shipyard rollout start failed (exit {err.exit_code}): "
+                               f"error: {err}") from err
+        finally:
+            os.unlink(f.name)
+        return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
 
     return SimpleNamespace(ship=ship, push=push, validate=validate, canary=canary,
                            rollout=rollout)

@@ -1,18 +1,50 @@
-"""The rollout's alias moves, through the audited alias path (shipyard.steps.alias)."""
+"""The canary rollout on a cluster: the controller's adapters wired together, and the rollout
+started, read or asked to promote or abort (what `shipyard rollout` and the KFP rollout
+component both call).
+
+The adapters are the cluster and its metrics (kube.cluster, kube.observe) and the MLflow
+registry, whose alias moves go through the audited alias path (shipyard.steps.alias). Every
+function takes a `ports` factory, `(name, namespace, policy) -> Ports`, so tests run them on
+fakes; `policy` is None when the command acts on the stored rollout (status, promote, abort).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import os
+from typing import Any, Callable
 
+from shipyard.core.errors import GateError, UsageError
+from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.vocabulary import CANARY_ALIAS as CANARY
 from shipyard.core.vocabulary import CHAMPION
+from shipyard.rollout import controller
+from shipyard.rollout.controller import Ports
+from shipyard.rollout.machine import PROMOTED, RolloutState
+from shipyard.rollout.policy import RolloutPolicy
 from shipyard.steps.alias import clear_alias, move_alias
+
+PortsFactory = Callable[[str, str, RolloutPolicy | None], Ports]
 
 
 class RegistryAliases:
-    def __init__(self, registry: Any, pipeline_run_id: str | None = None):
-        self.registry = registry
+    """The controller's Aliases port on the MLflow registry. `registry` is a ModelRegistry,
+    or None to connect to `location` (tracking URI, registry URI) at the first alias read or
+    move: reading a rollout's state never needs MLflow."""
+
+    def __init__(self, registry: Any, pipeline_run_id: str | None = None, *,
+                 location: tuple[str | None, str | None] = (None, None)):
+        self._registry = registry
+        self._location = location
         self.pipeline_run_id = pipeline_run_id
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from shipyard.registry.client import ModelRegistry, RegistryLocation
+
+            self._registry = ModelRegistry(RegistryLocation.resolve(*self._location))
+        return self._registry
 
     def champion(self, name: str) -> int | None:
         return (self.registry.aliases(name) or {}).get(CHAMPION)
@@ -29,3 +61,95 @@ class RegistryAliases:
                       gates: dict[str, Any]) -> None:
         move_alias(self.registry, name, CHAMPION, version, reason=reason,
                    pipeline_run_id=self.pipeline_run_id, by_rollout=True, gates=gates)
+
+
+class _NoGates:
+    """The Observer of a stored rollout: promote, abort and status decide without gates."""
+
+    def observe(self, name: str, state: Any) -> Any:
+        raise RuntimeError(f"{name}: the stored rollout's ports observe nothing; "
+                           "start the rollout with its policy to check gates")
+
+
+def cluster_ports(name: str, namespace: str, policy: RolloutPolicy | None = None,
+                  tracking_uri: str | None = None, registry_uri: str | None = None) -> Ports:
+    """The controller's adapters: the cluster in use (KUBECONFIG, or the pod's service
+    account), its metrics and the MLflow registry. With a `policy` the tracks are deployed
+    with its serving settings and its gates are observed; without one (a stored rollout),
+    the serving settings are those stored with the rollout of NAME, read first."""
+    from shipyard.kube.cluster import KubeCluster, connect
+    from shipyard.kube.manifests import ServingTarget
+    from shipyard.kube.observe import ClusterObserver
+    from shipyard.rollout.policy import Serving
+
+    api = connect()
+    observer: Any
+    if policy is None:
+        stored = KubeCluster(api, ServingTarget(name=name, namespace=namespace)).load_state(name)
+        serving = Serving.model_validate((stored or {}).get("settings") or {})
+        observer = _NoGates()
+    else:
+        serving, observer = policy.serving, ClusterObserver(api, namespace, policy)
+    settings = serving.model_dump()
+    timeout = settings.pop("rollout_timeout_seconds")
+    target = ServingTarget(name=name, namespace=namespace, **settings)
+    return Ports(KubeCluster(api, target, rollout_timeout_s=timeout), observer,
+                 RegistryAliases(None, location=(tracking_uri, registry_uri)))
+
+
+def holder() -> str:
+    """Who holds the model's Lease: user@host:pid."""
+    import socket
+
+    from shipyard.registry.client import current_user
+
+    return f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _factory(ports: PortsFactory | None, tracking_uri: str | None,
+             registry_uri: str | None) -> PortsFactory:
+    return ports or functools.partial(cluster_ports, tracking_uri=tracking_uri,
+                                      registry_uri=registry_uri)
+
+
+def start_rollout(name: str, version: int, policy: RolloutPolicy, *,
+                  namespace: str = "shipyard", tracking_uri: str | None = None,
+                  registry_uri: str | None = None, lease_wait_s: float = 0.0,
+                  on_change: Callable[[RolloutState], None] | None = None,
+                  ports: PortsFactory | None = None) -> RolloutState:
+    """Rolls version N of NAME out to its end (promoted, rolled back or aborted), or resumes
+    the stored rollout of that version; `require_promoted` turns another end into an error."""
+    validate_model_name(name)
+    validate_version(version)
+    made = _factory(ports, tracking_uri, registry_uri)(name, namespace, policy)
+    return controller.start(made, name, version, policy, holder=holder(),
+                            lease_wait_s=lease_wait_s, on_change=on_change)
+
+
+def require_promoted(state: RolloutState) -> RolloutState:
+    """A rollout that ended other than promoted is a GateError (exit 8)."""
+    if state.phase != PROMOTED:
+        raise GateError(f"the rollout of {state.name} version {state.version} ended "
+                        f"{state.phase}: {state.reason}")
+    return state
+
+
+def rollout_status(name: str, namespace: str = "shipyard", *,
+                   ports: PortsFactory | None = None) -> RolloutState:
+    """The current (or last) rollout of NAME, as stored in the cluster."""
+    state = controller.current((ports or cluster_ports)(name, namespace, None), name)
+    if state is None:
+        raise UsageError(f"name {name}: no rollout of {name} is recorded in namespace "
+                         f"{namespace}", param="name")
+    return state
+
+
+def request_rollout(name: str, namespace: str, what: str, reason: str | None, *,
+                    tracking_uri: str | None = None, registry_uri: str | None = None,
+                    lease_wait_s: float = 0.0,
+                    ports: PortsFactory | None = None) -> RolloutState:
+    """`what` ("promote" or "abort") for the rollout of NAME in progress: stored for its
+    controller, or carried out here once no controller holds the Lease (controller.request)."""
+    made = _factory(ports, tracking_uri, registry_uri)(name, namespace, None)
+    return controller.request(made, name, what, reason, holder=holder(),
+                              lease_wait_s=lease_wait_s)

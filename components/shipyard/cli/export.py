@@ -1,0 +1,107 @@
+"""`shipyard export` and `shipyard register`: a model in, a verified TF Serving version out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shipyard.cli.options import (
+    import_option,
+    injected,
+    json_option,
+    model_arguments,
+    registry_options,
+)
+from shipyard.cli.output import (
+    describe_export,
+    describe_register,
+    emit,
+    library_prints_to_stderr,
+    progress,
+    quiet,
+)
+
+
+@click.command("export")
+@model_arguments
+@click.option("--version", "version", type=int, default=None,
+              help="Version number N (default: 1 + the highest existing version).")
+@import_option()
+@click.option("--unsafe", is_flag=True,
+              help="Load .keras files with safe_mode off (allows Lambda layers).")
+@click.option("--allow-breaking", is_flag=True,
+              help="Publish even if signatures break clients of the latest version.")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Where the export runs (e.g. /GPU:0, /TPU:0); verification is CPU-only.")
+@json_option()
+def export_command(model: Path, spec_path: Path, repo: str, name: str,
+                   examples: str | None, examples_limit: int, warmup_from_examples: bool,
+                   serving_runtime: str | None, version: int | None,
+                   imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
+                   device: str | None, as_json: bool) -> None:
+    """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
+
+    Writes REPO/NAME/N atomically: the SavedModel is written under a staging name, verified in a
+    fresh CPU-only process against the original model and on the TF Serving image's TensorFlow
+    (--serving-runtime), and only then renamed to N.
+
+    Exit codes: 0 ok, 2 bad spec/arguments/name, 3 version exists, 4 verification failed,
+    5 breaking signature change, 1 anything else.
+    """
+    from shipyard.core.names import validate_model_name
+    from shipyard.core.spec import load_spec
+    from shipyard.steps.export import ExportRequest, export_model
+
+    validate_model_name(name)
+    spec = load_spec(spec_path)
+    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, version=version,
+                            imports=imports, unsafe=unsafe, allow_breaking=allow_breaking,
+                            device=device, serving_runtime=serving_runtime,
+                            examples=examples, examples_limit=examples_limit,
+                            warmup_from_examples=warmup_from_examples)
+    result = export_model(request, progress=progress(quiet()),
+                          **injected(launch_verifier="launch_verifier"))
+    emit(result.to_json(), as_json, describe_export(result.to_json()))
+
+
+@click.command("register")
+@model_arguments
+@registry_options
+@click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
+@import_option()
+@json_option()
+def register_command(model: Path, spec_path: Path, repo: str, name: str,
+                     examples: str | None, examples_limit: int, warmup_from_examples: bool,
+                     serving_runtime: str | None, tracking_uri: str | None,
+                     registry_uri: str | None,
+                     pipeline_run_id: str | None, imports: tuple[str, ...],
+                     as_json: bool) -> None:
+    """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
+
+    The TF Serving version directory N is the MLflow registered model version N. Content that
+    already has a version (same fingerprint) reuses it. Alias `candidate` then points to N.
+
+    Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (before the version
+    is registered nothing is published). A registration that was killed or cut off at any
+    point is completed by running the same command again (tags, run, `candidate` and its
+    audit record).
+    """
+    from shipyard.core.names import validate_model_name
+    from shipyard.core.spec import load_spec
+    from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.export import ExportRequest
+    from shipyard.steps.register import register_model
+
+    validate_model_name(name)
+    spec = load_spec(spec_path)
+    request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports,
+                            serving_runtime=serving_runtime, examples=examples,
+                            examples_limit=examples_limit,
+                            warmup_from_examples=warmup_from_examples)
+    with library_prints_to_stderr():
+        result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
+                                pipeline_run_id=pipeline_run_id, progress=progress(quiet()),
+                                **injected(launch_verifier="launch_verifier"))
+    doc = result.to_json()
+    emit(doc, as_json, describe_register(doc))

@@ -1,0 +1,129 @@
+"""`shipyard rollout start|status|promote|abort`: canary rollouts on Kubernetes, carried out
+by shipyard.steps.rollout. Tests pass fakes of the rollout's adapters through click's context
+object: obj={"rollout_ports": factory}, factory(name, namespace, policy) -> Ports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shipyard.cli.options import injected, json_option, namespace_option, registry_options, stack
+from shipyard.cli.output import describe_rollout, emit, library_prints_to_stderr
+
+log = logging.getLogger("shipyard")
+
+
+@click.group("rollout")
+def rollout_group() -> None:
+    """Canary rollouts on Kubernetes: steps, gates, promotion and automatic rollback."""
+
+
+@rollout_group.command("start")
+@click.option("--name", required=True, help="Model name (registered model and Deployment).")
+@click.option("--version", "version", type=int, required=True, help="Published version N.")
+@click.option("--policy", "policy_path", required=True, type=click.Path(path_type=Path),
+              help="POLICY.yaml: steps, gates, metrics, serving settings.")
+@namespace_option
+@registry_options
+@click.option("--lease-wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another rollout of NAME to finish first.")
+@json_option("Print the final state as JSON.")
+def rollout_start_command(name: str, version: int, policy_path: Path, namespace: str,
+                          tracking_uri: str | None, registry_uri: str | None,
+                          lease_wait: float, as_json: bool) -> None:
+    """Roll version N of NAME out behind a canary, step by step, to promotion or rollback.
+
+    Holds the model's Lease for the whole rollout and records its state in the cluster; run
+    the same command again to resume a rollout whose controller stopped. A first deployment
+    (nothing serves NAME yet) goes straight to stable.
+
+    Exit codes: 0 promoted, 8 rolled back or aborted, 9 another rollout holds NAME,
+    2 bad policy or arguments, 6 MLflow unreachable, 1 anything else.
+    """
+    from shipyard.core.names import validate_model_name, validate_version
+    from shipyard.rollout.policy import load_policy
+    from shipyard.steps.rollout import require_promoted, start_rollout
+
+    validate_model_name(name)  # before the policy is read, as start_rollout does
+    validate_version(version)
+    policy = load_policy(policy_path)
+
+    def show(state: Any) -> None:
+        log.info("%s", describe_rollout(state.to_json()))
+
+    with library_prints_to_stderr():
+        state = start_rollout(name, version, policy, namespace=namespace,
+                              tracking_uri=tracking_uri, registry_uri=registry_uri,
+                              lease_wait_s=lease_wait, on_change=show,
+                              **injected(rollout_ports="ports"))
+    doc = state.to_json()
+    emit(doc, as_json, describe_rollout(doc))
+    require_promoted(state)
+
+
+@rollout_group.command("status")
+@click.option("--name", required=True, help="Model name.")
+@namespace_option
+@json_option("Print the state as JSON.")
+def rollout_status_command(name: str, namespace: str, as_json: bool) -> None:
+    """The current (or last) rollout of NAME, as stored in the cluster."""
+    from shipyard.steps.rollout import rollout_status
+
+    doc = rollout_status(name, namespace, **injected(rollout_ports="ports")).to_json()
+    emit(doc, as_json, describe_rollout(doc))
+
+
+def _request(name: str, namespace: str, what: str, reason: str | None,
+             tracking_uri: str | None, registry_uri: str | None, lease_wait: float,
+             as_json: bool) -> None:
+    from shipyard.steps.rollout import request_rollout
+
+    with library_prints_to_stderr():
+        state = request_rollout(name, namespace, what, reason, tracking_uri=tracking_uri,
+                                registry_uri=registry_uri, lease_wait_s=lease_wait,
+                                **injected(rollout_ports="ports"))
+    doc = state.to_json()
+    emit(doc, as_json, describe_rollout(doc))
+
+
+# What promote and abort share, after --name and --reason.
+_request_options = stack(
+    namespace_option,
+    registry_options,
+    click.option("--lease-wait", type=float, default=75.0, show_default=True,
+                 help="Seconds to wait for the controller to finish (or a dead one's Lease to "
+                      "expire) before leaving the request to it."),
+    json_option("Print the state as JSON."),
+)
+
+
+@rollout_group.command("promote")
+@click.option("--name", required=True, help="Model name.")
+@click.option("--reason", default="promoted by hand", show_default=True,
+              help="Recorded with the champion move.")
+@_request_options
+def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
+                            registry_uri: str | None, lease_wait: float,
+                            as_json: bool) -> None:
+    """Promote the canary of NAME now, skipping the remaining steps and gates.
+
+    The request is stored where a running `rollout start` picks it up at its next check;
+    this command waits (--lease-wait) for that controller to finish, or for a dead one's
+    Lease to expire, and then carries out what is left itself.
+    """
+    _request(name, namespace, "promote", reason, tracking_uri, registry_uri, lease_wait,
+             as_json)
+
+
+@rollout_group.command("abort")
+@click.option("--name", required=True, help="Model name.")
+@click.option("--reason", required=True, help="Why (recorded in the alias audit trail).")
+@_request_options
+def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
+                          registry_uri: str | None, lease_wait: float, as_json: bool) -> None:
+    """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
+    _request(name, namespace, "abort", reason, tracking_uri, registry_uri, lease_wait,
+             as_json)
