@@ -69,6 +69,17 @@ def test_gates_fail_on_any_bad_figure_and_wait_for_missing_ones():
         "p99_latency_ms 500 is outside max_p99_latency_ms 200",)
 
 
+def test_a_failed_gate_is_reported_when_the_policy_sets_only_some_limits():
+    """Only the broken limit is formatted: a policy without max_p99_latency_ms (None) used
+    to crash the report of a failing error rate with a TypeError."""
+    gates = parse_policy({"steps": [{"weight": 10}], "gates": {"max_error_rate": 0.01}},
+                         source="policy.yaml").gates
+    assert gates.max_p99_latency_ms is None
+    failed = evaluate(gates, Observation(error_rate=0.5, p99_latency_ms=9000))
+    assert failed.outcome == FAIL
+    assert failed.failures == ("error_rate 0.5 is outside max_error_rate 0.01",)
+
+
 SCRAPE = """\
 # TYPE :tensorflow:serving:request_count counter
 :tensorflow:serving:request_count{{model_name="m",status="OK"}} {ok}
@@ -253,7 +264,7 @@ def test_promote_and_abort_by_hand_act_at_once_when_no_controller_runs():
                                                                      "looks good"
     assert cluster.calls[0] == ("set_weight", 50)  # the interrupted action, finished first
     assert cluster.calls[-3:] == PROMOTION_TAIL and aliases.champion_version == 2
-    with pytest.raises(UsageError, match=r"--name m: no rollout of m is in progress \(the last "
+    with pytest.raises(UsageError, match=r"^name m: no rollout of m is in progress \(the last "
                                          r"one ended promoted: promoted by hand"):
         controller.request(p, "m", machine.ABORT, "too late", holder="operator")
 
@@ -290,7 +301,7 @@ def test_starting_another_version_during_a_rollout_is_refused():
     p = ports(cluster, ScriptedObserver([GOOD]), RecordingAliases())
     with pytest.raises(Crash):
         controller.start(p, "m", 2, POLICY, holder="h")
-    with pytest.raises(UsageError, match=r"--version 3: a rollout of m version 2 is in progress "
+    with pytest.raises(UsageError, match=r"^version 3: a rollout of m version 2 is in progress "
                                          r"\(phase progressing, step 2\); finish it with "
                                          r"`shipyard rollout promote --name m`"):
         controller.start(p, "m", 3, POLICY, holder="h")
@@ -340,7 +351,7 @@ def test_a_controller_that_loses_its_lease_stops_acting():
 
 def test_an_empty_namespace_is_a_first_deployment_only_without_a_champion():
     p = ports(FakeCluster(stable=None), ScriptedObserver([GOOD]), RecordingAliases(champion=4))
-    with pytest.raises(UsageError, match=r"--version 5: nothing serves m in this namespace, but "
+    with pytest.raises(UsageError, match=r"^version 5: nothing serves m in this namespace, but "
                                          r"version 4 is its champion. Check --namespace"):
         controller.start(p, "m", 5, POLICY, holder="h")
     cluster, aliases = FakeCluster(stable=None), RecordingAliases(champion=None)

@@ -68,9 +68,12 @@ def evaluate(gates: Gates, seen: Observation) -> GateResult:
 
 
 def _threshold(gates: Gates, figure: str) -> str:
-    return {"error_rate": f"max_error_rate {gates.max_error_rate:g}",
-            "p99_latency_ms": f"max_p99_latency_ms {gates.max_p99_latency_ms:g}",
-            "top1_agreement": f"min_top1 {gates.agreement.min_top1:g}" if gates.agreement
-            and gates.agreement.min_top1 is not None else "",
-            "max_abs_diff": f"max_abs_diff {gates.agreement.max_abs_diff:g}" if gates.agreement
-            and gates.agreement.max_abs_diff is not None else ""}[figure]
+    """The limit a failed figure broke. Only that figure's limit is formatted: the others may
+    be unset (None) in the policy."""
+    agreement = gates.agreement
+    limit = {"error_rate": ("max_error_rate", lambda: gates.max_error_rate),
+             "p99_latency_ms": ("max_p99_latency_ms", lambda: gates.max_p99_latency_ms),
+             "top1_agreement": ("min_top1", lambda: agreement and agreement.min_top1),
+             "max_abs_diff": ("max_abs_diff", lambda: agreement and agreement.max_abs_diff)}
+    name, value = limit[figure]
+    return f"{name} {value():g}"
