@@ -19,7 +19,7 @@ SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
 
 def test_versions_are_int64_like_tf_servings():
     assert validate_version(MAX_VERSION) == 2**63 - 1
-    with pytest.raises(UsageError, match=r"--version: 9223372036854775808 is not a valid "
+    with pytest.raises(UsageError, match=r"^version: 9223372036854775808 is not a valid "
                                          r"version. Expected an integer from 1 to "
                                          r"9223372036854775807 \(TF Serving's versions are int64\)"):
         validate_version(2**63)

@@ -43,7 +43,7 @@ def staged_version(repo: ObjectStoreRepository, name: str, payload: bytes):
 def test_urls_open_an_object_store_repository_and_paths_a_local_one(tmp_path):
     assert isinstance(open_repository("memory://b/models"), ObjectStoreRepository)
     assert open_repository(str(tmp_path)).location == str(tmp_path)
-    with pytest.raises(ShipyardError, match=r"--repo nosuch://x: no filesystem for this URL"):
+    with pytest.raises(ShipyardError, match=r"^repo nosuch://x: no filesystem for this URL"):
         open_repository("nosuch://x")
 
 
@@ -92,7 +92,7 @@ def test_publishing_a_number_over_an_unfinished_upload_replaces_it(url):
 
 def test_url_spellings_are_normalized_and_a_bare_scheme_is_refused(url):
     assert ObjectStoreRepository(url + "//").location == url
-    with pytest.raises(ShipyardError, match=r"--repo memory://: name a bucket or folder after "
+    with pytest.raises(ShipyardError, match=r"^repo memory://: name a bucket or folder after "
                                             r"memory://"):
         ObjectStoreRepository("memory://")
 

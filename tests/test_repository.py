@@ -99,7 +99,7 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "Model", "-m", "m-", ".hidden", "", "x" * 64])
 def test_names_that_are_not_dns_labels_are_refused(name):
-    with pytest.raises(UsageError, match=r"--name: .* is not a valid model name\. Expected a "
+    with pytest.raises(UsageError, match=r"^name: .* is not a valid model name\. Expected a "
                                          r"DNS-1123 label"):
         validate_model_name(name)
 

@@ -56,7 +56,7 @@ def test_the_environment_variable_and_the_flag_choose_explicitly(monkeypatch):
 
 @pytest.mark.parametrize("value", ["2.x", "1.15", "2.11", "latest", "2"])
 def test_a_runtime_that_is_not_a_usable_tensorflow_release_is_refused(value):
-    with pytest.raises(UsageError, match=rf"--serving-runtime: '{value}' is not a TensorFlow "
+    with pytest.raises(UsageError, match=rf"^serving_runtime: '{value}' is not a TensorFlow "
                                          r"release.*2\.12 or newer.*'none'"):
         choose_runtime(value)
 

@@ -100,7 +100,7 @@ def test_schedule_create_makes_a_recurring_run_one_at_a_time_without_catch_up(kf
 def test_cron_expressions_are_checked_before_anything_is_sent():
     assert kfp_cron("0 3 * * 1") == "0 0 3 * * 1"
     assert kfp_cron("0 0 3 * * 1") == "0 0 3 * * 1"
-    with pytest.raises(UsageError, match=r"--cron: expected 5 fields \(minute hour day month "
+    with pytest.raises(UsageError, match=r"^cron: expected 5 fields \(minute hour day month "
                                          r"weekday\) or 6 \(with seconds first\), got 2"):
         kfp_cron("every night")
 

@@ -122,5 +122,5 @@ def test_gc_with_keep_zero_and_nothing_pointing_removes_everything():
 
 
 def test_gc_refuses_a_negative_keep():
-    with pytest.raises(UsageError, match=r"--keep: expected 0 or more versions to keep, got -1"):
+    with pytest.raises(UsageError, match=r"^keep: expected 0 or more versions to keep, got -1"):
         plan_gc([1], None, {}, keep_newest=-1)

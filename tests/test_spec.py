@@ -102,7 +102,7 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(UsageError, match=r"--spec: .*missing\.yaml does not exist"):
+    with pytest.raises(UsageError, match=r"^spec: .*missing\.yaml does not exist"):
         load_spec(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("endpoints: [\n")

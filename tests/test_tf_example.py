@@ -308,9 +308,9 @@ def test_examples_that_are_not_tfrecords_are_refused_naming_the_file(launcher, t
 
     bad = tmp_path / "rows.csv"
     bad.write_text("x1,color\n1,red\n")
-    with pytest.raises(UsageError, match=rf"--examples: {bad} is not a complete TFRecord file"):
+    with pytest.raises(UsageError, match=rf"^examples: {bad} is not a complete TFRecord file"):
         export(launcher, trainer_model, trainer_spec(), repo, name="bad", examples=str(bad))
-    with pytest.raises(UsageError, match=r"--examples .*nowhere: no such file, directory or "
+    with pytest.raises(UsageError, match=r"^examples .*nowhere: no such file, directory or "
                                          r"match"):
         export(launcher, trainer_model, trainer_spec(), repo, name="bad",
                examples=str(tmp_path / "nowhere"))

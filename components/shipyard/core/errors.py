@@ -8,9 +8,20 @@ from __future__ import annotations
 
 
 class ShipyardError(Exception):
-    """Base class; exit code 1 ("anything else")."""
+    """Base class; exit code 1 ("anything else").
+
+    param: the library parameter the error is about ("against", "keep"); the message then
+    starts with it ("keep: expected 0 or more ..."), and `cli_message` shows the flag instead.
+    document: a result document that still stands (the validation results of a failed gate);
+    callers still print it."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 document: dict | None = None):
+        super().__init__(message)
+        self.param = param
+        self.document = document
 
 
 class UsageError(ShipyardError):
@@ -65,10 +76,6 @@ class GateError(ShipyardError):
 
     exit_code = 8
 
-    def __init__(self, message: str, document: dict | None = None):
-        super().__init__(message)
-        self.document = document
-
 
 class LeaseHeldError(ShipyardError):
     """Another rollout of the same model holds its Lease (exit 9)."""
@@ -82,3 +89,14 @@ class StorageError(ShipyardError):
     the bytes free, and the fix; nothing partial is left behind."""
 
     exit_code = 1
+
+
+def cli_message(err: ShipyardError) -> str:
+    """The message for the command line: a leading `param` ("against: ...", "examples PATH:
+    ...") becomes its flag ("--against: ..."). TFX and KFP callers set parameters and never
+    typed a flag; CLI users did."""
+    message = str(err)
+    param = err.param
+    if param and message.startswith((f"{param}:", f"{param} ")):
+        return f"--{param.replace('_', '-')}" + message[len(param):]
+    return message

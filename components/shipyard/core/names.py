@@ -12,23 +12,23 @@ _DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = 63
 
 
-def validate_model_name(name: str, *, field: str = "--name") -> str:
-    """Returns `name` if it is a DNS-1123 label, else raises UsageError naming the fix."""
+def validate_model_name(name: str, *, param: str = "name") -> str:
+    """Returns `name` if it is a DNS-1123 label, else raises UsageError naming the fix and
+    `param`, the parameter `name` came from."""
     if not name or len(name) > MAX_NAME_LENGTH or not _DNS_1123_LABEL.match(name):
         raise UsageError(
-            f"{field}: {name!r} is not a valid model name. Expected a DNS-1123 label: "
+            f"{param}: {name!r} is not a valid model name. Expected a DNS-1123 label: "
             f"1-{MAX_NAME_LENGTH} characters of lower-case letters, digits and '-', starting "
-            "and ending with a letter or digit (e.g. 'churn-model')."
-        )
+            "and ending with a letter or digit (e.g. 'churn-model').", param=param)
     return name
 
 
 MAX_VERSION = 2**63 - 1  # TF Serving's version numbers are int64 (ModelSpec, the config)
 
 
-def validate_version(version: int, *, field: str = "--version") -> int:
+def validate_version(version: int, *, param: str = "version") -> int:
     """TF Serving versions are positive int64 integers (directory names)."""
     if version < 1 or version > MAX_VERSION:
-        raise UsageError(f"{field}: {version} is not a valid version. Expected an integer from "
-                         f"1 to {MAX_VERSION} (TF Serving's versions are int64).")
+        raise UsageError(f"{param}: {version} is not a valid version. Expected an integer from "
+                         f"1 to {MAX_VERSION} (TF Serving's versions are int64).", param=param)
     return version

@@ -404,10 +404,10 @@ def load_spec(path: str | Path) -> ExportSpec:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise UsageError(f"--spec: {path} does not exist; pass the path of an export spec "
-                         "YAML file") from None
+        raise UsageError(f"spec: {path} does not exist; pass the path of an export spec "
+                         "YAML file", param="spec") from None
     except OSError as err:
-        raise UsageError(f"--spec: cannot read {path}: {err.strerror}") from None
+        raise UsageError(f"spec: cannot read {path}: {err.strerror}", param="spec") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

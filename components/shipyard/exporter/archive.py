@@ -81,9 +81,9 @@ def placed_on(device: str | None) -> Iterator[None]:
     present = [d.name for d in tf.config.list_logical_devices()]
     wanted = device.upper().removeprefix("/DEVICE:")
     if not any(name.upper().endswith(wanted.lstrip("/")) for name in present):
-        raise UsageError(f"--device {device}: this machine has no such device; it has "
+        raise UsageError(f"device {device}: this machine has no such device; it has "
                          f"{', '.join(present)}. Run the export on an accelerator worker, or "
-                         "leave --device out")
+                         "leave --device out", param="device")
     with tf.device(device):
         yield
 

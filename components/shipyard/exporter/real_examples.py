@@ -23,7 +23,8 @@ def read_examples(location: str, limit: int = DEFAULT_LIMIT) -> tuple[bytes, ...
     import fsspec
 
     if limit < 1:
-        raise UsageError(f"--examples-limit: expected at least 1, got {limit}")
+        raise UsageError(f"examples_limit: expected at least 1, got {limit}",
+                         param="examples_limit")
     files = _files(location)
     records: list[bytes] = []
     for path in files:
@@ -31,12 +32,13 @@ def read_examples(location: str, limit: int = DEFAULT_LIMIT) -> tuple[bytes, ...
             with fsspec.open(path, "rb", compression="infer") as stream:
                 records.extend(_records(stream, limit - len(records), path))
         except OSError as err:
-            raise UsageError(f"--examples {location}: cannot read {path}: {err}") from None
+            raise UsageError(f"examples {location}: cannot read {path}: {err}",
+                             param="examples") from None
         if len(records) >= limit:
             break
     if not records:
-        raise UsageError(f"--examples {location}: the TFRecord file(s) hold no records; pass "
-                         "TFRecord files of serialized tf.Examples")
+        raise UsageError(f"examples {location}: the TFRecord file(s) hold no records; pass "
+                         "TFRecord files of serialized tf.Examples", param="examples")
     return tuple(records)
 
 
@@ -52,9 +54,9 @@ def _files(location: str) -> list[str]:
         elif fs.exists(path):
             found.append(path)
     if not found:
-        raise UsageError(f"--examples {location}: no such file, directory or match; pass a "
+        raise UsageError(f"examples {location}: no such file, directory or match; pass a "
                          "TFRecord file, a glob or a directory of them (e.g. ExampleGen's "
-                         "Split-eval/)")
+                         "Split-eval/)", param="examples")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return [p if protocol in ("file", "local") else f"{protocol}://{p.split('://')[-1]}"
             for p in found]
@@ -67,18 +69,19 @@ def _records(stream, wanted: int, path: str) -> list[bytes]:
         if not header:
             break
         if len(header) < 12:
-            raise UsageError(f"--examples: {path} is not a complete TFRecord file (a record "
-                             "header is cut short); pass TFRecord files, gzipped as `.gz`")
+            raise UsageError(f"examples: {path} is not a complete TFRecord file (a record "
+                             "header is cut short); pass TFRecord files, gzipped as `.gz`",
+                             param="examples")
         (length,) = struct.unpack("<Q", header[:8])
         if length > _MAX_RECORD_BYTES:  # not TFRecord framing (e.g. text): never allocate it
-            raise UsageError(f"--examples: {path} is not a complete TFRecord file (record "
+            raise UsageError(f"examples: {path} is not a complete TFRecord file (record "
                              f"{len(records)} claims {length} bytes); pass TFRecord files, "
-                             "gzipped as `.gz`")
+                             "gzipped as `.gz`", param="examples")
         data = stream.read(length)
         footer = stream.read(4)
         if len(data) != length or len(footer) != 4:
-            raise UsageError(f"--examples: {path} is not a complete TFRecord file (record "
+            raise UsageError(f"examples: {path} is not a complete TFRecord file (record "
                              f"{len(records)} is cut short); pass TFRecord files, gzipped "
-                             "as `.gz`")
+                             "as `.gz`", param="examples")
         records.append(data)
     return records

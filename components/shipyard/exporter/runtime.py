@@ -91,10 +91,10 @@ def choose_runtime(value: str | None) -> RuntimeChoice:
     if not match or (int(match[1]), int(match[2])) < OLDEST_RUNTIME:
         oldest = ".".join(map(str, OLDEST_RUNTIME))
         raise UsageError(
-            f"--serving-runtime: {value!r} is not a TensorFlow release this check can run; give "
+            f"serving_runtime: {value!r} is not a TensorFlow release this check can run; give "
             f"the TensorFlow version of your TF Serving image as MAJOR.MINOR, {oldest} or newer "
             f"(e.g. {DEFAULT_SERVING_RUNTIME} for {TF_SERVING_IMAGE}), or 'none' to skip the "
-            "check.")
+            "check.", param="serving_runtime")
     return RuntimeChoice(value, explicit=True)
 
 

@@ -34,9 +34,9 @@ def import_modules(modules: list[str] | tuple[str, ...]) -> None:
         try:
             importlib.import_module(module)
         except Exception as err:  # any failure of user code at import time
-            raise UsageError(f"--import: cannot import module {module!r}: "
-                             f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH."
-                             ) from None
+            raise UsageError(f"import: cannot import module {module!r}: "
+                             f"{type(err).__name__}: {err}. Check that it is on PYTHONPATH.",
+                             param="import") from None
 
 
 def check_model_path(path: str | Path) -> None:

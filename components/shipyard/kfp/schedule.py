@@ -22,8 +22,8 @@ def kfp_cron(expression: str) -> str:
         return "0 " + " ".join(fields)
     if len(fields) == 6:
         return " ".join(fields)
-    raise UsageError(f"--cron: expected 5 fields (minute hour day month weekday) or 6 (with "
-                     f"seconds first), got {len(fields)} in {expression!r}")
+    raise UsageError(f"cron: expected 5 fields (minute hour day month weekday) or 6 (with "
+                     f"seconds first), got {len(fields)} in {expression!r}", param="cron")
 
 
 def create_schedule(host: str, cron: str, *, name: str, experiment: str,
@@ -45,9 +45,9 @@ def create_schedule(host: str, cron: str, *, name: str, experiment: str,
                 no_catchup=True, enabled=True)
         except Exception as err:  # the client's HTTP and API errors, whatever their class
             raise ShipyardError(
-                f"--host {host}: Kubeflow Pipelines refused the recurring run or could not be "
+                f"host {host}: Kubeflow Pipelines refused the recurring run or could not be "
                 f"reached: {type(err).__name__}: {str(err).strip()[:300]}. Check --host and "
-                "your access to it") from None
+                "your access to it", param="host") from None
     return {"recurring_run_id": run.recurring_run_id, "experiment_id": experiment_id,
             "name": name, "cron": schedule, "host": host, "params": params,
             "max_concurrency": 1, "no_catchup": True}

@@ -139,9 +139,9 @@ class LocalModelRepository:
     def ensure_version_free(self, name: str, version: int) -> None:
         if self.version_exists(name, version):
             raise VersionExistsError(
-                f"--version: {self.version_dir(name, version)} already exists and published "
+                f"version: {self.version_dir(name, version)} already exists and published "
                 f"versions are never overwritten; omit --version to use "
-                f"{self._next_version(name)}, or pass an unused number")
+                f"{self._next_version(name)}, or pass an unused number", param="version")
 
     def create_staging(self, name: str) -> StagingDir:
         """A fresh staging directory inside <root>/<name>, after removing abandoned ones."""
@@ -153,7 +153,8 @@ class LocalModelRepository:
             except OSError as err:
                 if fault_of(err) is not None:
                     raise  # phrased by `guarded`
-                raise ShipyardError(f"--repo: cannot create {model_dir}: {err.strerror}") from None
+                raise ShipyardError(f"repo: cannot create {model_dir}: {err.strerror}",
+                                    param="repo") from None
             self.remove_abandoned_staging(name)
             staging_id = uuid.uuid4().hex[:12]
             lock_path = model_dir / f"{STAGING_PREFIX}{staging_id}.lock"

@@ -43,15 +43,15 @@ class ObjectStoreRepository:
 
         protocol, _, path = url.partition("://")
         if not path.strip("/"):
-            raise ShipyardError(f"--repo {url}: name a bucket or folder after {protocol}://, "
-                                f"e.g. {protocol}://models-bucket/models")
+            raise ShipyardError(f"repo {url}: name a bucket or folder after {protocol}://, "
+                                f"e.g. {protocol}://models-bucket/models", param="repo")
         self.location = f"{protocol}://{path.rstrip('/')}"
         try:
             self.fs, self._root = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError) as err:
             raise ShipyardError(
-                f"--repo {url}: no filesystem for this URL ({err}); install the fsspec "
-                "backend for it (gcsfs for gs://, s3fs for s3://)") from None
+                f"repo {url}: no filesystem for this URL ({err}); install the fsspec "
+                "backend for it (gcsfs for gs://, s3fs for s3://)", param="repo") from None
         # Keyed by the store's own name for the root, so spellings of one place
         # (gs:// and gcs://, memory://x and memory:///x) share their locks.
         canonical = self.fs.unstrip_protocol(self._root)
@@ -108,9 +108,9 @@ class ObjectStoreRepository:
     def ensure_version_free(self, name: str, version: int) -> None:
         if self.version_exists(name, version):
             raise VersionExistsError(
-                f"--version: {self.version_location(name, version)} already exists and "
+                f"version: {self.version_location(name, version)} already exists and "
                 f"published versions are never overwritten; omit --version to use "
-                f"{self._next_version(name)}, or pass an unused number")
+                f"{self._next_version(name)}, or pass an unused number", param="version")
 
     def read_manifest(self, name: str, version: int) -> dict[str, Any] | None:
         path = self._path(validate_model_name(name), str(version), MANIFEST_PATH)

@@ -80,10 +80,10 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
         unfinished = state is not None and not state.terminal
         if unfinished and state.version != version:
             raise UsageError(
-                f"--version {version}: a rollout of {name} version {state.version} is in "
+                f"version {version}: a rollout of {name} version {state.version} is in "
                 f"progress (phase {state.phase}, step {state.step + 1}); finish it with "
                 f"`shipyard rollout promote --name {name}` or `shipyard rollout abort --name "
-                f"{name} --reason ...` first")
+                f"{name} --reason ...` first", param="version")
         if not unfinished:
             state = machine.begin(name, version, _stable_version(ports, name, version), policy,
                                   ports.clock())
@@ -97,8 +97,8 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
 def _stable_version(ports: Ports, name: str, version: int) -> int | None:
     stable = ports.cluster.stable_version(name)
     if stable == version:
-        raise UsageError(f"--version {version}: {name} version {version} already serves as "
-                         "stable; nothing to roll out")
+        raise UsageError(f"version {version}: {name} version {version} already serves as "
+                         "stable; nothing to roll out", param="version")
     if stable is None:
         champion = ports.aliases.champion(name)
         if champion is not None and champion != version:
@@ -106,9 +106,10 @@ def _stable_version(ports: Ports, name: str, version: int) -> int | None:
             # otherwise it is a typo in --namespace or a rebuilt cluster, and an ungated
             # champion move would be wrong.
             raise UsageError(
-                f"--version {version}: nothing serves {name} in this namespace, but version "
+                f"version {version}: nothing serves {name} in this namespace, but version "
                 f"{champion} is its champion. Check --namespace; on a new cluster, roll out "
-                f"the champion first (--version {champion}), then {version} behind a canary")
+                f"the champion first (--version {champion}), then {version} behind a canary",
+                param="version")
     return stable
 
 
@@ -120,9 +121,9 @@ def request(ports: Ports, name: str, what: str, reason: str | None, *, holder: s
     left itself and returns the final state."""
     state = current(ports, name)
     if state is None or state.terminal:
-        raise UsageError(f"--name {name}: no rollout of {name} is in progress"
+        raise UsageError(f"name {name}: no rollout of {name} is in progress"
                          + (f" (the last one ended {state.phase}: {state.reason})"
-                            if state else ""))
+                            if state else ""), param="name")
     ports.cluster.save_request(name, {"rollout_id": state.rollout_id, "what": what,
                                       "reason": reason})
     with contextlib.ExitStack() as stack:

@@ -113,9 +113,9 @@ def load_policy(path: str | Path) -> RolloutPolicy:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise SpecError(f"--policy {path}: cannot read it ({err.strerror})") from None
+        raise SpecError(f"policy {path}: cannot read it ({err.strerror})", param="policy") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"--policy {path}: not valid YAML: {err}") from None
+        raise SpecError(f"policy {path}: not valid YAML: {err}", param="policy") from None
     policy = parse_policy(data, source=str(path))
     agreement = policy.gates.agreement
     if agreement is None:

@@ -28,8 +28,8 @@ _POLL_S = 0.2
 def check_address(address: str) -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise UsageError(f"--serving-address: expected HOST:PORT (TF Serving's gRPC port, "
-                         f"usually 8500), got {address!r}")
+        raise UsageError(f"serving_address: expected HOST:PORT (TF Serving's gRPC port, "
+                         f"usually 8500), got {address!r}", param="serving_address")
     return address
 
 

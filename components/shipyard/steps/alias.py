@@ -30,7 +30,8 @@ def move_alias(registry: ModelRegistry, name: str, alias: str, version: int, *, 
                by_rollout: bool = False, gates: dict[str, Any] | None = None) -> AliasMove:
     """Points `alias` of registered model `name` at `version` and records the move."""
     if not reason.strip():
-        raise UsageError("--reason: say why the alias moves (it goes into the audit trail)")
+        raise UsageError("reason: say why the alias moves (it goes into the audit trail)",
+                         param="reason")
     model = registry.registered_model(name)
     target = registry.version(name, version)
     check_move(alias, version_tags=dict(target.tags), force=force, by_rollout=by_rollout)

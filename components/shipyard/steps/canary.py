@@ -126,7 +126,8 @@ def offline_canary(repo: ModelRepository, registry: ModelRegistry, name: str, ve
         _promote(labels, aliases, name, version, champion, gates)
     except ShipyardError as err:
         raise type(err)(f"{err}\nThe promotion of {name} version {version} stopped halfway; "
-                        "run the same offline canary again to finish it") from None
+                        "run the same offline canary again to finish it", param=err.param,
+                        document=err.document) from None
     return {"name": name, "version": version, "previous_champion": champion,
             "champion": version, "promoted": True, "gates": gates, "validation": validation}
 
@@ -167,7 +168,7 @@ def _roll_back(labels: Labels, aliases: RegistryAliases, name: str, version: int
                champion: int, cause: BaseException) -> None:
     """Removes the canary label and alias, each attempted whatever happened to the other;
     then raises the cause, with what failed in the rollback added."""
-    document = getattr(cause, "document", None)
+    document = cause.document if isinstance(cause, ShipyardError) else None
     gates = gate_figures(document) if document else {}
     text = str(cause) or type(cause).__name__  # a KeyboardInterrupt has no message
     first_line = text.splitlines()[0]
@@ -188,9 +189,7 @@ def _roll_back(labels: Labels, aliases: RegistryAliases, name: str, version: int
                    + "; ".join(failed) + ". Remove the canary label and alias by hand "
                    "(`shipyard alias history` shows them).")
         error_class = type(cause) if isinstance(cause, ShipyardError) else ShipyardError
-        error = error_class(message)
-        error.document = document  # type: ignore[attr-defined]
-        raise error from cause
+        raise error_class(message, document=document) from cause
     if isinstance(cause, GateError):
         raise GateError(f"{name} version {version} was rolled back; champion stays version "
                         f"{champion}: {cause}", document=document) from None

@@ -219,9 +219,9 @@ def _real_examples(request: ExportRequest) -> tuple[bytes, ...]:
     from shipyard.exporter.real_examples import read_examples
 
     if not any(e.examples_input() is not None for e in request.spec.endpoints):
-        raise UsageError("--examples: no endpoint of the spec takes serialized examples; "
+        raise UsageError("examples: no endpoint of the spec takes serialized examples; "
                          "declare the examples input with `tf_example`, or leave --examples "
-                         "out")
+                         "out", param="examples")
     return read_examples(request.examples, request.examples_limit)
 
 

@@ -37,7 +37,8 @@ def plan_gc(versions: list[int], serving: ModelServing | None, aliases: dict[str
             keep_newest: int) -> GcPlan:
     """Which of `versions` to remove. Pure."""
     if keep_newest < 0:
-        raise UsageError(f"--keep: expected 0 or more versions to keep, got {keep_newest}")
+        raise UsageError(f"keep: expected 0 or more versions to keep, got {keep_newest}",
+                         param="keep")
     reasons: dict[int, list[str]] = {v: [] for v in versions}
     for version in sorted(versions)[-keep_newest:] if keep_newest else []:
         reasons[version].append(f"among the newest {keep_newest}")
@@ -67,7 +68,7 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
     Pass `read_aliases=None` only for a model that is not registered anywhere.
     """
     validate_model_name(name)
-    plan_gc([], None, {}, keep_newest)  # a bad --keep fails before anything is read
+    plan_gc([], None, {}, keep_newest)  # a bad keep fails before anything is read
     # The serving lock keeps pushes out; the publish lock keeps a version from being removed
     # between its publish and its `candidate` alias.
     with repo.serving_lock(name), repo.publish_lock(name):
@@ -76,10 +77,10 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
             found = read_aliases(name)
             if found is None:
                 raise UsageError(
-                    f"--name {name}: the registry has no registered model {name}, so gc cannot "
+                    f"name {name}: the registry has no registered model {name}, so gc cannot "
                     "see which versions its aliases protect. Point --tracking-uri/"
                     "--registry-uri (or MLFLOW_TRACKING_URI) at the registry that holds it, or "
-                    "pass --no-registry if the model is not registered anywhere")
+                    "pass --no-registry if the model is not registered anywhere", param="name")
             aliases = found
         plan = plan_gc(repo.versions(name), current_serving(repo, name), aliases, keep_newest)
         skipped = {str(version): (f"a symlink to {target}: gc never follows or removes "

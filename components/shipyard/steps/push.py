@@ -52,27 +52,29 @@ class PushResult:
 
 
 def check_published(repo: ModelRepository, name: str, version: int,
-                    flag: str = "--version") -> None:
-    """A version may be served only if shipyard published it and every file is intact."""
+                    param: str = "version") -> None:
+    """A version may be served only if shipyard published it and every file is intact. `param`:
+    the parameter `version` came from, which the errors name."""
     links = repo.symlinked_versions(name)
     if version in links:
         raise UsageError(
-            f"{flag} {version}: {repo.version_location(name, version)} is a symlink to "
+            f"{param} {version}: {repo.version_location(name, version)} is a symlink to "
             f"{links[version]}; shipyard serves only version directories it published and "
             f"never follows links. Publish the model as a version instead; verified versions: "
-            f"{_listed(verified_versions(repo, name))}")
+            f"{_listed(verified_versions(repo, name))}", param=param)
     manifest = repo.read_manifest(name, version)
     if manifest is None:
         where = repo.version_location(name, version)
-        raise UsageError(f"{flag} {version}: {where} is not a published version of {name} "
+        raise UsageError(f"{param} {version}: {where} is not a published version of {name} "
                          f"(no shipyard.json); verified published versions: "
-                         f"{_listed(verified_versions(repo, name))}")
+                         f"{_listed(verified_versions(repo, name))}", param=param)
     problems = repo.checksum_problems(name, version, manifest)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise UsageError(
-            f"{flag} {version}: {repo.version_location(name, version)} fails its checksums "
-            f"and will not be served:\n{listed}\nRe-export the model to publish a new version.")
+            f"{param} {version}: {repo.version_location(name, version)} fails its checksums "
+            f"and will not be served:\n{listed}\nRe-export the model to publish a new version.",
+            param=param)
 
 
 def verified_versions(repo: ModelRepository, name: str) -> list[int]:
@@ -124,7 +126,8 @@ def drop_label(repo: ModelRepository, name: str, label: str, *,
 
 def _check_label(label: str) -> None:
     if label not in LABELS:
-        raise UsageError(f"--label: expected one of {', '.join(LABELS)}, got {label!r}")
+        raise UsageError(f"label: expected one of {', '.join(LABELS)}, got {label!r}",
+                         param="label")
 
 
 def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
@@ -133,7 +136,8 @@ def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
     """Writes (and with a server, sends and waits for) the steps `plan` lays out from NAME's
     current entry, under the model's serving lock; restores the entry if a step fails."""
     if timeout_s <= 0:
-        raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout_s:g}")
+        raise UsageError(f"timeout: expected a positive number of seconds, got {timeout_s:g}",
+                         param="timeout")
     deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
         client = None

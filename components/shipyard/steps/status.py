@@ -54,9 +54,9 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
                 "removes it, but TF Serving may load it; replace it with a published version "
                 "or remove the link" for version, target in links.items()]
     if not rows and serving is None and not aliases:
-        raise UsageError(f"--name {name}: {repo.location} has no versions of {name}, its "
+        raise UsageError(f"name {name}: {repo.location} has no versions of {name}, its "
                          "models.config does not name it and the registry has no aliases for "
-                         "it; check --repo and --name")
+                         "it; check --repo and --name", param="name")
     return {"name": name, "repository": repo.location, "config": repo.config_location,
             "labels": dict(sorted(serving.labels.items())) if serving else {},
             "aliases": aliases, "versions": rows, "warnings": warnings, "errors": errors}

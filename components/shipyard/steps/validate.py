@@ -72,8 +72,9 @@ def validate_version_on_examples(
                          "version)")
     if request.runner != "DirectRunner" and _option(request.beam_args,
                                                     "--temp_location") is None:
-        raise UsageError(f"--runner {request.runner}: pass -- --temp_location URL (a bucket "
-                         "path the workers can write to); the results are collected there")
+        raise UsageError(f"runner {request.runner}: pass -- --temp_location URL (a bucket "
+                         "path the workers can write to); the results are collected there",
+                         param="runner")
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
@@ -125,10 +126,12 @@ def validate_version_on_examples(
     if outcome["unmappable"]:
         listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
         raise UsageError(
-            f"--examples {request.examples}: {outcome['unmappable']} example(s) do not map onto "
-            f"endpoint {endpoint!r} of {request.name} version {request.version}:\n{listed}")
+            f"examples {request.examples}: {outcome['unmappable']} example(s) do not map onto "
+            f"endpoint {endpoint!r} of {request.name} version {request.version}:\n{listed}",
+            param="examples")
     if outcome["examples"] == 0:
-        raise UsageError(f"--examples {request.examples}: the files hold no examples")
+        raise UsageError(f"examples {request.examples}: the files hold no examples",
+                         param="examples")
 
     from shipyard.validation.stats import gate_failures, summarize
 
@@ -156,8 +159,7 @@ def validate_version_on_examples(
             with progress.step("log the results to MLflow"):
                 document["logged_to_run"] = _log(registry(), request, document)
         except ShipyardError as err:  # the results stand; the caller still prints them
-            err.document = document  # type: ignore[attr-defined]
-            raise
+            raise type(err)(str(err), param=err.param, document=document) from err
     if failures:
         raise GateError("validation gates failed:\n" + "\n".join(f"  - {f}" for f in failures),
                         document=document)
@@ -166,24 +168,26 @@ def validate_version_on_examples(
 
 def _check_thresholds(request: ValidateRequest) -> None:
     if request.sample is not None and request.sample < 1:
-        raise UsageError(f"--sample: expected a positive number of examples, got "
-                         f"{request.sample}")
+        raise UsageError(f"sample: expected a positive number of examples, got "
+                         f"{request.sample}", param="sample")
     if request.max_abs_error is not None and request.max_abs_error < 0:
-        raise UsageError(f"--max-abs-error: expected 0 or more, got {request.max_abs_error}")
+        raise UsageError(f"max_abs_error: expected 0 or more, got {request.max_abs_error}",
+                         param="max_abs_error")
     if request.min_agreement is not None and not 0 <= request.min_agreement <= 1:
-        raise UsageError(f"--min-agreement: expected a share between 0 and 1, got "
-                         f"{request.min_agreement}")
+        raise UsageError(f"min_agreement: expected a share between 0 and 1, got "
+                         f"{request.min_agreement}", param="min_agreement")
 
 
 def _check_agreement_outputs(request: ValidateRequest, outputs: dict[str, Any],
                              endpoint: str) -> None:
     unknown = [o for o in request.agreement_outputs if o not in outputs]
     if unknown:
-        raise UsageError(f"--agreement-output {', '.join(unknown)}: endpoint {endpoint!r} has "
-                         f"no such output; its outputs are {', '.join(sorted(outputs))}")
+        raise UsageError(f"agreement_output {', '.join(unknown)}: endpoint {endpoint!r} has "
+                         f"no such output; its outputs are {', '.join(sorted(outputs))}",
+                         param="agreement_output")
     if request.agreement_outputs and request.min_agreement is None:
-        raise UsageError("--agreement-output names the outputs the agreement gate covers; "
-                         "pass --min-agreement too")
+        raise UsageError("agreement_output names the outputs the agreement gate covers; "
+                         "pass --min-agreement too", param="agreement_output")
 
 
 def _kind(spec: dict[str, Any], endpoint: str) -> str:
@@ -209,8 +213,8 @@ def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:
         # serving_default is the default endpoint's signature under another name.
         return manifest["default_endpoint"]
     if requested not in endpoints:
-        raise UsageError(f"--endpoint: the version has no endpoint {requested!r}; it has "
-                         f"{', '.join(endpoints)}")
+        raise UsageError(f"endpoint: the version has no endpoint {requested!r}; it has "
+                         f"{', '.join(endpoints)}", param="endpoint")
     return requested
 
 
@@ -218,13 +222,13 @@ def _check_same_signature(manifest: dict[str, Any], other: dict[str, Any] | None
                           endpoint: str, version: int) -> None:
     signatures = (other or {}).get("signatures", {})
     if endpoint not in signatures:
-        raise UsageError(f"--against: version {version} has no endpoint {endpoint!r}; it has "
-                         f"{', '.join(sorted(signatures)) or 'none'}")
+        raise UsageError(f"against: version {version} has no endpoint {endpoint!r}; it has "
+                         f"{', '.join(sorted(signatures)) or 'none'}", param="against")
     if signatures[endpoint] != manifest["signatures"][endpoint]:
-        raise UsageError(f"--against: endpoint {endpoint!r} of version {version} has another "
+        raise UsageError(f"against: endpoint {endpoint!r} of version {version} has another "
                          f"signature ({signatures[endpoint]}) than the version validated "
                          f"({manifest['signatures'][endpoint]}); agreement needs the same "
-                         "inputs and outputs")
+                         "inputs and outputs", param="against")
 
 
 def _resolve_against(repo: ModelRepository, request: ValidateRequest,
@@ -236,17 +240,18 @@ def _resolve_against(repo: ModelRepository, request: ValidateRequest,
     if request.against == CHAMPION:
         aliases = read_aliases(request.name) or {}
         if CHAMPION not in aliases:
-            raise UsageError(f"--against champion: registered model {request.name} has no "
-                             "champion alias; pass a version number instead")
+            raise UsageError(f"against champion: registered model {request.name} has no "
+                             "champion alias; pass a version number instead", param="against")
         other = aliases[CHAMPION]
     elif request.against.isdigit():
         other = int(request.against)
     else:
-        raise UsageError(f"--against: expected 'champion' or a version number, got "
-                         f"{request.against!r}")
+        raise UsageError(f"against: expected 'champion' or a version number, got "
+                         f"{request.against!r}", param="against")
     if other == request.version:
-        raise UsageError(f"--against: version {other} is the version being validated")
-    check_published(repo, request.name, other, flag="--against")
+        raise UsageError(f"against: version {other} is the version being validated",
+                         param="against")
+    check_published(repo, request.name, other, param="against")
     return other
 
 
@@ -291,4 +296,5 @@ def _write(output: str, document: dict[str, Any]) -> None:
         with fsspec.open(output, "w") as f:
             f.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     except OSError as err:
-        raise UsageError(f"--output {output}: cannot write the results: {err}") from None
+        raise UsageError(f"output {output}: cannot write the results: {err}",
+                         param="output") from None

@@ -110,14 +110,15 @@ def examples_input(spec: dict[str, Any], endpoint: str) -> ExamplesInput | None:
 def format_of(pattern: str, given: str | None) -> str:
     if given is not None:
         if given not in FORMATS:
-            raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {given!r}")
+            raise UsageError(f"format: expected one of {', '.join(FORMATS)}, got {given!r}",
+                             param="format")
         return given
     for fmt, suffixes in (("tfrecord", (".tfrecord", ".tfrecords", ".tfrecord.gz")),
                           ("csv", (".csv",)), ("jsonl", (".jsonl", ".json"))):
         if pattern.endswith(suffixes):
             return fmt
-    raise UsageError(f"--examples {pattern}: cannot tell the format from the name; pass "
-                     f"--format {'|'.join(FORMATS)}")
+    raise UsageError(f"examples {pattern}: cannot tell the format from the name; pass "
+                     f"--format {'|'.join(FORMATS)}", param="examples")
 
 
 def parse_csv_header(line: str) -> list[str]:
@@ -352,9 +353,11 @@ def matching_files(pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as err:  # Beam raises BeamIOError for unknown schemes, missing dirs
-        raise UsageError(f"--examples {pattern}: cannot list matching files: {err}") from None
+        raise UsageError(f"examples {pattern}: cannot list matching files: {err}",
+                         param="examples") from None
     if not matched:
-        raise UsageError(f"--examples {pattern}: no file matches; check the path or glob")
+        raise UsageError(f"examples {pattern}: no file matches; check the path or glob",
+                         param="examples")
     return sorted(m.path for m in matched)
 
 
@@ -367,12 +370,13 @@ def shared_csv_header(paths: list[str]) -> tuple[str, ...]:
         with FileSystems.open(path) as f:
             first = f.readline().decode().rstrip("\r\n")
         if not first:
-            raise UsageError(f"--examples: {path} is empty; a CSV file needs a header line")
+            raise UsageError(f"examples: {path} is empty; a CSV file needs a header line",
+                             param="examples")
         headers[path] = tuple(parse_csv_header(first))
     first_path, header = next(iter(headers.items()))
     for path, other in headers.items():
         if other != header:
-            raise UsageError(f"--examples: {path} has the header {','.join(other)} but "
+            raise UsageError(f"examples: {path} has the header {','.join(other)} but "
                              f"{first_path} has {','.join(header)}; columns are mapped by one "
-                             "header, so give every file the same one")
+                             "header, so give every file the same one", param="examples")
     return header
