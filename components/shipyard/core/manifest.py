@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,41 @@ MANIFEST_PATH = f"{MANIFEST_DIR}/{MANIFEST_NAME}"
 MANIFEST_FORMAT = 1
 _FINGERPRINTED_DIRS = ("assets",)
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """shipyard.json, typed. The file's keys are these fields' names; `to_json()` writes them
+    and `from_json()` reads them back, so the file's layout is this class."""
+
+    name: str
+    created_at: str
+    source: dict[str, Any]  # what the model was loaded from (kind, path, class)
+    spec: dict[str, Any]  # the normalized export spec (core.spec.ExportSpec.normalized)
+    fingerprint: str  # "sha256:...": equal for the same content (see the module docstring)
+    signatures: dict[str, Any]  # core.signatures' signature set
+    default_endpoint: str
+    variable_collections: dict[str, int]  # collection name -> number of variables
+    parity: dict[str, dict[str, Any]]  # endpoint -> max_abs_error, batch_sizes, atol, rtol
+    warmup_records: int
+    verification: dict[str, Any]  # devices, load_seconds, runtimes
+    producer: dict[str, str]  # shipyard, tensorflow and keras versions
+    files: list[dict[str, Any]]  # path, size, sha256 of every other file, sorted by path
+    format: int = MANIFEST_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer format, kept
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {**data.pop("extra"), **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def endpoint_names(self) -> list[str]:
+        return [e["name"] for e in self.spec["endpoints"]]
 
 
 def sha256_file(path: Path) -> str:
@@ -64,10 +100,11 @@ def fingerprint(files: list[dict[str, Any]], normalized_spec: dict[str, Any],
     return "sha256:" + digest.hexdigest()
 
 
-def write_manifest(version_dir: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(version_dir: Path, manifest: Manifest | dict[str, Any]) -> Path:
+    data = manifest.to_json() if isinstance(manifest, Manifest) else manifest
     path = version_dir / MANIFEST_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 

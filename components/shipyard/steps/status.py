@@ -53,7 +53,9 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
                 f"{target}: shipyard did not publish it and neither follows, verifies nor "
                 "removes it, but TF Serving may load it; replace it with a published version "
                 "or remove the link" for version, target in links.items()]
-    if not rows and serving is None and not aliases:
+    # "Nothing known" only when every part was read: an unreachable registry or server is
+    # reported as what it is (its error and exit code), not as an unknown name.
+    if not rows and serving is None and not aliases and not errors:
         raise UsageError(f"name {name}: {repo.location} has no versions of {name}, its "
                          "models.config does not name it and the registry has no aliases for "
                          "it; check --repo and --name", param="name")
