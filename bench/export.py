@@ -136,7 +136,7 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
     shutil.rmtree(repo)
     return {"wall_s": wall_s, "export_s": result.timings["export_seconds"],
             "verify_s": result.timings["verify_seconds"],
-            "verifier_load_s": result.manifest["verification"]["load_seconds"], "bytes": size,
+            "verifier_load_s": result.manifest.verification["load_seconds"], "bytes": size,
             "verifier_peak_rss_mib": verifier_rss.get("peak", 0.0)}
 
 

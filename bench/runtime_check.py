@@ -51,7 +51,7 @@ def run(model_path: Path, work: Path, width: int, runtime: str, cache: Path | No
                 os.environ.pop("SHIPYARD_CACHE_DIR", None)
             else:
                 os.environ["SHIPYARD_CACHE_DIR"] = previous
-    runtimes = read_manifest(Path(result.path))["verification"]["runtimes"]
+    runtimes = read_manifest(Path(result.path)).verification["runtimes"]
     shutil.rmtree(work / "repo")
     return {"wall_s": wall, **result.timings, "runtimes": runtimes}
 

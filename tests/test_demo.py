@@ -55,7 +55,7 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
         "CsvExampleGen", trainer_component().__name__, "ShipyardPusher"}
     # The Trainer's SavedModel takes serialized tf.Examples; shipyard added TF Serving's
     # Classify signature over the same examples.
-    signatures = read_manifest(workdir / "models" / "demo-model" / "1")["signatures"]
+    signatures = read_manifest(workdir / "models" / "demo-model" / "1").signatures
     assert signatures["serve"]["inputs"] == {"examples": {"dtype": "string", "shape": [None]}}
     assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
     assert signatures["classify"]["outputs"]["classes"]["shape"] == [None, 3]

@@ -82,20 +82,20 @@ def test_sequential_model_round_trip(launcher, models, repo):
 
     manifest = read_manifest(version_dir)
     assert checksum_mismatches(version_dir, manifest) == []
-    assert manifest["fingerprint"] == result.to_json()["fingerprint"]
-    assert manifest["source"]["format"] == "keras"
-    assert manifest["parity"]["serve"]["batch_sizes"] == [1, 4]
-    assert manifest["parity"]["serve"]["max_abs_error"] <= 1e-5
-    assert manifest["verification"]["devices"] == ["CPU"]
+    assert manifest.fingerprint == result.to_json()["fingerprint"]
+    assert manifest.source["format"] == "keras"
+    assert manifest.parity["serve"]["batch_sizes"] == [1, 4]
+    assert manifest.parity["serve"]["max_abs_error"] <= 1e-5
+    assert manifest.verification["devices"] == ["CPU"]
     assert result.to_json() == {
         "name": "m", "version": 1, "path": str(version_dir.resolve()),
-        "fingerprint": manifest["fingerprint"], "endpoints": ["serve"],
-        "variable_collections": {}, "parity": {"serve": manifest["parity"]["serve"]["max_abs_error"]},
+        "fingerprint": manifest.fingerprint, "endpoints": ["serve"],
+        "variable_collections": {}, "parity": {"serve": manifest.parity["serve"]["max_abs_error"]},
     }
     warmup = read_warmup(version_dir)
     # Each batch size through `serve`, then serving_default: a separate function in the graph,
     # warmed for clients that omit signature_name.
-    assert manifest["warmup_records"] == len(warmup) == 3
+    assert manifest.warmup_records == len(warmup) == 3
     assert [w.predict_log.request.model_spec.signature_name for w in warmup] == [
         "serve", "serve", "serving_default"]
     assert [list(w.predict_log.request.inputs) for w in warmup] == [["x"], ["x"], ["x"]]
@@ -163,7 +163,7 @@ def test_subclassed_model_with_custom_method_and_training_endpoint(launcher, mod
     result = export(launcher, models.path("subclassed"), spec, repo)
 
     # Active dropout is compared exactly: both sides replay the same seed-state sequence.
-    assert result.manifest["parity"]["train"]["max_abs_error"] <= 1e-5
+    assert result.manifest.parity["train"]["max_abs_error"] <= 1e-5
     loaded = tf.saved_model.load(str(result.path))
     assert set(loaded.signatures) == {"serve", "train", "embed", "serving_default"}
     default = loaded.signatures["serving_default"]
@@ -183,7 +183,7 @@ def test_saved_model_directory_as_source(launcher, models, repo):
     spec = {"endpoints": [{"name": "predict", "method": "serve",  # a restored function
                            "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
     result = export(launcher, source, spec, repo)
-    assert result.manifest["source"]["format"] == "saved_model"
+    assert result.manifest.source["format"] == "saved_model"
     loaded = tf.saved_model.load(str(result.path))
     assert list(loaded.signatures["predict"].structured_input_signature[1]) == ["x"]
 
@@ -210,10 +210,10 @@ def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models
     first = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
     second = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
     assert (first.version, second.version) == (1, 2)
-    assert first.manifest["fingerprint"] == second.manifest["fingerprint"]
+    assert first.manifest.fingerprint == second.manifest.fingerprint
     looser = {**FUNCTIONAL_SPEC, "tolerance": {"atol": 1e-3, "rtol": 1e-3}}
     third = export(launcher, models.path("functional"), looser, repo)
-    assert third.manifest["fingerprint"] != first.manifest["fingerprint"]
+    assert third.manifest.fingerprint != first.manifest.fingerprint
 
 
 def test_the_architecture_digest_ignores_where_shared_objects_lived_in_memory():
@@ -237,8 +237,8 @@ def test_models_that_compute_differently_get_different_fingerprints(launcher, mo
     relu = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo, name="relu")
     tanh = export(launcher, models.path("sequential_tanh"), SEQUENTIAL_SPEC, repo, name="tanh")
     # Same weights (same seed and shapes): only the architecture tells them apart.
-    weights = sorted(f["sha256"] for f in relu.manifest["files"] if f["path"].startswith("var"))
-    assert relu.manifest["fingerprint"] != tanh.manifest["fingerprint"]
+    weights = sorted(f["sha256"] for f in relu.manifest.files if f["path"].startswith("var"))
+    assert relu.manifest.fingerprint != tanh.manifest.fingerprint
     assert weights  # the comparison above is about more than missing weights
 
 
@@ -248,7 +248,7 @@ def test_string_and_integer_outputs_are_compared_exactly(launcher, models, repo)
     spec = {"endpoints": [{"name": "serve", "method": "call",
                            "inputs": [{"ids": {"shape": [None, 1], "dtype": "int64"}}]}]}
     result = export(launcher, models.path("labeler"), spec, repo)
-    assert result.manifest["parity"]["serve"]["max_abs_error"] <= 1e-5
+    assert result.manifest.parity["serve"]["max_abs_error"] <= 1e-5
     label = tf.saved_model.load(str(result.path)).signatures["serve"](
         ids=tf.constant([[1], [3]], tf.int64))["label"]
     assert label.numpy().ravel().tolist() == [b"red", b"blue"]

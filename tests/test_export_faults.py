@@ -87,7 +87,7 @@ def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tm
     a = export(launcher, path, SEQUENTIAL_SPEC, repo, name="a")
     random.seed(97)
     b = export(launcher, path, SEQUENTIAL_SPEC, repo, name="b")
-    assert a.manifest["fingerprint"] == b.manifest["fingerprint"]
+    assert a.manifest.fingerprint == b.manifest.fingerprint
 
     location = RegistryLocation.resolve(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = []

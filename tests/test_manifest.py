@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from manifests import bare_manifest
+
 from shipyard.core.manifest import (
     MANIFEST_PATH,
     checksum_mismatches,
@@ -45,9 +47,9 @@ def test_manifest_round_trip_and_checksums(tmp_path):
     root = make_version(tmp_path / "v", b"graph", b"weights")
     files = list_files(root)
     assert [f["path"] for f in files] == ["saved_model.pb", "variables/variables.data-00000-of-00001"]
-    write_manifest(root, {"files": files})
+    write_manifest(root, bare_manifest(files))
     assert [f["path"] for f in list_files(root)] == [f["path"] for f in files]  # not itself
-    assert read_manifest(root)["files"] == files
+    assert read_manifest(root).files == files
     assert (root / MANIFEST_PATH).is_file()
     assert checksum_mismatches(root, read_manifest(root)) == []
 

@@ -3,6 +3,7 @@ test double (tests/tf_serving_double.py) where a server is involved."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -199,9 +200,7 @@ def test_a_version_the_server_cannot_load_is_rolled_back_with_exit_7(cli, templa
     broken = add_version(repo, "m", 2, templates["sequential"])
     # Checksums match (the manifest is rewritten), but TF Serving cannot parse the graph.
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-    manifest = read_manifest(broken)
-    manifest["files"] = list_files(broken)
-    write_manifest(broken, manifest)
+    write_manifest(broken, dataclasses.replace(read_manifest(broken), files=list_files(broken)))
     push = ["push", "--repo", str(repo), "--name", "m", "--serving-address", tf_serving.address,
             "--timeout", "60"]
     assert cli(*push, "--version", "1", "--label", "stable").exit_code == 0
@@ -380,7 +379,7 @@ def test_status_shows_disk_labels_aliases_and_server(cli, templates, repo, regis
     assert rows[1]["server"] == rows[2]["server"] == "AVAILABLE"
     assert rows[1]["bytes"] == sum(p.stat().st_size for p in (repo / "s" / "1").rglob("*")
                                    if p.is_file())
-    assert rows[2]["fingerprint"] == read_manifest(repo / "s" / "2")["fingerprint"]
+    assert rows[2]["fingerprint"] == read_manifest(repo / "s" / "2").fingerprint
 
     human = cli(*status, "--tracking-uri", registry_uri)
     assert human.exit_code == 0

@@ -60,7 +60,7 @@ def test_register_records_run_version_tags_and_candidate(cli, models, mlflow_ser
     assert doc["aliases"] == {"candidate": 1}
     version_dir = repo / "reg-a" / "1"
     assert Path(doc["path"]) == version_dir.resolve()
-    assert read_manifest(version_dir)["fingerprint"] == doc["fingerprint"]
+    assert read_manifest(version_dir).fingerprint == doc["fingerprint"]
 
     client = client_for(mlflow_server.uri)
     version = client.get_model_version("reg-a", "1")

@@ -8,6 +8,7 @@ import uuid
 
 import fsspec
 import pytest
+from manifests import bare_manifest
 
 from shipyard.core.errors import ShipyardError
 from shipyard.core.manifest import list_files, write_manifest
@@ -36,7 +37,7 @@ def staged_version(repo: ObjectStoreRepository, name: str, payload: bytes):
     (staging.path / "variables").mkdir()
     (staging.path / "saved_model.pb").write_bytes(payload)
     (staging.path / "variables" / "variables.index").write_bytes(b"index")
-    write_manifest(staging.path, {"name": name, "files": list_files(staging.path)})
+    write_manifest(staging.path, bare_manifest(list_files(staging.path), name))
     return staging
 
 

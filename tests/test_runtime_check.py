@@ -99,7 +99,7 @@ def test_a_normal_export_loads_and_answers_on_the_2_19_runtime(launcher, models,
     result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo,
                     serving_runtime="2.19")
 
-    runtimes = read_manifest(Path(result.path))["verification"]["runtimes"]
+    runtimes = read_manifest(Path(result.path)).verification["runtimes"]
     assert list(runtimes) == ["2.19"]
     record = runtimes["2.19"]
     assert record["status"] == "passed"
@@ -157,7 +157,7 @@ def test_the_default_runtime_unavailable_on_first_use_warns_and_records_the_skip
     with caplog.at_level("WARNING"):
         result = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo)
 
-    record = read_manifest(Path(result.path))["verification"]["runtimes"]["2.19"]
+    record = read_manifest(Path(result.path)).verification["runtimes"]["2.19"]
     assert record["status"] == "skipped"
     assert "creating the TensorFlow 2.19 runtime failed" in record["reason"]
     assert any("skipped the serving-runtime check on TensorFlow 2.19" in r.getMessage()

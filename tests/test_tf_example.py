@@ -272,10 +272,10 @@ def test_a_trainer_saved_model_is_verified_on_real_examples(launcher, trainer_mo
                     examples=str(split))
     manifest = read_manifest(Path(result.path))
     # Generated batches (1, 4), then the real ones (1, all 5): parity on the same bytes.
-    assert manifest["parity"]["classify"]["batch_sizes"] == [1, 4, 5]
-    assert manifest["parity"]["classify"]["max_abs_error"] <= 1e-5
+    assert manifest.parity["classify"]["batch_sizes"] == [1, 4, 5]
+    assert manifest.parity["classify"]["max_abs_error"] <= 1e-5
     # Real examples stay out of the warmup file unless asked for.
-    assert len(read_warmup(result.path)) == 5 and manifest["warmup_records"] == 5
+    assert len(read_warmup(result.path)) == 5 and manifest.warmup_records == 5
     warmed = export(launcher, trainer_model, trainer_spec(), repo, name="warmed",
                     examples=str(split), warmup_from_examples=True)
     logs = read_warmup(warmed.path)

@@ -100,26 +100,25 @@ def fingerprint(files: list[dict[str, Any]], normalized_spec: dict[str, Any],
     return "sha256:" + digest.hexdigest()
 
 
-def write_manifest(version_dir: Path, manifest: Manifest | dict[str, Any]) -> Path:
-    data = manifest.to_json() if isinstance(manifest, Manifest) else manifest
+def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
     path = version_dir / MANIFEST_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
     return path
 
 
-def read_manifest(version_dir: Path) -> dict[str, Any] | None:
+def read_manifest(version_dir: Path) -> Manifest | None:
     """The version's manifest, or None if it has none (not written by shipyard)."""
     path = version_dir / MANIFEST_PATH
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    return Manifest.from_json(json.loads(path.read_text()))
 
 
-def checksum_mismatches(version_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def checksum_mismatches(version_dir: Path, manifest: Manifest) -> list[str]:
     """Files whose size or sha256 differ from the manifest, or that are missing."""
     problems = []
-    for entry in manifest["files"]:
+    for entry in manifest.files:
         path = version_dir / entry["path"]
         if not path.is_file():
             problems.append(f"{entry['path']}: missing")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from shipyard.core.errors import RegistryUnavailableError, ShipyardError, UsageError
+from shipyard.core.manifest import Manifest
 from shipyard.core.vocabulary import PUBLISHED_TAG, SUPERSEDED_TAG
 
 EMBEDDED_HOME = Path(".shipyard")
@@ -159,7 +160,7 @@ class ModelRegistry:
         Returns (run_id, model source URI)."""
         from shipyard.registry.pyfunc import model_signature
 
-        signature = model_signature(json.loads(manifest_path.read_text()))
+        signature = model_signature(Manifest.from_json(json.loads(manifest_path.read_text())))
         with translate_errors(self.location):
             experiment_id = self._experiment(f"shipyard/{name}")
             run = self.client.create_run(experiment_id, tags=tags, run_name=f"{name}-export")

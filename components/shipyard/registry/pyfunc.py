@@ -8,11 +8,13 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from shipyard.core.manifest import Manifest
+
 SAVED_MODEL_ARTIFACT = "saved_model"
 SERVING_DEFAULT = "serving_default"
 
 
-def model_signature(manifest: dict[str, Any]) -> Any:
+def model_signature(manifest: Manifest) -> Any:
     """A tensor-based MLflow ModelSignature of the default endpoint, from shipyard.json.
 
     One TensorSpec per input and output, named as in the SavedModel's signature, so MLflow's
@@ -25,8 +27,8 @@ def model_signature(manifest: dict[str, Any]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    signatures = manifest.get("signatures") or {}
-    endpoint = signatures.get(SERVING_DEFAULT) or signatures.get(manifest.get("default_endpoint"))
+    signatures = manifest.signatures or {}
+    endpoint = signatures.get(SERVING_DEFAULT) or signatures.get(manifest.default_endpoint)
     if endpoint is None:
         return None
 

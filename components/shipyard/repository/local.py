@@ -19,19 +19,18 @@ Writes that fail for lack of space, a read-only file system or permission raise 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
 from shipyard.core.errors import ShipyardError, VersionExistsError
-from shipyard.core.manifest import MANIFEST_PATH, checksum_mismatches
+from shipyard.core.manifest import Manifest, checksum_mismatches, read_manifest
 from shipyard.core.names import validate_model_name
 from shipyard.core.vocabulary import CONFIG_NAME
 from shipyard.files.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
@@ -258,11 +257,10 @@ class LocalModelRepository:
         log.info("published %s", target)
         return version
 
-    def read_manifest(self, name: str, version: int) -> dict[str, Any] | None:
-        path = self.version_dir(name, version) / MANIFEST_PATH
-        return json.loads(path.read_text()) if path.is_file() else None
+    def read_manifest(self, name: str, version: int) -> Manifest | None:
+        return read_manifest(self.version_dir(name, version))
 
-    def checksum_problems(self, name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+    def checksum_problems(self, name: str, version: int, manifest: Manifest) -> list[str]:
         return checksum_mismatches(self.version_dir(name, version), manifest)
 
     def version_bytes(self, name: str, version: int) -> int:

@@ -21,12 +21,18 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from filelock import FileLock
 
 from shipyard.core.errors import ShipyardError, VersionExistsError
-from shipyard.core.manifest import MANIFEST_NAME, MANIFEST_PATH, list_files
+from shipyard.core.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_PATH,
+    Manifest,
+    list_files,
+    read_manifest,
+)
 from shipyard.core.names import validate_model_name
 from shipyard.core.vocabulary import CONFIG_NAME
 from shipyard.files.locks import CONFIG_LOCK_TIMEOUT_S, SERVING_LOCK_TIMEOUT_S, held
@@ -112,16 +118,16 @@ class ObjectStoreRepository:
                 f"published versions are never overwritten; omit --version to use "
                 f"{self._next_version(name)}, or pass an unused number", param="version")
 
-    def read_manifest(self, name: str, version: int) -> dict[str, Any] | None:
+    def read_manifest(self, name: str, version: int) -> Manifest | None:
         path = self._path(validate_model_name(name), str(version), MANIFEST_PATH)
         if not self.fs.exists(path):
             return None
-        return json.loads(self.fs.cat_file(path))
+        return Manifest.from_json(json.loads(self.fs.cat_file(path)))
 
-    def checksum_problems(self, name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+    def checksum_problems(self, name: str, version: int, manifest: Manifest) -> list[str]:
         """Files whose size or sha256 differ from the manifest, or that are missing."""
         problems = []
-        for entry in manifest["files"]:
+        for entry in manifest.files:
             path = self._path(name, str(version), entry["path"])
             if not self.fs.exists(path):
                 problems.append(f"{entry['path']}: missing")
@@ -166,7 +172,7 @@ class ObjectStoreRepository:
                 version = self._next_version(name)
             self._remove_unfinished_upload(name, version)
             self.ensure_version_free(name, version)
-            manifest = json.loads((staging.path / MANIFEST_PATH).read_text())
+            manifest = read_manifest(staging.path)
             target = self._path(name, str(version))
             try:
                 for entry in list_files(staging.path):  # everything but the manifest

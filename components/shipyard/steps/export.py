@@ -16,7 +16,7 @@ from shipyard import __version__
 from shipyard.core.errors import BreakingChangeError, ShipyardError, VerificationError
 from shipyard.core.manifest import (
     MANIFEST_DIR,
-    MANIFEST_FORMAT,
+    Manifest,
     fingerprint,
     list_files,
     write_manifest,
@@ -67,7 +67,7 @@ class ExportResult:
     name: str
     version: int
     path: str  # the version directory: an absolute path or a URL
-    manifest: dict[str, Any]
+    manifest: Manifest
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -75,10 +75,10 @@ class ExportResult:
             "name": self.name,
             "version": self.version,
             "path": self.path,
-            "fingerprint": self.manifest["fingerprint"],
-            "endpoints": [e["name"] for e in self.manifest["spec"]["endpoints"]],
-            "variable_collections": self.manifest["variable_collections"],
-            "parity": {k: v["max_abs_error"] for k, v in self.manifest["parity"].items()},
+            "fingerprint": self.manifest.fingerprint,
+            "endpoints": self.manifest.endpoint_names(),
+            "variable_collections": self.manifest.variable_collections,
+            "parity": {k: v["max_abs_error"] for k, v in self.manifest.parity.items()},
         }
 
 
@@ -105,7 +105,7 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
             with progress.step("publish"):
                 version = repo.publish(
                     staging, request.name, request.version,
-                    precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
+                    precheck=lambda: check_compatibility(repo, request, manifest.signatures))
             return ExportResult(request.name, version, repo.version_location(request.name, version),
                                 manifest, timings)
     finally:
@@ -114,7 +114,7 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
 
 def stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
                  verifier: VerifierProcess, progress: Progress
-                 ) -> tuple[dict[str, Any], dict[str, float]]:
+                 ) -> tuple[Manifest, dict[str, float]]:
     """Writes and verifies the export into `staging`; returns its manifest and step timings."""
     runtime = start_runtime_check(choose_runtime(request.serving_runtime))
     try:
@@ -128,7 +128,7 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
 
 def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
                   verifier: VerifierProcess, runtime: Any, progress: Progress
-                  ) -> tuple[dict[str, Any], dict[str, float]]:
+                  ) -> tuple[Manifest, dict[str, float]]:
     from shipyard.exporter import archive, reference, source, warmup
 
     started = time.monotonic()
@@ -182,32 +182,31 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
 
     files = list_files(staging.path)
     spec = request.spec
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": request.name,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source": model.describe(),
-        "spec": spec.normalized(),
-        "fingerprint": fingerprint(files, spec.normalized(), signatures,
-                                   archive.checkpoint_digests(staging.path, rng_states),
-                                   built.lookup_vocabularies,
-                                   archive.architecture_digest(model)),
-        "signatures": signatures,
-        "default_endpoint": spec.default.name,
-        "variable_collections": {name: len(v) for name, v in built.collections.items()},
-        "parity": {
+    manifest = Manifest(
+        name=request.name,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        source=model.describe(),
+        spec=spec.normalized(),
+        fingerprint=fingerprint(files, spec.normalized(), signatures,
+                                archive.checkpoint_digests(staging.path, rng_states),
+                                built.lookup_vocabularies,
+                                archive.architecture_digest(model)),
+        signatures=signatures,
+        default_endpoint=spec.default.name,
+        variable_collections={name: len(v) for name, v in built.collections.items()},
+        parity={
             e.name: {"max_abs_error": outcome["parity"].get(e.name, 0.0),
                      "batch_sizes": sorted({r.sample.batch_size for r in references
                                             if r.signature == e.name}),
                      **spec.tolerance.model_dump()}
             for e in spec.endpoints
         },
-        "warmup_records": warmup_records,
-        "verification": {"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
-                         "runtimes": runtimes},
-        "producer": {"shipyard": __version__, **source.library_versions()},
-        "files": files,
-    }
+        warmup_records=warmup_records,
+        verification={"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
+                      "runtimes": runtimes},
+        producer={"shipyard": __version__, **source.library_versions()},
+        files=files,
+    )
     write_manifest(staging.path, manifest)
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds}
 
@@ -251,7 +250,8 @@ def check_compatibility(repo: ModelRepository, request: ExportRequest,
         return
     latest_location = repo.version_location(request.name, latest)
     try:
-        previous = (repo.read_manifest(request.name, latest) or {}).get("signatures")
+        latest_manifest = repo.read_manifest(request.name, latest)
+        previous = latest_manifest.signatures if latest_manifest else None
         local_dir = repo.local_version_dir(request.name, latest)
         if previous is None and local_dir is not None:
             # A version written by another tool: its SavedModel still has signatures.

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from shipyard.core.errors import VersionExistsError
-from shipyard.core.manifest import MANIFEST_PATH
+from shipyard.core.manifest import MANIFEST_PATH, Manifest
 from shipyard.core.names import validate_model_name
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.repository import ModelRepository
@@ -89,13 +89,13 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
 
 
 def register_staged(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
-                    staging: Any, manifest: dict[str, Any], timings: dict[str, float], *,
+                    staging: Any, manifest: Manifest, timings: dict[str, float], *,
                     pipeline_run_id: str | None = None,
                     progress: Progress = NullProgress()) -> RegisterResult:
     """The MLflow half of `register`, given a verified export in `staging` (its manifest and
     step timings): register, publish, complete. Tests drive it directly to sweep faults
     over every MLflow request without exporting again each time."""
-    fingerprint = manifest["fingerprint"]
+    fingerprint = manifest.fingerprint
     existing = registry.find_by_fingerprint(request.name, fingerprint)
     if existing is None:
         version, run_id = _register(registry, repo, request, manifest, timings, staging.path,
@@ -117,7 +117,7 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
 
 
 def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
-              manifest: dict[str, Any], timings: dict[str, float], saved_model_dir: Path,
+              manifest: Manifest, timings: dict[str, float], saved_model_dir: Path,
               pipeline_run_id: str | None, progress: Progress) -> tuple[int, str]:
     # MLflow numbers versions; the directory it will name must be free on disk first.
     expected = registry.latest_version_number(request.name) + 1
@@ -133,7 +133,7 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
             request.name, params=flatten_params(manifest), metrics=run_metrics(manifest, timings),
             tags=tags, saved_model_dir=saved_model_dir,
             manifest_path=saved_model_dir / MANIFEST_PATH,
-            spec_text=yaml.safe_dump(manifest["spec"], sort_keys=False))
+            spec_text=yaml.safe_dump(manifest.spec, sort_keys=False))
     with progress.step("register the model version"):
         version = registry.create_version(request.name, source=source, run_id=run_id,
                                           tags=tags)
@@ -176,25 +176,25 @@ def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fin
 
 
 def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, version: int,
-             manifest: dict[str, Any]) -> None:
+             manifest: Manifest) -> None:
     on_disk = repo.read_manifest(request.name, version)
-    if on_disk is not None and on_disk.get("fingerprint") == manifest["fingerprint"]:
+    if on_disk is not None and on_disk.fingerprint == manifest.fingerprint:
         return  # an earlier run published it and died before tagging: nothing to write
     repo.publish(staging, request.name, version,
-                 precheck=lambda: check_compatibility(repo, request, manifest["signatures"]))
+                 precheck=lambda: check_compatibility(repo, request, manifest.signatures))
 
 
-def _tags(manifest: dict[str, Any], pipeline_run_id: str | None) -> dict[str, str]:
+def _tags(manifest: Manifest, pipeline_run_id: str | None) -> dict[str, str]:
     # pipeline_run_id is always there, empty when none was given: filters and readers can
     # rely on the key (tags.`shipyard.pipeline_run_id` = '' finds manual registrations).
-    return {FINGERPRINT_TAG: manifest["fingerprint"],
-            ENDPOINTS_TAG: ",".join(e["name"] for e in manifest["spec"]["endpoints"]),
-            COLLECTIONS_TAG: to_json_tag(manifest["variable_collections"]),
+    return {FINGERPRINT_TAG: manifest.fingerprint,
+            ENDPOINTS_TAG: ",".join(manifest.endpoint_names()),
+            COLLECTIONS_TAG: to_json_tag(manifest.variable_collections),
             PUBLISHED_TAG: "false",
             PIPELINE_RUN_TAG: pipeline_run_id or ""}
 
 
-def flatten_params(manifest: dict[str, Any]) -> dict[str, str]:
+def flatten_params(manifest: Manifest) -> dict[str, str]:
     """The spec flattened to dotted keys, plus the source model."""
     params: dict[str, str] = {}
 
@@ -208,16 +208,16 @@ def flatten_params(manifest: dict[str, Any]) -> dict[str, str]:
         else:
             params[prefix] = json.dumps(value) if not isinstance(value, str) else value
 
-    walk("spec", manifest["spec"])
-    walk("source", manifest["source"])
+    walk("spec", manifest.spec)
+    walk("source", manifest.source)
     return params
 
 
-def run_metrics(manifest: dict[str, Any], timings: dict[str, float]) -> dict[str, float]:
+def run_metrics(manifest: Manifest, timings: dict[str, float]) -> dict[str, float]:
     metrics = {"export_seconds": timings["export_seconds"],
                "verify_seconds": timings["verify_seconds"],
-               "saved_model_bytes": float(sum(f["size"] for f in manifest["files"])),
-               "warmup_records": float(manifest["warmup_records"])}
-    for endpoint, figures in manifest["parity"].items():
+               "saved_model_bytes": float(sum(f["size"] for f in manifest.files)),
+               "warmup_records": float(manifest.warmup_records)}
+    for endpoint, figures in manifest.parity.items():
         metrics[f"parity_max_abs_error.{endpoint}"] = figures["max_abs_error"]
     return metrics

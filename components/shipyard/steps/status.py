@@ -41,8 +41,8 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
             "on_disk": version in on_disk,
             "symlink": links.get(version),
             "bytes": repo.version_bytes(name, version) if version in on_disk else None,
-            "fingerprint": (manifest or {}).get("fingerprint"),
-            "created_at": (manifest or {}).get("created_at"),
+            "fingerprint": manifest.fingerprint if manifest else None,
+            "created_at": manifest.created_at if manifest else None,
             "in_config": bool(serving and version in serving.versions),
             "labels": sorted(k for k, v in (serving.labels if serving else {}).items()
                              if v == version),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shipyard.core.errors import GateError, ShipyardError, UsageError
+from shipyard.core.manifest import Manifest
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.repository import ModelRepository
@@ -78,9 +79,9 @@ def validate_version_on_examples(
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
-    signature = manifest["signatures"][endpoint]
+    signature = manifest.signatures[endpoint]
     _check_agreement_outputs(request, signature["outputs"], endpoint)
-    kind = _kind(manifest["spec"], endpoint)
+    kind = _kind(manifest.spec, endpoint)
     agreement_outputs = request.agreement_outputs or _default_agreement_outputs(kind,
                                                                                 signature)
     fmt = format_of(request.examples, request.fmt)
@@ -96,15 +97,15 @@ def validate_version_on_examples(
 
     from shipyard.validation.pipeline import ValidationJob, run_pipeline
 
-    tolerance = manifest["spec"].get("tolerance", {})
+    tolerance = manifest.spec.get("tolerance", {})
     job = ValidationJob(
         examples=request.examples, fmt=fmt,
         csv_header=shared_csv_header(files) if fmt == "csv" else None,
         decls=tuple(declared_inputs(signature)),
-        examples_input=examples_input(manifest["spec"], endpoint), kind=kind,
+        examples_input=examples_input(manifest.spec, endpoint), kind=kind,
         endpoint=endpoint,
         version_dir=repo.version_location(request.name, request.version),
-        spec=manifest["spec"], source=str(request.source) if request.source else None,
+        spec=manifest.spec, source=str(request.source) if request.source else None,
         imports=request.imports, unsafe=request.unsafe,
         against_dir=repo.version_location(request.name, against) if against else None,
         atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
@@ -207,27 +208,27 @@ def _default_agreement_outputs(kind: str, signature: dict[str, Any]) -> tuple[st
     return ()
 
 
-def _endpoint(manifest: dict[str, Any], requested: str | None) -> str:
-    endpoints = [e["name"] for e in manifest["spec"]["endpoints"]]
+def _endpoint(manifest: Manifest, requested: str | None) -> str:
+    endpoints = manifest.endpoint_names()
     if requested is None or requested == "serving_default":
         # serving_default is the default endpoint's signature under another name.
-        return manifest["default_endpoint"]
+        return manifest.default_endpoint
     if requested not in endpoints:
         raise UsageError(f"endpoint: the version has no endpoint {requested!r}; it has "
                          f"{', '.join(endpoints)}", param="endpoint")
     return requested
 
 
-def _check_same_signature(manifest: dict[str, Any], other: dict[str, Any] | None,
+def _check_same_signature(manifest: Manifest, other: Manifest | None,
                           endpoint: str, version: int) -> None:
-    signatures = (other or {}).get("signatures", {})
+    signatures = other.signatures if other else {}
     if endpoint not in signatures:
         raise UsageError(f"against: version {version} has no endpoint {endpoint!r}; it has "
                          f"{', '.join(sorted(signatures)) or 'none'}", param="against")
-    if signatures[endpoint] != manifest["signatures"][endpoint]:
+    if signatures[endpoint] != manifest.signatures[endpoint]:
         raise UsageError(f"against: endpoint {endpoint!r} of version {version} has another "
                          f"signature ({signatures[endpoint]}) than the version validated "
-                         f"({manifest['signatures'][endpoint]}); agreement needs the same "
+                         f"({manifest.signatures[endpoint]}); agreement needs the same "
                          "inputs and outputs", param="against")
 
 
