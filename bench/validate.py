@@ -99,8 +99,8 @@ def shipyard(repo: Path, source: Path, records: Path, beam_args: list[str]
     started = time.perf_counter()
     doc = validate_version_on_examples(open_repository(repo), request,
                                        read_aliases=lambda name: {})
-    return (time.perf_counter() - started, doc["examples"],
-            max(f["max_abs_error"] for f in doc["parity"].values()))
+    return (time.perf_counter() - started, doc.examples,
+            max(f["max_abs_error"] for f in doc.parity.values()))
 
 
 def main() -> None:

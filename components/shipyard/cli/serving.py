@@ -73,7 +73,7 @@ def status_command(repo: str, name: str, serving_address: str | None, tracking_u
 
     doc = model_status(open_repository(repo), name,
                        read_aliases=registry_aliases(tracking_uri, registry_uri),
-                       read_server=read_server)
+                       read_server=read_server).to_json()
     emit(doc, as_json, describe_status(doc))
     if doc["errors"]:
         click.get_current_context().exit(doc["errors"][0]["exit_code"])
@@ -103,5 +103,5 @@ def gc_command(repo: str, name: str, keep: int, dry_run: bool, tracking_uri: str
     doc = collect_garbage(open_repository(repo), name, keep,
                           read_aliases=(None if no_registry
                                         else registry_aliases(tracking_uri, registry_uri)),
-                          dry_run=dry_run, progress=progress(quiet()))
+                          dry_run=dry_run, progress=progress(quiet())).to_json()
     emit(doc, as_json, describe_gc(doc, name, dry_run))

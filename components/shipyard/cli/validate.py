@@ -91,7 +91,7 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
             document = validate_version_on_examples(
                 open_repository(repo), request,
                 read_aliases=registry_aliases(tracking_uri, registry_uri), registry=registry,
-                progress=progress(quiet()))
+                progress=progress(quiet())).to_json()
     except ShipyardError as err:  # gates failed or MLflow down: the results still stand
         document = getattr(err, "document", None)
         if document is not None:

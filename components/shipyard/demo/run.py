@@ -65,7 +65,7 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
         # No TF Serving reads the demo's models.config, so label steps need not wait for one.
         first = first_deployment(repo, registry, DEMO_NAME,
                                  pipeline["registered_model_version"], file_only=True,
-                                 pipeline_run_id=run_id, progress=progress)
+                                 pipeline_run_id=run_id, progress=progress).to_json()
     # Seeded by the newest version: each run's challenger is new, even after a rollback.
     challenger = _register_challenger(paths, location, seed=max(repo.versions(DEMO_NAME)),
                                       launch_verifier=launch_verifier, progress=progress)
@@ -77,7 +77,7 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
         document["canary"] = offline_canary(
             repo, registry, DEMO_NAME, challenger["version"], str(paths["examples"]),
             min_agreement=MIN_AGREEMENT, agreement_outputs=AGREEMENT_OUTPUTS, file_only=True,
-            pipeline_run_id=run_id, progress=progress)
+            pipeline_run_id=run_id, progress=progress).to_json()
     except GateError as err:  # rolled back: the document says how far it got
         document.update(canary={"promoted": False, "validation": err.document},
                         where=_where(paths))
@@ -87,7 +87,7 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     document["where"] = _where(paths)
     document["champion"] = _champion(registry)
     document["status"] = model_status(repo, DEMO_NAME, read_aliases=registry.aliases,
-                                      read_server=None)
+                                      read_server=None).to_json()
     return document
 
 

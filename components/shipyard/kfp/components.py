@@ -89,7 +89,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
                             agreement_outputs=tuple(o for o in agreement_outputs.split(",")
                                                     if o)),
             read_aliases=registry.aliases, registry=lambda: registry)
-        return json.dumps(document)
+        return json.dumps(document.to_json())
 
     @dsl.component(base_image=image)
     def canary(repository: str, model_name: str, version: int, examples: str,
@@ -112,10 +112,12 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         where = {"serving_address": serving_address or None, "file_only": file_only,
                  "pipeline_run_id": pipeline_run_id or None}
         if (registry.aliases(model_name) or {}).get("champion") is None:
-            return json.dumps(first_deployment(repo, registry, model_name, version, **where))
+            return json.dumps(first_deployment(repo, registry, model_name, version,
+                                               **where).to_json())
         return json.dumps(offline_canary(
             repo, registry, model_name, version, examples, min_agreement=min_agreement,
-            agreement_outputs=tuple(o for o in agreement_outputs.split(",") if o), **where))
+            agreement_outputs=tuple(o for o in agreement_outputs.split(",") if o),
+            **where).to_json())
 
     @dsl.component(base_image=image)
     def rollout(model_name: str, version: int, policy: str, namespace: str,

@@ -18,6 +18,7 @@ Failure handling:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from shipyard.core.audit import check_move
@@ -28,6 +29,7 @@ from shipyard.core.vocabulary import CHAMPION, STABLE
 from shipyard.registry.client import ModelRegistry
 from shipyard.steps.push import drop_label, push_version
 from shipyard.steps.rollout import CANARY, RegistryAliases
+from shipyard.steps.validate import ValidationResult
 
 
 class Labels:
@@ -65,10 +67,36 @@ class Labels:
         return serving.labels.get(label) if serving else None
 
 
+@dataclass(frozen=True)
+class CanaryResult:
+    """A first deployment, a canary promoted, or a version that already was the champion."""
+
+    name: str
+    champion: int
+    version: int | None = None  # None for a first deployment (champion is the version)
+    promoted: bool = False
+    first_deployment: bool = False
+    previous_champion: int | None = None
+    reason: str | None = None  # why nothing was promoted
+    gates: dict[str, Any] | None = None  # what the alias record keeps (gate_figures)
+    validation: ValidationResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.first_deployment:
+            return {"name": self.name, "champion": self.champion, "first_deployment": True}
+        if not self.promoted:
+            return {"name": self.name, "version": self.version, "champion": self.champion,
+                    "promoted": False, "reason": self.reason}
+        return {"name": self.name, "version": self.version,
+                "previous_champion": self.previous_champion, "champion": self.champion,
+                "promoted": True, "gates": self.gates,
+                "validation": self.validation.to_json() if self.validation else None}
+
+
 def first_deployment(repo: ModelRepository, registry: ModelRegistry, name: str, version: int,
                      *, serving_address: str | None = None, file_only: bool = False,
                      pipeline_run_id: str | None = None,
-                     progress: Progress = NullProgress()) -> dict[str, Any]:
+                     progress: Progress = NullProgress()) -> CanaryResult:
     """The model has no champion, so there is nothing to compare against: `version` becomes
     stable and champion directly (the rollout's first-deployment rule). Run again, it
     finishes what an interrupted call left."""
@@ -84,14 +112,14 @@ def first_deployment(repo: ModelRepository, registry: ModelRegistry, name: str, 
         with progress.step(f"alias champion -> {name} version {version}"):
             aliases.move_champion(name, version, reason="first deployment: no champion to "
                                   "compare against", gates={})
-    return {"name": name, "champion": version, "first_deployment": True}
+    return CanaryResult(name=name, champion=version, first_deployment=True)
 
 
 def offline_canary(repo: ModelRepository, registry: ModelRegistry, name: str, version: int,
                    examples: str, *, min_agreement: float,
                    agreement_outputs: tuple[str, ...] = (), serving_address: str | None = None,
                    file_only: bool = False, pipeline_run_id: str | None = None,
-                   progress: Progress = NullProgress()) -> dict[str, Any]:
+                   progress: Progress = NullProgress()) -> CanaryResult:
     """Canary `version` against the champion on `examples`; promoted when every agreement
     gate holds, else rolled back (GateError, exit 8, carrying the validation results)."""
     labels = Labels(repo, name, serving_address, file_only, progress)
@@ -108,8 +136,8 @@ def offline_canary(repo: ModelRepository, registry: ModelRegistry, name: str, ve
                          "label and alias)")
     if champion == version:
         _promote(labels, aliases, name, version, champion, {})  # finishes an interrupted one
-        return {"name": name, "version": version, "champion": champion, "promoted": False,
-                "reason": f"version {version} is already the champion"}
+        return CanaryResult(name=name, version=version, champion=champion,
+                            reason=f"version {version} is already the champion")
     _check_version(registry, name, version)
     try:
         labels.point(CANARY, version)
@@ -121,15 +149,15 @@ def offline_canary(repo: ModelRepository, registry: ModelRegistry, name: str, ve
     except BaseException as err:  # Ctrl-C included: never leave a canary behind
         _roll_back(labels, aliases, name, version, champion, err)
         raise  # _roll_back raised a fuller error unless the original should stand as it is
-    gates = gate_figures(validation)
+    gates = gate_figures(validation.to_json())
     try:
         _promote(labels, aliases, name, version, champion, gates)
     except ShipyardError as err:
         raise type(err)(f"{err}\nThe promotion of {name} version {version} stopped halfway; "
                         "run the same offline canary again to finish it", param=err.param,
                         document=err.document) from None
-    return {"name": name, "version": version, "previous_champion": champion,
-            "champion": version, "promoted": True, "gates": gates, "validation": validation}
+    return CanaryResult(name=name, version=version, previous_champion=champion,
+                        champion=version, promoted=True, gates=gates, validation=validation)
 
 
 def _check_version(registry: ModelRegistry, name: str, version: int) -> None:
@@ -140,7 +168,7 @@ def _check_version(registry: ModelRegistry, name: str, version: int) -> None:
 
 def _validate(repo: ModelRepository, registry: ModelRegistry, name: str, version: int,
               examples: str, champion: int, min_agreement: float,
-              agreement_outputs: tuple[str, ...], progress: Progress) -> dict[str, Any]:
+              agreement_outputs: tuple[str, ...], progress: Progress) -> ValidationResult:
     from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
 
     request = ValidateRequest(name=name, version=version, examples=examples,
@@ -196,8 +224,9 @@ def _roll_back(labels: Labels, aliases: RegistryAliases, name: str, version: int
 
 
 def gate_figures(validation: dict[str, Any]) -> dict[str, Any]:
-    """What the alias record keeps of a validation: the examples, the thresholds and, per
-    output, the agreement figures."""
+    """What the alias record keeps of a validation document (ValidationResult.to_json(), or
+    a failed gate's error document): the examples, the thresholds and, per output, the
+    agreement figures."""
     agreement = {
         output: {k: figures[k] for k in ("top1_agreement", "within_tolerance",
                                          "max_abs_error", "mean_abs_error")}

@@ -56,11 +56,28 @@ def plan_gc(versions: list[int], serving: ModelServing | None, aliases: dict[str
                   keep={v: r for v, r in reasons.items() if r})
 
 
+@dataclass(frozen=True)
+class GcResult:
+    name: str
+    dry_run: bool
+    keep_newest: int
+    aliases: dict[str, int]
+    plan: GcPlan
+    removed: list[int]  # [] with dry_run
+    staging_removed: list[str]  # leftovers of killed exports and gc runs
+    skipped: dict[str, str]  # version -> why it was left (symlinks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dry_run": self.dry_run, "keep_newest": self.keep_newest,
+                "aliases": self.aliases, **self.plan.to_json(), "removed": self.removed,
+                "staging_removed": self.staging_removed, "skipped": self.skipped}
+
+
 def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
                     read_aliases: Callable[[str], dict[str, int] | None] | None,
                     dry_run: bool = False, progress: Progress = NullProgress()
-                    ) -> dict[str, Any]:
-    """Removes what `plan_gc` says (nothing with `dry_run`); returns the plan as JSON.
+                    ) -> GcResult:
+    """Removes what `plan_gc` says (nothing with `dry_run`); returns the plan and what it did.
 
     `read_aliases` returns NAME's aliases, or None when the registry has no model NAME. It is
     asked before anything is removed: if the registry cannot be read, or does not know NAME
@@ -93,7 +110,6 @@ def collect_garbage(repo: ModelRepository, name: str, keep_newest: int, *,
                     repo.remove_version(name, version)
             # Leftovers of killed exports and killed gc runs go too.
             cleaned = [str(p) for p in repo.remove_abandoned_staging(name)]
-    return {"name": name, "dry_run": dry_run, "keep_newest": keep_newest,
-            "aliases": aliases, **plan.to_json(),
-            "removed": [] if dry_run else list(plan.remove), "staging_removed": cleaned,
-            "skipped": skipped}
+    return GcResult(name=name, dry_run=dry_run, keep_newest=keep_newest, aliases=aliases,
+                    plan=plan, removed=[] if dry_run else list(plan.remove),
+                    staging_removed=cleaned, skipped=skipped)

@@ -10,6 +10,7 @@ warning; it is not followed (no size, no manifest read through it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from shipyard.core.errors import ShipyardError, UsageError
@@ -21,8 +22,25 @@ AliasReader = Callable[[str], dict[str, int] | None]
 StateReader = Callable[[str], dict[int, dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    repository: str
+    config: str  # where models.config is
+    labels: dict[str, int]
+    aliases: dict[str, int] | None  # None: the registry was not read
+    versions: list[dict[str, Any]]  # one row per version on disk, configured or served
+    warnings: list[str]
+    errors: list[dict[str, Any]]  # parts that could not be read: source, message, exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "repository": self.repository, "config": self.config,
+                "labels": self.labels, "aliases": self.aliases, "versions": self.versions,
+                "warnings": self.warnings, "errors": self.errors}
+
+
 def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader | None,
-                 read_server: StateReader | None) -> dict[str, Any]:
+                 read_server: StateReader | None) -> ModelStatus:
     validate_model_name(name)
     errors: list[dict[str, Any]] = []
     serving = current_serving(repo, name)
@@ -59,9 +77,9 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
         raise UsageError(f"name {name}: {repo.location} has no versions of {name}, its "
                          "models.config does not name it and the registry has no aliases for "
                          "it; check --repo and --name", param="name")
-    return {"name": name, "repository": repo.location, "config": repo.config_location,
-            "labels": dict(sorted(serving.labels.items())) if serving else {},
-            "aliases": aliases, "versions": rows, "warnings": warnings, "errors": errors}
+    return ModelStatus(name=name, repository=repo.location, config=repo.config_location,
+                       labels=dict(sorted(serving.labels.items())) if serving else {},
+                       aliases=aliases, versions=rows, warnings=warnings, errors=errors)
 
 
 def _attempt(read: Callable[[], Any], source: str, errors: list[dict[str, Any]]) -> Any:

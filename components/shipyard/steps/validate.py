@@ -8,6 +8,7 @@ into the version directory: published versions are immutable.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -48,13 +49,47 @@ class ValidateRequest:
     output: str | None = None
 
 
+@dataclass(frozen=True)
+class ValidationResult:
+    """What a validation found; `to_json()` is the document `--json`, `--output` and the
+    MLflow run hold."""
+
+    name: str
+    version: int
+    endpoint: str
+    examples: int  # how many were run
+    files: int
+    format: str
+    source: str | None  # the source model parity was measured against
+    against: int | None  # the version agreement was measured against
+    parity: dict[str, Any] | None  # output -> figures
+    agreement: dict[str, Any] | None  # output -> figures
+    thresholds: dict[str, Any]
+    failures: list[str]  # the gates that failed
+    runner: str
+    time: str  # ISO 8601, UTC
+    logged_to_run: str | None = None  # the MLflow run the results were logged to
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "endpoint": self.endpoint,
+                "examples": self.examples, "files": self.files, "format": self.format,
+                "source": self.source, "against": self.against, "parity": self.parity,
+                "agreement": self.agreement, "thresholds": self.thresholds,
+                "failures": self.failures, "passed": self.passed, "runner": self.runner,
+                "time": self.time, "logged_to_run": self.logged_to_run}
+
+
 def validate_version_on_examples(
         repo: ModelRepository, request: ValidateRequest, *,
         read_aliases: Callable[[str], dict[str, int] | None],
         registry: Callable[[], Any] | None = None,
-        progress: Progress = NullProgress()) -> dict[str, Any]:
-    """Runs the pipeline and returns the result document; GateError (exit 8) when a gate
-    fails, after the results were written out and logged."""
+        progress: Progress = NullProgress()) -> ValidationResult:
+    """Runs the pipeline and returns its results; GateError (exit 8) when a gate fails, after
+    the results were written out and logged (the error's `document` holds them)."""
     from shipyard.steps.push import check_published
     from shipyard.validation.examples import (
         declared_inputs,
@@ -140,31 +175,30 @@ def validate_version_on_examples(
     failures = gate_failures(summary, max_abs_error=request.max_abs_error,
                              min_agreement=request.min_agreement,
                              agreement_outputs=agreement_outputs or None)
-    document = {
-        "name": request.name, "version": request.version, "endpoint": endpoint,
-        "examples": outcome["examples"], "files": len(files), "format": fmt,
-        "source": str(request.source) if request.source else None, "against": against,
-        "parity": summary.get("parity"), "agreement": summary.get("agreement"),
-        "thresholds": {"max_abs_error": request.max_abs_error,
-                       "min_agreement": request.min_agreement,
-                       "agreement_outputs": list(agreement_outputs) or None,
-                       **tolerance},
-        "failures": failures, "passed": not failures, "runner": request.runner,
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "logged_to_run": None,
-    }
+    result = ValidationResult(
+        name=request.name, version=request.version, endpoint=endpoint,
+        examples=outcome["examples"], files=len(files), format=fmt,
+        source=str(request.source) if request.source else None, against=against,
+        parity=summary.get("parity"), agreement=summary.get("agreement"),
+        thresholds={"max_abs_error": request.max_abs_error,
+                    "min_agreement": request.min_agreement,
+                    "agreement_outputs": list(agreement_outputs) or None,
+                    **tolerance},
+        failures=failures, runner=request.runner,
+        time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if request.output:
-        _write(request.output, document)
+        _write(request.output, result.to_json())
     if registry is not None:
         try:
             with progress.step("log the results to MLflow"):
-                document["logged_to_run"] = _log(registry(), request, document)
+                result = dataclasses.replace(
+                    result, logged_to_run=_log(registry(), request, result.to_json()))
         except ShipyardError as err:  # the results stand; the caller still prints them
-            raise type(err)(str(err), param=err.param, document=document) from err
+            raise type(err)(str(err), param=err.param, document=result.to_json()) from err
     if failures:
         raise GateError("validation gates failed:\n" + "\n".join(f"  - {f}" for f in failures),
-                        document=document)
-    return document
+                        document=result.to_json())
+    return result
 
 
 def _check_thresholds(request: ValidateRequest) -> None:
