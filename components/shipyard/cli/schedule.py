@@ -6,6 +6,7 @@ import click
 
 from shipyard.cli.options import json_option
 from shipyard.cli.output import describe_schedule, emit, library_prints_to_stderr
+from shipyard.core.vocabulary import LABELS, STABLE
 
 
 @click.group("schedule")
@@ -20,8 +21,8 @@ def schedule_group() -> None:
 @click.option("--repository", required=True, help="The model repository the runs publish to.")
 @click.option("--model-name", default="demo-model", show_default=True)
 @click.option("--tracking-uri", default="", help="MLflow the runs record to.")
-@click.option("--serving-label", default="stable", show_default=True,
-              type=click.Choice(["stable", "canary"]))
+@click.option("--serving-label", default=STABLE, show_default=True,
+              type=click.Choice(LABELS))
 @click.option("--name", default="shipyard-reference", show_default=True,
               help="The recurring run's name.")
 @click.option("--experiment", default="shipyard", show_default=True)

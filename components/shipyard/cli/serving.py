@@ -14,13 +14,13 @@ from shipyard.cli.options import (
     serving_repo_options,
 )
 from shipyard.cli.output import describe_gc, describe_push, describe_status, emit, progress, quiet
+from shipyard.core.vocabulary import LABELS
 
 
 @click.command("push")
 @serving_repo_options
 @click.option("--version", "version", type=int, required=True, help="Published version N.")
-# The choices are serving.config.LABELS, written out so that --help imports no protos.
-@click.option("--label", type=click.Choice(["stable", "canary"]), required=True,
+@click.option("--label", type=click.Choice(LABELS), required=True,
               help="The version label to point at N.")
 @serving_address_option
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,

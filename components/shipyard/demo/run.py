@@ -30,6 +30,7 @@ import yaml
 
 from shipyard.core.errors import GateError
 from shipyard.core.progress import NullProgress, Progress
+from shipyard.core.vocabulary import CHAMPION, STABLE
 from shipyard.demo.spec import (
     AGREEMENT_OUTPUTS,
     DEMO_NAME,
@@ -58,7 +59,7 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     with progress.step(f"check MLflow at {location.tracking_uri}"):
         registry.check_reachable()
         first_run = _champion(registry) is None
-    pipeline = _run_tfx_pipeline(paths, serving_label="stable" if first_run else None,
+    pipeline = _run_tfx_pipeline(paths, serving_label=STABLE if first_run else None,
                                  progress=progress)
     first = None
     if first_run:
@@ -101,7 +102,7 @@ def _layout(workdir: Path) -> dict[str, Any]:
 
 
 def _champion(registry: Any) -> int | None:
-    return (registry.aliases(DEMO_NAME) or {}).get("champion")
+    return (registry.aliases(DEMO_NAME) or {}).get(CHAMPION)
 
 
 def _run_tfx_pipeline(paths: dict[str, Any], *, serving_label: str | None,

@@ -103,6 +103,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to record the run."""
         import json
 
+        from shipyard.core.vocabulary import CHAMPION
         from shipyard.registry.client import ModelRegistry, RegistryLocation
         from shipyard.repository import open_repository
         from shipyard.steps.canary import first_deployment, offline_canary
@@ -111,7 +112,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         repo = open_repository(repository)
         where = {"serving_address": serving_address or None, "file_only": file_only,
                  "pipeline_run_id": pipeline_run_id or None}
-        if (registry.aliases(model_name) or {}).get("champion") is None:
+        if (registry.aliases(model_name) or {}).get(CHAMPION) is None:
             return json.dumps(first_deployment(repo, registry, model_name, version,
                                                **where).to_json())
         return json.dumps(offline_canary(

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, Iterator
 
 from shipyard.core.errors import LeaseHeldError, ShipyardError
+from shipyard.core.vocabulary import CANARY, STABLE
 from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, render, route
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class KubeCluster:
         target = self._target(name, canary_version=version, canary_weight=0,
                               stable_version=self.stable_version(name) or version)
         canary = [o for o in render(target, with_rbac=False)
-                  if o["metadata"]["labels"].get("shipyard.dev/track") == "canary"]
+                  if o["metadata"]["labels"].get("shipyard.dev/track") == CANARY]
         self.apply(canary)
         self.wait_for_deployment(f"{name}-canary")
         self.apply([route(target)])
@@ -119,7 +120,7 @@ class KubeCluster:
     def promote_stable(self, name: str, version: int) -> None:
         target = self._target(name, stable_version=version)
         stable = [o for o in render(target, with_rbac=False)
-                  if o["metadata"]["labels"].get("shipyard.dev/track") == "stable"]
+                  if o["metadata"]["labels"].get("shipyard.dev/track") == STABLE]
         self.apply(stable)
         self.wait_for_deployment(name)
 

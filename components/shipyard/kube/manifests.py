@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+from shipyard.core.vocabulary import CANARY, STABLE
 
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -75,7 +76,7 @@ def _labels(target: ServingTarget, track: str) -> dict[str, str]:
             "app.kubernetes.io/managed-by": FIELD_MANAGER, "shipyard.dev/track": track}
 
 
-def _meta(target: ServingTarget, name: str, track: str = "stable") -> dict[str, Any]:
+def _meta(target: ServingTarget, name: str, track: str = STABLE) -> dict[str, Any]:
     return {"name": name, "namespace": target.namespace, "labels": _labels(target, track)}
 
 
@@ -84,7 +85,7 @@ def config_map_name(target: ServingTarget, track: str, version: int) -> str:
     (TF Serving moves a label only onto a loaded version, even with
     --allow_version_labels_for_unavailable_models, so a polled config that moved the label
     at once would be refused), and the old pods keep their config to the end."""
-    suffix = "" if track == "stable" else "-canary"
+    suffix = "" if track == STABLE else "-canary"
     return f"{target.name}{suffix}-config-v{version}"
 
 
@@ -96,9 +97,9 @@ def _config_map(target: ServingTarget, track: str, version: int) -> dict[str, An
 
 
 def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
-    suffix = "" if track == "stable" else "-canary"
+    suffix = "" if track == STABLE else "-canary"
     name = f"{target.name}{suffix}"
-    version = target.stable_version if track == "stable" else target.canary_version
+    version = target.stable_version if track == STABLE else target.canary_version
     selector = {"app.kubernetes.io/instance": target.name, "shipyard.dev/track": track}
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(target, track, version)}}]
@@ -129,7 +130,7 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(target, name, track),
         "spec": {
-            "replicas": target.replicas if track == "stable" else 1,
+            "replicas": target.replicas if track == STABLE else 1,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -146,7 +147,7 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
 
 
 def _service(target: ServingTarget, track: str) -> dict[str, Any]:
-    suffix = "" if track == "stable" else "-canary"
+    suffix = "" if track == STABLE else "-canary"
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": _meta(target, f"{target.name}{suffix}", track),
             "spec": {"selector": {"app.kubernetes.io/instance": target.name,
@@ -160,7 +161,7 @@ def _disruption_budget(target: ServingTarget) -> dict[str, Any]:
             "metadata": _meta(target, target.name),
             "spec": {"minAvailable": 1,
                      "selector": {"matchLabels": {"app.kubernetes.io/instance": target.name,
-                                                  "shipyard.dev/track": "stable"}}}}
+                                                  "shipyard.dev/track": STABLE}}}}
 
 
 # What the pusher does, kind by kind: nothing more (no wildcards).
@@ -235,12 +236,12 @@ def render(target: ServingTarget, *, with_rbac: bool = True) -> list[dict[str, A
     """Every object for `target`: the stable track always; the canary track and the route
     when `canary_version` is set; GPU settings when `gpu`."""
     objects = list(rbac(target.namespace)) if with_rbac else []
-    objects += [_config_map(target, "stable", target.stable_version),
-                _deployment(target, "stable"), _service(target, "stable"),
+    objects += [_config_map(target, STABLE, target.stable_version),
+                _deployment(target, STABLE), _service(target, STABLE),
                 _disruption_budget(target)]
     if target.canary_version is not None:
-        objects += [_config_map(target, "canary", target.canary_version),
-                    _deployment(target, "canary"), _service(target, "canary"), route(target)]
+        objects += [_config_map(target, CANARY, target.canary_version),
+                    _deployment(target, CANARY), _service(target, CANARY), route(target)]
     if target.gpu:
         patch = gpu_patch(target)
         objects = [_apply_gpu(o, patch) if o["kind"] == "Deployment" else o for o in objects]
