@@ -1,5 +1,12 @@
-"""Shared fixtures. TensorFlow is imported once per test process, lazily, by the fixtures that
-need it; pure tests (spec, signatures, repository, CLI help) never import it."""
+"""Shared fixtures, and the tiers' markers. TensorFlow is imported once per test process, lazily,
+by the fixtures that need it; unit tests never import it.
+
+The tiers are directories: unit/ (pure and fast), integration/ (real TensorFlow exports,
+verifier processes, MLflow servers, Beam, TFX and KFP local runs), e2e/ (whole commands run as
+processes, kills included) and cluster/ (a real Kubernetes cluster). Each test gets its tier's
+markers here, so `-m "not integration"` and `-m "not slow"` select by tier. Expensive artifacts
+(the test models, the published versions, the staged export, the MLflow server) are built once
+per session; tests that change them work on copies."""
 
 from __future__ import annotations
 
@@ -7,13 +14,24 @@ import os
 from pathlib import Path
 
 import pytest
+from support.paths import TESTS_DIR
 
-TESTS_DIR = Path(__file__).parent
-REPO_ROOT = TESTS_DIR.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The serving-runtime check (a second TensorFlow in its own environment) is off unless a test
-# is about it: those pass --serving-runtime / serving_runtime explicitly (test_runtime_check.py).
+# is about it: those pass --serving-runtime / serving_runtime explicitly (integration/test_runtime_check.py).
 os.environ["SHIPYARD_SERVING_RUNTIME"] = "none"
+
+TIER_MARKS = {"integration": ("integration",), "e2e": ("integration", "slow"),
+              "cluster": ("cluster",)}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = Path(item.path)
+        tier = path.relative_to(TESTS_DIR).parts[0] if path.is_relative_to(TESTS_DIR) else None
+        for mark in TIER_MARKS.get(tier, ()):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
@@ -28,23 +46,44 @@ def launcher():
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """The test models, each built and saved once per session (see test_models.py)."""
-    import shipyard_test_models
+    """The test models, each built and saved once per session (support/shipyard_test_models.py).
+    Imports TensorFlow."""
+    from support import shipyard_test_models
 
     return shipyard_test_models.ModelFactory(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session")
+def published(models, launcher, tmp_path_factory) -> Path:
+    """A repository holding model `m`, version 1 (the sequential test model) and version 2
+    (sequential_tanh: the same weights, another activation), exported once per session under
+    support.specs.SEQUENTIAL_SPEC. Read it, never change it: tests copy versions out of it
+    (support.versions.add_version)."""
+    from support.exports import export
+    from support.specs import SEQUENTIAL_SPEC
+
+    repo = tmp_path_factory.mktemp("published") / "repo"
+    for kind in ("sequential", "sequential_tanh"):
+        export(launcher, models.path(kind), SEQUENTIAL_SPEC, repo)
+    return repo
+
+
 @pytest.fixture
-def cli(launcher):
-    """Runs `shipyard` in-process; stdout and stderr are kept apart, as a script sees them."""
+def cli(request):
+    """Runs `shipyard` in-process; stdout and stderr are kept apart, as a script sees them.
+    Verifiers come from the session's `launcher`, started at the first export that needs one
+    (a command that fails before exporting starts none)."""
     from click.testing import CliRunner
 
     from shipyard.cli import main
 
     runner = CliRunner()
 
+    def launch_verifier():
+        return request.getfixturevalue("launcher")()
+
     def invoke(*args: str):
-        return runner.invoke(main, list(args), obj={"launch_verifier": launcher})
+        return runner.invoke(main, list(args), obj={"launch_verifier": launch_verifier})
 
     return invoke
 
@@ -54,20 +93,50 @@ def repo(tmp_path) -> Path:
     return tmp_path / "repo"
 
 
-def subprocess_env() -> dict[str, str]:
-    """Environment for `shipyard` child processes: test models importable, TF quiet."""
-    paths = [str(TESTS_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="2")
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """One real MLflow server for the session (see mlflow_server.py)."""
-    from mlflow_server import MlflowServer
+    """One real MLflow server for the session (support/mlflow_server.py)."""
+    from support.mlflow_server import MlflowServer
 
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(mlflow_server):
+    """The fault proxy (support/mlflow_proxy.py) in front of the session's MLflow server."""
+    from support.mlflow_proxy import FaultProxy
+
+    fault_proxy = FaultProxy(mlflow_server.uri)
+    yield fault_proxy
+    fault_proxy.close()
+
+
+@pytest.fixture(scope="session")
+def staged(launcher, models, tmp_path_factory):
+    """The small model exported and verified once, not published: (directory, manifest,
+    timings) for support.register_faults.register_copy."""
+    from support.register_faults import stage_once
+
+    return stage_once(launcher, models, tmp_path_factory.mktemp("staged"))
+
+
+@pytest.fixture(scope="session")
+def requests_of_one_register(proxy, staged, tmp_path_factory):
+    """The MLflow requests of one clean `register` of a new name (without the reachability
+    check, which the command makes before exporting)."""
+    from support.register_faults import inconsistencies, register_copy
+
+    proxy.arm(None)
+    repo_dir = tmp_path_factory.mktemp("count")
+    result = register_copy(proxy.uri, repo_dir, "sweep-count", staged)
+    requests = list(proxy.requests)
+    assert (result.version, result.reused, result.aliases) == (1, False, {"candidate": 1})
+    assert inconsistencies(proxy.uri, "sweep-count", repo_dir) == []
+    print("\nthe MLflow requests of one register:\n" + "\n".join(
+        f"{k:3d} {r}" for k, r in enumerate(requests, 1)))
+    return requests
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +148,9 @@ def _no_ambient_mlflow(monkeypatch):
 
 @pytest.fixture
 def tf_serving():
-    """A started TF Serving test double on 127.0.0.1 (tests/tf_serving_double.py), stopped after
-    the test: `tf_serving.address` is its gRPC address. Importing it imports TensorFlow."""
-    from tf_serving_double import TFServingDouble
+    """A started TF Serving test double on 127.0.0.1 (support/tf_serving_double.py), stopped
+    after the test: `tf_serving.address` is its gRPC address. Importing it imports TensorFlow."""
+    from support.tf_serving_double import TFServingDouble
 
     with TFServingDouble() as server:
         yield server

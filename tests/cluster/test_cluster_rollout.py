@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.integration]
-
 
 def _cluster_or_skip():
     if not os.environ.get("KUBECONFIG"):
@@ -41,7 +39,7 @@ def cluster():
 
 
 def test_canary_to_promotion_then_canary_to_rollback(cluster, request, tmp_path):
-    from rollout_fakes import RecordingAliases
+    from support.rollout_fakes import RecordingAliases
 
     from shipyard.core.spec import parse_spec
     from shipyard.kube.cluster import KubeCluster

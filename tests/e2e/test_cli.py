@@ -1,4 +1,5 @@
-"""The `shipyard` command line: contract, exit codes, --json, and start-up without TensorFlow."""
+"""The `shipyard` command line as a process: start-up without TensorFlow, --import, and a kill
+during the write. (Exit codes and --json in-process: integration/test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -9,24 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
-import yaml
-from conftest import subprocess_env
+from support.processes import SHIPYARD, subprocess_env
+from support.specs import SEQUENTIAL_SPEC as SPEC
+from support.specs import write_spec
 
-SHIPYARD = str(Path(sys.executable).parent / "shipyard")
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+# The subclassed test model's own input, `features` (the shared specs name theirs `x`).
 FEATURES_SPEC = {"endpoints": [{"name": "serve", "method": "call",
                                 "inputs": [{"name": "features", "shape": [None, 3],
                                             "dtype": "float32"}]}]}
-
-
-def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def python_without_tensorflow(code: str) -> subprocess.CompletedProcess:
@@ -80,78 +72,11 @@ def test_serving_commands_talk_to_servers_without_importing_tensorflow(tmp_path)
     assert doc["versions"][0]["version"] == 1
 
 
-@pytest.mark.integration
-def test_json_output_is_the_document_alone(cli, models, repo, tmp_path):
-    result = cli("export", str(models.path("sequential")), "--spec", str(write_spec(tmp_path, SPEC)),
-                 "--repo", str(repo), "--name", "churn", "--json")
-    assert result.exit_code == 0, result.stderr
-    document = json.loads(result.stdout)
-    assert set(document) == {"name", "version", "path", "fingerprint", "endpoints",
-                             "variable_collections", "parity"}
-    assert document["name"] == "churn" and document["version"] == 1
-    assert document["endpoints"] == ["serve"]
-    assert Path(document["path"]) == (repo / "churn" / "1").resolve()
-    assert 0 <= document["parity"]["serve"] <= 1e-5
-
-    human = cli("export", str(models.path("sequential")), "--spec", str(write_spec(tmp_path, SPEC)),
-                "--repo", str(repo), "--name", "churn")
-    assert human.exit_code == 0, human.stderr
-    assert f"Published churn version 2 at {(repo / 'churn' / '2').resolve()}" in human.stdout
-    assert "endpoints: serve (max abs error" in human.stdout
-
-
-@pytest.mark.integration
-def test_exit_codes(cli, models, repo, tmp_path):
-    spec = str(write_spec(tmp_path, SPEC))
-    sequential = str(models.path("sequential"))
-
-    bad_name = cli("export", sequential, "--spec", spec, "--repo", str(repo), "--name", "../x")
-    assert bad_name.exit_code == 2
-    assert "--name: '../x' is not a valid model name" in bad_name.stderr
-    assert not repo.exists()
-
-    no_gpu = cli("export", sequential, "--spec", spec, "--repo", str(repo), "--name", "m",
-                 "--device", "/GPU:0")
-    assert no_gpu.exit_code == 2
-    assert "--device /GPU:0: this machine has no such device; it has /device:CPU:0" in \
-        no_gpu.stderr
-    assert not (repo / "m").exists()
-
-    missing = cli("export", str(tmp_path / "nope.keras"), "--spec", spec, "--repo", str(repo),
-                  "--name", "m")
-    assert missing.exit_code == 1
-    assert "MODEL: " in missing.stderr and "nope.keras does not exist" in missing.stderr
-
-    first = cli("export", sequential, "--spec", spec, "--repo", str(repo), "--name", "m",
-                "--version", "3")
-    assert first.exit_code == 0, first.stderr
-    exists = cli("export", sequential, "--spec", spec, "--repo", str(repo), "--name", "m",
-                 "--version", "3")
-    assert exists.exit_code == 3
-    assert "already exists and published versions are never overwritten" in exists.stderr
-
-    noisy = cli("export", str(models.path("noisy")), "--spec", spec, "--repo", str(repo),
-                "--name", "noisy")
-    assert noisy.exit_code == 4
-    assert "exceeds the tolerance" in noisy.stderr
-    assert not (repo / "noisy").exists()  # no version, no staging, no empty model folder
-
-    wide_spec = str(write_spec(tmp_path, {"endpoints": [{**SPEC["endpoints"][0], "inputs": [
-        {"name": "x", "shape": [None, 5], "dtype": "float32"}]}]}, "wide.yaml"))
-    breaking = cli("export", str(models.path("sequential_wide")), "--spec", wide_spec,
-                   "--repo", str(repo), "--name", "m")
-    assert breaking.exit_code == 5
-    assert "shape changed [None, 3] -> [None, 5]" in breaking.stderr
-    assert sorted(p.name for p in (repo / "m").iterdir() if p.is_dir()) == ["3"]
-
-
 def run_shipyard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([SHIPYARD, *args], capture_output=True, text=True,
                           env=subprocess_env(), timeout=timeout)
 
 
-@pytest.mark.integration
-@pytest.mark.slow
 def test_custom_classes_load_with_import(models, repo, tmp_path):
     spec = str(write_spec(tmp_path, FEATURES_SPEC))
     model = str(models.path("subclassed"))
@@ -160,13 +85,12 @@ def test_custom_classes_load_with_import(models, repo, tmp_path):
     assert "pass --import MODULE" in without.stderr
 
     with_import = run_shipyard("export", model, "--spec", spec, "--repo", str(repo),
-                               "--name", "m", "--import", "shipyard_test_models", "--json")
+                               "--name", "m", "--import", "support.shipyard_test_models",
+                               "--json")
     assert with_import.returncode == 0, with_import.stderr
     assert json.loads(with_import.stdout)["version"] == 1  # stdout is the JSON alone
 
 
-@pytest.mark.integration
-@pytest.mark.slow
 def test_a_kill_during_the_write_leaves_no_version(models, repo, tmp_path):
     spec = str(write_spec(tmp_path, SPEC))
     model = str(models.path("sequential"))

@@ -9,13 +9,10 @@ import json
 import subprocess
 import sys
 
-import pytest
-from conftest import subprocess_env
+from support.processes import subprocess_env
 
 from shipyard.core.manifest import checksum_mismatches, read_manifest
 from shipyard.serving.config import model_serving, parse_config
-
-pytestmark = pytest.mark.integration
 
 
 def aliases_and_history(uri: str):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from support.processes import subprocess_env
 
 
 @pytest.fixture

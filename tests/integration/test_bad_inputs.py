@@ -7,9 +7,9 @@ unreachable; 7 TF Serving; 1 a missing or corrupt model), a message that names t
 file or flag (and the fix where shipyard gives one), no Python traceback, and, for failing
 export/register runs, nothing left in the repository: no version directory, no staging.
 
-Most cases fail before TensorFlow is loaded; those that need a model share the session's test
-models (tests/shipyard_test_models.py) and one version published once for the module. Run
-with -s to see the tally:
+Most cases fail before TensorFlow is loaded; those that need a model load, trace and export
+real models: the session's test models (support/shipyard_test_models.py) and a copy of the
+session's published version 1. Run with -s to see the tally:
 
     bad inputs: N tried, N with the documented exit code, N with a clear message
 """
@@ -17,6 +17,7 @@ with -s to see the tally:
 from __future__ import annotations
 
 import re
+import shutil
 import traceback
 import zipfile
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.integration  # the model cases load, trace and export real models
-
+# support.specs.SEQUENTIAL_SPEC as YAML text, kept here because the cases edit it line by line
+# (spec(endpoint=..., top=...)).
 GOOD_SPEC = """\
 endpoints:
   - name: serve
@@ -324,21 +325,13 @@ def junk(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published(models, tmp_path_factory) -> Path:
-    """A repository holding version 1 of model `m` (the sequential test model), published by
-    a real export with a real verifier; cases must leave it as it is."""
-    from click.testing import CliRunner
-
-    from shipyard.cli import main
-
-    root = tmp_path_factory.mktemp("published")
-    spec_path = root / "spec.yaml"
-    spec_path.write_text(GOOD_SPEC)
-    result = CliRunner().invoke(main, ["export", str(models.path("sequential")), "--spec",
-                                       str(spec_path), "--repo", str(root / "repo"),
-                                       "--name", "m", "--version", "1"])
-    assert result.exit_code == 0, result.output
-    return root / "repo"
+def published(published, tmp_path_factory) -> Path:
+    """A repository holding version 1 of model `m` (the sequential test model, published by a
+    real export with a real verifier): a copy of the session's (tests/conftest.py), which
+    holds a version 2 too. Cases must leave it as it is."""
+    repo = tmp_path_factory.mktemp("published") / "repo"
+    shutil.copytree(published / "m" / "1", repo / "m" / "1")
+    return repo
 
 
 class Paths:

@@ -8,17 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from support.specs import SEQUENTIAL_SPEC as SPEC
 
 from shipyard.core.audit import history
 from shipyard.core.errors import GateError, UsageError
 from shipyard.core.spec import parse_spec
 from shipyard.serving.config_file import current_serving
 from shipyard.steps.export import ExportRequest
-
-pytestmark = pytest.mark.integration
-
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,6 @@ from shipyard.kube.manifests import (
     render,
 )
 
-pytestmark = pytest.mark.integration
-
 FLAG = "--allow_version_labels_for_unavailable_models=true"
 REFUSED = ("Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to "
            "version {version} of model {name}, which is not currently available for inference")
@@ -45,7 +43,7 @@ def rollout_target() -> ServingTarget:
                          canary_weight=0, **serving)
 
 
-# The k8s/ overlays (as tests/test_kube_manifests.py renders them) and the rollout's objects.
+# The k8s/ overlays (as unit/test_kube_manifests.py renders them) and the rollout's objects.
 TARGETS = {
     "base": KUSTOMIZE_TARGET,
     "canary": replace(KUSTOMIZE_TARGET, canary_version=CANARY_EXAMPLE_VERSION,
@@ -172,7 +170,7 @@ def assert_serving(server, name: str, versions: list[int], labels: dict[str, int
 @pytest.mark.parametrize("overlay,track", CONTAINERS, ids=[f"{o}-{t}" for o, t in CONTAINERS])
 def test_every_rendered_container_starts_cold_and_again_after_a_restart(overlay, track,
                                                                         repository, tmp_path):
-    from tf_serving_double import cold_start
+    from support.tf_serving_double import cold_start
 
     target = TARGETS[overlay]
     objects = render(target)
@@ -201,7 +199,7 @@ def test_every_rendered_container_starts_cold_and_again_after_a_restart(overlay,
 def test_the_same_pod_without_the_flag_is_refused_with_tf_servings_message(overlay, track,
                                                                           change, repository,
                                                                           tmp_path):
-    from tf_serving_double import ServerStartError, cold_start
+    from support.tf_serving_double import ServerStartError, cold_start
 
     target = TARGETS[overlay]
     objects = render(target)
@@ -221,7 +219,7 @@ def test_the_same_pod_without_the_flag_is_refused_with_tf_servings_message(overl
 
 
 def test_a_flag_value_main_cannot_read_ends_the_start(repository, tmp_path):
-    from tf_serving_double import ServerStartError, cold_start
+    from support.tf_serving_double import ServerStartError, cold_start
 
     objects = render(KUSTOMIZE_TARGET)
     args, mounts = pod(objects, deployment(objects, KUSTOMIZE_TARGET, "stable"),
@@ -233,7 +231,7 @@ def test_a_flag_value_main_cannot_read_ends_the_start(repository, tmp_path):
 
 
 def test_a_pod_without_its_config_mount_cannot_read_the_config(repository):
-    from tf_serving_double import ServerStartError, cold_start
+    from support.tf_serving_double import ServerStartError, cold_start
 
     objects = render(KUSTOMIZE_TARGET)
     args = deployment(objects, KUSTOMIZE_TARGET, "stable")["spec"]["template"]["spec"][
@@ -246,7 +244,7 @@ def test_a_pod_without_its_config_mount_cannot_read_the_config(repository):
 
 
 def test_a_version_that_fails_to_load_fails_the_start_after_the_labels_pass(tmp_path):
-    from tf_serving_double import ServerStartError, cold_start
+    from support.tf_serving_double import ServerStartError, cold_start
 
     # The labels pass (the flag), then ConnectAdaptersToManagerAndAwaitModelLoads waits for the
     # version, whose load fails: TF Serving's start ends there, naming the servable.
@@ -264,7 +262,7 @@ def test_a_version_that_fails_to_load_fails_the_start_after_the_labels_pass(tmp_
 
 def test_the_flag_allows_a_new_label_but_a_polled_move_still_waits_for_the_load(repository,
                                                                                 tmp_path):
-    from tf_serving_double import cold_start, wait_for_state
+    from support.tf_serving_double import cold_start, wait_for_state
 
     from shipyard.kube.manifests import models_config
     from shipyard.serving.config import ModelServing, parse_config, render_config, with_model

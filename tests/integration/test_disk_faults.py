@@ -22,16 +22,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support.specs import SEQUENTIAL_SPEC as SPEC
 
 from shipyard.core.errors import StorageError
 from shipyard.core.spec import parse_spec
 from shipyard.repository import LocalModelRepository
 from shipyard.steps.export import ExportRequest, export_model
 
-pytestmark = pytest.mark.integration
-
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
 NOBODY = 65534
 
 
@@ -104,13 +101,11 @@ def version_of(templates, repo: Path, name: str, version: int) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
-def template(models, launcher, tmp_path_factory) -> Path:
-    """One published version of the small test model, exported once for the module."""
-    root = tmp_path_factory.mktemp("template")
-    result = export_model(ExportRequest(model=models.path("sequential"), spec=parse_spec(SPEC),
-                                        repo=root, name="t"), launch_verifier=launcher)
-    return Path(result.path)
+@pytest.fixture
+def template(published) -> Path:
+    """A published version of the small test model (the session's, tests/conftest.py): tests
+    copy it (version_of), never change it."""
+    return published / "m" / "1"
 
 
 def leftovers(repo: Path) -> list[str]:

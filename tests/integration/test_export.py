@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.exports import export, read_warmup
+from support.specs import FUNCTIONAL_SPEC, SEQUENTIAL_SPEC
 
 from shipyard.core.errors import (
     BreakingChangeError,
@@ -16,48 +18,12 @@ from shipyard.core.errors import (
     VersionExistsError,
 )
 from shipyard.core.manifest import checksum_mismatches, read_manifest
-from shipyard.core.spec import parse_spec
-from shipyard.steps.export import ExportRequest, export_model
-
-pytestmark = pytest.mark.integration
-
-SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                                  "inputs": [{"name": "x", "shape": [None, 3],
-                                              "dtype": "float32"}]}]}
-FUNCTIONAL_SPEC = {
-    "endpoints": [{"name": "serve", "method": "call", "training": False,
-                   "inputs": [{"x1": {"shape": [None, 3], "dtype": "float32"},
-                               "color": {"shape": [None, 1], "dtype": "string"}}]}],
-    "variable_collections": [
-        {"name": "optimizer_variables", "select": "optimizer"},
-        {"name": "trainable", "select": "trainable"},
-        {"name": "kernels", "select": {"regex": r"/kernel$"}},
-    ],
-}
-
-
-def export(launcher, model: Path, spec: dict, repo: Path, name: str = "m", **options):
-    request = ExportRequest(model=model, spec=parse_spec(spec), repo=repo, name=name, **options)
-    return export_model(request, launch_verifier=launcher)
 
 
 def staging_leftovers(repo: Path, name: str = "m") -> list[str]:
     """Every directory in the model's folder: versions and any staging left behind."""
     model_dir = repo / name
     return sorted(p.name for p in model_dir.iterdir() if p.is_dir()) if model_dir.exists() else []
-
-
-def read_warmup(version_dir: Path):
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
-    logs = []
-    for record in tf.data.TFRecordDataset(str(path)):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(record.numpy())
-        logs.append(log)
-    return logs
 
 
 def test_sequential_model_round_trip(launcher, models, repo):
@@ -105,7 +71,7 @@ def test_sequential_model_round_trip(launcher, models, repo):
 def test_functional_model_with_lookup_two_outputs_and_optimizer_state(launcher, models, repo):
     import keras
     import tensorflow as tf
-    from shipyard_test_models import COLORS
+    from support.specs import COLORS
 
     result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
 

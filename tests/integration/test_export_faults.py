@@ -1,38 +1,19 @@
-"""Broken models and bad inputs that must not pass as verified: non-finite outputs, versions
-beyond TF Serving's int64, random-number state in fingerprints, and messages that name the
-wrong dtype or every spec problem at once."""
+"""Broken models and bad inputs that must not pass as verified, on real exports: non-finite
+outputs, versions beyond TF Serving's int64, random-number state in fingerprints, and messages
+that name the wrong dtype. (The checks that need no model are in unit/test_export_faults.py.)"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from support.exports import export
+from support.specs import SEQUENTIAL_SPEC
 
-from shipyard.core.errors import SpecError, UsageError, VerificationError
-from shipyard.core.names import MAX_VERSION, validate_version
+from shipyard.core.errors import SpecError, VerificationError
 from shipyard.core.spec import parse_spec
 
-SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                                  "inputs": [{"name": "x", "shape": [None, 3],
-                                              "dtype": "float32"}]}]}
 
-
-def test_versions_are_int64_like_tf_servings():
-    assert validate_version(MAX_VERSION) == 2**63 - 1
-    with pytest.raises(UsageError, match=r"^version: 9223372036854775808 is not a valid "
-                                         r"version. Expected an integer from 1 to "
-                                         r"9223372036854775807 \(TF Serving's versions are int64\)"):
-        validate_version(2**63)
-
-
-def test_a_bad_default_endpoint_is_reported_with_the_other_problems():
-    with pytest.raises(SpecError, match=r"\(2 problem\(s\)\):\n  - tolerance.atol: .*\n  - "
-                                        r"default_endpoint: 'nope' is not an endpoint; use one "
-                                        r"of \['serve'\]"):
-        parse_spec({**SEQUENTIAL_SPEC, "default_endpoint": "nope", "tolerance": {"atol": -1}})
-
-
-@pytest.mark.integration
 def test_a_version_beyond_int64_is_refused_before_anything_is_written(cli, models, repo,
                                                                       tmp_path):
     spec = tmp_path / "spec.json"
@@ -44,10 +25,7 @@ def test_a_version_beyond_int64_is_refused_before_anything_is_written(cli, model
     assert not repo.exists() or not any(repo.rglob("saved_model.pb"))
 
 
-@pytest.mark.integration
 def test_a_model_that_answers_nan_is_refused_naming_endpoint_and_output(launcher, models, repo):
-    from test_export import export
-
     with pytest.raises(VerificationError, match=r"endpoint 'serve' output 'logits': the original "
                                                 r"model answers NaN or Inf \(2 of 2 values, batch "
                                                 r"1\).*nothing was published.*allow_non_finite: "
@@ -60,7 +38,6 @@ def test_a_model_that_answers_nan_is_refused_naming_endpoint_and_output(launcher
     assert allowed.version == 1  # NaN on both sides is the same answer when it is meant
 
 
-@pytest.mark.integration
 def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tmp_path):
     """An unseeded Dropout draws its SeedGenerator state from Python's `random` on load: each
     process exporting one trained model holds another state. It must register once."""
@@ -68,7 +45,6 @@ def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tm
 
     import keras
     import numpy as np
-    from test_export import export
 
     from shipyard.registry.client import RegistryLocation
     from shipyard.steps.export import ExportRequest
@@ -100,10 +76,7 @@ def test_the_random_number_state_is_not_fingerprinted(launcher, models, repo, tm
     assert [r.reused for r in runs] == [False, True]
 
 
-@pytest.mark.integration
 def test_a_wrong_dtype_is_named_in_the_error(launcher, models, repo):
-    from test_export import export
-
     spec = {"endpoints": [{"name": "serve", "method": "call", "inputs": [
         {"x1": {"shape": [None, 3], "dtype": "string"},
          "color": {"shape": [None, 1], "dtype": "string"}}]}]}

@@ -1,22 +1,19 @@
 """`shipyard push`, `status` and `gc` on real exported versions, against the TF-Serving-protocol
-test double (tests/tf_serving_double.py) where a server is involved."""
+test double (support/tf_serving_double.py) where a server is involved. (Concurrent `shipyard
+push` processes: e2e/test_push.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from support.serving_client import X, predict
+from support.versions import add_version, config_of
 
 from shipyard.core.manifest import list_files, read_manifest, write_manifest
-from shipyard.core.spec import parse_spec
 from shipyard.serving.config import (
     ModelServing,
     model_serving,
@@ -24,55 +21,13 @@ from shipyard.serving.config import (
     render_config,
     with_model,
 )
-from shipyard.steps.export import ExportRequest, export_model
-
-pytestmark = pytest.mark.integration
-
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
-X = np.array([[0.5, -1.0, 2.0]], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def templates(models, launcher, tmp_path_factory):
-    """One published version per test model, exported once; tests copy them as versions."""
-    root = tmp_path_factory.mktemp("templates")
-    out = {}
-    for kind in ("sequential", "sequential_tanh"):
-        result = export_model(ExportRequest(model=models.path(kind), spec=parse_spec(SPEC),
-                                            repo=root, name=kind.replace("_", "-")),
-                              launch_verifier=launcher)
-        out[kind] = Path(result.path)
-    return out
-
-
-def add_version(repo: Path, name: str, version: int, template: Path) -> Path:
-    target = repo / name / str(version)
-    shutil.copytree(template, target)
-    return target
-
-
-def config_of(repo: Path):
-    return parse_config((repo / "models.config").read_text())
-
-
-def predict(address: str, name: str, *, label: str | None = None, version: int | None = None):
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    if label is not None:
-        request.model_spec.version_label = label
-    if version is not None:
-        request.model_spec.version.value = version
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(X))
-    with grpc.insecure_channel(address) as channel:
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            request, timeout=30)
-    (output,) = response.outputs.values()
-    return response.model_spec.version.value, tf.make_ndarray(output)
+@pytest.fixture
+def templates(published):
+    """The session's published versions (tests/conftest.py) by test model: tests copy them as
+    versions (add_version), never change them."""
+    return {"sequential": published / "m" / "1", "sequential_tanh": published / "m" / "2"}
 
 
 def keras_output(models, kind: str) -> np.ndarray:
@@ -135,7 +90,7 @@ def test_label_moves_in_two_steps_on_the_server_and_serves_the_new_version(
 
 
 def test_push_json_reports_the_server_after_the_last_step(cli, templates, repo):
-    from tf_serving_double import TFServingDouble
+    from support.tf_serving_double import TFServingDouble
 
     add_version(repo, "m", 1, templates["sequential"])
     add_version(repo, "m", 2, templates["sequential_tanh"])
@@ -157,7 +112,7 @@ def test_unloads_unfinished_at_the_timeout_are_reported_not_failed(cli, template
                                                                    caplog):
     import threading
 
-    from tf_serving_double import TFServingDouble
+    from support.tf_serving_double import TFServingDouble
 
     add_version(repo, "m", 1, templates["sequential"])
     add_version(repo, "m", 2, templates["sequential_tanh"])
@@ -217,7 +172,7 @@ def test_a_version_the_server_cannot_load_is_rolled_back_with_exit_7(cli, templa
 
 
 def test_a_load_slower_than_the_timeout_is_rolled_back(cli, templates, repo):
-    from tf_serving_double import TFServingDouble
+    from support.tf_serving_double import TFServingDouble
 
     add_version(repo, "m", 1, templates["sequential"])
     with TFServingDouble(load_delay_s=3.0) as server:
@@ -257,31 +212,6 @@ def test_unpublished_or_corrupt_versions_are_refused_with_exit_2(cli, templates,
     bad_address = cli(*push, "--version", "1", "--serving-address", "no-port")
     assert bad_address.exit_code == 2 and "--serving-address: expected HOST:PORT" in \
         bad_address.stderr
-
-
-def test_eight_concurrent_pushes_lose_no_update(templates, repo, tf_serving):
-    names = [f"m{i}" for i in range(4)]
-    for name in names:
-        add_version(repo, name, 1, templates["sequential"])
-        add_version(repo, name, 2, templates["sequential"])
-    shipyard = str(Path(sys.executable).parent / "shipyard")
-    children = [subprocess.Popen([shipyard, "-q", "push", "--repo", str(repo), "--name", name,
-                                  "--version", str(version), "--label", label,
-                                  "--serving-address", tf_serving.address, "--timeout", "120",
-                                  "--json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=subprocess_env())
-                for name in names for version, label in ((1, "stable"), (2, "canary"))]
-    for child in children:
-        out, err = child.communicate(timeout=300)
-        assert child.returncode == 0, err
-    config = config_of(repo)  # parses: every write was whole
-    for name in names:
-        assert model_serving(config, name) == ModelServing((1, 2), {"stable": 1, "canary": 2})
-    # Configs reached the server in the order they were written: it ends with the file's.
-    assert tf_serving.reload_requests[-1] == config
-    for name in names:
-        assert predict(tf_serving.address, name, label="canary")[0] == 2
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,16 @@
-"""`shipyard register` and `shipyard alias` against a real MLflow server and the embedded store."""
+"""`shipyard register` and `shipyard alias` against a real MLflow server and the embedded store.
+(Concurrent `shipyard register` processes: e2e/test_register.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import subprocess_env
+from support.specs import FUNCTIONAL_SPEC, SEQUENTIAL_SPEC
 
 from shipyard.core.errors import VersionExistsError
 from shipyard.core.manifest import read_manifest
@@ -19,18 +18,6 @@ from shipyard.core.spec import parse_spec
 from shipyard.registry.client import RegistryLocation
 from shipyard.steps.export import ExportRequest
 from shipyard.steps.register import register_model
-
-pytestmark = pytest.mark.integration
-
-FUNCTIONAL_SPEC = {
-    "endpoints": [{"name": "serve", "method": "call",
-                   "inputs": [{"x1": {"shape": [None, 3], "dtype": "float32"},
-                               "color": {"shape": [None, 1], "dtype": "string"}}]}],
-    "variable_collections": [{"name": "optimizer_variables", "select": "optimizer"}],
-}
-SEQUENTIAL_SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                                  "inputs": [{"name": "x", "shape": [None, 3],
-                                              "dtype": "float32"}]}]}
 
 
 def spec_file(tmp_path: Path, spec: dict) -> str:
@@ -248,7 +235,7 @@ def test_publish_failure_is_completed_by_running_again(launcher, models, mlflow_
 
 def test_a_stopped_server_fails_with_exit_6_and_publishes_nothing(cli, models, tmp_path,
                                                                   monkeypatch):
-    from mlflow_server import MlflowServer
+    from support.mlflow_server import MlflowServer
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -288,22 +275,3 @@ def test_embedded_store_needs_no_server(cli, models, tmp_path, monkeypatch):
     elsewhere = cli("alias", "history", "reg-e")
     assert elsewhere.exit_code == 2
     assert "there is no registered model 'reg-e'" in elsewhere.stderr
-
-
-@pytest.mark.slow
-def test_two_concurrent_registrations_get_distinct_versions(models, mlflow_server, tmp_path):
-    repo = tmp_path / "repo"
-    spec = spec_file(tmp_path, SEQUENTIAL_SPEC)
-    shipyard = str(Path(sys.executable).parent / "shipyard")
-    children = [subprocess.Popen([shipyard, "register", str(models.path(kind)), "--spec", spec,
-                                  "--repo", str(repo), "--name", "reg-f", "--tracking-uri",
-                                  mlflow_server.uri, "--json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=subprocess_env())
-                for kind in ("sequential", "sequential_tanh")]
-    outputs = [child.communicate(timeout=300) for child in children]
-    for child, (_, err) in zip(children, outputs):
-        assert child.returncode == 0, err
-    versions = sorted(json.loads(out)["version"] for out, _ in outputs)
-    assert versions == [1, 2]
-    assert sorted(p.name for p in (repo / "reg-f").iterdir() if p.is_dir()) == ["1", "2"]

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-pytestmark = pytest.mark.integration
+from support.exports import export
+from support.specs import FUNCTIONAL_SPEC
 
 
 def stored_values(version_dir) -> int:
@@ -23,7 +22,6 @@ def stored_values(version_dir) -> int:
 def test_the_checkpoint_holds_each_value_once(launcher, models, repo):
     import keras
     import tensorflow as tf
-    from test_export import FUNCTIONAL_SPEC, export
 
     result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
 

@@ -12,100 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.exports import export, read_warmup
+from support.specs import COLORS, FEATURES, kinds_spec
 
 from shipyard.core.errors import SpecError
-from shipyard.core.signatures import breaking_changes
-from shipyard.core.spec import parse_spec
-
-FEATURES = {"x1": {"shape": [3], "dtype": "float32"},
-            "color": {"shape": [1], "dtype": "string", "default": ""}}
-
-
-def kinds_spec(default: str = "classify") -> dict:
-    from shipyard_test_models import COLORS
-
-    return {"endpoints": [
-        {"name": "serve", "method": "call", "inputs": [{"name": "examples", "tf_example": FEATURES}]},
-        {"name": "classify", "kind": "classify", "method": "call", "output": "probs",
-         "classes": list(COLORS), "inputs": [{"tf_example": FEATURES}]},
-        {"name": "regress", "kind": "regress", "method": "call", "output": "score",
-         "inputs": [{"tf_example": FEATURES}]},
-    ], "default_endpoint": default}
-
-
-# ---- the spec (pure) ----------------------------------------------------------------------------
-
-def test_a_tf_example_input_implies_a_vector_of_strings_and_kinds_imply_the_contract():
-    spec = parse_spec(kinds_spec())
-    serve, classify, regress = spec.endpoints
-    assert serve.signature_inputs()[0][0] == "examples"
-    decl = serve.examples_input()
-    assert (decl.shape, decl.dtype) == ([None], "string")
-    assert decl.tf_example["color"].default == ""
-    assert classify.signature_inputs()[0][0] == "inputs"  # TF Serving's name, not declared
-    assert (serve.method_name, classify.method_name, regress.method_name) == (
-        "tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
-    variable = parse_spec({"endpoints": [{"name": "s", "method": "call", "inputs": [
-        {"tf_example": {"tokens": {"shape": [None], "dtype": "int64", "default": 0}}}]}]})
-    assert variable.endpoints[0].inputs[0].tf_example["tokens"].variable_length
-
-
-@pytest.mark.parametrize("endpoint, message", [
-    ({"kind": "classify", "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]},
-     r"endpoints\[0\]: a classify endpoint takes one input of serialized tf.Examples"),
-    ({"kind": "regress", "inputs": [{"name": "examples", "tf_example": FEATURES}]},
-     r"endpoints\[0\]: a regress endpoint's input is named 'inputs' by TF Serving's contract; "
-     r"remove name: 'examples'"),
-    ({"classes": ["a"], "inputs": [{"tf_example": FEATURES}]},
-     r"`output` and `classes` belong to kind classify or regress"),
-    ({"kind": "regress", "classes": ["a"], "inputs": [{"tf_example": FEATURES}]},
-     r"`classes` belongs to kind classify"),
-    ({"inputs": [{"tf_example": {"x": {"shape": [3], "dtype": "float64"}}}]},
-     r"endpoints\[0\]\.inputs\[0\]\.tf_example\.x\.dtype: Input should be 'float32', 'int64' "
-     r"or 'string'"),
-    ({"inputs": [{"tf_example": {"x": {"shape": [2, None], "dtype": "int64"}}}]},
-     r"tf_example\.x: only the first dimension of a feature may be null"),
-    ({"inputs": [{"tf_example": {"x": {"shape": [1], "dtype": "float32", "default": "a"}}}]},
-     r"tf_example\.x: default 'a' does not match dtype float32"),
-    ({"inputs": [{"tf_example": FEATURES, "shape": [None, 1]}]},
-     r"a tf_example input is a vector of serialized examples, shape \[null\] and dtype string"),
-    ({"inputs": [{"features": {"tf_example": FEATURES, "dtype": "string", "shape": [None]}}]},
-     r"tf_example declares a whole argument"),
-])
-def test_bad_tf_example_and_kind_declarations_name_the_field_and_the_fix(endpoint, message):
-    with pytest.raises(SpecError, match=message):
-        parse_spec({"endpoints": [{"name": "e", "method": "call", **endpoint}]})
-
-
-def test_a_kind_change_breaks_clients():
-    tensor = {"dtype": "string", "shape": [None]}
-    old = {"s": {"method_name": "tensorflow/serving/predict", "inputs": {"inputs": tensor},
-                 "outputs": {"scores": {"dtype": "float32", "shape": [None, 3]}}}}
-    new = {"s": dict(old["s"], method_name="tensorflow/serving/classify")}
-    assert breaking_changes(old, new) == [
-        "signature 's': kind changed predict -> classify (method name "
-        "tensorflow/serving/predict -> tensorflow/serving/classify)"]
-
 
 # ---- Keras source: shipyard parses the examples -------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def kinds_version(launcher, models, tmp_path_factory):
-    from test_export import export
-
     repo = tmp_path_factory.mktemp("kinds-repo")
     return export(launcher, models.path("functional"), kinds_spec(), repo, name="kinds")
 
 
-def read_warmup(path):
-    from test_export import read_warmup as read
-
-    return read(path)
-
-
-@pytest.mark.integration
 def test_signatures_carry_tf_servings_method_names_and_shapes(kinds_version):
     from shipyard.exporter.archive import read_signatures
 
@@ -124,9 +44,7 @@ def test_signatures_carry_tf_servings_method_names_and_shapes(kinds_version):
     assert sorted(signatures["serve"]["outputs"]) == ["probs", "score"]
 
 
-@pytest.mark.integration
 def test_warmup_records_are_of_the_endpoints_kind_and_carry_valid_examples(kinds_version):
-    from shipyard_test_models import COLORS
     from tensorflow.core.example import example_pb2
 
     logs = read_warmup(kinds_version.path)
@@ -146,7 +64,6 @@ def test_warmup_records_are_of_the_endpoints_kind_and_carry_valid_examples(kinds
     assert example_pb2.Example.FromString(serialized).features.feature["x1"].float_list.value
 
 
-@pytest.mark.integration
 def test_tf_serving_classifies_and_regresses_like_the_original_model(kinds_version, models,
                                                                      tmp_path):
     """Served by the TF Serving double (the session loader, classifier.cc's checks) and asked
@@ -154,14 +71,13 @@ def test_tf_serving_classifies_and_regresses_like_the_original_model(kinds_versi
     import grpc
     import keras
     import tensorflow as tf
-    from shipyard_test_models import COLORS
+    from support.tf_serving_double import TFServingDouble, wait_for_state
     from tensorflow.core.example import example_pb2
     from tensorflow_serving.apis import (
         classification_pb2,
         prediction_service_pb2_grpc,
         regression_pb2,
     )
-    from tf_serving_double import TFServingDouble, wait_for_state
 
     from shipyard.serving.config import ModelServing, parse_config, with_model
 
@@ -242,7 +158,6 @@ def write_tfrecords(directory: Path, records: list[bytes]) -> Path:
 
 
 def trainer_spec() -> dict:
-    from shipyard_test_models import COLORS
 
     return {"endpoints": [
         {"name": "serve", "method": "serving_default",
@@ -252,11 +167,9 @@ def trainer_spec() -> dict:
     ]}
 
 
-@pytest.mark.integration
 def test_a_trainer_saved_model_is_verified_on_real_examples(launcher, trainer_model, repo,
                                                             tmp_path):
     from tensorflow.core.example import example_pb2
-    from test_export import export
 
     from shipyard.core.manifest import read_manifest
 
@@ -285,11 +198,8 @@ def test_a_trainer_saved_model_is_verified_on_real_examples(launcher, trainer_mo
     assert records in batches and records[:1] in batches  # the real batches, byte for byte
 
 
-@pytest.mark.integration
 def test_a_string_input_the_model_parses_gets_the_advice_to_declare_tf_example(
         launcher, trainer_model, repo):
-    from test_export import export
-
     spec = {"endpoints": [{"name": "serve", "method": "serving_default",
                            "inputs": [{"name": "examples", "shape": [None], "dtype": "string"}]}]}
     with pytest.raises(SpecError, match=r"endpoint 'serve': the original model fails on inputs "
@@ -299,11 +209,8 @@ def test_a_string_input_the_model_parses_gets_the_advice_to_declare_tf_example(
         export(launcher, trainer_model, spec, repo, name="strings")
 
 
-@pytest.mark.integration
 def test_examples_that_are_not_tfrecords_are_refused_naming_the_file(launcher, trainer_model,
                                                                      repo, tmp_path):
-    from test_export import export
-
     from shipyard.core.errors import UsageError
 
     bad = tmp_path / "rows.csv"

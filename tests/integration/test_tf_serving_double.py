@@ -1,4 +1,4 @@
-"""The TF Serving test double (tf_serving_double.py) on real TensorFlow SavedModels, through
+"""The TF Serving test double (support/tf_serving_double.py) on real TensorFlow SavedModels, through
 its gRPC API with the official stubs. What it must do is what TF Serving does, error messages
 included, so the assertions below are TF Serving's behaviour, not the double's inventions.
 
@@ -12,8 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-pytestmark = pytest.mark.integration
 
 OK, NOT_FOUND, DATA_LOSS = 0, 5, 15  # tensorflow.error.Code
 
@@ -53,7 +51,7 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_double():
     """Starts doubles with non-default options; all are stopped after the test."""
-    from tf_serving_double import TFServingDouble
+    from support.tf_serving_double import TFServingDouble
 
     started = []
 
@@ -144,7 +142,7 @@ def answer(response) -> tuple[int, list[float]]:
 
 
 def wait(server, name: str, version: int, state: str = "AVAILABLE"):
-    from tf_serving_double import wait_for_state
+    from support.tf_serving_double import wait_for_state
 
     return wait_for_state(server, name, version, state, timeout_s=20)
 

@@ -1,4 +1,4 @@
-"""Classify and Regress on the TF Serving test double (tf_serving_double.py), called with the
+"""Classify and Regress on the TF Serving test double (support/tf_serving_double.py), called with the
 official stubs (prediction_service_pb2_grpc) on real SavedModels whose SignatureDefs carry the
 method names tensorflow/serving/classify and tensorflow/serving/regress. The expected answers
 and error messages are TF Serving's (classifier.cc, regressor.cc, util.cc), not the double's.
@@ -13,8 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-pytestmark = pytest.mark.integration
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -137,7 +135,7 @@ def _serve(server, repo: Path):
     with grpc.insecure_channel(server.address) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         stub.HandleReloadConfigRequest(config(), timeout=60)
-        from tf_serving_double import wait_for_state
+        from support.tf_serving_double import wait_for_state
 
         wait_for_state(server, "m", 1, timeout_s=30)
         wait_for_state(server, "m", 2, timeout_s=30)
@@ -149,7 +147,7 @@ def _serve(server, repo: Path):
 @pytest.fixture(scope="module")
 def server(repo):
     """TF Serving as it starts by default: --enable_signature_method_name_check is off."""
-    from tf_serving_double import TFServingDouble
+    from support.tf_serving_double import TFServingDouble
 
     with TFServingDouble() as double:
         yield _serve(double, repo)
@@ -159,7 +157,7 @@ def server(repo):
 def checked(repo):
     """A pod started with --enable_signature_method_name_check (main.cc's flag, parsed from the
     container's args like any other)."""
-    from tf_serving_double import cold_start
+    from support.tf_serving_double import cold_start
 
     double = cold_start(["--model_name=m", "--model_base_path=/models/m",
                          "--enable_signature_method_name_check"], {"/models": repo})

@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
-
-pytestmark = pytest.mark.integration
-
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+from support.paths import REPO_ROOT
+from support.specs import SEQUENTIAL_SPEC as SPEC
 
 
 def pipeline(root: Path, model_dir: Path, *, blessed: int | None, repo: Path,
@@ -298,7 +294,7 @@ def test_the_reference_pipeline_compiles_for_kubeflow(tmp_path):
 
 
 def test_the_reference_pipeline_script_documents_its_options(capsys):
-    # `shipyard demo` runs the pipeline it builds (tests/test_demo.py); this is its wrapper.
+    # `shipyard demo` runs the pipeline it builds (e2e/test_demo.py); this is its wrapper.
     sys.path.insert(0, str(REPO_ROOT / "pipelines"))
     import tfx_pipeline
 

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.tfx import demo_trainer_module
+from shipyard.demo import trainer_module as demo_trainer_module
 from shipyard.tfx.trainer import tfx_trainer_unavailable
-
-pytestmark = pytest.mark.integration
 
 MODULE_FILE = demo_trainer_module.__file__
 # Checked by importing TFX's Trainer executor: that import is what needs TFDV.

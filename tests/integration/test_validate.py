@@ -10,26 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.specs import COLORS, FEATURES
 
 from shipyard.core.manifest import list_files
 from shipyard.core.spec import parse_spec
 from shipyard.steps.export import ExportRequest, export_model
 
-pytestmark = pytest.mark.integration
-
-SPEC = {"endpoints": [{"name": "serve", "method": "call",
-                       "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
 ROWS = 40
 
 
 @pytest.fixture(scope="module")
-def published(models, launcher, tmp_path_factory):
-    """Repository with version 1 (sequential) and version 2 (sequential_tanh: the same
-    weights, another activation, standing in for a retrained champion)."""
+def published(published, tmp_path_factory):
+    """The session's published versions (tests/conftest.py) copied as model `v`: version 1
+    (sequential) and version 2 (sequential_tanh: the same weights, another activation,
+    standing in for a retrained champion)."""
     repo = tmp_path_factory.mktemp("validate") / "repo"
-    for kind in ("sequential", "sequential_tanh"):
-        export_model(ExportRequest(model=models.path(kind), spec=parse_spec(SPEC), repo=repo,
-                                   name="v"), launch_verifier=launcher)
+    shutil.copytree(published / "m", repo / "v")
     return repo
 
 
@@ -209,14 +205,13 @@ def test_agreement_below_the_minimum_fails_with_exit_8(cli, published, examples,
 
 # ---- endpoints of serialized tf.Examples (tf_example inputs, kind classify) --------------------
 
-FEATURES = {"x1": {"shape": [3], "dtype": "float32"},
-            "color": {"shape": [1], "dtype": "string", "default": ""}}
 EXAMPLE_ROWS = 24
 
 
 def tf_example_spec() -> dict:
-    from shipyard_test_models import COLORS
-
+    """Local, not support.specs.kinds_spec: these tests validate a predict and a classify
+    endpoint, with `serve` (the first) as the default endpoint; kinds_spec adds a regress
+    endpoint and makes classify the default."""
     return {"endpoints": [
         {"name": "serve", "method": "call",
          "inputs": [{"name": "examples", "tf_example": FEATURES}]},
@@ -231,7 +226,6 @@ def kinds(models, launcher, tmp_path_factory):
     as TFRecord, CSV and JSONL, and what Keras itself answers on them."""
     import keras
     import tensorflow as tf
-    from shipyard_test_models import COLORS
 
     root = tmp_path_factory.mktemp("kinds")
     challenger = keras.saving.load_model(models.path("functional"))

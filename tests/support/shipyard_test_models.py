@@ -1,7 +1,8 @@
 """Models the tests export, built small and saved once per session.
 
-Custom classes are registered with Keras here, so `--import shipyard_test_models` makes them
-loadable (the tests put this directory on PYTHONPATH).
+Custom classes are registered with Keras here, so `--import support.shipyard_test_models` makes
+them loadable (support.processes.subprocess_env puts tests/ on child processes' PYTHONPATH).
+Importing this module imports TensorFlow: unit tests do not.
 """
 
 from __future__ import annotations

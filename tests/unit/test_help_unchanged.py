@@ -1,6 +1,7 @@
 """Every command's --help is a public interface (scripts, docs and users' muscle memory):
-it is compared with tests/data/help.txt, recorded before the package was reorganised.
-A deliberate change regenerates the file: `python tests/test_help_unchanged.py > tests/data/help.txt`."""
+it is compared with tests/unit/data/help.txt, recorded before the package was reorganised.
+A deliberate change regenerates the file:
+`python tests/unit/test_help_unchanged.py > tests/unit/data/help.txt`."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""The KFP v2 components and reference pipeline: compiled with accelerator settings, and run
-with kfp.local's SubprocessRunner."""
+"""The KFP v2 components and reference pipeline, compiled with accelerator settings. (Run with
+kfp.local's SubprocessRunner: integration/test_kfp_pipeline.py.)"""
 
 # (No "from __future__ import annotations": KFP reads the types of pipeline signatures.)
 import sys
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "pipelines"))
 
@@ -93,25 +93,3 @@ def test_an_unknown_accelerator_is_refused():
     with pytest.raises(ValueError, match=r"accelerator: expected one of none, gpu, tpu, got "
                                          r"'fpga'"):
         accelerate(object(), "fpga")
-
-
-@pytest.mark.integration
-def test_the_reference_pipeline_runs_locally(tmp_path, capsys):
-    import kfp_pipeline
-    from mlflow import MlflowClient
-
-    from shipyard.serving.config import ModelServing, model_serving, parse_config
-
-    assert kfp_pipeline.main(["--run-locally", "--workdir", str(tmp_path)]) == 0
-    assert "version 1 published under" in capsys.readouterr().out
-    version_dir = tmp_path / "models" / "demo-model" / "1"
-    assert (version_dir / "assets.extra" / "shipyard.json").is_file()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = client.get_model_version("demo-model", "1").tags
-    assert tags["shipyard.published"] == "true"
-    run_id = tags["shipyard.pipeline_run_id"]  # the job id kfp.local put for the placeholder
-    assert run_id and "{{" not in run_id
-    config = parse_config((tmp_path / "models" / "models.config").read_text())
-    assert model_serving(config, "demo-model") == ModelServing((1,), {})  # loaded; labelled
-                                                                          # by the next push

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from shipyard.kube.manifests import (
     CANARY_EXAMPLE_VERSION,
@@ -99,7 +99,7 @@ def test_each_track_serves_its_version_under_its_label():
 ])
 def test_every_tf_serving_container_allows_its_labels_before_the_versions_load(target):
     # Each ConfigMap labels its version, and TF Serving checks labels before loading, at start-up
-    # too: without this flag every pod start is refused (tests/test_cold_start.py starts them).
+    # too: without this flag every pod start is refused (integration/test_cold_start.py starts them).
     # Spelled as main.cc defines it; a misspelled flag is ignored by TF Serving.
     deployments = [o for o in render(target) if o["kind"] == "Deployment"]
     assert len(deployments) == (2 if target.canary_version else 1)

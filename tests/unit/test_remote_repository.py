@@ -1,9 +1,8 @@
 """Object-store repositories through fsspec's memory:// filesystem: publish by upload and
-checksum check, then push naming only intact versions."""
+checksum check. (A real export and push on one: integration/test_remote_repository.py.)"""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import fsspec
@@ -13,14 +12,6 @@ from manifests import bare_manifest
 from shipyard.core.errors import ShipyardError
 from shipyard.core.manifest import list_files, write_manifest
 from shipyard.repository import ObjectStoreRepository, open_repository
-from shipyard.serving.config import ModelServing, model_serving, parse_config
-
-SPEC = """
-endpoints:
-  - name: serve
-    method: call
-    inputs: [{name: x, shape: [null, 3], dtype: float32}]
-"""
 
 
 @pytest.fixture
@@ -96,30 +87,3 @@ def test_url_spellings_are_normalized_and_a_bare_scheme_is_refused(url):
     with pytest.raises(ShipyardError, match=r"^repo memory://: name a bucket or folder after "
                                             r"memory://"):
         ObjectStoreRepository("memory://")
-
-
-def test_export_and_push_on_memory_refuse_a_corrupted_version(cli, models, url, tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    exported = cli("export", str(models.path("sequential")), "--spec", str(spec), "--repo", url,
-                   "--name", "m", "--json")
-    assert exported.exit_code == 0, exported.stderr
-    assert json.loads(exported.stdout)["path"] == f"{url}/m/1"
-
-    push = ["push", "--repo", url, "--name", "m", "--version", "1", "--label", "stable"]
-    assert cli(*push).exit_code == 0  # loads 1
-    assert cli(*push).exit_code == 0  # labels it
-    fs = fsspec.filesystem("memory")
-    config = parse_config(fs.cat_file(f"{url}/models.config").decode())
-    assert model_serving(config, "m") == ModelServing((1,), {"stable": 1})
-    assert config.model_config_list.config[0].base_path == f"{url}/m"
-
-    fs.pipe_file(f"{url}/m/1/saved_model.pb", b"tampered")
-    refused = cli(*push[:-1], "canary")
-    assert refused.exit_code == 2
-    assert "fails its checksums" in refused.stderr
-    assert "saved_model.pb: content differs from shipyard.json" in refused.stderr
-    assert model_serving(parse_config(fs.cat_file(f"{url}/models.config").decode()), "m") == \
-        ModelServing((1,), {"stable": 1})
-
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from rollout_fakes import (
+from support.rollout_fakes import (
     Crash,
     FakeClock,
     FakeCluster,

@@ -1,4 +1,5 @@
-"""The verifier's comparisons and collection checks on plain arrays (no TensorFlow needed)."""
+"""The verifier's comparisons and collection checks on plain arrays (no TensorFlow needed).
+(The verifier as a process: integration/test_verifier.py.)"""
 
 from __future__ import annotations
 
@@ -82,13 +83,3 @@ def test_collections_must_come_back_with_the_same_count_and_values():
         "variable collection 'changed': 1 of 1 variables restored with different values",
         "variable collection 'gone' is missing from the SavedModel",
     ]
-
-
-def test_a_verifier_left_without_a_job_removes_its_folder():
-    """If the exporter dies before sending a job, the verifier cleans up after itself."""
-    from shipyard.exporter.verifier import VerifierProcess
-
-    verifier = VerifierProcess()
-    verifier._process.stdin.close()  # what the kernel does when the exporter is killed
-    assert verifier._process.wait(timeout=120) == 0
-    assert not verifier.workdir.exists()
