@@ -91,7 +91,7 @@ def test_a_canary_that_misses_its_gate_is_rolled_back_and_can_pass_later(publish
 
     promoted = offline_canary(repo, registry, "can", 2, examples, min_agreement=0.5,
                               file_only=True, pipeline_run_id="run-3")
-    assert promoted["promoted"] and promoted["previous_champion"] == 1
+    assert promoted.promoted and promoted.previous_champion == 1
     serving = current_serving(repo, "can")
     assert (serving.versions, serving.labels) == ((2,), {"stable": 2})
     aliases, moves = aliases_and_moves(registry)
@@ -102,8 +102,8 @@ def test_a_canary_that_misses_its_gate_is_rolled_back_and_can_pass_later(publish
 
     again = offline_canary(repo, registry, "can", 2, examples, min_agreement=0.5,
                            file_only=True)
-    assert again == {"name": "can", "version": 2, "champion": 2, "promoted": False,
-                     "reason": "version 2 is already the champion"}
+    assert again.to_json() == {"name": "can", "version": 2, "champion": 2, "promoted": False,
+                               "reason": "version 2 is already the champion"}
 
 
 def test_the_kfp_components_run_the_same_canary_validation_and_rollout(published, tmp_path,
@@ -131,7 +131,7 @@ def test_the_kfp_components_run_the_same_canary_validation_and_rollout(published
     assert checked["thresholds"]["agreement_outputs"] == ["logits"]
     promoted = json.loads(components.canary.python_func(version=2, min_agreement=0.5,
                                                          **common, **labels))
-    assert promoted["promoted"] and promoted["champion"] == 2
+    assert promoted.promoted and promoted.champion == 2
     _, moves = aliases_and_moves(registry)
     assert {m["pipeline_run_id"] for m in moves if m["alias"] != "candidate"} == {"kfp-run-1"}
 
@@ -212,7 +212,7 @@ def test_failures_leave_no_canary_behind_and_a_stopped_promotion_finishes_on_rer
     monkeypatch.undo()
     finished = offline_canary(repo, registry, "can", 2, examples, min_agreement=0.5,
                               file_only=True)
-    assert finished["reason"] == "version 2 is already the champion"
+    assert finished.reason == "version 2 is already the champion"
     assert aliases_and_moves(registry)[0] == {"champion": 2, "candidate": 2}
     serving = current_serving(repo, "can")
     assert (serving.versions, serving.labels) == ((2,), {"stable": 2})

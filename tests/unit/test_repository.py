@@ -126,17 +126,17 @@ def test_symlinked_versions_are_reported_and_never_followed_or_removed(tmp_path)
     assert repo.symlinked_versions("m") == {3: str(outside), 4: str(tmp_path / "gone")}
 
     status = model_status(repo, "m", read_aliases=None, read_server=None)
-    rows = {row["version"]: row for row in status["versions"]}
+    rows = {row["version"]: row for row in status.versions}
     assert rows[3]["symlink"] == str(outside) and rows[3]["bytes"] is None
     assert rows[3]["on_disk"] is False and rows[1]["symlink"] is None
-    assert len(status["warnings"]) == 2
+    assert len(status.warnings) == 2
     assert f"is a symlink to {outside}: shipyard did not publish it and neither follows" in \
-        status["warnings"][0]
+        status.warnings[0]
 
     doc = collect_garbage(repo, "m", 0, read_aliases=None)
-    assert doc["removed"] == [1, 2]
-    assert sorted(doc["skipped"]) == ["3", "4"]
-    assert doc["skipped"]["3"].startswith(f"a symlink to {outside}: gc never follows or removes")
+    assert doc.removed == [1, 2]
+    assert sorted(doc.skipped) == ["3", "4"]
+    assert doc.skipped["3"].startswith(f"a symlink to {outside}: gc never follows or removes")
     assert (root / "m" / "3").is_symlink() and (root / "m" / "4").is_symlink()
     assert (outside / "saved_model.pb").read_text() == "someone else's model"
 
