@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from support.manifests import bare_manifest
 
 from shipyard.core.audit import (
     AliasMove,
@@ -63,9 +65,11 @@ def test_champion_moves_only_by_rollout_or_force():
 
 
 def test_params_flatten_the_spec_and_the_source():
-    manifest = {"spec": {"endpoints": [{"name": "serve", "inputs": [{"x": {"shape": [None, 3]}}]}],
-                         "tolerance": {"atol": 1e-05}},
-                "source": {"path": "/m.keras", "format": "keras", "sha256": None}}
+    manifest = dataclasses.replace(
+        bare_manifest([]),
+        spec={"endpoints": [{"name": "serve", "inputs": [{"x": {"shape": [None, 3]}}]}],
+              "tolerance": {"atol": 1e-05}},
+        source={"path": "/m.keras", "format": "keras", "sha256": None})
     assert flatten_params(manifest) == {
         "spec.endpoints.0.name": "serve",
         "spec.endpoints.0.inputs.0.x.shape": "[null, 3]",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manifests import bare_manifest
+from support.manifests import bare_manifest
 
 from shipyard.core.manifest import (
     MANIFEST_PATH,

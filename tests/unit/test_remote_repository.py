@@ -7,7 +7,7 @@ import uuid
 
 import fsspec
 import pytest
-from manifests import bare_manifest
+from support.manifests import bare_manifest
 
 from shipyard.core.errors import ShipyardError
 from shipyard.core.manifest import list_files, write_manifest
