@@ -267,7 +267,16 @@ def test_embedded_store_needs_no_server(cli, models, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["version"] == 1
     assert (tmp_path / ".shipyard" / "mlflow.db").is_file()
-    assert any((tmp_path / ".shipyard" / "mlartifacts").rglob("saved_model.pb"))
+    # The artifact store is on this file system: the model's files are hard links to the
+    # version's, so register writes the SavedModel's bytes once (issue 15).
+    version_dir = tmp_path / "repo" / "reg-e" / "1"
+    stored = [p for p in (tmp_path / ".shipyard" / "mlartifacts").rglob("*")
+              if p.is_file() and "saved_model" in p.parts[:-1]]
+    assert {p.relative_to(next(q for q in p.parents if q.name == "saved_model")).as_posix()
+            for p in stored} >= {"saved_model.pb", "assets.extra/shipyard.json"}
+    for path in stored:
+        rel = path.relative_to(next(q for q in path.parents if q.name == "saved_model"))
+        assert path.stat().st_ino == (version_dir / rel).stat().st_ino, rel
     history = cli("alias", "history", "reg-e", "--json")
     assert [m["alias"] for m in json.loads(history.stdout)] == ["candidate"]
     # MLFLOW_TRACKING_URI is honoured as MLflow users expect.

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from shipyard.core.errors import RegistryUnavailableError, ShipyardError, UsageError
 from shipyard.core.manifest import Manifest
 from shipyard.core.vocabulary import PUBLISHED_TAG, SUPERSEDED_TAG
+from shipyard.files.trees import materialize
 
 EMBEDDED_HOME = Path(".shipyard")
 MODEL_ARTIFACT_PATH = "model"
@@ -68,6 +69,17 @@ def _check_has_scheme(uri: str, param: str, env_var: str) -> None:
             f"{param}: {uri!r} is a host and port without a scheme, which MLflow would read "
             f"as a local directory; use http://{uri} (or https://), or fix ${env_var}",
             param=param)
+
+
+def _local_directory(uri: str) -> Path | None:
+    """The directory of a file:// (or plain path) artifact URI; None for servers and buckets."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    if "://" not in uri and ":/" not in uri:
+        return Path(uri)
+    return None
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -173,8 +185,16 @@ class ModelRegistry:
             workdir = saved_model_dir.with_name(saved_model_dir.name + ".pyfunc")
             try:
                 model_dir = _pyfunc_model_dir(saved_model_dir, workdir, signature)
-                # The one copy of the SavedModel's bytes into the artifact store.
-                self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+                local_store = _local_directory(run.info.artifact_uri)
+                if local_store is not None:
+                    # An artifact store on this machine (the embedded SQLite store's
+                    # mlartifacts/): hard links where it shares the version's file system,
+                    # so register writes the SavedModel's bytes once. Published versions are
+                    # never modified in place, so the two names cannot drift apart.
+                    materialize(str(model_dir), local_store / MODEL_ARTIFACT_PATH)
+                else:
+                    # The one copy of the SavedModel's bytes into the artifact store.
+                    self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         return run_id, f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
@@ -370,7 +390,6 @@ def _pyfunc_model_dir(saved_model_dir: Path, workdir: Path, signature: Any) -> P
     """
     import mlflow.pyfunc
 
-    from shipyard.files.trees import materialize
     from shipyard.registry.pyfunc import SAVED_MODEL_ARTIFACT, ShipyardSavedModel
 
     placeholder = workdir / SAVED_MODEL_ARTIFACT
