@@ -27,6 +27,25 @@ LOADER = ("import json, sys, time; t0 = time.monotonic(); import tensorflow as t
           "'peak_rss_mib': int(hwm.split()[1]) / 1024}))")
 LAYERS = 8
 MIB = 2**20
+SMOKE_SIZE_MB = 1.0  # --smoke: ~1 MiB of float32 weights (8 x Dense(181))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool = True):
+    """While active, whatever is written to file descriptor 1 (by libraries, or by children
+    that inherit it) goes to stderr instead, so that `--json` leaves the JSON alone on stdout."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def dir_bytes(path: Path) -> int:
@@ -145,13 +164,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; medians reported")
     parser.add_argument("--size-mb", type=float, default=130.0, help="float32 weights, MiB")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"--size-mb {SMOKE_SIZE_MB:g} --repeat 1: checks that the bench "
+                             "still runs end to end; its figures measure nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mb, args.repeat = SMOKE_SIZE_MB, 1
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     # Other work on the machine skews both sides (on 2 cores, a lot): recorded, to check.
     load_before = os.getloadavg()[0]
 
-    with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp_name:
+    with stdout_to_stderr(args.json), \
+            tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp_name:
         tmp = Path(tmp_name)
         warm_up(tmp)
         model_path = tmp / "model.keras"
@@ -174,7 +199,8 @@ def main() -> int:
     results = {
         "model": {"params": params, "width": width, "layers": LAYERS,
                   "weights_mib": params * 4 / MIB, "keras_file_bytes": model_bytes},
-        "repeat": args.repeat, "loadavg_before": load_before, "baseline": b, "shipyard": s,
+        "smoke": args.smoke, "repeat": args.repeat, "loadavg_before": load_before,
+        "baseline": b, "shipyard": s,
         "ratios": {"wall_vs_export_plus_fresh_load": s["wall_s"] / b["total_s"],
                    "export_vs_raw_export": s["export_s"] / b["export_s"],
                    # The verifier starts with export_model, so it lives ~export_s + verify_s.
@@ -211,7 +237,8 @@ def table(r: dict) -> str:
     return "\n".join(
         [f"model: {m['params']:,} params ({m['weights_mib']:.1f} MiB float32, {m['layers']} x "
          f"Dense({m['width']})), .keras file {m['keras_file_bytes'] / MIB:.1f} MiB; "
-         f"median of {r['repeat']} repeats; load average before {r['loadavg_before']:.2f}"]
+         f"median of {r['repeat']} repeats; load average before {r['loadavg_before']:.2f}"
+         + (" (SMOKE RUN: these figures measure nothing)" if r["smoke"] else "")]
         + [f"  {label:<54} {seconds:8.2f} s" for label, seconds in rows]
         + [f"  {'bytes: raw export / shipyard version dir':<54} {b['bytes'] / MIB:8.1f} / "
            f"{s['bytes'] / MIB:.1f} MiB",

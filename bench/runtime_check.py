@@ -10,6 +10,11 @@ alternating, and reports medians and ratios against the plain verifier (the base
 
     .venv/bin/python bench/runtime_check.py             # --repeat 3 --size-mb 130 --runtime 2.19
     .venv/bin/python bench/runtime_check.py --json
+    .venv/bin/python bench/runtime_check.py --smoke --json   # ~1 MiB, one repeat
+
+--smoke never creates an environment: it skips the first-use side (that creates a new ~1.3 GB
+environment), and the cached side too when the runtime's environment is not already in the
+cache; the document's "skipped" says which and why.
 """
 
 import argparse
@@ -23,7 +28,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export import build_model, dir_bytes, warm_up  # noqa: E402 (bench/export.py)
+from export import (  # noqa: E402 (bench/export.py)
+    SMOKE_SIZE_MB,
+    build_model,
+    dir_bytes,
+    stdout_to_stderr,
+    warm_up,
+)
+
+KINDS = ("plain", "cached", "first")
 
 SPEC = {"endpoints": [{"name": "serve", "method": "call",
                        "inputs": [{"name": "x", "shape": [None, 0], "dtype": "float32"}]}]}
@@ -56,6 +69,20 @@ def run(model_path: Path, work: Path, width: int, runtime: str, cache: Path | No
     return {"wall_s": wall, **result.timings, "runtimes": runtimes}
 
 
+def smoke_skips(runtime: str) -> dict[str, str]:
+    """The sides a smoke run leaves out, with the reason: it never creates an environment."""
+    from shipyard.exporter.runtime import _READY, environment_dir
+
+    skipped = {"first": "smoke run: the first-use side creates a new TensorFlow environment "
+                        "(~1.3 GB on disk), which is not smoke-sized"}
+    env_dir = environment_dir(runtime)
+    if not (env_dir / _READY).exists():
+        skipped["cached"] = (f"smoke run: TensorFlow {runtime}'s environment is not in the "
+                             f"cache ({env_dir}) and creating it (~1.3 GB) is not smoke-sized; "
+                             "a run without --smoke creates it")
+    return skipped
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -64,53 +91,75 @@ def main() -> int:
     parser.add_argument("--cold-uv", action="store_true",
                         help="first run with an empty uv cache too (downloads the wheels)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"--size-mb {SMOKE_SIZE_MB:g} --repeat 1, and no environment "
+                             "created (sides that need one are skipped): checks that the bench "
+                             "still runs end to end; its figures measure nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mb, args.repeat = SMOKE_SIZE_MB, 1
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     loadavg = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp:
+    skipped = smoke_skips(args.runtime) if args.smoke else {}
+    rows: dict[str, list[dict]] = {kind: [] for kind in KINDS if kind not in skipped}
+    environment_bytes = None
+    with stdout_to_stderr(args.json), \
+            tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp:
         tmp = Path(tmp)
         model_path = tmp / "model.keras"
         params, width = build_model(model_path, args.size_mb)
         warm_up(tmp)
-        # Make sure the cached environment exists before anything is timed.
-        run(model_path, tmp, width, args.runtime, None)
-        rows: dict[str, list[dict]] = {"plain": [], "cached": [], "first": []}
+        if not args.smoke:  # (a smoke run uses the environment only if it is already there)
+            # Make sure the cached environment exists before anything is timed.
+            run(model_path, tmp, width, args.runtime, None)
         for index in range(args.repeat):
-            rows["plain"].append(run(model_path, tmp, width, "none", None))
-            rows["cached"].append(run(model_path, tmp, width, args.runtime, None))
-            cache = tmp / f"cache-{index}"
-            if args.cold_uv:
-                os.environ["UV_CACHE_DIR"] = str(tmp / f"uv-cache-{index}")
-            rows["first"].append(run(model_path, tmp, width, args.runtime, cache))
-            os.environ.pop("UV_CACHE_DIR", None)
-            environment_bytes = dir_bytes(cache)
-            shutil.rmtree(cache)
+            if "plain" in rows:
+                rows["plain"].append(run(model_path, tmp, width, "none", None))
+            if "cached" in rows:
+                rows["cached"].append(run(model_path, tmp, width, args.runtime, None))
+            if "first" in rows:
+                cache = tmp / f"cache-{index}"
+                if args.cold_uv:
+                    os.environ["UV_CACHE_DIR"] = str(tmp / f"uv-cache-{index}")
+                rows["first"].append(run(model_path, tmp, width, args.runtime, cache))
+                os.environ.pop("UV_CACHE_DIR", None)
+                environment_bytes = dir_bytes(cache)
+                shutil.rmtree(cache)
 
     def median(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in rows[kind])
 
     report = {
+        "smoke": args.smoke,
         "machine": {"cores": os.cpu_count(), "loadavg_before": loadavg},
         "model": {"params": params, "size_mb": args.size_mb},
         "runtime": args.runtime, "repeat": args.repeat, "cold_uv": args.cold_uv,
+        "skipped": skipped,
         "seconds": {kind: {"wall": median(kind, "wall_s"),
                            "export": median(kind, "export_seconds"),
                            "verify": median(kind, "verify_seconds")} for kind in rows},
-        "ratios": {"cached_vs_plain_wall": median("cached", "wall_s") / median("plain", "wall_s"),
-                   "first_vs_plain_wall": median("first", "wall_s") / median("plain", "wall_s")},
-        "runtime_record": rows["cached"][-1]["runtimes"],
-        "environment_mib": environment_bytes / 2**20,
+        "ratios": {f"{kind}_vs_plain_wall": median(kind, "wall_s") / median("plain", "wall_s")
+                   for kind in rows if kind != "plain"},
+        "runtime_record": rows["cached"][-1]["runtimes"] if "cached" in rows else None,
+        "environment_mib": None if environment_bytes is None else environment_bytes / 2**20,
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    if args.smoke:
+        print("SMOKE RUN: these figures measure nothing")
     for kind, figures in report["seconds"].items():
         print(f"{kind:>6}: wall {figures['wall']:.2f} s (export {figures['export']:.2f} s, "
               f"verify {figures['verify']:.2f} s)")
-    print(f"ratios: cached/plain {report['ratios']['cached_vs_plain_wall']:.2f}, "
-          f"first/plain {report['ratios']['first_vs_plain_wall']:.2f}; "
-          f"environment {report['environment_mib']:.0f} MiB; load avg before {loadavg:.2f}")
+    for kind, reason in skipped.items():
+        print(f"{kind:>6}: skipped: {reason}")
+    environment = ("" if report["environment_mib"] is None
+                   else f"; environment {report['environment_mib']:.0f} MiB")
+    print("ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in report["ratios"].items())
+          + f"{environment}; load avg before {loadavg:.2f}")
     return 0
 
 

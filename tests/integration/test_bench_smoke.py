@@ -1,0 +1,121 @@
+"""Benches that cannot rot: each benchmark in bench/ runs in its smoke mode (`--smoke`: a ~1 MiB
+model or 200 examples, one repeat, no idle waits) as the command a person would type, through
+the same code path as a real run, shipyard side and baseline side, and prints its result
+document. These tests check that the document is there, whole and readable: its keys, and that
+its ratios are finite positive numbers. Never how fast anything is: smoke-sized figures measure
+nothing (bench/README.md has the real runs).
+
+Each bench is its own process (about 1-2 minutes each on 2 cores: each imports TensorFlow and
+starts verifier processes that import it again). runtime_check.py's smoke mode never creates the
+~1.3 GB serving-runtime environment: it skips its first-use side, and its cached side too when
+the environment is not in the cache, and says why in the document's "skipped".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from support.paths import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 900  # per bench; a smoke run takes 1-2 minutes here
+
+
+def run_smoke(bench: str) -> dict:
+    env = dict(os.environ)
+    if bench == "runtime_check.py":
+        env.pop("SHIPYARD_SERVING_RUNTIME", None)  # it chooses each side's runtime itself
+    else:
+        env["SHIPYARD_SERVING_RUNTIME"] = "none"
+    done = subprocess.run([sys.executable, f"bench/{bench}", "--smoke", "--json"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    stderr_tail = "\n".join(done.stderr.splitlines()[-30:])
+    assert done.returncode == 0, f"bench/{bench} --smoke exited {done.returncode}:\n{stderr_tail}"
+    try:
+        return json.loads(done.stdout)  # the JSON alone on stdout
+    except json.JSONDecodeError as err:
+        raise AssertionError(f"bench/{bench} --smoke --json printed more than JSON ({err}):\n"
+                             f"{done.stdout[:2000]}") from None
+
+
+def assert_finite_positive(figures: dict) -> None:
+    for name, value in figures.items():
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, value)
+        assert math.isfinite(value) and value > 0, (name, value)
+
+
+def test_export_bench_smoke():
+    doc = run_smoke("export.py")
+
+    assert set(doc) == {"model", "smoke", "repeat", "loadavg_before", "baseline", "shipyard",
+                        "ratios", "peak_rss_mib", "runs"}
+    assert doc["smoke"] is True and doc["repeat"] == 1
+    assert doc["model"]["weights_mib"] < 2
+    assert set(doc["baseline"]) == {"export_s", "fresh_load_wall_s", "fresh_import_s",
+                                    "fresh_load_s", "cp_s", "total_s", "bytes",
+                                    "child_peak_rss_mib"}
+    assert set(doc["shipyard"]) == {"wall_s", "export_s", "verify_s", "verifier_load_s",
+                                    "bytes", "verifier_peak_rss_mib"}
+    assert set(doc["ratios"]) == {"wall_vs_export_plus_fresh_load", "export_vs_raw_export",
+                                  "verifier_life_vs_fresh_load_wall", "bytes_vs_raw"}
+    assert_finite_positive(doc["ratios"])
+    assert [len(doc["runs"][side]) for side in ("baseline", "shipyard")] == [1, 1]
+
+
+def test_register_bench_smoke():
+    doc = run_smoke("register.py")
+
+    assert set(doc) == {"smoke", "repeat", "model_mib", "export", "register", "ratios", "runs"}
+    assert doc["smoke"] is True and doc["repeat"] == 1
+    assert set(doc["export"]) == {"seconds", "written", "version_bytes",
+                                  "written_over_saved_model"}
+    assert set(doc["register"]) == {"seconds", "written", "version_bytes", "artifact_bytes",
+                                    "artifact_new_bytes", "written_over_saved_model"}
+    assert set(doc["ratios"]) == {"register_vs_export_seconds", "register_vs_export_written",
+                                  "register_written_over_saved_model",
+                                  "savedmodel_copies_on_disk"}
+    assert_finite_positive(doc["ratios"])
+    assert [len(doc["runs"][side]) for side in ("export", "register")] == [1, 1]
+    for run in doc["runs"]["register"]:
+        assert_finite_positive({"written_over_saved_model": run["written_over_saved_model"]})
+        # Each inode once: may be 0 when every artifact file is a link to the version's.
+        assert isinstance(run["artifact_new_bytes"], int) and run["artifact_new_bytes"] >= 0
+
+
+def test_runtime_check_bench_smoke():
+    doc = run_smoke("runtime_check.py")
+
+    assert set(doc) == {"smoke", "machine", "model", "runtime", "repeat", "cold_uv", "skipped",
+                        "seconds", "ratios", "runtime_record", "environment_mib"}
+    assert doc["smoke"] is True and doc["repeat"] == 1
+    # A smoke run creates no environment: the first-use side is always left out, with why.
+    assert "first" in doc["skipped"]
+    assert all(isinstance(reason, str) and reason for reason in doc["skipped"].values())
+    ran = [kind for kind in ("plain", "cached", "first") if kind not in doc["skipped"]]
+    assert "plain" in ran
+    assert list(doc["seconds"]) == ran
+    assert set(doc["ratios"]) == {f"{kind}_vs_plain_wall" for kind in ran if kind != "plain"}
+    assert_finite_positive(doc["ratios"])
+    if "cached" in ran:
+        assert doc["runtime_record"][doc["runtime"]]["status"] == "passed"
+    else:
+        assert doc["runtime_record"] is None
+
+
+def test_validate_bench_smoke():
+    doc = run_smoke("validate.py")
+
+    assert set(doc) == {"smoke", "examples", "repeat", "loadavg_before", "seconds",
+                        "examples_per_second", "ratio_vs_baseline"}
+    assert doc["smoke"] is True and doc["repeat"] == 1 and doc["examples"] == 200
+    sides = {"baseline_loop", "beam_default", "beam_1_worker"}
+    assert set(doc["seconds"]) == set(doc["examples_per_second"]) == sides
+    assert set(doc["ratio_vs_baseline"]) == sides
+    assert_finite_positive(doc["ratio_vs_baseline"])
