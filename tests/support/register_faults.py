@@ -5,6 +5,7 @@ and e2e/test_register_kills.py (SIGKILLs of the real command)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -38,7 +39,7 @@ def stage_once(launcher, models, root: Path):
 def register_copy(uri: str, repo_dir: Path, name: str, staged, pipeline_run_id=None):
     """`register` of the staged export as NAME, without exporting again."""
     export, manifest, timings = staged
-    manifest = {**manifest, "name": name}
+    manifest = dataclasses.replace(manifest, name=name)
     request = ExportRequest(model=Path("unused.keras"), spec=parse_spec(SEQUENTIAL_SPEC),
                             repo=repo_dir, name=name)
     repo = open_repository(repo_dir)
