@@ -1,7 +1,7 @@
 """The TF Serving image shipyard renders, and the TensorFlow it runs. Pure.
 
 One constant, so the manifests, the rollout policy's default and the serving-runtime check
-(export/runtime.py) cannot disagree about which runtime a version must load on.
+(exporter/runtime.py) cannot disagree about which runtime a version must load on.
 """
 
 from __future__ import annotations

@@ -152,14 +152,14 @@ def _train_challenger(root: Path, *, seed: int) -> Path:
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from shipyard.demo.model import demo_rows, write_demo_tfrecord
-    from shipyard.tfx import demo_trainer_module
+    from shipyard.demo import trainer_module
 
     shutil.rmtree(root, ignore_errors=True)  # the previous run's challenger, registered then
     rows = demo_rows(768, seed=seed)
     train = write_demo_tfrecord(root / "Split-train" / "data.gz", rows[:512])
     evaluation = write_demo_tfrecord(root / "Split-eval" / "data.gz", rows[512:])
     model_dir = root / "Format-Serving"
-    demo_trainer_module.run_fn(FnArgs(
+    trainer_module.run_fn(FnArgs(
         train_files=[str(train)], eval_files=[str(evaluation)],
         serving_model_dir=str(model_dir), custom_config={"seed": seed}))
     return model_dir

@@ -1,6 +1,6 @@
 """The serving-runtime check's child: runs with the TF Serving image's TensorFlow.
 
-Started by export/runtime.py with the Python of the runtime's own environment
+Started by exporter/runtime.py with the Python of the runtime's own environment
 (`tensorflow-cpu==<runtime>`), by file path, so it imports nothing from shipyard or from the
 exporting environment: only the standard library, numpy, TensorFlow and TF Serving's protos.
 

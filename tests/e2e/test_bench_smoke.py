@@ -22,7 +22,6 @@ import sys
 import pytest
 from support.paths import REPO_ROOT
 
-pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 900  # per bench; a smoke run takes 1-2 minutes here
 
