@@ -19,9 +19,7 @@ import os
 import subprocess
 import sys
 
-import pytest
 from support.paths import REPO_ROOT
-
 
 TIMEOUT_S = 900  # per bench; a smoke run takes 1-2 minutes here
 

@@ -151,8 +151,8 @@ def _train_challenger(root: Path, *, seed: int) -> Path:
 
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from shipyard.demo.model import demo_rows, write_demo_tfrecord
     from shipyard.demo import trainer_module
+    from shipyard.demo.model import demo_rows, write_demo_tfrecord
 
     shutil.rmtree(root, ignore_errors=True)  # the previous run's challenger, registered then
     rows = demo_rows(768, seed=seed)
