@@ -12,8 +12,8 @@ from pathlib import Path
 
 from kfp import compiler
 
-from shipyard.kfp.components import ACCELERATORS, DEFAULT_IMAGE
 from shipyard.demo.kfp_pipeline import build_pipeline
+from shipyard.kfp.components import ACCELERATORS, DEFAULT_IMAGE
 
 
 def main(argv: list[str] | None = None) -> int:
