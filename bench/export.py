@@ -132,6 +132,35 @@ def run_baseline(model_path: Path, work: Path) -> dict:
             "child_peak_rss_mib": inner["peak_rss_mib"]}
 
 
+def timing_hashes(into: dict) -> None:
+    """Times shipyard's hashing passes in this process: sha256 of the source model and of every
+    file for the manifest (sha256_file) and the digest of every checkpoint tensor for the
+    fingerprint (exporter.archive.checkpoint_digests). Wrapped, not replaced: the work is the
+    same."""
+    import shipyard.core.manifest as manifest
+    import shipyard.exporter.archive as archive
+    import shipyard.exporter.source as source
+
+    def timed(module, name: str) -> None:
+        inner = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                into[name] = into.get(name, 0.0) + time.monotonic() - started
+
+        setattr(module, name, wrapper)
+
+    timed(manifest, "sha256_file")
+    timed(source, "sha256_file")  # the source model file's digest (its own import binding)
+    timed(archive, "checkpoint_digests")
+
+
+HASH_SECONDS: dict = {}
+
+
 def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
     from shipyard.core.spec import parse_spec
     from shipyard.exporter.verifier import start_verifier
@@ -147,16 +176,20 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
         watch_peak(verifier.pid, verifier_rss)
         return verifier
 
+    HASH_SECONDS.clear()
     started = time.monotonic()
     result = export_model(ExportRequest(model=model_path, spec=spec, repo=repo,
                                         name="bench-model"), launch_verifier=launch)
     wall_s = time.monotonic() - started
+    hashing = dict(HASH_SECONDS)
     size = dir_bytes(Path(result.path))
     shutil.rmtree(repo)
     return {"wall_s": wall_s, "export_s": result.timings["export_seconds"],
             "verify_s": result.timings["verify_seconds"],
             "verifier_load_s": result.manifest.verification["load_seconds"], "bytes": size,
-            "verifier_peak_rss_mib": verifier_rss.get("peak", 0.0)}
+            "verifier_peak_rss_mib": verifier_rss.get("peak", 0.0),
+            "hash_files_s": hashing.get("sha256_file", 0.0),
+            "hash_checkpoint_s": hashing.get("checkpoint_digests", 0.0)}
 
 
 def main() -> int:
@@ -179,6 +212,7 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp_name:
         tmp = Path(tmp_name)
         warm_up(tmp)
+        timing_hashes(HASH_SECONDS)
         model_path = tmp / "model.keras"
         params, width = build_model(model_path, args.size_mb)
         model_bytes = model_path.stat().st_size
@@ -232,7 +266,9 @@ def table(r: dict) -> str:
             ("shipyard: export_model wall", s["wall_s"]),
             ("  timings.export_seconds", s["export_s"]),
             ("  timings.verify_seconds (incl. waiting on TF import)", s["verify_s"]),
-            ("  verifier's own tf.saved_model.load", s["verifier_load_s"])]
+            ("  verifier's own tf.saved_model.load", s["verifier_load_s"]),
+            ("  hashing: sha256 of the files (manifest)", s["hash_files_s"]),
+            ("  hashing: checkpoint tensor digests (fingerprint)", s["hash_checkpoint_s"])]
     phases = ", ".join(f"{k} {v:.0f}" for k, v in mem["self_by_phase"].items())
     return "\n".join(
         [f"model: {m['params']:,} params ({m['weights_mib']:.1f} MiB float32, {m['layers']} x "
