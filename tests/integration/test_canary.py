@@ -131,7 +131,7 @@ def test_the_kfp_components_run_the_same_canary_validation_and_rollout(published
     assert checked["thresholds"]["agreement_outputs"] == ["logits"]
     promoted = json.loads(components.canary.python_func(version=2, min_agreement=0.5,
                                                          **common, **labels))
-    assert promoted.promoted and promoted.champion == 2
+    assert promoted["promoted"] and promoted["champion"] == 2
     _, moves = aliases_and_moves(registry)
     assert {m["pipeline_run_id"] for m in moves if m["alias"] != "candidate"} == {"kfp-run-1"}
 
