@@ -295,7 +295,7 @@ def test_an_existing_version_is_refused_before_any_work(launcher, models, repo):
     ("sequential", {**SEQUENTIAL_SPEC,
                     "variable_collections": [{"name": "v", "select": {"regex": "^nomatch"}}]},
      r"variable_collections\[0\]\.select\.regex: '\^nomatch' matches no variable; variable "
-     r"paths look like \['dense/kernel'"),
+     r"paths look like \['dense(_[0-9]+)?/kernel'"),
 ])
 def test_specs_that_do_not_fit_the_model_name_the_field(launcher, models, repo, kind, spec,
                                                          message):
