@@ -59,7 +59,11 @@ def test_export_bench_smoke():
                                     "fresh_load_s", "cp_s", "total_s", "bytes",
                                     "child_peak_rss_mib"}
     assert set(doc["shipyard"]) == {"wall_s", "export_s", "verify_s", "verifier_load_s",
-                                    "bytes", "verifier_peak_rss_mib"}
+                                    "bytes", "verifier_peak_rss_mib", "hash_files_s",
+                                    "hash_checkpoint_s"}
+    # The hashing passes ran and were timed (the wrappers saw them).
+    assert_finite_positive({k: doc["shipyard"][k] for k in ("hash_files_s",
+                                                            "hash_checkpoint_s")})
     assert set(doc["ratios"]) == {"wall_vs_export_plus_fresh_load", "export_vs_raw_export",
                                   "verifier_life_vs_fresh_load_wall", "bytes_vs_raw"}
     assert_finite_positive(doc["ratios"])
