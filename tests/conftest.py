@@ -11,6 +11,7 @@ per session; tests that change them work on copies."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,15 @@ def tf_serving():
 
     with TFServingDouble() as server:
         yield server
+
+
+@pytest.fixture
+def url():
+    """A fresh in-memory object-store repository URL (fsspec memory://), removed after."""
+    import fsspec
+
+    location = f"memory://bucket-{uuid.uuid4().hex[:8]}/models"
+    yield location
+    fs = fsspec.filesystem("memory")
+    if fs.exists(location):
+        fs.rm(location, recursive=True)

@@ -5,22 +5,11 @@ upload and checksum checks on their own: unit/test_remote_repository.py.)"""
 from __future__ import annotations
 
 import json
-import uuid
 
 import fsspec
-import pytest
 from support.specs import SEQUENTIAL_SPEC, write_spec
 
 from shipyard.serving.config import ModelServing, model_serving, parse_config
-
-
-@pytest.fixture
-def url():
-    location = f"memory://bucket-{uuid.uuid4().hex[:8]}/models"
-    yield location
-    fs = fsspec.filesystem("memory")
-    if fs.exists(location):
-        fs.rm(location, recursive=True)
 
 
 def test_export_and_push_on_memory_refuse_a_corrupted_version(cli, models, url, tmp_path):

@@ -3,8 +3,6 @@ checksum check. (A real export and push on one: integration/test_remote_reposito
 
 from __future__ import annotations
 
-import uuid
-
 import fsspec
 import pytest
 from support.manifests import bare_manifest
@@ -12,15 +10,6 @@ from support.manifests import bare_manifest
 from shipyard.core.errors import ShipyardError
 from shipyard.core.manifest import list_files, write_manifest
 from shipyard.repository import ObjectStoreRepository, open_repository
-
-
-@pytest.fixture
-def url():
-    location = f"memory://bucket-{uuid.uuid4().hex[:8]}/models"
-    yield location
-    fs = fsspec.filesystem("memory")
-    if fs.exists(location):
-        fs.rm(location, recursive=True)
 
 
 def staged_version(repo: ObjectStoreRepository, name: str, payload: bytes):
