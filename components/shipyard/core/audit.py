@@ -24,7 +24,7 @@ from typing import Any
 
 from shipyard.core.errors import UsageError
 from shipyard.core.vocabulary import ALIAS_LOG_TAG_PREFIX as LOG_TAG_PREFIX
-from shipyard.core.vocabulary import CANDIDATE, CHAMPION, PUBLISHED_TAG  # noqa: F401 (re-export)
+from shipyard.core.vocabulary import CHAMPION, PUBLISHED_TAG
 
 
 @dataclass(frozen=True)

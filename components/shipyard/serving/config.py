@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from google.protobuf import text_format
 
 from shipyard.core.errors import ShipyardError
-from shipyard.core.vocabulary import CONFIG_NAME, LABELS  # noqa: F401 (LABELS: re-export)
+from shipyard.core.vocabulary import CONFIG_NAME
 from shipyard.serving.protos import model_server_config_pb2
 
 PLATFORM = "tensorflow"

@@ -18,7 +18,8 @@ from shipyard.core.errors import ServingError, UsageError
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.repository import ModelRepository
-from shipyard.serving.config import LABELS, ModelServing
+from shipyard.core.vocabulary import LABELS
+from shipyard.serving.config import ModelServing
 from shipyard.serving.config_file import current_serving, write_entry
 from shipyard.serving.plan import label_move_steps, label_removal_steps
 
