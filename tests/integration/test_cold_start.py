@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.scale_models import save_scale_model
 
 from shipyard.kube.manifests import (
     CANARY_EXAMPLE_VERSION,
@@ -61,22 +62,9 @@ CONTAINERS = [(overlay, track) for overlay, target in TARGETS.items()
 def repository(tmp_path_factory) -> Path:
     """What the PVC `shipyard-models` holds: model/1, model/2 and churn/1, churn/2, version N
     answering y = x * N (so an answer shows which version a label reached)."""
-    import tensorflow as tf
-
-    class Scale(tf.Module):
-        def __init__(self, factor: float):
-            super().__init__()
-            self.factor = tf.Variable(factor)  # a variable, so loading has to restore it
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * self.factor}
-
     root = tmp_path_factory.mktemp("pvc-shipyard-models")
     for version in (1, 2):
-        module = Scale(float(version))
-        tf.saved_model.save(module, str(root / "model" / str(version)),
-                            signatures={"serving_default": module.serve})
+        save_scale_model(root / "model" / str(version), float(version))
         shutil.copytree(root / "model" / str(version), root / "churn" / str(version))
     return root
 

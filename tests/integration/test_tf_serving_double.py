@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.scale_models import save_scale_model
 
 OK, NOT_FOUND, DATA_LOSS = 0, 5, 15  # tensorflow.error.Code
 
@@ -23,22 +24,9 @@ def repo(tmp_path_factory) -> Path:
     """A TF Serving model repository. scale/1 answers y = x * 1, scale/2 answers y = x * 2 and
     scale/3 is corrupt (a saved_model.pb of garbage). clean/ holds copies 1, 2 and 5 (= 2), a
     staging directory and a file, which TF Serving does not take for versions."""
-    import tensorflow as tf
-
-    class Scale(tf.Module):
-        def __init__(self, factor: float):
-            super().__init__()
-            self.factor = tf.Variable(factor)  # a variable, so loading has to restore it
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * self.factor}
-
     root = tmp_path_factory.mktemp("tf-serving-repo")
     for version in (1, 2):
-        module = Scale(float(version))
-        tf.saved_model.save(module, str(root / "scale" / str(version)),
-                            signatures={"serving_default": module.serve})
+        save_scale_model(root / "scale" / str(version), float(version))
     (root / "scale" / "3").mkdir()
     (root / "scale" / "3" / "saved_model.pb").write_bytes(b"\x00 not a SavedModel \xff")
     for version, source in ((1, 1), (2, 2), (5, 2)):
