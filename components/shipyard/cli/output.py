@@ -1,5 +1,7 @@
 """What the commands print: the result document as JSON on stdout (--json), or a human
-description of it; progress and logs on stderr. Plain formatting, no heavy imports."""
+description of it; progress and shipyard's log lines on stderr. Both are the terminal's streams
+(cli.console), whatever the libraries' output is redirected to. Plain formatting, no heavy
+imports."""
 
 from __future__ import annotations
 
@@ -11,17 +13,23 @@ from typing import Any
 
 import click
 
+from shipyard.cli import console
+
 
 def progress(quiet: bool = False) -> Any:
+    """Steps on the terminal's stderr (a spinner there, else one line per step); during a
+    command run the inner steps' lines go to its log file only."""
     from shipyard.core.progress import LogProgress, NullProgress, RichProgress
 
     if quiet:
         return NullProgress()
-    if sys.stderr.isatty():
+    terminal = console.err()
+    record = console.write_log if console.log_path() is not None else None
+    if terminal.isatty():
         from rich.console import Console
 
-        return RichProgress(Console(stderr=True))
-    return LogProgress()
+        return RichProgress(Console(file=terminal), record=record)
+    return LogProgress(lambda line: print(line, file=terminal, flush=True), record=record)
 
 
 def quiet() -> bool:
@@ -30,15 +38,16 @@ def quiet() -> bool:
 
 def library_prints_to_stderr() -> Any:
     """MLflow and the KFP client print to stdout (e.g. "View run ... at ..."); stdout belongs
-    to our result."""
+    to our result. (Under a command run both streams go to its log; this matters with
+    --verbose and in-process runners.)"""
     return contextlib.redirect_stdout(sys.stderr)
 
 
 def emit(document: Any, as_json: bool, human: str) -> None:
     if as_json:
-        click.echo(json.dumps(document, indent=2, sort_keys=True))
+        click.echo(json.dumps(document, indent=2, sort_keys=True), file=console.out())
     else:
-        click.echo(human)
+        click.echo(human, file=console.out())
 
 
 def describe_export(doc: dict[str, Any]) -> str:

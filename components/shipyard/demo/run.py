@@ -63,10 +63,11 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
                                  progress=progress)
     first = None
     if first_run:
-        # No TF Serving reads the demo's models.config, so label steps need not wait for one.
-        first = first_deployment(repo, registry, DEMO_NAME,
-                                 pipeline["registered_model_version"], file_only=True,
-                                 pipeline_run_id=run_id, progress=progress).to_json()
+        version = pipeline["registered_model_version"]
+        with progress.step(f"first deployment: version {version} becomes stable and champion"):
+            # No TF Serving reads the demo's models.config: label steps need not wait for one.
+            first = first_deployment(repo, registry, DEMO_NAME, version, file_only=True,
+                                     pipeline_run_id=run_id, progress=progress).to_json()
     # Seeded by the newest version: each run's challenger is new, even after a rollback.
     challenger = _register_challenger(paths, location, seed=max(repo.versions(DEMO_NAME)),
                                       launch_verifier=launch_verifier, progress=progress)
@@ -75,10 +76,12 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     document = {"name": DEMO_NAME, "run_id": run_id, "pipeline": pipeline,
                 "first_deployment": first, "challenger": challenger}
     try:
-        document["canary"] = offline_canary(
-            repo, registry, DEMO_NAME, challenger["version"], str(paths["examples"]),
-            min_agreement=MIN_AGREEMENT, agreement_outputs=AGREEMENT_OUTPUTS, file_only=True,
-            pipeline_run_id=run_id, progress=progress).to_json()
+        with progress.step(f"offline canary: version {challenger['version']} against the "
+                           "champion on the sample, then promotion"):
+            document["canary"] = offline_canary(
+                repo, registry, DEMO_NAME, challenger["version"], str(paths["examples"]),
+                min_agreement=MIN_AGREEMENT, agreement_outputs=AGREEMENT_OUTPUTS,
+                file_only=True, pipeline_run_id=run_id, progress=progress).to_json()
     except GateError as err:  # rolled back: the document says how far it got
         document.update(canary={"promoted": False, "validation": err.document},
                         where=_where(paths))
@@ -140,8 +143,10 @@ def _register_challenger(paths: dict[str, Any], location: Any, *, seed: int,
     request = ExportRequest(model=model_dir,
                             spec=parse_spec(DEMO_SPEC, source=str(paths["spec"])),
                             repo=str(paths["models"]), name=DEMO_NAME)
-    return register_model(request, location, progress=progress,
-                          launch_verifier=lambda: verifier).to_json()
+    with progress.step("register the challenger: export, verify, MLflow run and version, "
+                       "publish"):
+        return register_model(request, location, progress=progress,
+                              launch_verifier=lambda: verifier).to_json()
 
 
 def _train_challenger(root: Path, *, seed: int) -> Path:
