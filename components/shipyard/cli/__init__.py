@@ -3,9 +3,9 @@
 Human output by default; `--json` prints the result document alone on stdout while progress and
 shipyard's own log lines go to stderr. Everything the libraries print or log (TensorFlow's C++
 logs, absl, TFX, Beam, MLflow, kfp, in this process and its children) goes to a log file per
-command run instead (cli.console); `-v/--verbose` streams it all. Errors exit with the code of their ShipyardError subclass. Nothing here
-imports TensorFlow at start-up, so `--help` and spec errors answer at once: each command
-imports what it runs when it runs.
+command run instead (cli.console); `-v/--verbose` streams it all. Errors exit with the code of
+their ShipyardError subclass. Nothing here imports TensorFlow at start-up, so `--help` and spec
+errors answer at once: each command imports what it runs when it runs.
 
 One module per command group; the options they share are in cli.options, what they print in
 cli.output.
