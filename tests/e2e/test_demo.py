@@ -1,15 +1,21 @@
 """`shipyard demo`, the README's main job, on its embedded defaults, run twice in one workdir:
 the standard TFX pipeline under LocalDagRunner with SQLite MLMD (CsvExampleGen, the Trainer
 module file, ShipyardPusher), the first deployment, a challenger through the offline canary to
-promotion; the second run reuses the pipeline's version and promotes a new challenger."""
+promotion; the second run reuses the pipeline's version and promotes a new challenger.
+
+Both runs are read as a person reads them: the first in a 160x50 terminal (a pseudo-terminal
+rendered by a VT100 emulator, scrollback included), the second without one (a pipeline's log).
+Each shows at most 60 non-empty lines, none from the libraries, and the summary; the
+libraries' output is in the run's log file under the workdir."""
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 
 from support.processes import subprocess_env
+from support.terminal import LIBRARY_CHATTER, run_in_terminal
 
 from shipyard.core.manifest import checksum_mismatches, read_manifest
 from shipyard.serving.config import model_serving, parse_config
@@ -24,6 +30,34 @@ def aliases_and_history(uri: str):
     return dict(model.aliases), history(dict(model.tags))
 
 
+STEPS = ("check MLflow at", "TFX pipeline (LocalDagRunner, SQLite MLMD)",
+         "train a challenger", "register the challenger", "write 500 sample examples",
+         "offline canary: version")
+
+
+def demo_env() -> dict[str, str]:
+    """As a user's shell has it: TensorFlow's C++ log level not lowered by the test."""
+    env = subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    return env
+
+
+def assert_seen_as_a_person_sees_it(lines: list[str], workdir) -> str:
+    """At most 60 non-empty lines, no library line, shipyard's steps and summary; the text."""
+    non_empty = [line for line in lines if line.strip()]
+    text = "\n".join(lines)
+    assert len(non_empty) <= 60, text
+    assert [line for line in lines if any(c in line for c in LIBRARY_CHATTER)] == [], text
+    for step in STEPS:
+        assert step in text, (step, text)
+    assert "Where everything is:" in text and "Model repository:" in text
+    assert f"shipyard status --repo {workdir / 'models'}" in text
+    # The libraries' output went to the run's log file instead.
+    logs = sorted((workdir / "logs").glob("demo-*.log"))
+    assert logs and "Using Any for unsupported type" in logs[-1].read_text()
+    return text
+
+
 def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     workdir = tmp_path / "demo"
@@ -32,16 +66,16 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     # Each run in its own process, as a user runs it: the Trainer's SavedModel is the source,
     # and its graph's function names depend on what the process traced before (the
     # fingerprint of a SavedModel source hashes saved_model.pb; see the stop's notes).
-    result = subprocess.run([sys.executable, "-m", "shipyard", "demo", "--workdir",
-                             str(workdir), "--json"], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    first = json.loads(result.stdout)
+    screen = run_in_terminal([sys.executable, "-m", "shipyard", "demo", "--workdir",
+                              str(workdir)], env=demo_env(), cwd=str(tmp_path))
+    assert screen.exit_code == 0, "\n".join(screen.lines)
+    told = assert_seen_as_a_person_sees_it(screen.lines, workdir)
+    pipeline_run = re.search(r"TFX pipeline: demo-model version 1 \(MLflow run (\w+); MLMD "
+                             + re.escape(str(workdir / "tfx" / "mlmd.sqlite")), told)
+    assert pipeline_run, told
 
     # The TFX pipeline published version 1, recorded in MLMD and MLflow.
-    assert first["pipeline"]["pushed"] == 1
-    assert first["pipeline"]["registered_model_version"] == 1
-    assert first["pipeline"]["pushed_destination"] == str(workdir / "models" / "demo-model" / "1")
+    assert (workdir / "models" / "demo-model" / "1" / "saved_model.pb").is_file()
     assert (workdir / "tfx" / "mlmd.sqlite").is_file()
     # CsvExampleGen on the CSV the demo wrote, the module file's Trainer (TFX's where TFDV is
     # installed), ShipyardPusher.
@@ -56,16 +90,15 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     assert signatures["serve"]["inputs"] == {"examples": {"dtype": "string", "shape": [None]}}
     assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
     assert signatures["classify"]["outputs"]["classes"]["shape"] == [None, 3]
-    assert first["first_deployment"] == {"name": "demo-model", "champion": 1,
-                                         "first_deployment": True}
+    assert "First deployment: version 1 is stable and champion" in told
+    assert "✓ first deployment: version 1 becomes stable and champion" in told
     # The challenger went through the offline canary against version 1 and took over.
-    assert first["challenger"]["version"] == 2 and not first["challenger"]["reused"]
-    canary = first["canary"]
-    assert canary["promoted"] and canary["previous_champion"] == 1
-    assert canary["gates"]["agreement"]["probs"]["top1_agreement"] >= 0.95
-    assert canary["gates"]["agreement_outputs"] == ["probs"]
-    assert canary["validation"]["examples"] == 500
-    assert first["champion"] == 2
+    assert "Challenger: version 2\n" in told
+    agreement = re.search(r"offline canary vs version 1, 500 examples: probs top-1 agreement "
+                          r"([\d.]+)% \(gate >= 95%\)", told)
+    assert agreement and float(agreement.group(1)) >= 95, told
+    assert re.search(r"500 examples: score mean abs difference \S+ \(reported\)", told), told
+    assert "promoted: version 2 is stable and champion" in told
     for version in (1, 2):
         version_dir = workdir / "models" / "demo-model" / str(version)
         assert checksum_mismatches(version_dir, read_manifest(version_dir)) == []
@@ -80,33 +113,30 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     assert champion_moves == [(None, 1), (1, 2)]
     promotion = next(m for m in moves if m["alias"] == "champion" and m["to"] == 2)
     assert promotion["gates"]["passed"] is True
-    assert promotion["pipeline_run_id"] == first["run_id"]
+    assert promotion["pipeline_run_id"].startswith("shipyard-demo-")
     # MLflow's artifacts sit beside its database, not in the working directory.
     assert any((workdir / "mlartifacts").rglob("saved_model.pb"))
     assert {p.name for p in tmp_path.iterdir()} == {"demo"}  # no ./mlruns, no .shipyard
-    assert {"├── 1/", "└── 2/"} <= {line.strip("│ ") for line in first["where"]["tree"]}
-    assert first["where"]["mlflow_ui"].endswith(f"ui --backend-store-uri {uri} --port 5000")
+    assert re.search(r"├── 1/\n.*└── 2/\n", told, re.S), told
+    assert f"ui --backend-store-uri {uri} --port 5000" in told
 
-    from shipyard.cli.output import describe_demo
-
-    told = describe_demo(first)
-    assert "First deployment: version 1 is stable and champion" in told
-    assert "probs top-1 agreement" in told and "(gate >= 95%)" in told
-    assert "promoted: version 2 is stable and champion" in told
-    assert f"{workdir / 'models'}" in told and "shipyard status --repo" in told
-
-    # Run again, as a user does: a new process, whose stdout must be the JSON document alone.
+    # Run again, as a pipeline runs it: no terminal, one line per step on stderr.
     again = subprocess.run([sys.executable, "-m", "shipyard", "demo", "--workdir",
-                            str(workdir), "--json"], capture_output=True, text=True,
-                           env=subprocess_env(), timeout=600)
+                            str(workdir)], capture_output=True, text=True, env=demo_env(),
+                           timeout=600, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr[-3000:]
-    second = json.loads(again.stdout)
+    told = assert_seen_as_a_person_sees_it((again.stderr + again.stdout).splitlines(), workdir)
+    steps = again.stderr.splitlines()
+    assert len(steps) == len(STEPS), again.stderr
+    assert all(line.startswith(step) and re.search(r": done in [\d.]+ s$", line)
+               for line, step in zip(steps, STEPS)), again.stderr
     # The pipeline's model is the same content: version 1 and its MLflow run are reused.
-    assert second["pipeline"]["registered_model_version"] == 1
-    assert second["pipeline"]["mlflow_run_id"] == first["pipeline"]["mlflow_run_id"]
-    assert second["first_deployment"] is None
-    assert second["challenger"]["version"] == 3
-    assert second["canary"]["promoted"] and second["canary"]["previous_champion"] == 2
+    assert (f"TFX pipeline: demo-model version 1 (MLflow run {pipeline_run.group(1)};"
+            in again.stdout), again.stdout
+    assert "First deployment" not in told
+    assert "Challenger: version 3\n" in told
+    assert "offline canary vs version 2, 500 examples" in told
+    assert "promoted: version 3 is stable and champion" in told
     aliases, moves = aliases_and_history(uri)
     assert aliases["champion"] == 3
     assert [m["to"] for m in moves if m["alias"] == "champion"] == [1, 2, 3]
