@@ -77,8 +77,8 @@ def _logged_run(callback: Callable[..., Any]) -> Callable[..., Any]:
             if path is not None:
                 err.log_path = path  # type: ignore[attr-defined]
             raise
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and chosen exit codes (status's 6) speak for themselves
         except Exception:
             if path is not None:  # a defect: its traceback follows on the terminal
                 click.echo(f"The libraries' output is in {path}", err=True)

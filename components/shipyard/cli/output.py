@@ -32,6 +32,15 @@ def progress(quiet: bool = False) -> Any:
     return LogProgress(lambda line: print(line, file=terminal, flush=True), record=record)
 
 
+def note(text: str) -> None:
+    """A line of shipyard's own progress that is not a step (a rollout's state changes): on
+    the terminal's stderr unless --quiet, and in the run's log beside the libraries' lines."""
+    if console.log_path() is not None:
+        console.write_log(text)
+    if not quiet():
+        print(text, file=console.err(), flush=True)
+
+
 def quiet() -> bool:
     return logging.getLogger().level > logging.INFO
 

@@ -4,16 +4,13 @@ object: obj={"rollout_ports": factory}, factory(name, namespace, policy) -> Port
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
 from shipyard.cli.options import injected, json_option, namespace_option, registry_options, stack
-from shipyard.cli.output import describe_rollout, emit, library_prints_to_stderr
-
-log = logging.getLogger("shipyard")
+from shipyard.cli.output import describe_rollout, emit, library_prints_to_stderr, note
 
 
 @click.group("rollout")
@@ -52,7 +49,7 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
     policy = load_policy(policy_path)
 
     def show(state: Any) -> None:
-        log.info("%s", describe_rollout(state.to_json()))
+        note(describe_rollout(state.to_json()))
 
     with library_prints_to_stderr():
         state = start_rollout(name, version, policy, namespace=namespace,
