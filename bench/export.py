@@ -25,6 +25,25 @@ LOADER = ("import json, sys, time; t0 = time.monotonic(); import tensorflow as t
           "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
           "print(json.dumps({'import_s': t1 - t0, 'load_s': t2 - t1, "
           "'peak_rss_mib': int(hwm.split()[1]) / 1024}))")
+# The parent's peak, each side in a fresh process that loads the .keras file and exports it:
+# shipyard's export_model (its verifier is a further child, measured above) against the raw
+# load_model + model.export. Fresh, so nothing the bench process built is counted.
+PARENT_PEAK = """
+import json, sys
+from pathlib import Path
+side, model, out, width = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+if side == "raw":
+    import keras
+    keras.saving.load_model(model).export(str(out), verbose=False)
+else:
+    from shipyard.core.spec import parse_spec
+    from shipyard.steps.export import ExportRequest, export_model
+    spec = parse_spec({"endpoints": [{"name": "serve", "method": "call", "inputs": [
+        {"name": "x", "shape": [None, width], "dtype": "float32"}]}]})
+    export_model(ExportRequest(model=model, spec=spec, repo=out, name="bench-model"))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"peak_rss_mib": int(hwm.split()[1]) / 1024}))
+"""
 LAYERS = 8
 MIB = 2**20
 SMOKE_SIZE_MB = 1.0  # --smoke: ~1 MiB of float32 weights (8 x Dense(181))
@@ -192,6 +211,19 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
             "hash_checkpoint_s": hashing.get("checkpoint_digests", 0.0)}
 
 
+def parent_peaks(model_path: Path, work: Path, width: int) -> dict:
+    """Peak RSS (MiB) of a fresh process exporting the model: shipyard's and the raw one's."""
+    peaks = {}
+    for side in ("shipyard", "raw"):
+        out = work / f"parent-{side}"
+        child = subprocess.run([sys.executable, "-c", PARENT_PEAK, side, str(model_path),
+                                str(out), str(width)], env=CHILD_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, check=True)
+        peaks[side] = json.loads(child.stdout.splitlines()[-1])["peak_rss_mib"]
+        shutil.rmtree(out)
+    return peaks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; medians reported")
@@ -227,6 +259,7 @@ def main() -> int:
                 peak[name] = max(peak.get(name, 0.0), vm_hwm_mib())
             print(f"repeat {i + 1}/{args.repeat}: shipyard {ship[-1]['wall_s']:.1f} s, "
                   f"baseline {base[-1]['total_s']:.1f} s", file=sys.stderr)
+        parents = parent_peaks(model_path, tmp, width)
 
     b = {k: statistics.median(r[k] for r in base) for k in base[0]}
     s = {k: statistics.median(r[k] for r in ship) for k in ship[0]}
@@ -245,6 +278,8 @@ def main() -> int:
             "self_ru_maxrss": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                   *peak.values()),
             "self_by_phase": peak,
+            "parent_fresh_process": parents["shipyard"],
+            "raw_export_fresh_process": parents["raw"],
             "verifier_child": max(r["verifier_peak_rss_mib"] for r in ship),
             "baseline_loader_child": max(r["child_peak_rss_mib"] for r in base),
             # Inflated: counts this process's RSS when each child was spawned (see watch_peak).
@@ -283,7 +318,10 @@ def table(r: dict) -> str:
            f"peak RSS MiB: this process {mem['self_ru_maxrss']:.0f} (by phase: {phases}); "
            f"verifier child {mem['verifier_child']:.0f}, baseline loader child "
            f"{mem['baseline_loader_child']:.0f} (own VmHWM; RUSAGE_CHILDREN says "
-           f"{mem['children_ru_maxrss']:.0f}, which counts this process's RSS at spawn)"])
+           f"{mem['children_ru_maxrss']:.0f}, which counts this process's RSS at spawn)",
+           f"peak RSS MiB of a fresh process exporting the model: shipyard "
+           f"{mem['parent_fresh_process']:.0f}, raw load_model + export "
+           f"{mem['raw_export_fresh_process']:.0f} (weights {m['weights_mib']:.0f})"])
 
 
 if __name__ == "__main__":

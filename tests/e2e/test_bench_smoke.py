@@ -68,6 +68,11 @@ def test_export_bench_smoke():
                                   "verifier_life_vs_fresh_load_wall", "bytes_vs_raw"}
     assert_finite_positive(doc["ratios"])
     assert [len(doc["runs"][side]) for side in ("baseline", "shipyard")] == [1, 1]
+    # The parents' peaks, each measured in a fresh process, are there and plausible (a
+    # process that imported TensorFlow holds well over 100 MiB).
+    peaks = doc["peak_rss_mib"]
+    assert all(peaks[k] > 100 for k in ("parent_fresh_process", "raw_export_fresh_process",
+                                        "verifier_child", "baseline_loader_child")), peaks
 
 
 def test_register_bench_smoke():
