@@ -26,7 +26,13 @@ WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
 def main() -> int:
-    import tensorflow as tf  # noqa: F401 (imported while the parent exports)
+    # Imported while the parent exports, without the import of all of Keras that
+    # TensorFlow's __init__ makes eagerly (and tolerates failing): TF Serving loads versions
+    # with no Keras either. As shipyard.exporter.verifier.import_tensorflow_without_keras,
+    # repeated because this file imports nothing from shipyard.
+    sys.modules["keras.src.optimizers"] = None
+    import tensorflow as tf  # noqa: F401
+    del sys.modules["keras.src.optimizers"]
 
     line = sys.stdin.readline()
     if not line.strip():
