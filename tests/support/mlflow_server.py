@@ -3,6 +3,7 @@ the server itself (clients upload over HTTP, as they would to a shared server)."
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -25,11 +26,14 @@ class MlflowServer:
         root.mkdir(parents=True, exist_ok=True)
         self._log = open(root / "server.log", "wb")
         mlflow = str(Path(sys.executable).parent / "mlflow")
+        # MLflow 3's server starts seven huey job consumers (GenAI jobs) by default; shipyard
+        # uses none of them, and each is a Python process competing for the test machine.
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self._process = subprocess.Popen(
             [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
              "--artifacts-destination", (root / "artifacts").as_uri(), "--workers", "1"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._wait_healthy(timeout=120)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -46,7 +50,6 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server not healthy after {timeout} s")
 
     def stop(self) -> None:
-        import os
         import signal
 
         if self._process.poll() is None:
