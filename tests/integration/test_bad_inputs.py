@@ -9,7 +9,7 @@ export/register runs, nothing left in the repository: no version directory, no s
 
 Most cases fail before TensorFlow is loaded; those that need a model load, trace and export
 real models: the session's test models (support/shipyard_test_models.py) and a copy of the
-session's published version 1. Run with -s to see the tally:
+session's published version 1. Run with `-n 0 -s` (one process, output shown) to see the tally:
 
     bad inputs: N tried, N with the documented exit code, N with a clear message
 """
@@ -463,7 +463,7 @@ def test_bad_input(bad: Case, request, tmp_path, caplog):
 
 
 def test_tally():
-    """Prints the sweep's tally (pytest -s); a miss outside the known defects fails here too."""
+    """Prints the sweep's tally (pytest -n 0 -s); a miss outside the known defects fails here too."""
     print(f"\nbad inputs: {TALLY['tried']} tried, {TALLY['code']} with the documented exit "
           f"code, {TALLY['message']} with a clear message"
           + (f" (misses: {', '.join(sorted(MISSES))})" if MISSES else "")
