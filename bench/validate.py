@@ -7,8 +7,9 @@ endpoint in batches of 256 and the source Keras model on the same batch, and com
 - **baseline**: a Python loop in this process (tf.data to read, protobuf to parse, numpy to
   batch), calling the same SavedModel signature and Keras model.
 - **shipyard**: `validate_version_on_examples` (the CLI's code path) on Beam's DirectRunner,
-  with shipyard's default (one worker thread per core), then with one worker
-  (`--direct_num_workers=1 --direct_running_mode=in_memory`).
+  with shipyard's default (no Beam arguments: shipyard picks one in-memory worker), then with
+  those settings given explicitly (`--direct_num_workers=1 --direct_running_mode=in_memory`):
+  the same configuration twice, so their difference shows the run-to-run noise.
 
 Reported: examples per second for each, and shipyard / baseline as a ratio (above 1: Beam is
 faster). TensorFlow is imported and both models loaded once before anything is timed; the Beam
