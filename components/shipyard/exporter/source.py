@@ -12,10 +12,13 @@ from typing import Any, Iterator, Literal
 
 from shipyard.core.errors import ModelLoadError, UsageError
 from shipyard.core.manifest import sha256_file
+from shipyard.files.locks import OwnedWorkdir
 
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+# Where a .keras file's weights are extracted while it loads (see _weights_read_from_disk).
+LOAD_WORKDIR_PREFIX = "shipyard-load-"
 
 
 @dataclass
@@ -70,8 +73,8 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
         raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
                              "one is not (truncated or overwritten?); re-save the model")
     try:
-        with _weights_read_from_disk():
-            model = keras.saving.load_model(path, safe_mode=not unsafe)
+        with _weights_read_from_disk(path) as readable_path:
+            model = keras.saving.load_model(readable_path, safe_mode=not unsafe)
     except Exception as err:  # Keras raises many types; translate the ones we can name
         text = str(err)
         if not unsafe and ("safe_mode" in text or "Lambda" in text):
@@ -89,16 +92,19 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
 
 
 @contextlib.contextmanager
-def _weights_read_from_disk() -> Iterator[None]:
-    """Makes keras.saving.load_model read the archive's model.weights.h5 from a temporary
-    extracted file instead of reading all of it into memory first.
+def _weights_read_from_disk(path: Path) -> Iterator[Path]:
+    """Yields the path to give keras.saving.load_model so that it reads the archive's
+    model.weights.h5 from an extracted file instead of reading all of it into memory first.
 
     keras/src/saving/saving_lib.py reads the whole weights file into an io.BytesIO whenever
     `is_memory_sufficient(model)` says it fits, while the model's new variables already hold
-    as much: two copies of every weight at once. Its other path extracts the file beside the
-    .keras file (and reads the zip on the fly if it cannot). At 1 GiB of weights, in a fresh
-    process, that took load_model's peak from 3352 to 2328 MiB and its time from 4.5 to 3.9 s
-    (bench/README.md). A private Keras function: without it, Keras decides as before.
+    as much: two copies of every weight at once. Its other path extracts the file into a
+    temporary directory beside the file it opened (and reads the zip on the fly if it cannot).
+    At 1 GiB of weights, in a fresh process, that took load_model's peak from 3352 to 2328 MiB
+    and its time from 4.5 to 3.9 s (bench/README.md). Keras opens a symlink to the model in
+    a directory shipyard owns, so the extracted copy never lands beside the user's model and
+    a killed run's copy is removed by the next load (files.locks.OwnedWorkdir).
+    `is_memory_sufficient` is private to Keras: without it, Keras decides as before.
     """
     try:
         from keras.src.saving import saving_lib
@@ -106,13 +112,21 @@ def _weights_read_from_disk() -> Iterator[None]:
         saving_lib = None
     original = getattr(saving_lib, "is_memory_sufficient", None)
     if original is None:
-        yield
+        yield path
         return
-    saving_lib.is_memory_sufficient = lambda model: False
     try:
-        yield
+        owned = OwnedWorkdir(LOAD_WORKDIR_PREFIX)
+    except OSError:  # no usable $TMPDIR: Keras reads the weights as it would by itself
+        yield path
+        return
+    link = owned.path / "model.keras"  # Keras wants the .keras suffix
+    try:
+        link.symlink_to(path.absolute())
+        saving_lib.is_memory_sufficient = lambda model: False
+        yield link
     finally:
         saving_lib.is_memory_sufficient = original
+        owned.remove()
 
 
 def _load_saved_model(path: Path) -> SourceModel:
