@@ -131,3 +131,19 @@ def _rendered(raw: str) -> list[str]:
     screen = pyte.Screen(100, 20)
     pyte.Stream(screen).feed(raw.replace("\n", "\r\n"))
     return [line.rstrip() for line in screen.display]
+
+
+def test_only_the_newest_run_logs_are_kept_and_setup_log_stays(tmp_path):
+    import os
+
+    (tmp_path / "setup.log").write_text("setup: .venv is ready\n")
+    os.utime(tmp_path / "setup.log", (0, 0))  # the oldest file in the folder
+    for i in range(console.KEPT_LOGS + 5):
+        old = tmp_path / f"export-20261129-{i:06d}-1.log"
+        old.write_text("")
+        os.utime(old, (1000 + i, 1000 + i))
+    path = console._open_log_path(tmp_path, "status")
+    runs = sorted(p.name for p in tmp_path.glob("*-*.log"))
+    assert path.name in runs and len(runs) == console.KEPT_LOGS
+    assert "export-20261129-000005-1.log" not in runs  # among the oldest, removed
+    assert (tmp_path / "setup.log").is_file()

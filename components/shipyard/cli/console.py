@@ -144,8 +144,12 @@ def _open_log_path(directory: Path, command: str) -> Path:
     return Path(os.devnull)
 
 
+# `<command>-<date>-<time>-<pid>.log`: only run logs are pruned (setup.log shares the folder).
+_RUN_LOG = "*-" + "[0-9]" * 8 + "-" + "[0-9]" * 6 + "-*.log"
+
+
 def _prune(directory: Path) -> None:
-    logs = sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    logs = sorted(directory.glob(_RUN_LOG), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in logs[KEPT_LOGS:]:
         with contextlib.suppress(OSError):
             old.unlink()
