@@ -135,7 +135,9 @@ def ensure_environment(version: str, pip_spec: str) -> Path:
         uv = _find_uv()
         base_python = getattr(sys, "_base_executable", None) or sys.executable
         _run([uv, "venv", "--quiet", "--python", base_python, str(env_dir)], version)
-        _run([uv, "pip", "install", "--quiet", "--python", str(python),
+        # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise
+        # compile TensorFlow's sources again in every check (about 2.5x its import time).
+        _run([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python),
               f"tensorflow-cpu{pip_spec}"], version)
         # Only its protos (PredictionLog, to read the warmup file): its own requirement on
         # `tensorflow` would pull the GPU build beside tensorflow-cpu.
