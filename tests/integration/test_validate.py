@@ -83,6 +83,53 @@ def test_a_faithful_export_passes_parity_on_every_format(cli, published, example
     assert list_files(published / "v" / "1") == before  # the version stays immutable
 
 
+def test_tfrecord_features_are_read_by_name_beside_others_or_split(published, examples, models,
+                                                                   tmp_path):
+    """Records carry more features than the endpoint reads (only the declared ones are
+    decoded), or the split form x_0, x_1, x_2; a record without x is listed with what it
+    has."""
+    import tensorflow as tf
+
+    from shipyard.core.errors import UsageError
+    from shipyard.repository import open_repository
+    from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
+
+    x = np.load(examples / "x.npy")
+
+    def write(path: Path, records: list[dict]) -> Path:
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for features in records:
+                writer.write(tf.train.Example(features=tf.train.Features(
+                    feature=features)).SerializeToString())
+        return path
+
+    def floats(values) -> tf.train.Feature:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    extra = {"id": tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
+             "note": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"n"]))}
+    good = write(tmp_path / "good.tfrecord",
+                 [{"x": floats(row), **extra} for row in x[:10]]
+                 + [{f"x_{i}": floats([v]) for i, v in enumerate(row)} for row in x[10:20]])
+
+    def run(path: Path):
+        return validate_version_on_examples(
+            open_repository(published), ValidateRequest(
+                name="v", version=1, examples=str(path), source=models.path("sequential")),
+            read_aliases=lambda name: None)
+
+    doc = run(good)
+    assert doc.examples == 20 and doc.passed, doc.to_json()
+    assert doc.parity["logits"]["max_abs_error"] <= 1e-5
+
+    bad = write(tmp_path / "bad.tfrecord", [{"x": floats(x[0])}, extra])
+    with pytest.raises(UsageError, match=(
+            r"1 example\(s\) do not map onto endpoint 'serve' of v version 1:\n.*missing "
+            r"feature\(s\) x \(the endpoint's inputs are x: float32\[None, 3\]; the example "
+            r"has id, note\)")):
+        run(bad)
+
+
 def test_a_perturbed_weight_fails_parity_with_exit_8(cli, published, examples, models,
                                                      tmp_path):
     output = tmp_path / "results.json"

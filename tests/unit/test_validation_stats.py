@@ -107,6 +107,40 @@ def test_integer_inputs_refuse_fractions():
         to_inputs({"ids": [1.5]}, [InputDecl("ids", "int64", (None, 1))])
 
 
+# A tf.Example record's numbers reach to_inputs as one numpy array (float32 for a float_list,
+# int64 for an int64_list; pipeline._feature_values), not as a list of Python numbers.
+@pytest.mark.parametrize("values, decl", [
+    (np.array([0.1, 2.5, -3], np.float32), InputDecl("x", "float32", (None, 3))),
+    (np.array([0.1, 2.5, -3], np.float32), InputDecl("x", "float64", (None, 3))),
+    (np.array([0.1, 2.5, -3, 4], np.float32), InputDecl("x", "float16", (None, 2, 2))),
+    (np.array([1, 2, 3, 4, 5, 6], np.int64), InputDecl("x", "int32", (None, None, 2))),
+    (np.array([2**40 + 1, -7], np.int64), InputDecl("x", "float32", (None, 2))),
+    (np.array([1, 0, 1], np.int64), InputDecl("x", "bool", (None, 3))),
+    (np.array([0.1, 2.5], np.float32), InputDecl("x", "string", (None, 2))),
+])
+def test_record_arrays_convert_exactly_as_the_same_values_in_a_list(values, decl):
+    from_array = to_inputs({"x": values}, [decl])["x"]
+    from_list = to_inputs({"x": values.tolist()}, [decl])["x"]
+
+    assert from_array.dtype == from_list.dtype and from_array.shape == from_list.shape
+    np.testing.assert_array_equal(from_array, from_list)
+
+
+@pytest.mark.parametrize("values, decl, message", [
+    (np.array([1, 2], np.float32), InputDecl("x", "float32", (None, 3)),
+     r"feature x: expected 3 value\(s\) for the declared shape \[None, 3\], got 2"),
+    (np.array([1, 2, 3], np.int64), InputDecl("x", "int32", (None, None, 2)),
+     r"feature x: 3 value\(s\) do not fit the declared shape \[None, None, 2\]"),
+    (np.array([1.5, 2], np.float32), InputDecl("x", "int64", (None, 2)),
+     r"feature x: cannot read \[1.5, 2.0\] as int64 \(not an integer\)"),
+    (np.array([300], np.int64), InputDecl("x", "int8", (None, 1)),
+     r"feature x: cannot read \[300\] as int8 \(not an integer\)"),
+])
+def test_record_arrays_that_do_not_fit_name_the_feature(values, decl, message):
+    with pytest.raises(ExampleError, match=message):
+        to_inputs({"x": values}, [decl])
+
+
 def test_classify_agreement_is_on_the_top1_label_per_example():
     """`classes` repeats the same labels on every row: equal element-wise even where the two
     sides pick another class. Its top-1 figure compares the label at the arg-max of scores;

@@ -58,7 +58,9 @@ class ValidationJob:
     # examples are mapped onto `decls` by name).
     examples_input: ExamplesInput | None = None
     kind: str = "predict"  # predict | classify | regress: classify compares top-1 labels
-    min_batch_size: int = 8
+    # Full batches from the start: each model call has a fixed cost, and BatchElements's
+    # adaptive sizing (from 8 up) made about twice as many calls (bench/validate.py).
+    min_batch_size: int = 256
     max_batch_size: int = 256
 
 
@@ -71,6 +73,7 @@ class _ToInputs(beam.DoFn):
             import tensorflow as tf
 
             self._example = tf.train.Example
+        self._declared_names = [decl.name for decl in self.job.decls]
 
     def process(self, record: Any) -> Iterator[Any]:
         try:
@@ -111,12 +114,27 @@ class _ToInputs(beam.DoFn):
             return csv_row(list(self.job.csv_header or ()), record)
         if self.job.fmt == "jsonl":
             return json_row(record)
-        example = self._decode(record)
-        row = {}
-        for name, feature in example.features.feature.items():
-            kind = feature.WhichOneof("kind")
-            row[name] = list(getattr(feature, kind).value) if kind else []
-        return row
+        features = self._decode(record).features.feature
+        # Only the declared features, when the record has them all under their own names
+        # (records often carry many more); otherwise all of them, for the split form (x_0,
+        # x_1, ...) and for an error message that lists what the record has.
+        names = self._declared_names
+        if all(name in features for name in names):
+            return {name: _feature_values(features[name]) for name in names}
+        return {name: _feature_values(feature) for name, feature in features.items()}
+
+
+def _feature_values(feature: Any) -> Any:
+    """A tf.Example Feature's values: numbers as one numpy array (float_list values are
+    float32, int64_list int64), so that they are converted without a Python object per value;
+    bytes as a list."""
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        return []
+    values = getattr(feature, kind).value
+    if kind == "bytes_list":
+        return list(values)
+    return np.fromiter(values, np.float32 if kind == "float_list" else np.int64, len(values))
 
 
 def _describe(record: Any) -> str:
@@ -142,8 +160,11 @@ class _LoadedModels:
             source.import_modules(job.imports)
             spec = parse_spec(job.spec)
             self.endpoint = next(e for e in spec.endpoints if e.name == job.endpoint)
-            self.source = archive.endpoint_function(
-                source.load_source_model(job.source, unsafe=job.unsafe), spec, job.endpoint)
+            # Through tf.function, as Keras's own predict runs a model: eager calls cost
+            # milliseconds each in Python. The export traced this same function, so it traces.
+            self.source = tf.function(archive.endpoint_function(
+                source.load_source_model(job.source, unsafe=job.unsafe), spec, job.endpoint),
+                reduce_retracing=True)
 
 
 class _RunModels(beam.DoFn):
