@@ -1,7 +1,7 @@
 """TF Serving's protos and gRPC stubs, importable without importing TensorFlow.
 
 `tensorflow_serving.apis.status_pb2` (used by every ModelService response) imports
-`tensorflow.core.protobuf.error_codes_pb2`, which imports the whole `tensorflow` package: ~15 s
+`tensorflow.core.protobuf.error_codes_pb2`, which imports the whole `tensorflow` package: ~6 s
 for a command that only talks to a server. Those two error-code modules only register a proto
 file with protobuf's descriptor pool, so they are loaded here straight from their files under
 private names, and `status_pb2` is loaded with its import pointed at them. Once TensorFlow is

@@ -150,7 +150,7 @@ def validate_version_on_examples(
                                                     "--direct_num_workers") is None:
         # One in-memory worker: measured fastest (bench/validate.py), since parsing and
         # mapping examples is Python and threads contend for the GIL; worker processes would
-        # each pay TensorFlow's ~15 s import.
+        # each pay TensorFlow's import (~6 s here).
         beam_args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
     with contextlib.ExitStack() as stack:
         results_dir = _option(request.beam_args, "--temp_location") or stack.enter_context(
