@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -158,37 +159,44 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
             inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
     export_seconds = time.monotonic() - started
 
-    verify_started = time.monotonic()
-    with progress.step("verify in a fresh CPU-only process"):
-        outcome = verifier.run({
-            # Absolute: the verifier may have been started in another working directory.
-            "saved_model_dir": str(staging.path.resolve()),
-            "inputs": str(inputs_path),
-            "expected": str(expected_path),
-            "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size,
-                      "key": r.key} for r in references],
-            "tolerance": request.spec.tolerance.model_dump(),
-            "collections": digests,
-        })
-    if not outcome["ok"]:
-        details = "\n".join(f"  - {f}" for f in outcome["failures"])
-        log_tail = outcome.get("log", "")
-        raise VerificationError(
-            f"verification of the export of {request.model} failed; nothing was published:\n"
-            f"{details}" + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
-    runtimes = _check_runtime(runtime, staging.path, warmed[:warmup_records],
-                              expected_path, request.spec, progress)
-    verify_seconds = time.monotonic() - verify_started
+    # The version's files are final from here on (the manifest, written last, is not listed):
+    # hash them and the checkpoint's tensors while the verifiers work, rather than after.
+    # hashlib and TensorFlow's checkpoint reader release the GIL, and the parent only waits.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-hash") as hashing:
+        hashed_files = hashing.submit(list_files, staging.path)
+        variable_digests = hashing.submit(archive.checkpoint_digests, staging.path, rng_states)
+        verify_started = time.monotonic()
+        with progress.step("verify in a fresh CPU-only process"):
+            outcome = verifier.run({
+                # Absolute: the verifier may have been started in another working directory.
+                "saved_model_dir": str(staging.path.resolve()),
+                "inputs": str(inputs_path),
+                "expected": str(expected_path),
+                "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size,
+                          "key": r.key} for r in references],
+                "tolerance": request.spec.tolerance.model_dump(),
+                "collections": digests,
+            })
+        if not outcome["ok"]:
+            details = "\n".join(f"  - {f}" for f in outcome["failures"])
+            log_tail = outcome.get("log", "")
+            raise VerificationError(
+                f"verification of the export of {request.model} failed; nothing was "
+                f"published:\n{details}"
+                + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
+        runtimes = _check_runtime(runtime, staging.path, warmed[:warmup_records],
+                                  expected_path, request.spec, progress)
+        verify_seconds = time.monotonic() - verify_started
+        files = hashed_files.result()
+        checkpoint = variable_digests.result()
 
-    files = list_files(staging.path)
     spec = request.spec
     manifest = Manifest(
         name=request.name,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=model.describe(),
         spec=spec.normalized(),
-        fingerprint=fingerprint(files, spec.normalized(), signatures,
-                                archive.checkpoint_digests(staging.path, rng_states),
+        fingerprint=fingerprint(files, spec.normalized(), signatures, checkpoint,
                                 built.lookup_vocabularies,
                                 archive.architecture_digest(model)),
         signatures=signatures,
