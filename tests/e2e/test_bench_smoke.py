@@ -60,10 +60,12 @@ def test_export_bench_smoke():
                                     "child_peak_rss_mib"}
     assert set(doc["shipyard"]) == {"wall_s", "export_s", "verify_s", "verifier_load_s",
                                     "bytes", "verifier_peak_rss_mib", "hash_files_s",
-                                    "hash_checkpoint_s"}
+                                    "hash_checkpoint_s", "hash_wait_s"}
     # The hashing passes ran and were timed (the wrappers saw them).
     assert_finite_positive({k: doc["shipyard"][k] for k in ("hash_files_s",
                                                             "hash_checkpoint_s")})
+    # The hashing runs beside the verification; the wait after it can be 0, never negative.
+    assert 0 <= doc["shipyard"]["hash_wait_s"] < 60
     assert set(doc["ratios"]) == {"wall_vs_export_plus_fresh_load", "export_vs_raw_export",
                                   "verifier_life_vs_fresh_load_wall", "bytes_vs_raw"}
     assert_finite_positive(doc["ratios"])
