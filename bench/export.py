@@ -6,6 +6,7 @@ them alike. Usage and how to read the numbers: bench/README.md.
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -248,6 +249,7 @@ def main() -> int:
         timing_hashes(HASH_SECONDS)
         model_path = tmp / "model.keras"
         params, width = build_model(model_path, args.size_mb)
+        gc.collect()  # the built model (Keras objects hold cycles): at 4 GiB, 12 GB of RSS
         model_bytes = model_path.stat().st_size
         peak = {"setup": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         base, ship = [], []
@@ -258,6 +260,7 @@ def main() -> int:
                 reset_peak()
                 runs.append(run())
                 peak[name] = max(peak.get(name, 0.0), vm_hwm_mib())
+                gc.collect()  # each side's models, before the next side or fresh process
             print(f"repeat {i + 1}/{args.repeat}: shipyard {ship[-1]['wall_s']:.1f} s, "
                   f"baseline {base[-1]['total_s']:.1f} s", file=sys.stderr)
         parents = parent_peaks(model_path, tmp, width)
