@@ -26,6 +26,22 @@ TIER_MARKS = {"integration": ("integration",), "e2e": ("integration", "slow"),
               "cluster": ("cluster",)}
 
 
+# The files that take longest (seconds of a run on 2 workers), run first: pytest-xdist hands out
+# whole files (--dist loadfile) in collection order (--no-loadscope-reorder; its own reordering
+# puts the files with the most tests first, which left these few-test files to run alone at
+# the end while the other worker idled).
+SLOW_FILES_FIRST = (
+    "integration/test_register_kills.py",  # ~110 s
+    "e2e/test_bench_smoke.py",  # ~100 s
+    "e2e/test_demo.py",  # ~75 s
+    "integration/test_register.py",  # ~65 s
+    "integration/test_validate.py",  # ~55 s
+    "e2e/test_cli.py",  # ~55 s
+    "integration/test_export.py",  # ~50 s
+    "integration/test_kfp_pipeline.py",  # ~30 s
+)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -33,6 +49,14 @@ def pytest_collection_modifyitems(items):
         tier = path.relative_to(TESTS_DIR).parts[0] if path.is_relative_to(TESTS_DIR) else None
         for mark in TIER_MARKS.get(tier, ()):
             item.add_marker(mark)
+    items.sort(key=_slow_first)  # stable: each file's tests keep their order
+
+
+def _slow_first(item) -> int:
+    path = Path(item.path)
+    relative = path.relative_to(TESTS_DIR).as_posix() if path.is_relative_to(TESTS_DIR) else ""
+    return (SLOW_FILES_FIRST.index(relative) if relative in SLOW_FILES_FIRST
+            else len(SLOW_FILES_FIRST))
 
 
 @pytest.fixture(scope="session")
