@@ -188,8 +188,15 @@ CASES = [
     case("repo-is-a-file", "export {junk} --spec {spec} --repo {junk} --name m", 1,
          r"--repo: cannot create \S+/m: Not a directory"),
     case("repo-unknown-url-scheme", "export {junk} --spec {spec} --repo foo://bucket/models "
-         "--name m", 1, r"--repo foo://bucket/models: no filesystem for this URL \(Protocol "
-                        r"not known: foo\); install the fsspec backend for it"),
+         "--name m", 2, r"--repo foo://bucket/models: foo:// is not a storage URL scheme; give "
+                        r"a local path, a file:// URL, or an object store's URL such as "
+                        r"gs://bucket/models"),
+    case("repo-url-without-a-bucket", "push --repo gs:// --name m --version 1 --label stable",
+         2, r"--repo gs://: name a bucket or folder after gs://, e\.g\. "
+            r"gs://models-bucket/models"),
+    case("push-repo-mistyped", "push --repo {tmp}/nowhere --name m --version 1 --label "
+         "stable", 2, r"--name m: the repository \S+/nowhere has no model 'm' \(no \S+/nowhere/m"
+                      r"\); check --name and --repo"),
     case("gc-keep-negative", "gc --repo {repo} --name m --keep -1 --no-registry", 2,
          r"--keep: expected 0 or more versions to keep, got -1"),
     case("push-label-bad", "push --repo {published} --name m --version 1 --label prod", 2,

@@ -286,6 +286,24 @@ def test_gc_removes_nothing_when_the_registry_is_unreachable(cli, templates, rep
     assert sorted(p.name for p in (repo / "g").iterdir() if p.name.isdigit()) == ["1", "2"]
 
 
+def test_a_mistyped_repo_or_name_is_refused_and_leaves_nothing(cli, templates, repo, tmp_path):
+    add_version(repo, "g", 1, templates["sequential"])
+    nowhere = tmp_path / "nowhere"
+    for argv, model_dir, missing in (
+            (["push", "--repo", str(nowhere), "--name", "g", "--version", "1", "--label",
+              "stable"], nowhere / "g", nowhere),
+            (["push", "--repo", str(repo), "--name", "gg", "--version", "1", "--label",
+              "stable"], repo / "gg", repo / "gg"),
+            (["gc", "--repo", str(repo), "--name", "gg", "--keep", "0", "--no-registry"],
+             repo / "gg", repo / "gg")):
+        result = cli(*argv)
+        assert result.exit_code == 2, result.stderr
+        assert (f"--name {argv[4]}: the repository {model_dir.parent} has no model "
+                f"{argv[4]!r} (no {model_dir}); check --name and --repo") in result.stderr
+        assert not missing.exists()  # no directory, no lock file
+    assert sorted(p.name for p in repo.iterdir()) == ["g"]
+
+
 def test_status_shows_disk_labels_aliases_and_server(cli, templates, repo, registry_uri,
                                                      tf_serving, monkeypatch):
     add_version(repo, "s", 1, templates["sequential"])

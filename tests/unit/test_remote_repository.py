@@ -7,7 +7,7 @@ import fsspec
 import pytest
 from support.manifests import bare_manifest
 
-from shipyard.core.errors import ShipyardError
+from shipyard.core.errors import ShipyardError, UsageError
 from shipyard.core.manifest import list_files, write_manifest
 from shipyard.repository import ObjectStoreRepository, open_repository
 
@@ -24,8 +24,14 @@ def staged_version(repo: ObjectStoreRepository, name: str, payload: bytes):
 def test_urls_open_an_object_store_repository_and_paths_a_local_one(tmp_path):
     assert isinstance(open_repository("memory://b/models"), ObjectStoreRepository)
     assert open_repository(str(tmp_path)).location == str(tmp_path)
-    with pytest.raises(ShipyardError, match=r"^repo nosuch://x: no filesystem for this URL"):
+    with pytest.raises(UsageError, match=r"^repo nosuch://x: nosuch:// is not a storage URL "
+                                         r"scheme; give a local path, a file:// URL, or an "
+                                         r"object store's URL such as gs://bucket/models"):
         open_repository("nosuch://x")
+    # A scheme fsspec knows whose backend package is not installed here (adlfs).
+    with pytest.raises(ShipyardError, match=r"^repo abfs://b/x: no filesystem for this URL "
+                                            r"\(.*adlfs.*\); install the fsspec backend for it"):
+        open_repository("abfs://b/x")
 
 
 def test_publish_uploads_every_file_and_the_manifest_last(url):

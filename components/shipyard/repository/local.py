@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from shipyard.core.errors import ShipyardError, VersionExistsError
+from shipyard.core.errors import ShipyardError, UsageError, VersionExistsError
 from shipyard.core.manifest import Manifest, checksum_mismatches, read_manifest
 from shipyard.core.names import validate_model_name
 from shipyard.core.vocabulary import CONFIG_NAME
@@ -325,9 +325,14 @@ class LocalModelRepository:
 
     @contextlib.contextmanager
     def serving_lock(self, name: str) -> Iterator[None]:
-        """One push or gc of NAME at a time."""
-        with held(self.model_dir(name) / SERVING_LOCK, SERVING_LOCK_TIMEOUT_S,
-                  f"push/gc of {name}"):
+        """One push or gc of NAME at a time, for a model the repository has: taking the lock
+        would otherwise create the model's directory, so a mistyped --repo or --name would
+        leave one behind (with nothing to push or remove in it)."""
+        model_dir = self.model_dir(name)
+        if not model_dir.is_dir():
+            raise UsageError(f"name {name}: the repository {self.root} has no model {name!r} "
+                             f"(no {model_dir}); check --name and --repo", param="name")
+        with held(model_dir / SERVING_LOCK, SERVING_LOCK_TIMEOUT_S, f"push/gc of {name}"):
             yield
 
     @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock
 
-from shipyard.core.errors import ShipyardError, VersionExistsError
+from shipyard.core.errors import ShipyardError, UsageError, VersionExistsError
 from shipyard.core.manifest import (
     MANIFEST_NAME,
     MANIFEST_PATH,
@@ -49,12 +49,17 @@ class ObjectStoreRepository:
 
         protocol, _, path = url.partition("://")
         if not path.strip("/"):
-            raise ShipyardError(f"repo {url}: name a bucket or folder after {protocol}://, "
-                                f"e.g. {protocol}://models-bucket/models", param="repo")
+            raise UsageError(f"repo {url}: name a bucket or folder after {protocol}://, "
+                             f"e.g. {protocol}://models-bucket/models", param="repo")
         self.location = f"{protocol}://{path.rstrip('/')}"
+        if protocol not in fsspec.available_protocols():
+            raise UsageError(
+                f"repo {url}: {protocol}:// is not a storage URL scheme; give a local path, a "
+                "file:// URL, or an object store's URL such as gs://bucket/models or "
+                "s3://bucket/models", param="repo")
         try:
             self.fs, self._root = fsspec.core.url_to_fs(self.location)
-        except (ImportError, ValueError) as err:
+        except (ImportError, ValueError, OSError) as err:  # a known scheme, backend missing
             raise ShipyardError(
                 f"repo {url}: no filesystem for this URL ({err}); install the fsspec "
                 "backend for it (gcsfs for gs://, s3fs for s3://)", param="repo") from None
