@@ -256,6 +256,10 @@ CASES = [
          r"--tracking-uri: MLflow has no model registry for 'weird://x'.*use an MLflow server"),
     case("status-mlflow-unreachable-nothing-on-disk", "status --repo {repo} --name m "
          "--tracking-uri " + TRACKING_DOWN, 6, r"MLflow at http://127\.0\.0\.1:1 .*unreachable"),
+    # The version is refused before MLflow is asked (which is down here: exit 6 otherwise).
+    case("alias-set-version-zero", "alias set m candidate 0 --reason r --tracking-uri "
+         + TRACKING_DOWN, 2, r"Invalid value for 'VERSION': 0 is not in the range "
+                             r"1<=x<=9223372036854775807"),
 
     # ---- the spec against the model, and the model's answers (TensorFlow) ------------------
     case("import-missing-module", "export {sequential} --spec {spec} --repo {repo} --name m "

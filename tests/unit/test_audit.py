@@ -89,3 +89,15 @@ def test_an_intent_is_the_record_marked_pending_until_settled():
     assert last_recorded_target(tags, "candidate") == (False, None)
     assert last_recorded_target(tags, "canary") == (True, 3)
     assert last_recorded_target({key: value, **tags}, "champion") == (False, None)
+
+
+def test_a_move_to_an_invalid_version_is_refused_before_the_registry_is_asked():
+    from shipyard.core.errors import UsageError
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.steps.alias import move_alias
+
+    # Nothing listens on port 1: asking the registry would fail with exit 6 instead.
+    registry = ModelRegistry(RegistryLocation.resolve("http://127.0.0.1:1", None))
+    with pytest.raises(UsageError, match=r"^version: 0 is not a valid version\. Expected an "
+                                         r"integer from 1 to 9223372036854775807"):
+        move_alias(registry, "m", "candidate", 0, reason="r")

@@ -11,6 +11,7 @@ from shipyard.cli.output import (
     emit,
     library_prints_to_stderr,
 )
+from shipyard.core.names import MAX_VERSION
 
 
 @click.group("alias")
@@ -21,7 +22,7 @@ def alias_group() -> None:
 @alias_group.command("set")
 @click.argument("name")
 @click.argument("alias")
-@click.argument("version", type=int)
+@click.argument("version", type=click.IntRange(1, MAX_VERSION))  # checked before MLflow
 @click.option("--reason", required=True, help="Why the alias moves (recorded).")
 @click.option("--pipeline-run-id", default=None, help="Recorded with the move.")
 @click.option("--force", is_flag=True, help="Allow moving 'champion' outside a rollout.")

@@ -22,6 +22,7 @@ from shipyard.core.audit import (
     record_value,
 )
 from shipyard.core.errors import UsageError
+from shipyard.core.names import validate_version
 from shipyard.registry.client import ModelRegistry, current_user
 
 
@@ -29,6 +30,7 @@ def move_alias(registry: ModelRegistry, name: str, alias: str, version: int, *, 
                pipeline_run_id: str | None = None, force: bool = False,
                by_rollout: bool = False, gates: dict[str, Any] | None = None) -> AliasMove:
     """Points `alias` of registered model `name` at `version` and records the move."""
+    validate_version(version)  # before the registry is asked anything
     if not reason.strip():
         raise UsageError("reason: say why the alias moves (it goes into the audit trail)",
                          param="reason")
