@@ -185,6 +185,41 @@ def test_beside_tfx_pusher_the_records_and_the_pushed_model_match(trainer_model_
     assert "stable" not in config
 
 
+def test_artifacts_in_an_object_store_are_read_from_and_written_to_it(trainer_model_dir,
+                                                                      tmp_path, monkeypatch):
+    """A pipeline root in an object store (gs://, s3://) gives artifacts URLs for uris: the
+    executor downloads the Model, and writes exported_model and pushed_model there, not into
+    a local directory named after the scheme. fsspec's in-memory store stands in for one."""
+    import fsspec
+    from tfx.types import standard_artifacts
+
+    from shipyard.tfx.component import EXPORTED_MODEL, MODEL, PUSHED_MODEL, Executor
+
+    monkeypatch.chdir(tmp_path)  # a `Path(uri)` would create ./memory:/ here
+    store = fsspec.filesystem("memory")
+    root = f"memory://pipeline-root-{tmp_path.name}"
+    store.put(f"{trainer_model_dir}/", f"{root}/Trainer/model/1", recursive=True)
+    model, exported, pushed = (standard_artifacts.Model(), standard_artifacts.Model(),
+                               standard_artifacts.PushedModel())
+    model.uri = f"{root}/Trainer/model/1"
+    exported.uri = f"{root}/ShipyardPusher/exported_model/2"
+    pushed.uri = f"{root}/ShipyardPusher/pushed_model/2"
+    repo = tmp_path / "repo"
+
+    Executor().Do({MODEL: [model]}, {EXPORTED_MODEL: [exported], PUSHED_MODEL: [pushed]},
+                  {"model_name": "tfx-m", "export_spec": yaml.safe_dump(TRAINER_SPEC),
+                   "repository": str(repo),
+                   "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+
+    assert pushed.get_int_custom_property("pushed") == 1
+    assert pushed.get_string_custom_property("pushed_destination") == str(repo / "tfx-m" / "1")
+    published = files_under(repo / "tfx-m" / "1")
+    for uri in (pushed.uri, f"{exported.uri}/Format-Serving"):
+        prefix = store._strip_protocol(uri) + "/"
+        assert {f[len(prefix):] for f in store.find(uri)} == published, uri
+    assert not [p for p in tmp_path.rglob("memory:*")]  # nothing written locally under the URL
+
+
 def test_with_a_server_the_label_moves_and_serving_label_state_is_applied(model_dir, tmp_path,
                                                                           tf_serving):
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner

@@ -24,7 +24,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from shipyard.files.trees import materialize
+from shipyard.files.trees import local_tree, materialize
 
 if TYPE_CHECKING:  # imported where used, as the executor does: importing this stays light
     from shipyard.steps.export import ExportRequest
@@ -83,20 +83,21 @@ class Executor(base_executor.BaseExecutor):
         if not _blessed(input_dict):
             pushed.set_int_custom_property("pushed", 0)
             return
-        request = export_request(input_dict, exec_properties)
         location = RegistryLocation.resolve(exec_properties.get("tracking_uri") or None,
                                             exec_properties.get("registry_uri") or None)
-        result = ship_model(request, location,
-                            label=exec_properties.get("serving_label") or None,
-                            serving_address=exec_properties.get("serving_address") or None,
-                            pipeline_run_id=_pipeline_run_id(self._context))
+        model = artifact_utils.get_single_instance(input_dict[MODEL])
+        with local_tree(model.uri) as model_dir:  # downloaded when the pipeline root is remote
+            result = ship_model(export_request(input_dict, exec_properties, model_dir),
+                                location, label=exec_properties.get("serving_label") or None,
+                                serving_address=exec_properties.get("serving_address") or None,
+                                pipeline_run_id=_pipeline_run_id(self._context))
         registered = result.registered
-        materialize(registered.path, Path(exported.uri) / "Format-Serving")
+        materialize(registered.path, f"{exported.uri.rstrip('/')}/Format-Serving")
         # TFX's Pusher (tfx/components/pusher/executor.py, TFX 1.21) archives the pushed model
         # in the PushedModel artifact: `io_utils.copy_dir(model_path, model_push.uri)`, into
         # the artifact's uri itself, not a versioned subdirectory (that was TFX 0.x's layout).
         # Same place here, as hard links of the published version: no second copy of the bytes.
-        materialize(registered.path, Path(pushed.uri))
+        materialize(registered.path, pushed.uri)
         for artifact in (exported, pushed):
             artifact.set_string_custom_property("mlflow_run_id", registered.run_id)
             artifact.set_int_custom_property("registered_model_version", registered.version)
@@ -136,8 +137,10 @@ class ShipyardPusher(base_component.BaseComponent):
 
 
 def export_request(input_dict: dict[str, list[types.Artifact]],
-                   exec_properties: dict[str, Any]) -> ExportRequest:
-    """The ExportRequest for the component's inputs and parameters."""
+                   exec_properties: dict[str, Any], model_dir: Path | None = None
+                   ) -> ExportRequest:
+    """The ExportRequest for the component's inputs and parameters; `model_dir`: a local copy
+    of the Model artifact's directory, when its uri is remote."""
     import yaml
 
     from shipyard.core.spec import parse_spec
@@ -146,7 +149,7 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
     model = artifact_utils.get_single_instance(input_dict[MODEL])
     examples = input_dict.get(EXAMPLES) or []
     return ExportRequest(
-        model=model_path(model.uri),
+        model=model_path(str(model_dir) if model_dir is not None else model.uri),
         spec=parse_spec(yaml.safe_load(exec_properties["export_spec"]), source="export_spec"),
         repo=exec_properties["repository"], name=exec_properties["model_name"],
         serving_runtime=exec_properties.get("serving_runtime") or None,
