@@ -206,14 +206,24 @@ def _mlflow_command() -> str:
     return str(beside) if beside.is_file() else "mlflow"
 
 
-def repository_tree(root: Path, depth: int = 3) -> list[str]:
+def repository_tree(root: Path, depth: int = 3, newest_versions: int = 2) -> list[str]:
     """The repository's directories and files to `depth` levels, as `tree` prints them. Hidden
-    entries (lock files, staging directories) are left out: TF Serving ignores them too."""
+    entries (lock files, staging directories) are left out: TF Serving ignores them too. Of
+    each model's versions, the newest `newest_versions` are shown and the older ones take one
+    line, so that the summary of a demo run again and again stays the same length."""
     lines = [str(root)]
 
     def walk(directory: Path, prefix: str, level: int) -> None:
         entries = sorted((p for p in directory.iterdir() if not p.name.startswith(".")),
                          key=lambda p: (not p.is_dir(), _version_key(p)))
+        versions = [p for p in entries if p.is_dir() and p.name.isdigit()]
+        older = versions[:-newest_versions] if len(versions) > newest_versions else []
+        if len(older) == 1:
+            lines.append(f"{prefix}├── {older[0].name}/ (an older version, not shown)")
+        elif older:
+            lines.append(f"{prefix}├── {older[0].name}/ ... {older[-1].name}/ ({len(older)} "
+                         "older versions, not shown)")
+        entries = [p for p in entries if p not in older]
         for index, entry in enumerate(entries):
             last = index == len(entries) - 1
             lines.append(f"{prefix}{'└── ' if last else '├── '}{entry.name}"
