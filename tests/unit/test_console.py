@@ -147,3 +147,18 @@ def test_only_the_newest_run_logs_are_kept_and_setup_log_stays(tmp_path):
     assert path.name in runs and len(runs) == console.KEPT_LOGS
     assert "export-20261129-000005-1.log" not in runs  # among the oldest, removed
     assert (tmp_path / "setup.log").is_file()
+
+
+def test_a_log_removed_by_a_concurrent_run_does_not_stop_the_prune(tmp_path):
+    """Commands run side by side prune one folder: a log listed may be gone when it is read.
+    A dangling symlink with a run log's name stands for one (its stat fails the same way)."""
+    import os
+
+    for i in range(console.KEPT_LOGS + 5):
+        old = tmp_path / f"push-20261130-{i:06d}-1.log"
+        old.write_text("")
+        os.utime(old, (1000 + i, 1000 + i))
+    (tmp_path / "push-20261130-999999-2.log").symlink_to(tmp_path / "removed-meanwhile")
+    path = console._open_log_path(tmp_path, "push")
+    runs = [p for p in tmp_path.glob("push-*.log") if p.exists()]
+    assert path in runs and len(runs) == console.KEPT_LOGS

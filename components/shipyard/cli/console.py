@@ -149,8 +149,14 @@ _RUN_LOG = "*-" + "[0-9]" * 8 + "-" + "[0-9]" * 6 + "-*.log"
 
 
 def _prune(directory: Path) -> None:
-    logs = sorted(directory.glob(_RUN_LOG), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in logs[KEPT_LOGS:]:
+    logs = []
+    for path in directory.glob(_RUN_LOG):
+        # Commands run side by side prune the same folder: a log listed here may be gone
+        # by the time it is read (eight concurrent pushes failed on exactly that).
+        with contextlib.suppress(OSError):
+            logs.append((path.stat().st_mtime, path))
+    logs.sort(reverse=True)
+    for _, old in logs[KEPT_LOGS:]:
         with contextlib.suppress(OSError):
             old.unlink()
 
