@@ -28,6 +28,11 @@ def test_urls_open_an_object_store_repository_and_paths_a_local_one(tmp_path):
                                          r"scheme; give a local path, a file:// URL, or an "
                                          r"object store's URL such as gs://bucket/models"):
         open_repository("nosuch://x")
+    # A filesystem registered in-process (a plugin, a test double) is a storage scheme too.
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fsspec.register_implementation("shipyardtest", MemoryFileSystem, clobber=True)
+    assert isinstance(open_repository("shipyardtest://b/models"), ObjectStoreRepository)
     # A scheme fsspec knows whose backend package is not installed here (adlfs).
     with pytest.raises(ShipyardError, match=r"^repo abfs://b/x: no filesystem for this URL "
                                             r"\(.*adlfs.*\); install the fsspec backend for it"):

@@ -52,11 +52,15 @@ class ObjectStoreRepository:
             raise UsageError(f"repo {url}: name a bucket or folder after {protocol}://, "
                              f"e.g. {protocol}://models-bucket/models", param="repo")
         self.location = f"{protocol}://{path.rstrip('/')}"
-        if protocol not in fsspec.available_protocols():
+        try:  # fsspec's own lookup: its known schemes and any filesystem registered in-process
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:  # "Protocol not known"
             raise UsageError(
                 f"repo {url}: {protocol}:// is not a storage URL scheme; give a local path, a "
                 "file:// URL, or an object store's URL such as gs://bucket/models or "
-                "s3://bucket/models", param="repo")
+                "s3://bucket/models", param="repo") from None
+        except ImportError:
+            pass  # a known scheme whose backend is missing: url_to_fs says which, below
         try:
             self.fs, self._root = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError, OSError) as err:  # a known scheme, backend missing
