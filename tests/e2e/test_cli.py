@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from support.processes import SHIPYARD, subprocess_env
+from support.processes import SHIPYARD, kill_session, subprocess_env
 from support.specs import SEQUENTIAL_SPEC as SPEC
 from support.specs import write_spec
 
@@ -103,8 +103,7 @@ def test_a_kill_during_the_write_leaves_no_version(models, repo, tmp_path):
         written = list((repo / "m").glob(".staging-*/saved_model.pb")) if (repo / "m").exists() else []
         time.sleep(0.05)
     assert written, "the export never started writing"
-    os.killpg(child.pid, signal.SIGKILL)  # the exporter and its verifier
-    child.wait()
+    kill_session(child)  # the exporter and its verifier
     assert [p.name for p in (repo / "m").iterdir() if p.is_dir() and p.name.isdigit()] == []
 
     again = run_shipyard("export", model, "--spec", spec, "--repo", str(repo), "--name", "m",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.processes import subprocess_env
+from support.processes import kill_session, subprocess_env
 
 
 @pytest.fixture
@@ -41,8 +41,7 @@ def start_run(code: str) -> tuple[subprocess.Popen, list[str]]:
 
 def kill_run(child: subprocess.Popen) -> None:
     """SIGKILL the run and every process it started (its session), as a killed job is."""
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_session(child)
 
 
 def test_a_killed_runs_verifier_directory_is_removed_by_the_next_verifier(tmpdir_of_runs):

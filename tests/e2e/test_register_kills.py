@@ -16,7 +16,7 @@ import time
 
 import pytest
 import yaml
-from support.processes import SHIPYARD, subprocess_env
+from support.processes import SHIPYARD, kill_session, subprocess_env
 from support.register_faults import inconsistencies, register_copy
 from support.specs import SEQUENTIAL_SPEC
 
@@ -35,10 +35,7 @@ def _kill_at(k: int, proxy, models, tmp_path, spec: str, staged) -> tuple[list, 
     try:
         _, err = child.communicate(timeout=600)
     finally:
-        try:  # its verifier child, if the kill orphaned it
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(child)  # its verifier child, if the kill orphaned it
     assert proxy.fired and child.returncode == -signal.SIGKILL, (k, child.returncode, err[-2000:])
     proxy.arm(None)
     before = inconsistencies(proxy.uri, name, repo_dir)
