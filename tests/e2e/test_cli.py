@@ -4,9 +4,7 @@ during the write. (Exit codes and --json in-process: integration/test_cli.py.)""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time

@@ -9,7 +9,6 @@ start removes it; a live run's directory is left alone. Real processes, real SIG
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile

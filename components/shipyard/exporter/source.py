@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from shipyard.core.errors import ModelLoadError, UsageError
 from shipyard.core.manifest import sha256_file
-from shipyard.files.locks import OwnedWorkdir
+from shipyard.exporter.keras_loading import variables_filled_from_file, weights_read_from_disk
 
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-# Where a .keras file's weights are extracted while it loads (see _weights_read_from_disk).
-LOAD_WORKDIR_PREFIX = "shipyard-load-"
 
 
 @dataclass
@@ -73,7 +70,8 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
         raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
                              "one is not (truncated or overwritten?); re-save the model")
     try:
-        with _weights_read_from_disk(path) as readable_path:
+        # One copy of each weight in memory at a time: see keras_loading.
+        with (weights_read_from_disk(path) as readable_path, variables_filled_from_file()):
             model = keras.saving.load_model(readable_path, safe_mode=not unsafe)
     except Exception as err:  # Keras raises many types; translate the ones we can name
         text = str(err)
@@ -89,44 +87,6 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
         raise ModelLoadError(f"MODEL: cannot load {path}: {type(err).__name__}: "
                              f"{text.splitlines()[0][:500] if text else ''}") from None
     return SourceModel(path=path, format="keras", obj=model, sha256=sha256_file(path))
-
-
-@contextlib.contextmanager
-def _weights_read_from_disk(path: Path) -> Iterator[Path]:
-    """Yields the path to give keras.saving.load_model so that it reads the archive's
-    model.weights.h5 from an extracted file instead of reading all of it into memory first.
-
-    keras/src/saving/saving_lib.py reads the whole weights file into an io.BytesIO whenever
-    `is_memory_sufficient(model)` says it fits, while the model's new variables already hold
-    as much: two copies of every weight at once. Its other path extracts the file into a
-    temporary directory beside the file it opened (and reads the zip on the fly if it cannot).
-    At 1 GiB of weights, in a fresh process, that took load_model's peak from 3352 to 2328 MiB
-    and its time from 4.5 to 3.9 s (bench/README.md). Keras opens a symlink to the model in
-    a directory shipyard owns, so the extracted copy never lands beside the user's model and
-    a killed run's copy is removed by the next load (files.locks.OwnedWorkdir).
-    `is_memory_sufficient` is private to Keras: without it, Keras decides as before.
-    """
-    try:
-        from keras.src.saving import saving_lib
-    except ImportError:
-        saving_lib = None
-    original = getattr(saving_lib, "is_memory_sufficient", None)
-    if original is None:
-        yield path
-        return
-    try:
-        owned = OwnedWorkdir(LOAD_WORKDIR_PREFIX)
-    except OSError:  # no usable $TMPDIR: Keras reads the weights as it would by itself
-        yield path
-        return
-    link = owned.path / "model.keras"  # Keras wants the .keras suffix
-    try:
-        link.symlink_to(path.absolute())
-        saving_lib.is_memory_sufficient = lambda model: False
-        yield link
-    finally:
-        saving_lib.is_memory_sufficient = original
-        owned.remove()
 
 
 def _load_saved_model(path: Path) -> SourceModel:

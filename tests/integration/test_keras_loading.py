@@ -1,0 +1,131 @@
+"""Loading a .keras file with one copy of each weight (exporter/keras_loading.py): the model
+that comes out is the one Keras's own `load_model` gives, value for value, while no loaded
+variable runs its initializer and none is left uninitialized. Real Keras, real files; the
+memory it saves is measured in bench/ (bench/README.md), not here."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from shipyard.exporter.keras_loading import variables_filled_from_file  # noqa: E402
+
+INITIALIZER_CALLS = {"count": 0}
+
+
+@keras.saving.register_keras_serializable(package="shipyard_loading_test")
+class CountingInitializer(keras.initializers.Initializer):
+    """GlorotUniform that counts its calls."""
+
+    def __call__(self, shape, dtype=None):
+        INITIALIZER_CALLS["count"] += 1
+        return keras.initializers.GlorotUniform(seed=1)(shape, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="shipyard_loading_test")
+class PartlySaved(keras.layers.Layer):
+    """A layer that saves and loads only its first variable, as custom layers may."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+        self.offset = self.add_weight(shape=(input_shape[-1],),
+                                      initializer=keras.initializers.Constant(7.0),
+                                      trainable=False)
+
+    def call(self, x):
+        return x * self.scale + self.offset
+
+    def save_own_variables(self, store):
+        store["0"] = self.scale.numpy()
+
+    def load_own_variables(self, store):
+        self.scale.assign(store["0"])
+
+
+def trained_model(path):
+    """Dense, bfloat16 Dense, Embedding, BatchNormalization (non-trainable state) and Adam's
+    slots, all moved away from their initial values by one step of training."""
+    numbers = keras.Input((6,), name="numbers")
+    ids = keras.Input((2,), name="ids", dtype="int32")
+    x = keras.layers.Dense(40, kernel_initializer=CountingInitializer())(numbers)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dense(40, dtype="mixed_bfloat16")(x)
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(10, 3)(ids))
+    x = keras.layers.Concatenate()([keras.ops.cast(x, "float32"), embedded])
+    out = PartlySaved()(keras.layers.Dense(5)(x))
+    model = keras.Model([numbers, ids], out)
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit([rng.normal(size=(32, 6)), rng.integers(0, 10, size=(32, 2))],
+              rng.normal(size=(32, 5)), epochs=1, verbose=0)
+    model.save(path)
+    return path
+
+
+def all_values(model) -> list[np.ndarray]:
+    variables = list(model.variables) + list(model.optimizer.variables)
+    return [np.asarray(v.numpy()) for v in variables]
+
+
+def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path):
+    path = trained_model(tmp_path / "model.keras")
+    reference = keras.saving.load_model(path)
+
+    # A tiny chunk, so that each large value is written in many pieces, the last one short.
+    with variables_filled_from_file(chunk_bytes=100):
+        loaded = keras.saving.load_model(path)
+
+    expected, got = all_values(reference), all_values(loaded)
+    assert len(got) == len(expected) > 10
+    for want, have in zip(expected, got):
+        assert have.dtype == want.dtype and np.array_equal(have, want)
+    assert str(loaded.layers[-1].offset.dtype) == "float32"
+    np.testing.assert_array_equal(loaded.layers[-1].offset.numpy(), 7.0)
+
+
+def test_loaded_variables_do_not_run_their_initializers(tmp_path):
+    path = trained_model(tmp_path / "model.keras")
+
+    before = INITIALIZER_CALLS["count"]
+    keras.saving.load_model(path)  # Keras by itself: the kernel is initialized, then loaded
+    assert INITIALIZER_CALLS["count"] == before + 1
+
+    with variables_filled_from_file():
+        keras.saving.load_model(path)
+    assert INITIALIZER_CALLS["count"] == before + 1
+
+
+def test_a_variable_the_file_does_not_hold_gets_its_initializer_value(tmp_path):
+    """PartlySaved.offset is not in the file: never left as uninitialized memory."""
+    path = trained_model(tmp_path / "model.keras")
+
+    with variables_filled_from_file():
+        loaded = keras.saving.load_model(path)
+
+    offset = loaded.layers[-1].offset.numpy()
+    np.testing.assert_array_equal(offset, np.full((5,), 7.0, np.float32))
+
+
+def test_keras_is_itself_again_after_a_failed_load(tmp_path):
+    from keras.src.backend.tensorflow.core import Variable
+
+    assign, initialize = Variable.assign, Variable._initialize_with_initializer
+    # The model's variables exist, then reading their values fails: a truncated weights file.
+    path = trained_model(tmp_path / "model.keras")
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, data[:len(data) // 2] if item.filename.endswith(".h5") else data)
+
+    with pytest.raises(OSError, match="truncated file"):
+        with variables_filled_from_file():
+            keras.saving.load_model(broken)
+
+    assert Variable.assign is assign and Variable._initialize_with_initializer is initialize
+    fresh = keras.Variable(initializer=keras.initializers.Constant(3.0), shape=(4,))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh), 3.0)
