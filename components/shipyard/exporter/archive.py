@@ -464,12 +464,16 @@ def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset())
     from shipyard.exporter.verifier import array_digest
 
     reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
-    digests = []
-    for key in reader.get_variable_to_shape_map():
-        if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
-            continue  # layout, not content: it varies between exports of one model
+
+    def digest(key: str) -> str:
+        # A function, so each tensor is freed before the next is read: a loop variable would
+        # hold the previous one during the read, two of the largest tensors at once.
         value = reader.get_tensor(key)
-        digests.append(array_digest(np.asarray([value]) if isinstance(value, bytes) else value))
+        return array_digest(np.asarray([value]) if isinstance(value, bytes) else value)
+
+    # The object graph is layout, not content: it varies between exports of one model.
+    digests = [digest(key) for key in reader.get_variable_to_shape_map()
+               if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
     return [d for d in digests if d not in leave_out]
 
 
