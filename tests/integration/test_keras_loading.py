@@ -5,6 +5,7 @@ memory it saves is measured in bench/ (bench/README.md), not here."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 
 import numpy as np
@@ -12,7 +13,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from shipyard.exporter.keras_loading import variables_filled_from_file  # noqa: E402
+from shipyard.exporter.keras_loading import (  # noqa: E402
+    mapped_dataset,
+    variables_filled_from_file,
+    weights_read_from_disk,
+)
 
 INITIALIZER_CALLS = {"count": 0}
 
@@ -71,18 +76,22 @@ def all_values(model) -> list[np.ndarray]:
     return [np.asarray(v.numpy()) for v in variables]
 
 
-def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path):
+def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path, caplog):
     path = trained_model(tmp_path / "model.keras")
     reference = keras.saving.load_model(path)
 
-    # A tiny chunk, so that each large value is written in many pieces, the last one short.
-    with variables_filled_from_file(chunk_bytes=100):
-        loaded = keras.saving.load_model(path)
+    # As the exporter loads (the weights extracted to disk), with a tiny chunk, so that
+    # each value but the smallest is mapped from the file and written in many pieces.
+    with caplog.at_level(logging.DEBUG, logger="shipyard.exporter.keras_loading"):
+        with weights_read_from_disk(path) as readable, variables_filled_from_file(chunk_bytes=100):
+            loaded = keras.saving.load_model(readable)
 
     expected, got = all_values(reference), all_values(loaded)
     assert len(got) == len(expected) > 10
     for want, have in zip(expected, got):
         assert have.dtype == want.dtype and np.array_equal(have, want)
+    mapped = [r.getMessage() for r in caplog.records if "mapped from" in r.getMessage()]
+    assert len(mapped) >= 6 and all("model.weights.h5" in m for m in mapped)
     assert str(loaded.layers[-1].offset.dtype) == "float32"
     np.testing.assert_array_equal(loaded.layers[-1].offset.numpy(), 7.0)
 
@@ -129,3 +138,24 @@ def test_keras_is_itself_again_after_a_failed_load(tmp_path):
     assert Variable.assign is assign and Variable._initialize_with_initializer is initialize
     fresh = keras.Variable(initializer=keras.initializers.Constant(3.0), shape=(4,))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh), 3.0)
+
+
+def test_only_whole_uncompressed_numeric_datasets_are_mapped(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    values = np.arange(4000, dtype=np.float32).reshape(100, 40)
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f["plain"] = values
+        f.create_dataset("chunked", data=values, chunks=(10, 40))
+        f.create_dataset("compressed", data=values, compression="gzip")
+        f["small"] = values[:1]
+        marked = f.create_dataset("bf16", data=values)
+        marked.attrs["dtype"] = "bfloat16"  # Keras's mark: it converts these itself
+        f["words"] = np.array([b"a", b"b"] * 100, dtype="S1")
+
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        array, mapping, offset = mapped_dataset(f["plain"], min_bytes=1000)
+        np.testing.assert_array_equal(array, values)
+        array[0, 0] = -1.0  # copy-on-write: the file keeps its value
+        for name in ("chunked", "compressed", "small", "bf16", "words"):
+            assert mapped_dataset(f[name], min_bytes=1000) is None, name
+        np.testing.assert_array_equal(f["plain"][0, 0], 0.0)

@@ -460,20 +460,21 @@ def rng_state_digests(source: SourceModel) -> set[str]:
 
 def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset()) -> list[str]:
     """One digest per tensor in the SavedModel's checkpoint (object graph excluded), less
-    those in `leave_out`."""
+    those in `leave_out`; numeric tensors are read a few MiB at a time (checkpoint_bundle)."""
+    from shipyard.exporter.checkpoint_bundle import checkpoint_digests as bundle_digests
     from shipyard.exporter.verifier import array_digest
 
-    reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
+    prefix = saved_model_dir / "variables" / "variables"
+    reader = tf.train.load_checkpoint(str(prefix))
 
-    def digest(key: str) -> str:
-        # A function, so each tensor is freed before the next is read: a loop variable would
-        # hold the previous one during the read, two of the largest tensors at once.
+    def whole_tensor(key: str) -> np.ndarray:
         value = reader.get_tensor(key)
-        return array_digest(np.asarray([value]) if isinstance(value, bytes) else value)
+        return np.asarray([value]) if isinstance(value, bytes) else value
 
     # The object graph is layout, not content: it varies between exports of one model.
-    digests = [digest(key) for key in reader.get_variable_to_shape_map()
-               if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    keys = [key for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    digests = bundle_digests(prefix, keys, whole_tensor, array_digest)
     return [d for d in digests if d not in leave_out]
 
 

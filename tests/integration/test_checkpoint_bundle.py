@@ -1,0 +1,113 @@
+"""Checkpoint digests read from the files a few MiB at a time (exporter/checkpoint_bundle.py)
+equal the digests of the whole tensors TensorFlow's own reader returns, for every dtype a
+checkpoint holds; what the reader does not stream, it reads whole. Real checkpoints written
+by TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from shipyard.exporter.archive import checkpoint_digests  # noqa: E402
+from shipyard.exporter.checkpoint_bundle import (  # noqa: E402
+    UnreadableBundle,
+    stored_tensors,
+    streamed_digest,
+    table_entries,
+)
+from shipyard.exporter.checkpoint_bundle import checkpoint_digests as bundle_digests  # noqa: E402
+from shipyard.exporter.verifier import array_digest  # noqa: E402
+
+
+def write_checkpoint(directory: Path) -> Path:
+    """Variables of many dtypes and shapes, some large enough to take many reads."""
+    rng = np.random.default_rng(0)
+    variables = {
+        "kernel": tf.Variable(rng.normal(size=(300, 257)).astype(np.float32)),
+        "scalar": tf.Variable(np.float64(3.5)),
+        "counts": tf.Variable(rng.integers(-9, 9, size=(1001,), dtype=np.int64)),
+        "bytes": tf.Variable(rng.integers(0, 255, size=(7, 3), dtype=np.uint8)),
+        "half": tf.Variable(rng.normal(size=(33,)).astype(np.float16)),
+        "flags": tf.Variable(rng.integers(0, 2, size=(10,)).astype(bool)),
+        "complex": tf.Variable((rng.normal(size=(4,)) + 1j).astype(np.complex64)),
+        "bf16": tf.Variable(tf.cast(rng.normal(size=(5, 5)), tf.bfloat16)),
+        "words": tf.Variable(["a", "bb", ""]),
+        "empty": tf.Variable(np.zeros((0, 4), np.float32)),
+    }
+    return Path(tf.train.Checkpoint(**variables).write(str(directory / "ckpt")))
+
+
+def whole_tensor_digests(prefix: Path, keys: list[str]) -> list[str]:
+    """What checkpoint_digests computed before it streamed: get_tensor, then array_digest."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    return [array_digest(np.asarray(reader.get_tensor(key))) for key in keys]
+
+
+def tensor_keys(prefix: Path) -> list[str]:
+    shapes = tf.train.load_checkpoint(str(prefix)).get_variable_to_shape_map()
+    return [key for key in shapes if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+
+
+def test_streamed_digests_equal_whole_tensor_digests_for_every_dtype(tmp_path):
+    prefix = write_checkpoint(tmp_path)
+    keys = tensor_keys(prefix)
+    reader = tf.train.load_checkpoint(str(prefix))
+
+    # 1000 bytes a read: the kernel (308 KB) takes hundreds, ending with a short one.
+    streamed = bundle_digests(prefix, keys, lambda key: np.asarray(reader.get_tensor(key)),
+                              array_digest, read_bytes=1000)
+
+    assert streamed == whole_tensor_digests(prefix, keys)
+    names = {key.split("/")[0] for key in stored_tensors(prefix)}
+    assert {"kernel", "scalar", "counts", "bytes", "half", "flags", "complex",
+            "empty"} <= names
+    assert not names & {"bf16", "words"}  # read whole: their digest is not of their bytes
+
+
+def test_an_exports_checkpoint_digests_are_unchanged(launcher, models, repo):
+    from support.exports import export
+    from support.specs import FUNCTIONAL_SPEC
+
+    result = export(launcher, models.path("functional"), FUNCTIONAL_SPEC, repo)
+    prefix = Path(result.path) / "variables" / "variables"
+
+    assert checkpoint_digests(Path(result.path)) == whole_tensor_digests(
+        prefix, tensor_keys(prefix))
+    assert len(stored_tensors(prefix)) >= len(tensor_keys(prefix)) - 1  # all but the lookup's
+
+
+def test_a_truncated_data_file_is_named(tmp_path):
+    prefix = write_checkpoint(tmp_path)
+    kernel = next(t for k, t in stored_tensors(prefix).items() if k.startswith("kernel"))
+    with open(kernel.data_file, "r+b") as data:
+        data.truncate(kernel.offset + 10)
+
+    with pytest.raises(OSError, match=r"ckpt\.data-00000-of-00001 ends before the tensor .* "
+                                      "the checkpoint is truncated"):
+        streamed_digest(kernel)
+
+
+def test_an_index_that_is_not_a_table_is_refused_and_read_whole(tmp_path):
+    prefix = write_checkpoint(tmp_path)
+    index = Path(f"{prefix}.index").read_bytes()
+    with pytest.raises(UnreadableBundle, match="no table magic number"):
+        list(table_entries(index[:-1] + b"\x00"))
+    with pytest.raises(UnreadableBundle, match="shorter than a table's footer"):
+        list(table_entries(b"\x00" * 10))
+
+    keys = tensor_keys(prefix)
+    expected = whole_tensor_digests(prefix, keys)
+    reader = tf.train.load_checkpoint(str(prefix))  # opened before the index is spoilt
+    Path(f"{prefix}.index").write_bytes(index[:-8] + b"\x00" * 8)
+    read_whole = []
+
+    def whole(key):
+        read_whole.append(key)
+        return np.asarray(reader.get_tensor(key))
+
+    assert bundle_digests(prefix, keys, whole, array_digest) == expected
+    assert read_whole == keys
