@@ -60,7 +60,7 @@ def checkpoint_digests(prefix: Path, keys: list[str],
     else `digest_array(whole_tensor(key))`."""
     try:
         stored = stored_tensors(prefix)
-    except (UnreadableBundle, OSError, DecodeError) as err:
+    except (UnreadableBundle, OSError, DecodeError, ValueError, IndexError, struct.error) as err:
         log.debug("reading %s with get_tensor: %s", prefix, err)
         stored = {}
 
@@ -105,9 +105,11 @@ def stored_tensors(prefix: Path) -> dict[str, StoredTensor]:
         raise UnreadableBundle("not a little-endian checkpoint on a little-endian machine")
     stored = {}
     for key, value in entries.items():
+        if key.startswith(b"\x00"):
+            continue  # one slice of a partitioned variable (EncodeTensorNameSlice)
         entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
         if entry.slices:
-            continue  # a partitioned variable: its pieces are separate entries
+            continue  # a partitioned variable: get_tensor assembles its slices
         try:
             dtype = np.dtype(tf.dtypes.as_dtype(entry.dtype).as_numpy_dtype)
         except TypeError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import threading
 import weakref
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +34,7 @@ LOAD_WORKDIR_PREFIX = "shipyard-load-"
 # smaller chunk leaves less behind: at 2 GiB of weights the process settled 24 MiB lower with
 # 4 MiB chunks than with 16, and 56 lower than with 64, in the same load time within noise.
 ASSIGN_CHUNK_BYTES = 4 << 20
+_REPLACING = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -95,18 +97,20 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
       released as soon as they are written.
 
     Anything else (a tensor, another dtype, a distributed variable, a bfloat16 or compressed
-    dataset) goes through Keras's own code. Keras's loading runs on this thread; other threads
-    create no Keras variables meanwhile.
+    dataset) goes through Keras's own code, as does any assign inside a stateless scope.
+    The replacements are process-wide: one load at a time makes them (a lock), and the
+    exporter loads before anything else in the process creates Keras variables.
     """
     try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
         from keras.src.backend.tensorflow.core import Variable
         from keras.src.saving.saving_lib import H5IOStore, safe_get_h5_dataset
     except ImportError:  # another backend, or a Keras that moved them: load as Keras would
         yield
         return
-    originals = {(Variable, "_initialize_with_initializer"), (Variable, "assign"),
-                 (H5IOStore, "__getitem__")}
-    if not all(hasattr(owner, name) for owner, name in originals):
+    replaced = [(Variable, "_initialize_with_initializer"), (Variable, "assign"),
+                (H5IOStore, "__getitem__")]
+    if not all(hasattr(owner, name) for owner, name in replaced):
         yield
         return
     import tensorflow as tf
@@ -135,10 +139,14 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
         return array
 
     def assign(variable, value):
+        # In a stateless scope (a symbolic call while the model is rebuilt), Keras records
+        # the update and drops it: the variable is not filled, so it stays pending.
+        if in_stateless_scope():
+            return original_assign(variable, value)
+        reference, mapping, offset = mapped.pop(id(value), (None, None, 0))
+        if reference is None or reference() is not value:
+            mapping = None
         if _writable_in_place(variable, value):
-            reference, mapping, offset = mapped.pop(id(value), (None, None, 0))
-            if reference is None or reference() is not value:
-                mapping = None
             _write_in_chunks(variable._value, value, chunk_bytes, mapping, offset)
             result = value
         else:
@@ -146,15 +154,22 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
         pending.pop(id(variable), None)
         return result
 
-    saved = {(owner, name): getattr(owner, name) for owner, name in originals}
-    Variable._initialize_with_initializer = initialize_empty
-    Variable.assign = assign
-    H5IOStore.__getitem__ = getitem
-    try:
-        yield
-    finally:
-        for (owner, name), original in saved.items():
-            setattr(owner, name, original)
+    with _REPLACING:  # one load at a time replaces these; nested loads see their own
+        # Own attributes are put back; inherited ones (Variable.assign is KerasVariable's)
+        # are removed again, so that the classes are exactly as they were.
+        saved = [(owner, name, owner.__dict__.get(name)) for owner, name in replaced]
+        Variable._initialize_with_initializer = initialize_empty
+        Variable.assign = assign
+        H5IOStore.__getitem__ = getitem
+        try:
+            yield
+        finally:
+            for owner, name, own in saved:
+                if own is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, own)
+            mapped.clear()  # arrays still held (by a custom layer) keep their own mapping
     for reference, initializer in pending.values():
         variable = reference()
         if variable is None:
@@ -165,7 +180,8 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
 
 def mapped_dataset(dataset, min_bytes: int):
     """(array, mapping, offset of the array in the mapping) for an HDF5 dataset of at least
-    `min_bytes` whose values lie in its file as one run of native numeric bytes; else None.
+    `min_bytes` whose values lie in its file as one run of native integers or floats (what
+    `_writable_in_place` takes); else None.
 
     h5py gives the run's address (`get_offset`) for a contiguous, unfiltered dataset. A
     bfloat16 dataset (Keras marks it with a "dtype" attribute) is left to Keras, which
@@ -173,7 +189,7 @@ def mapped_dataset(dataset, min_bytes: int):
     import numpy as np
 
     dtype = dataset.dtype
-    if (dataset.nbytes < max(min_bytes, 1) or dtype.kind not in "biufc" or not dtype.isnative
+    if (dataset.nbytes < max(min_bytes, 1) or dtype.kind not in "iuf" or not dtype.isnative
             or "dtype" in dataset.attrs or dataset.chunks is not None
             or dataset.compression is not None or dataset.file.driver != "sec2"
             or dataset.file.userblock_size != 0):
