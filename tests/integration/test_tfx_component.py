@@ -191,9 +191,10 @@ def test_artifacts_in_an_object_store_are_read_from_and_written_to_it(trainer_mo
     executor downloads the Model, and writes exported_model and pushed_model there, not into
     a local directory named after the scheme. fsspec's in-memory store stands in for one."""
     import fsspec
+    import mlflow
     from tfx.types import standard_artifacts
 
-    from shipyard.tfx.component import EXPORTED_MODEL, MODEL, PUSHED_MODEL, Executor
+    from shipyard.tfx.component import EXPORTED_MODEL, MODEL, PUSHED_MODEL, Executor, model_path
 
     monkeypatch.chdir(tmp_path)  # a `Path(uri)` would create ./memory:/ here
     store = fsspec.filesystem("memory")
@@ -218,6 +219,14 @@ def test_artifacts_in_an_object_store_are_read_from_and_written_to_it(trainer_mo
         prefix = store._strip_protocol(uri) + "/"
         assert {f[len(prefix):] for f in store.find(uri)} == published, uri
     assert not [p for p in tmp_path.rglob("memory:*")]  # nothing written locally under the URL
+    # The source is recorded where it lives, not as the temporary download it was loaded from.
+    inside = model_path(str(trainer_model_dir)).relative_to(trainer_model_dir).as_posix()
+    source = f"{model.uri}/{inside}" if inside != "." else model.uri
+    manifest = json.loads((repo / "tfx-m" / "1" / "assets.extra" / "shipyard.json").read_text())
+    assert manifest["source"]["path"] == source
+    run = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
+        pushed.get_string_custom_property("mlflow_run_id"))
+    assert run.data.params["source.path"] == source
 
 
 def test_with_a_server_the_label_moves_and_serving_label_state_is_applied(model_dir, tmp_path,

@@ -61,6 +61,10 @@ class ExportRequest:
     examples: str | None = None
     examples_limit: int = 16  # at most this many real examples are read
     warmup_from_examples: bool = False
+    # Where `model` came from when it is a local copy (a Model artifact downloaded from an
+    # object store): what the manifest and the MLflow run record as the source's path,
+    # rather than a temporary directory that is gone once the export ends.
+    source_location: str | None = None
 
 
 @dataclass
@@ -195,7 +199,8 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     manifest = Manifest(
         name=request.name,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        source=model.describe(),
+        source={**model.describe(),
+                **({"path": request.source_location} if request.source_location else {})},
         spec=spec.normalized(),
         fingerprint=fingerprint(files, spec.normalized(), signatures, checkpoint,
                                 built.lookup_vocabularies,

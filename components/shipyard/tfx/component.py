@@ -148,8 +148,13 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
 
     model = artifact_utils.get_single_instance(input_dict[MODEL])
     examples = input_dict.get(EXAMPLES) or []
+    local = model_path(str(model_dir) if model_dir is not None else model.uri)
+    source_location = None
+    if model_dir is not None and Path(model_dir) != Path(model.uri):  # a downloaded copy
+        inside = local.relative_to(model_dir).as_posix()
+        source_location = model.uri.rstrip("/") + ("" if inside == "." else f"/{inside}")
     return ExportRequest(
-        model=model_path(str(model_dir) if model_dir is not None else model.uri),
+        model=local, source_location=source_location,
         spec=parse_spec(yaml.safe_load(exec_properties["export_spec"]), source="export_spec"),
         repo=exec_properties["repository"], name=exec_properties["model_name"],
         serving_runtime=exec_properties.get("serving_runtime") or None,
