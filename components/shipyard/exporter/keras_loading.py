@@ -100,9 +100,10 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
     Anything else (a tensor, another dtype, a distributed variable, a bfloat16 or compressed
     dataset) goes through Keras's own code, as does any assign inside a stateless scope.
     The replacements are process-wide: one load at a time makes them (a lock), and the
-    exporter loads before anything else in the process creates Keras variables. A layer that
+    exporter loads before anything else in the process creates Keras variables. What this
+    guarantees is that no variable is left unfilled once the load ends; a custom layer that
     read one of its variables while Keras rebuilds it, before the file's value is assigned,
-    would read uninitialized memory; Keras's own layers do not.
+    would read uninitialized memory there (its result is then overwritten by the load).
     """
     try:
         from keras.src.backend.common.stateless_scope import in_stateless_scope
