@@ -103,7 +103,7 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
     exporter loads before anything else in the process creates Keras variables. What this
     guarantees is that no variable is left unfilled once the load ends; a custom layer that
     read one of its variables while Keras rebuilds it, before the file's value is assigned,
-    would read uninitialized memory there (its result is then overwritten by the load).
+    would read uninitialized memory there (the variable itself then gets the file's value).
     """
     try:
         from keras.src.backend.common.stateless_scope import in_stateless_scope
