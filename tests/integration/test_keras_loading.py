@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from shipyard.exporter.keras_loading import (  # noqa: E402
+    hdf5_container,
     mapped_dataset,
     variables_filled_from_file,
+    weights_member,
     weights_read_from_disk,
 )
 
@@ -76,12 +79,24 @@ def all_values(model) -> list[np.ndarray]:
     return [np.asarray(v.numpy()) for v in variables]
 
 
-def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path, caplog):
+def deflated_copy(path: Path) -> Path:
+    """The same .keras archive zipped again with compression, as a user's tool may."""
+    copy = path.with_name(f"deflated-{path.name}")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item), zipfile.ZIP_DEFLATED)
+    return copy
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["as-keras-writes-it", "deflated"])
+def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path, caplog, compressed):
     path = trained_model(tmp_path / "model.keras")
     reference = keras.saving.load_model(path)
+    if compressed:
+        path = deflated_copy(path)
 
-    # As the exporter loads (the weights extracted to disk), with a tiny chunk, so that
-    # each value but the smallest is mapped from the file and written in many pieces.
+    # As the exporter loads, with a tiny chunk, so that each value but the smallest is
+    # mapped from the file and written in many pieces.
     with caplog.at_level(logging.DEBUG, logger="shipyard.exporter.keras_loading"):
         with weights_read_from_disk(path) as readable, variables_filled_from_file(chunk_bytes=100):
             loaded = keras.saving.load_model(readable)
@@ -90,10 +105,26 @@ def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path, caplog):
     assert len(got) == len(expected) > 10
     for want, have in zip(expected, got):
         assert have.dtype == want.dtype and np.array_equal(have, want)
-    mapped = [r.getMessage() for r in caplog.records if "mapped from" in r.getMessage()]
-    assert len(mapped) >= 6 and all("model.weights.h5" in m for m in mapped)
+    sources = {r.getMessage().rpartition(" mapped from ")[2] for r in caplog.records
+               if " mapped from " in r.getMessage()}
+    mapped = [r for r in caplog.records if " mapped from " in r.getMessage()]
+    assert len(mapped) >= 6
+    if compressed:  # extracted to a directory of shipyard's, read from there
+        assert len(sources) == 1 and sources.pop().endswith("/model.weights.h5")
+    else:  # read in place: from the .keras file itself, nothing extracted
+        assert sources == {str(path)}
     assert str(loaded.layers[-1].offset.dtype) == "float32"
     np.testing.assert_array_equal(loaded.layers[-1].offset.numpy(), 7.0)
+
+
+def test_the_weights_member_is_found_where_it_is_stored(tmp_path):
+    path = trained_model(tmp_path / "model.keras")
+    offset, size = weights_member(path)
+    with zipfile.ZipFile(path) as archive:
+        assert path.read_bytes()[offset:offset + size] == archive.read("model.weights.h5")
+    assert weights_member(deflated_copy(path)) is None
+    assert weights_member(path, "no-such-member") is None
+    assert weights_member(tmp_path / "missing.keras") is None
 
 
 def test_loaded_variables_do_not_run_their_initializers(tmp_path):
@@ -187,9 +218,12 @@ def test_only_whole_uncompressed_numeric_datasets_are_mapped(tmp_path):
         f["words"] = np.array([b"a", b"b"] * 100, dtype="S1")
 
     with h5py.File(tmp_path / "w.h5", "r") as f:
-        array, mapping, offset = mapped_dataset(f["plain"], min_bytes=1000)
+        container = hdf5_container(f["plain"])
+        assert container == (tmp_path / "w.h5", 0, (tmp_path / "w.h5").stat().st_size)
+        array, mapping, offset = mapped_dataset(f["plain"], 1000, container)
         np.testing.assert_array_equal(array, values)
         array[0, 0] = -1.0  # copy-on-write: the file keeps its value
         for name in ("chunked", "compressed", "small", "bf16", "words"):
-            assert mapped_dataset(f[name], min_bytes=1000) is None, name
+            assert mapped_dataset(f[name], 1000, container) is None, name
+        assert mapped_dataset(f["plain"], 1000, None) is None
         np.testing.assert_array_equal(f["plain"][0, 0], 0.0)

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import struct
 import threading
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,21 +38,34 @@ LOAD_WORKDIR_PREFIX = "shipyard-load-"
 # 4 MiB chunks than with 16, and 56 lower than with 64, in the same load time within noise.
 ASSIGN_CHUNK_BYTES = 4 << 20
 _REPLACING = threading.RLock()
+WEIGHTS_MEMBER = "model.weights.h5"  # keras/src/saving/saving_lib.py _VARS_FNAME_H5
+ZIP_LOCAL_HEADER_BYTES = 30  # the zip format's local file header, before name and extra
+
+
+class _ReadInPlace(Exception):
+    """Raised where Keras asks `is_memory_sufficient`, to take it to its read-on-the-fly path."""
 
 
 @contextlib.contextmanager
 def weights_read_from_disk(path: Path) -> Iterator[Path]:
     """Yields the path to give keras.saving.load_model so that it reads the archive's
-    model.weights.h5 from an extracted file instead of reading all of it into memory first.
+    `model.weights.h5` from disk instead of reading all of it into memory first.
 
-    keras/src/saving/saving_lib.py reads the whole weights file into an io.BytesIO whenever
-    `is_memory_sufficient(model)` says it fits, while the model's new variables already hold
-    as much: two copies of every weight at once. Its other path extracts the file into a
-    temporary directory beside the file it opened (and reads the zip on the fly if it cannot).
-    At 1 GiB of weights, in a fresh process, that took load_model's peak from 3352 to 2328 MiB
-    and its time from 4.5 to 3.9 s (bench/README.md). Keras opens a symlink to the model in
-    a directory shipyard owns, so the extracted copy never lands beside the user's model and
-    a killed run's copy is removed by the next load (files.locks.OwnedWorkdir).
+    keras/src/saving/saving_lib.py (`_load_model_from_fileobj`) reads the whole weights file
+    into an io.BytesIO whenever `is_memory_sufficient(model)` says it fits, while the model's
+    new variables already hold as much: two copies of every weight at once. Else it extracts
+    the file into a temporary directory beside the file it opened, and if anything in that
+    fails (its bare `except:`), it reads the archive's member on the fly.
+    - **Stored uncompressed** (Keras writes its archives with ZIP_STORED): the weights are
+      read where they are, through Keras's on-the-fly path, which `is_memory_sufficient`
+      raising takes it to. `variables_filled_from_file` then maps each large weight from the
+      .keras file itself: no copy in memory and none on disk (extracting wrote the weights'
+      size to $TMPDIR: `register` wrote 2.06x the SavedModel's bytes instead of 1.06x).
+    - **Compressed** (an archive zipped again): extracted, into a directory shipyard owns (a
+      symlink to the model there is what Keras opens), so the extracted copy never lands
+      beside the user's model and a killed run's copy is removed by the next load
+      (files.locks.OwnedWorkdir). Read on the fly, it would be decompressed in Python:
+      11.6 s against 3.9 s at 1 GiB (bench/README.md).
     `is_memory_sufficient` is private to Keras: without it, Keras decides as before.
     """
     try:
@@ -60,6 +75,16 @@ def weights_read_from_disk(path: Path) -> Iterator[Path]:
     original = getattr(saving_lib, "is_memory_sufficient", None)
     if original is None:
         yield path
+        return
+    if weights_member(path) is not None:
+        def read_in_place(model):
+            raise _ReadInPlace()
+
+        saving_lib.is_memory_sufficient = read_in_place
+        try:
+            yield path
+        finally:
+            saving_lib.is_memory_sufficient = original
         return
     try:
         owned = OwnedWorkdir(LOAD_WORKDIR_PREFIX)
@@ -74,6 +99,25 @@ def weights_read_from_disk(path: Path) -> Iterator[Path]:
     finally:
         saving_lib.is_memory_sufficient = original
         owned.remove()
+
+
+def weights_member(archive: Path, member: str = WEIGHTS_MEMBER) -> tuple[int, int] | None:
+    """(offset, size) of `member`'s bytes in the zip file `archive` when it is stored whole
+    (uncompressed, unencrypted), so that they can be read in place; else None."""
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            info = opened.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+        with open(archive, "rb") as file:  # the local header's own name and extra lengths
+            file.seek(info.header_offset)
+            header = file.read(ZIP_LOCAL_HEADER_BYTES)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    if len(header) != ZIP_LOCAL_HEADER_BYTES or header[:4] != b"PK\x03\x04":
+        return None
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + ZIP_LOCAL_HEADER_BYTES + name_length + extra_length, info.file_size
 
 
 @contextlib.contextmanager
@@ -134,11 +178,15 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
 
     def getitem(store, key):
         dataset = safe_get_h5_dataset(store._h5_entry_group, key)  # Keras's own checks
-        found = mapped_dataset(dataset, min_bytes=chunk_bytes)
+        container = None
+        if dataset.nbytes >= chunk_bytes:
+            container = hdf5_container(dataset, getattr(store, "archive", None),
+                                       str(getattr(store, "path_or_io", WEIGHTS_MEMBER)))
+        found = mapped_dataset(dataset, chunk_bytes, container)
         if found is None:
             return original_getitem(store, key)
         array, mapping, offset = found
-        log.debug("%s%s: mapped from %s", store._h5_entry_path, key, dataset.file.filename)
+        log.debug("%s/%s: mapped from %s", store._h5_entry_path, key, container[0])
         mapped[id(array)] = (weakref.ref(array), mapping, offset)
         return array
 
@@ -182,26 +230,40 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
         variable._value.assign(initializer(variable._shape, dtype=variable._dtype))
 
 
-def mapped_dataset(dataset, min_bytes: int):
-    """(array, mapping, offset of the array in the mapping) for an HDF5 dataset of at least
-    `min_bytes` whose values lie in its file as one run of native integers or floats (what
-    `_writable_in_place` takes); else None.
+def hdf5_container(dataset, archive=None, member: str = WEIGHTS_MEMBER
+                   ) -> tuple[Path, int, int] | None:
+    """(file, offset of the HDF5 file in it, its size) for the HDF5 file holding `dataset`:
+    the file h5py opened, or the zip `archive` (a zipfile.ZipFile Keras reads `member` of on
+    the fly) when `member` is stored uncompressed; else None."""
+    if dataset.file.driver == "sec2":
+        path = Path(dataset.file.filename)
+        return path, 0, path.stat().st_size
+    if archive is None or not getattr(archive, "filename", None):
+        return None
+    found = weights_member(Path(archive.filename), member)
+    return None if found is None else (Path(archive.filename), *found)
 
-    h5py gives the run's address (`get_offset`) for a contiguous, unfiltered dataset. A
-    bfloat16 dataset (Keras marks it with a "dtype" attribute) is left to Keras, which
-    converts it."""
+
+def mapped_dataset(dataset, min_bytes: int, container: tuple[Path, int, int] | None):
+    """(array, mapping, offset of the array in the mapping) for an HDF5 dataset of at least
+    `min_bytes` whose values lie in `container` (see hdf5_container) as one run of native
+    integers or floats (what `_writable_in_place` takes); else None.
+
+    h5py gives the run's address in the HDF5 file (`get_offset`) for a contiguous, unfiltered
+    dataset. A bfloat16 dataset (Keras marks it with a "dtype" attribute) is left to Keras,
+    which converts it."""
     import numpy as np
 
     dtype = dataset.dtype
-    if (dataset.nbytes < max(min_bytes, 1) or dtype.kind not in "iuf" or not dtype.isnative
-            or "dtype" in dataset.attrs or dataset.chunks is not None
-            or dataset.compression is not None or dataset.file.driver != "sec2"
-            or dataset.file.userblock_size != 0):
+    if (container is None or dataset.nbytes < max(min_bytes, 1) or dtype.kind not in "iuf"
+            or not dtype.isnative or "dtype" in dataset.attrs or dataset.chunks is not None
+            or dataset.compression is not None or dataset.file.userblock_size != 0):
         return None
-    offset = dataset.id.get_offset()
-    path = Path(dataset.file.filename)
-    if offset is None or not path.is_file() or offset + dataset.nbytes > path.stat().st_size:
+    path, base, size = container
+    inside = dataset.id.get_offset()
+    if inside is None or inside + dataset.nbytes > size:
         return None
+    offset = base + inside
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     with open(path, "rb") as file:
         mapping = mmap.mmap(file.fileno(), offset + dataset.nbytes - start,
