@@ -5,6 +5,7 @@ memory it saves is measured in bench/ (bench/README.md), not here."""
 
 from __future__ import annotations
 
+import io
 import logging
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from shipyard.exporter.keras_loading import (  # noqa: E402
+    FileWindow,
     hdf5_container,
     mapped_dataset,
     variables_filled_from_file,
@@ -113,6 +115,8 @@ def test_the_loaded_model_is_keras_own_load_value_for_value(tmp_path, caplog, co
         assert len(sources) == 1 and sources.pop().endswith("/model.weights.h5")
     else:  # read in place: from the .keras file itself, nothing extracted
         assert sources == {str(path)}
+        assert any(r.getMessage().startswith(f"model.weights.h5: read in place from {path} at ")
+                   for r in caplog.records)
     assert str(loaded.layers[-1].offset.dtype) == "float32"
     np.testing.assert_array_equal(loaded.layers[-1].offset.numpy(), 7.0)
 
@@ -227,3 +231,18 @@ def test_only_whole_uncompressed_numeric_datasets_are_mapped(tmp_path):
             assert mapped_dataset(f[name], 1000, container) is None, name
         assert mapped_dataset(f["plain"], 1000, None) is None
         np.testing.assert_array_equal(f["plain"][0, 0], 0.0)
+
+
+def test_a_file_window_reads_its_part_of_the_file_only(tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(100)))
+    window = FileWindow(path, 10, 20)
+
+    assert window.read(5) == bytes(range(10, 15)) and window.tell() == 5
+    assert window.seek(-3, io.SEEK_END) == 17 and window.read() == bytes(range(27, 30))
+    assert window.read(4) == b""  # the window ends before the file does
+    window.seek(2)
+    assert window.seek(3, io.SEEK_CUR) == 5 and window.read(2) == bytes([15, 16])
+    assert window.seek(-50, io.SEEK_CUR) == 0
+    window.close()
+    assert window.closed
