@@ -5,6 +5,7 @@ by TensorFlow."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,17 @@ def test_an_index_that_is_not_a_table_is_refused_and_read_whole(tmp_path):
     Path(f"{prefix}.index").write_bytes(index[:-8] + b"\x00" * 8)
 
     assert digests_and_whole_reads(prefix, keys, reader) == (expected, keys)
+
+
+def test_the_digests_stop_when_asked(tmp_path):
+    from shipyard.core.manifest import HashingStopped
+
+    prefix = write_checkpoint(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    kernel = next(t for k, t in stored_tensors(prefix).items() if k.startswith("kernel"))
+
+    with pytest.raises(HashingStopped, match="stopped hashing .*: the export already failed"):
+        bundle_digests(prefix, tensor_keys(prefix), lambda key: None, array_digest, stop=stop)
+    with pytest.raises(HashingStopped, match=r"stopped hashing .*ckpt\.data-00000-of-00001"):
+        streamed_digest(kernel, 1000, stop)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from support.manifests import bare_manifest
 
 from shipyard.core.manifest import (
     MANIFEST_PATH,
+    HashingStopped,
     checksum_mismatches,
     fingerprint,
     list_files,
@@ -59,3 +63,27 @@ def test_manifest_round_trip_and_checksums(tmp_path):
         "saved_model.pb: missing",
         "variables/variables.data-00000-of-00001: content differs from shipyard.json"]
     assert read_manifest(tmp_path / "nothing") is None
+
+
+def test_hashing_stops_when_asked(tmp_path):
+    """An export that failed sets the event: the hashing threads end at their next chunk."""
+    root = make_version(tmp_path / "v", b"graph", b"checkpoint")
+    stop = threading.Event()
+    assert list_files(root, stop) == list_files(root)  # not set: the same result
+
+    stop.set()
+    with pytest.raises(HashingStopped, match=r"stopped hashing .*: the export already failed"):
+        list_files(root, stop)
+
+
+def test_a_failing_block_sets_the_stop_event():
+    from shipyard.steps.export import _stopped_on_failure
+
+    stop = threading.Event()
+    with _stopped_on_failure(stop):
+        pass
+    assert not stop.is_set()
+    with pytest.raises(RuntimeError, match="verification failed"):
+        with _stopped_on_failure(stop):
+            raise RuntimeError("verification failed")
+    assert stop.is_set()

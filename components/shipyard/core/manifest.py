@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,27 @@ class Manifest:
         return [e["name"] for e in self.spec["endpoints"]]
 
 
-def sha256_file(path: Path) -> str:
+class HashingStopped(Exception):
+    """Hashing was asked to stop (its `stop` event was set): nobody will read the result."""
+
+
+def check_stop(stop: threading.Event | None, what: object) -> None:
+    if stop is not None and stop.is_set():
+        raise HashingStopped(f"stopped hashing {what}: the export already failed")
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
+            check_stop(stop, path)
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def list_files(root: Path) -> list[dict[str, Any]]:
-    """Every file under `root` (except the manifest itself) with size and sha256, sorted."""
+def list_files(root: Path, stop: threading.Event | None = None) -> list[dict[str, Any]]:
+    """Every file under `root` (except the manifest itself) with size and sha256, sorted;
+    `stop`, once set, ends it with HashingStopped at the next chunk."""
     entries = []
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
@@ -80,7 +92,7 @@ def list_files(root: Path) -> list[dict[str, Any]]:
             if rel == MANIFEST_PATH:
                 continue
             entries.append({"path": rel, "size": path.stat().st_size,
-                            "sha256": sha256_file(path)})
+                            "sha256": sha256_file(path, stop)})
     return sorted(entries, key=lambda e: e["path"])
 
 

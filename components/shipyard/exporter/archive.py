@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -458,9 +459,11 @@ def rng_state_digests(source: SourceModel) -> set[str]:
             if variable_path(v).endswith("seed_generator_state")}
 
 
-def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset()) -> list[str]:
+def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset(),
+                       stop: threading.Event | None = None) -> list[str]:
     """One digest per tensor in the SavedModel's checkpoint (object graph excluded), less
-    those in `leave_out`; numeric tensors are read a few MiB at a time (checkpoint_bundle)."""
+    those in `leave_out`; numeric tensors are read a few MiB at a time (checkpoint_bundle).
+    `stop`, once set, ends it with HashingStopped."""
     from shipyard.exporter.checkpoint_bundle import checkpoint_digests as bundle_digests
     from shipyard.exporter.verifier import array_digest
 
@@ -474,7 +477,7 @@ def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset())
     # The object graph is layout, not content: it varies between exports of one model.
     keys = [key for key in reader.get_variable_to_shape_map()
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-    digests = bundle_digests(prefix, keys, whole_tensor, array_digest)
+    digests = bundle_digests(prefix, keys, whole_tensor, array_digest, stop=stop)
     return [d for d in digests if d not in leave_out]
 
 

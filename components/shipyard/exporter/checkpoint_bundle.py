@@ -22,12 +22,15 @@ import hashlib
 import logging
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from google.protobuf.message import DecodeError
+
+from shipyard.core.manifest import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,11 @@ class StoredTensor:
 def checkpoint_digests(prefix: Path, keys: list[str],
                        whole_tensor: Callable[[str], np.ndarray],
                        digest_array: Callable[[np.ndarray], str],
-                       read_bytes: int = READ_BYTES) -> list[str]:
+                       read_bytes: int = READ_BYTES,
+                       stop: threading.Event | None = None) -> list[str]:
     """One digest per key, in order: streamed from the data files where the index says how,
-    else `digest_array(whole_tensor(key))`."""
+    else `digest_array(whole_tensor(key))`. `stop`, once set, ends it with HashingStopped
+    before the next tensor or chunk."""
     try:
         stored = stored_tensors(prefix)
     except (UnreadableBundle, OSError, DecodeError, ValueError, IndexError, struct.error) as err:
@@ -66,14 +71,16 @@ def checkpoint_digests(prefix: Path, keys: list[str],
 
     def digest(key: str) -> str:
         # A function, so each whole tensor is freed before the next is read.
+        check_stop(stop, key)
         if key in stored:
-            return streamed_digest(stored[key], read_bytes)
+            return streamed_digest(stored[key], read_bytes, stop)
         return digest_array(whole_tensor(key))
 
     return [digest(key) for key in keys]
 
 
-def streamed_digest(tensor: StoredTensor, read_bytes: int = READ_BYTES) -> str:
+def streamed_digest(tensor: StoredTensor, read_bytes: int = READ_BYTES,
+                    stop: threading.Event | None = None) -> str:
     """`array_digest` of the tensor, without holding more than `read_bytes` of it."""
     # array_digest hashes np.ascontiguousarray(value), which makes a scalar an array of one.
     shape = tensor.shape or (1,)
@@ -86,6 +93,7 @@ def streamed_digest(tensor: StoredTensor, read_bytes: int = READ_BYTES) -> str:
             if not chunk:
                 raise OSError(f"{tensor.data_file} ends before the tensor at {tensor.offset} "
                               f"does ({tensor.size} bytes): the checkpoint is truncated")
+            check_stop(stop, tensor.data_file)
             digest.update(chunk)
             left -= len(chunk)
     return digest.hexdigest()
