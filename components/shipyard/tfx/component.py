@@ -24,7 +24,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from shipyard.files.trees import local_tree, materialize
+from shipyard.files.trees import is_url, local_tree, materialize
 
 if TYPE_CHECKING:  # imported where used, as the executor does: importing this stays light
     from shipyard.steps.export import ExportRequest
@@ -150,7 +150,7 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
     examples = input_dict.get(EXAMPLES) or []
     local = model_path(str(model_dir) if model_dir is not None else model.uri)
     source_location = None
-    if model_dir is not None and Path(model_dir) != Path(model.uri):  # a downloaded copy
+    if model_dir is not None and is_url(model.uri):  # a downloaded copy (local_tree)
         inside = local.relative_to(model_dir).as_posix()
         source_location = model.uri.rstrip("/") + ("" if inside == "." else f"/{inside}")
     return ExportRequest(
