@@ -4,8 +4,9 @@ Every case runs `shipyard.cli.main` in-process (click's CliRunner, so TensorFlow
 most once) and checks the documented exit code (README's table, errors.py: 2 bad spec,
 arguments or name; 3 the version exists; 4 verification; 5 breaking change; 6 MLflow
 unreachable; 7 TF Serving; 1 a missing or corrupt model), a message that names the field,
-file or flag (and the fix where shipyard gives one), no Python traceback, and, for failing
-export/register runs, nothing left in the repository: no version directory, no staging.
+file or flag (and the fix where shipyard gives one), no Python traceback, and nothing created:
+no repository, model directory, version, staging or lock file (in the case's directory, the
+object store of {bucket} and its lock directory; {published} stays as it was).
 
 Most cases fail before TensorFlow is loaded; those that need a model load, trace and export
 real models: the session's test models (support/shipyard_test_models.py) and a copy of the
@@ -64,6 +65,15 @@ def case(id: str, argv: str, code: int, message: str, *, spec: str = GOOD_SPEC,
 
 
 EXPORT = "export {junk} --spec {spec} --repo {repo} --name m"
+# Every command that takes --repo, with the rest of a valid command line.
+REPO_COMMANDS = {
+    "export": "--spec {spec} --name m {junk}",
+    "register": "--spec {spec} --name m --tracking-uri " + TRACKING_DOWN + " {junk}",
+    "push": "--name m --version 1 --label stable",
+    "status": "--name m --tracking-uri " + TRACKING_DOWN,
+    "gc": "--name m --keep 0 --no-registry",
+    "validate": "--name m --version 1 --examples {tmp}/examples.jsonl --against 2",
+}
 
 CASES = [
     # ---- the spec (checked before the model is looked at: no TensorFlow) -------------------
@@ -185,8 +195,23 @@ CASES = [
     case("serving-runtime-bogus", EXPORT + " --serving-runtime latest", 2,
          r"--serving-runtime: 'latest' is not a TensorFlow release this check can run; give the "
          r"TensorFlow version of your TF Serving image as MAJOR\.MINOR, .*or 'none' to skip"),
-    case("repo-is-a-file", "export {junk} --spec {spec} --repo {junk} --name m", 1,
-         r"--repo: cannot create \S+/m: Not a directory"),
+
+    # ---- the repository (--repo): every command that takes it -------------------------------
+    # A file where the repository's directory should be, a URL no filesystem knows or without
+    # a bucket or path: exit 2 while the arguments are read (register: before MLflow, which is
+    # down here), naming the flag, the value and the fix. Nothing is created.
+    *(case(f"repo-is-a-file-{command}", f"{command} --repo {{junk}} {rest}", 2,
+           r"--repo (\S+/model\.keras): \1 is a file, not a directory; give the model "
+           r"repository's directory \(the first export creates it\), or an object store's URL "
+           r"such as gs://bucket/models")
+      for command, rest in REPO_COMMANDS.items()),
+    case("repo-under-a-file", "push --repo {junk}/models --name m --version 1 --label stable", 2,
+         r"--repo (\S+/model\.keras)/models: \1 is a file, not a directory, so no repository "
+         r"can be created at \S+/model\.keras/models; give the model repository's directory"),
+    *(case(f"repo-bare-unknown-scheme-{command}", f"{command} --repo foo:// {rest}", 2,
+           r"--repo foo://: foo:// is not a storage URL scheme; give a local path, a file:// "
+           r"URL, or an object store's URL such as gs://bucket/models")
+      for command, rest in REPO_COMMANDS.items()),
     case("repo-unknown-url-scheme", "export {junk} --spec {spec} --repo foo://bucket/models "
          "--name m", 2, r"--repo foo://bucket/models: foo:// is not a storage URL scheme; give "
                         r"a local path, a file:// URL, or an object store's URL such as "
@@ -194,9 +219,46 @@ CASES = [
     case("repo-url-without-a-bucket", "push --repo gs:// --name m --version 1 --label stable",
          2, r"--repo gs://: name a bucket or folder after gs://, e\.g\. "
             r"gs://models-bucket/models"),
+    case("repo-url-without-a-scheme", "status --repo ://models --name m", 2,
+         r"--repo ://models: no URL scheme before ://; give a local path, a file:// URL"),
+    case("repo-file-url-without-a-path", "gc --repo file:// --name m --keep 0 --no-registry",
+         2, r"--repo file://: name a directory after file://, e\.g\. file:///srv/models, or "
+            r"give the path itself"),
+    case("repo-empty", "validate --repo= --name m --version 1 --examples {tmp}/examples.jsonl "
+         "--against 2", 2, r"--repo '': no path given; give the model repository's directory"),
+    case("repo-object-store-path-is-a-file", "push --repo {bucket}/models.config --name m "
+         "--version 1 --label stable", 2,
+         r"--repo (memory://\S+/models\.config): \1 is a file, not a folder; give the model "
+         r"repository's folder \(the first export creates it\)"),
+    # A mistyped --repo (no such directory) or --name: refused, and no directory or lock file
+    # left behind (not even an empty NAME/.serving.lock).
     case("push-repo-mistyped", "push --repo {tmp}/nowhere --name m --version 1 --label "
          "stable", 2, r"--name m: the repository \S+/nowhere has no model 'm' \(no \S+/nowhere/m"
                       r"\); check --name and --repo"),
+    case("push-name-mistyped", "push --repo {published} --name mm --version 1 --label stable",
+         2, r"--name mm: the repository \S+/repo has no model 'mm' \(no \S+/repo/mm\); check "
+            r"--name and --repo"),
+    case("push-bucket-mistyped", "push --repo {bucket}/nowhere --name m --version 1 --label "
+         "stable", 2, r"--name m: the repository memory://\S+/nowhere has no model 'm' \(no "
+                      r"memory://\S+/nowhere/m\); check --name and --repo"),
+    case("gc-repo-mistyped", "gc --repo {tmp}/nowhere --name m --keep 0 --no-registry", 2,
+         r"--name m: the repository \S+/nowhere has no model 'm' \(no \S+/nowhere/m\); check "
+         r"--name and --repo"),
+    case("gc-name-mistyped", "gc --repo {published} --name mm --keep 0 --no-registry", 2,
+         r"--name mm: the repository \S+/repo has no model 'mm'"),
+    case("status-repo-mistyped", "status --repo {tmp}/nowhere --name m", 2,
+         r"--name m: \S+/nowhere has no versions of m, its models\.config does not name it and "
+         r"the registry has no aliases for it; check --repo and --name"),
+    case("validate-repo-mistyped", "validate --repo {tmp}/nowhere --name m --version 1 "
+         "--examples {tmp}/examples.jsonl --against 2", 2,
+         r"--version 1: \S+/nowhere/m/1 is not a published version of m \(no shipyard\.json\); "
+         r"verified published versions: none"),
+    # An export or register to a repository that does not exist yet creates it (and the model's
+    # directory) for its staging; when it fails, both go again.
+    case("export-to-a-new-repository-fails", "export {junk} --spec {spec} --repo "
+         "{tmp}/new/models --name m", 1, r"MODEL: \S*model\.keras is corrupt"),
+    case("register-to-a-new-repository-fails", "register {junk} --spec {spec} --repo "
+         "{tmp}/new/models --name m", 1, r"MODEL: \S*model\.keras is corrupt"),
     case("gc-keep-negative", "gc --repo {repo} --name m --keep -1 --no-registry", 2,
          r"--keep: expected 0 or more versions to keep, got -1"),
     case("push-label-bad", "push --repo {published} --name m --version 1 --label prod", 2,
@@ -373,6 +435,14 @@ class Paths:
     def junk(self) -> Path:
         return self.request.getfixturevalue("junk")
 
+    def bucket(self) -> str:
+        """A fresh object store (fsspec memory://) holding one file, models.config."""
+        import fsspec
+
+        url = self.request.getfixturevalue("url")
+        fsspec.filesystem("memory").pipe_file(f"{url}/models.config", b"")
+        return url
+
     def published(self) -> Path:
         return self.request.getfixturevalue("published")
 
@@ -419,6 +489,36 @@ def tree(root: Path) -> list[str]:
                   if p.name not in (".serving.lock", ".publish.lock"))
 
 
+def everything(root: Path) -> set[str]:
+    """Every entry under `root`, lock files included, but the command's log files and embedded
+    MLflow store (.shipyard/ in the working directory)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.relative_to(root).parts[0] != ".shipyard"}
+
+
+def store_leftovers(argv: list[str]) -> list[str]:
+    """What a case left in the memory:// store of {bucket} (which holds only models.config)
+    and in the local lock directories of the --repo URLs it gave."""
+    import fsspec
+
+    from shipyard.core.errors import ShipyardError
+    from shipyard.repository import ObjectStoreRepository
+
+    fs = fsspec.filesystem("memory")
+    left = []
+    for arg in argv:
+        if arg.startswith("memory://"):
+            bucket = "/".join(arg.split("/")[:4])  # memory://bucket-x/models
+            left += [p for p in fs.find(bucket) if not p.endswith("/models.config")]
+            try:
+                lock_dir = ObjectStoreRepository(arg)._lock_dir
+            except ShipyardError:
+                continue  # not a repository at all: it has no locks
+            if lock_dir.exists():
+                left += [str(p) for p in lock_dir.iterdir()]
+    return left
+
+
 def leftovers(repo: Path) -> list[str]:
     """Version directories, staging directories or lock files, or SavedModel files."""
     if not repo.exists():
@@ -448,6 +548,7 @@ def test_bad_input(bad: Case, request, tmp_path, caplog):
     argv = [paths.resolve(arg) for arg in bad.argv]
     published = paths.published() if "{published}" in " ".join(bad.argv) else None
     before = tree(published) if published else None
+    there = everything(tmp_path)
 
     result = CliRunner().invoke(main, argv, obj={"launch_verifier": lambda: LazyVerifier(bad.id)})
 
@@ -471,6 +572,9 @@ def test_bad_input(bad: Case, request, tmp_path, caplog):
         assert leftovers(paths.repo()) == [], shown
     if published is not None:
         assert tree(published) == before, shown
+    # Nothing created: no repository, model directory or lock file (.serving.lock included).
+    assert sorted(everything(tmp_path) - there) == [], shown
+    assert store_leftovers(argv) == [], shown
 
 
 def test_tally():

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
 from shipyard.core.errors import UsageError, VersionExistsError
 from shipyard.core.names import validate_model_name
-from shipyard.repository import LocalModelRepository
+from shipyard.repository import LocalModelRepository, open_repository
 
 
 def write_version(staging, marker: str) -> None:
@@ -181,3 +183,102 @@ def test_orphan_staging_locks_are_removed_but_held_ones_kept(tmp_path):
         child.wait()
     repo.remove_abandoned_staging("m")  # its holder is gone now
     assert sorted((tmp_path / "m").glob(".staging-*")) == []
+
+
+def everything(root: Path) -> list[str]:
+    """Every entry under `root`, lock files included."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+FIX = (r"; give the model repository's directory \(the first export creates it\), or an object "
+       r"store's URL such as gs://bucket/models$")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("{file}", r"^repo {file}: {file} is a file, not a directory" + FIX),
+    ("{file}/models", r"^repo {file}/models: {file} is a file, not a directory, so no "
+                      r"repository can be created at {file}/models" + FIX),
+    ("file://{file}", r"^repo {file}: {file} is a file, not a directory" + FIX),
+    ("{link}", r"^repo {link}: {link} is a symlink to {file}, which is not a directory" + FIX),
+    ("", r"^repo '': no path given" + FIX),
+    ("file://", r"^repo file://: name a directory after file://, e\.g\. file:///srv/models, or "
+                r"give the path itself$"),
+    ("foo://", r"^repo foo://: foo:// is not a storage URL scheme; give a local path, a file:// "
+               r"URL, or an object store's URL such as gs://bucket/models"),
+    ("://models", r"^repo ://models: no URL scheme before ://; give a local path"),
+])
+def test_a_repository_location_that_cannot_be_one_is_a_usage_error(tmp_path, where, message):
+    (tmp_path / "models.config").write_text("model_config_list {}\n")
+    (tmp_path / "link").symlink_to(tmp_path / "models.config")
+    names = {"file": str(tmp_path / "models.config"), "link": str(tmp_path / "link")}
+    before = everything(tmp_path)
+    with pytest.raises(UsageError, match=message.format(
+            **{k: re.escape(v) for k, v in names.items()})) as refused:
+        open_repository(where.format(**names))
+    assert refused.value.param == "repo"  # shown as --repo on the command line
+    assert everything(tmp_path) == before
+    assert (tmp_path / "models.config").read_text() == "model_config_list {}\n"
+
+
+def test_an_object_store_path_that_is_a_file_is_a_usage_error():
+    import fsspec
+
+    bucket = f"memory://file-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("memory").pipe_file(f"{bucket}/models", b"not a folder")
+    try:
+        with pytest.raises(UsageError, match=rf"^repo {bucket}/models: {bucket}/models is a file, "
+                                             r"not a folder; give the model repository's "
+                                             r"folder \(the first export creates it\)"):
+            open_repository(f"{bucket}/models")
+        assert open_repository(bucket).location == bucket  # its folder is a repository
+    finally:
+        fsspec.filesystem("memory").rm(bucket, recursive=True)
+
+
+def test_a_failed_first_export_to_a_new_repository_leaves_no_directory(tmp_path):
+    # A mistyped --repo that does not exist yet: the run creates <repo>/<name> and the
+    # directories above it, and a failure removes all of them again.
+    repo = LocalModelRepository(tmp_path / "new" / "models")
+    with pytest.raises(RuntimeError, match="boom"):
+        with repo.create_staging("m") as staging:
+            assert staging.path.parent == tmp_path / "new" / "models" / "m"
+            write_version(staging, "x")
+            raise RuntimeError("boom")
+    assert everything(tmp_path) == []
+
+    # Directories that were there before are kept, even empty; so is what others put there.
+    (tmp_path / "new").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "other").mkdir()
+    for root in (tmp_path / "new" / "models", tmp_path / "kept" / "models"):
+        staging = LocalModelRepository(root).create_staging("m")
+        (root / "other").mkdir()  # another model, added while this run stages
+        staging.discard()
+        (root / "other").rmdir()
+    assert everything(tmp_path) == ["kept", "kept/models", "kept/other", "new", "new/models"]
+
+
+def test_a_published_version_keeps_the_repository_it_created(tmp_path):
+    repo = LocalModelRepository(tmp_path / "new" / "models")
+    with repo.create_staging("m") as staging:
+        write_version(staging, "x")
+        assert repo.publish(staging, "m") == 1
+    assert (tmp_path / "new" / "models" / "m" / "1" / "saved_model.pb").read_text() == "x"
+
+
+@pytest.mark.parametrize("repository", ["missing", "no-model"])
+def test_push_and_gc_of_a_model_the_repository_lacks_create_nothing(tmp_path, repository):
+    from shipyard.steps.gc import collect_garbage
+    from shipyard.steps.push import push_version
+
+    (tmp_path / "repo" / "other").mkdir(parents=True)
+    root = tmp_path / ("nowhere" if repository == "missing" else "repo")
+    repo = LocalModelRepository(root)
+    before = everything(tmp_path)
+    refused = (rf"^name m: the repository {re.escape(str(root))} has no model 'm' \(no "
+               rf"{re.escape(str(root / 'm'))}\); check --name and --repo$")
+    with pytest.raises(UsageError, match=refused):
+        push_version(repo, "m", 1, "stable")
+    with pytest.raises(UsageError, match=refused):
+        collect_garbage(repo, "m", 0, read_aliases=None)
+    assert everything(tmp_path) == before  # no model directory, no .serving.lock

@@ -32,6 +32,17 @@ def checked_runtime(ctx: click.Context, param: click.Parameter, value: str | Non
     return value
 
 
+def checked_repo(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """--repo is checked while the arguments are read: an unknown URL scheme, nothing after
+    the scheme, or a file where the repository's directory should be is a usage error (exit
+    2) naming the flag and the fix, before MLflow is asked or anything is created."""
+    from shipyard.repository import check_location
+
+    if value is not None:
+        check_location(value)
+    return value
+
+
 def stack(*decorators: Decorator) -> Decorator:
     """One decorator doing what `decorators` do written one above the other in this order."""
     def decorate(command: Any) -> Any:
@@ -47,7 +58,7 @@ def model_arguments(command: Any) -> Any:
         click.argument("model", type=click.Path(path_type=Path)),
         click.option("--spec", "spec_path", required=True, type=click.Path(path_type=Path),
                      help="Export spec YAML: endpoints, variable collections, tolerance."),
-        click.option("--repo", required=True,
+        click.option("--repo", required=True, callback=checked_repo,
                      help="Model repository: a path or an fsspec URL (gs://, s3://); the "
                           "version is written to REPO/NAME/N."),
         click.option("--name", required=True,
@@ -85,7 +96,7 @@ def serving_repo_options(command: Any) -> Any:
     """--repo --name: the model repository and model that push, status, gc and validate act
     on."""
     return stack(
-        click.option("--repo", required=True,
+        click.option("--repo", required=True, callback=checked_repo,
                      help="Model repository (path or fsspec URL) holding NAME and "
                           "models.config."),
         click.option("--name", required=True, help="Model name."),

@@ -64,6 +64,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def check_root(root: str) -> None:
+    """A repository is a directory, or a path where one can be created (the first export
+    does): an empty path, or one that is, or lies under, a file is a usage error naming the
+    flag, the value and the fix, before anything is read or written."""
+    fix = ("give the model repository's directory (the first export creates it), or an object "
+           "store's URL such as gs://bucket/models")
+    if not root.strip():
+        raise UsageError(f"repo {root!r}: no path given; {fix}", param="repo")
+    path = Path(root).absolute()
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.isdir(existing):
+        return
+    if os.path.islink(existing):
+        what = f"{existing} is a symlink to {os.readlink(existing)}, which is not a directory"
+    else:
+        what = f"{existing} is a file, not a directory"
+    where = "" if existing == path else f", so no repository can be created at {path}"
+    raise UsageError(f"repo {root}: {what}{where}; {fix}", param="repo")
+
+
+def _missing_parents(directory: Path) -> tuple[Path, ...]:
+    """The ancestors of `directory` that do not exist yet, innermost first."""
+    missing = []
+    for parent in directory.absolute().parents:
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    return tuple(missing)
+
+
 @dataclass
 class StagingDir:
     """A directory a version is written into before it is published; removed if abandoned."""
@@ -71,6 +103,9 @@ class StagingDir:
     path: Path
     _lock: FileLock = field(repr=False)
     published: bool = False
+    # Directories above <repo>/<name> that creating the staging directory made (a repository
+    # that did not exist yet), innermost first: a failed run removes them again if empty.
+    _created: tuple[Path, ...] = field(default=(), repr=False)
 
     def discard(self) -> None:
         if not self.published:
@@ -78,10 +113,13 @@ class StagingDir:
         self._lock.release()
         Path(self._lock.lock_file).unlink(missing_ok=True)
         if not self.published:
-            try:  # a failed first export of a model leaves no empty <repo>/<name> behind
-                self.path.parent.rmdir()
-            except OSError:
-                pass  # not empty: other versions or runs live there
+            # A failed first export of a model leaves no empty <repo>/<name> behind, nor the
+            # repository directory (and its parents) if this run created them.
+            for directory in (self.path.parent, *self._created):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break  # not empty: other versions, models or runs live there
 
     def __enter__(self) -> StagingDir:
         return self
@@ -94,6 +132,7 @@ class LocalModelRepository:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.location = str(root)
+        check_root(str(root))
 
     is_local = True
 
@@ -145,6 +184,7 @@ class LocalModelRepository:
     def create_staging(self, name: str) -> StagingDir:
         """A fresh staging directory inside <root>/<name>, after removing abandoned ones."""
         model_dir = self.model_dir(name)
+        created = _missing_parents(model_dir)
         with guarded(f"create a staging directory in {model_dir}", model_dir,
                      needed=DIRECTORY_ENTRY_BYTES, after="Nothing was written."):
             try:
@@ -166,7 +206,7 @@ class LocalModelRepository:
                 lock.release()
                 lock_path.unlink(missing_ok=True)
                 raise
-        return StagingDir(path=path, _lock=lock)
+        return StagingDir(path=path, _lock=lock, _created=created)
 
     def remove_abandoned_staging(self, name: str) -> list[Path]:
         """Removes staging directories whose owning process is gone, and versions a killed

@@ -43,24 +43,39 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
+def check_url(url: str) -> tuple[str, str]:
+    """A scheme some filesystem knows and a bucket or folder after it, else a UsageError
+    naming `repo`, the URL and the fix; returns (scheme, path). Reads nothing."""
+    import fsspec
+
+    protocol, _, path = url.partition("://")
+    unknown = UsageError(
+        f"repo {url}: "
+        + (f"{protocol}:// is not a storage URL scheme" if protocol.strip()
+           else "no URL scheme before ://")
+        + "; give a local path, a file:// URL, or an object store's URL such as "
+        "gs://bucket/models or s3://bucket/models", param="repo")
+    if not protocol.strip():  # fsspec would take "" for the local file system
+        raise unknown
+    try:  # fsspec's own lookup: its known schemes and any filesystem registered in-process
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:  # "Protocol not known"
+        raise unknown from None
+    except ImportError:
+        pass  # a known scheme whose backend is missing: url_to_fs says which
+    # Checked after the scheme: for foo:// the fix is another scheme, not a bucket.
+    if not path.strip("/"):
+        raise UsageError(f"repo {url}: name a bucket or folder after {protocol}://, "
+                         f"e.g. {protocol}://models-bucket/models", param="repo")
+    return protocol, path
+
+
 class ObjectStoreRepository:
     def __init__(self, url: str):
         import fsspec
 
-        protocol, _, path = url.partition("://")
-        if not path.strip("/"):
-            raise UsageError(f"repo {url}: name a bucket or folder after {protocol}://, "
-                             f"e.g. {protocol}://models-bucket/models", param="repo")
+        protocol, path = check_url(url)
         self.location = f"{protocol}://{path.rstrip('/')}"
-        try:  # fsspec's own lookup: its known schemes and any filesystem registered in-process
-            fsspec.get_filesystem_class(protocol)
-        except ValueError:  # "Protocol not known"
-            raise UsageError(
-                f"repo {url}: {protocol}:// is not a storage URL scheme; give a local path, a "
-                "file:// URL, or an object store's URL such as gs://bucket/models or "
-                "s3://bucket/models", param="repo") from None
-        except ImportError:
-            pass  # a known scheme whose backend is missing: url_to_fs says which, below
         try:
             self.fs, self._root = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError, OSError) as err:  # a known scheme, backend missing
@@ -72,6 +87,17 @@ class ObjectStoreRepository:
         canonical = self.fs.unstrip_protocol(self._root)
         key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         self._lock_dir = Path(tempfile.gettempdir()) / "shipyard-locks" / key
+        if self._is_file(self._root):
+            raise UsageError(
+                f"repo {url}: {self.location} is a file, not a folder; give the model "
+                "repository's folder (the first export creates it), e.g. "
+                f"{protocol}://models-bucket/models", param="repo")
+
+    def _is_file(self, path: str) -> bool:
+        try:
+            return bool(self.fs.isfile(path))
+        except Exception:  # unreachable or forbidden: the command's own reads say so
+            return False
 
     # --- where things are -------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -241,8 +267,15 @@ class ObjectStoreRepository:
 
     @contextlib.contextmanager
     def serving_lock(self, name: str) -> Iterator[None]:
-        with held(self._lock_dir / f"{validate_model_name(name)}.serving.lock",
-                  SERVING_LOCK_TIMEOUT_S, f"push/gc of {name}"):
+        """As the local repository's: only for a model the repository has, so a mistyped
+        --repo or --name leaves no lock file behind."""
+        model_path = self._path(validate_model_name(name))
+        if not self.fs.isdir(model_path):
+            raise UsageError(f"name {name}: the repository {self.location} has no model "
+                             f"{name!r} (no {self._url(name)}); check --name and --repo",
+                             param="name")
+        with held(self._lock_dir / f"{name}.serving.lock", SERVING_LOCK_TIMEOUT_S,
+                  f"push/gc of {name}"):
             yield
 
     @contextlib.contextmanager
