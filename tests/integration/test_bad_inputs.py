@@ -374,6 +374,10 @@ class LazyVerifier:
     def workdir(self) -> Path:
         return self._process().workdir
 
+    @property
+    def reference(self):
+        return self._process().reference
+
     def run(self, job, timeout=None):
         return self._process().run(job, **({} if timeout is None else {"timeout": timeout}))
 

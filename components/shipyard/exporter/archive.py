@@ -446,17 +446,23 @@ def keras_config_digest(config: Any) -> str:
     return hashlib.sha256(json.dumps(canonical(config), sort_keys=True).encode()).hexdigest()
 
 
-def rng_state_digests(source: SourceModel) -> set[str]:
-    """Digests of the Keras SeedGenerator states (random-number state, not learned weights):
-    an unseeded Dropout starts from a random state in every process, so hashing it would
-    give each export of one trained model a new fingerprint. Call it right after the write,
-    before anything advances the states."""
+def rng_states(source: SourceModel) -> list[np.ndarray]:
+    """The Keras SeedGenerator states (random-number state, not learned weights), in variable
+    order. An unseeded Dropout starts from a random state in every process, and Keras does
+    not restore it from a .keras file: hashing it would give each export of one trained model
+    a new fingerprint, and a fresh load would draw other dropout masks. Call it right after
+    the write, before anything advances the states."""
+    if source.format != "keras":
+        return []
+    return [np.asarray(v) for v in getattr(source.obj, "variables", [])
+            if variable_path(v).endswith("seed_generator_state")]
+
+
+def rng_state_digests(states: list[np.ndarray]) -> set[str]:
+    """Digests of `rng_states`, left out of the fingerprint."""
     from shipyard.exporter.verifier import array_digest
 
-    if source.format != "keras":
-        return set()
-    return {array_digest(np.asarray(v)) for v in getattr(source.obj, "variables", [])
-            if variable_path(v).endswith("seed_generator_state")}
+    return {array_digest(state) for state in states}
 
 
 def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset(),

@@ -1,10 +1,17 @@
-"""Reference outputs of the ORIGINAL model, computed in the exporting process.
+"""Outputs of the ORIGINAL model in the exporting process, and the inputs every check uses.
+
+These outputs are not what the export is verified against: that is the independent
+reference (reference_process.py: the source loaded by its own library in another process).
+They are compared with it before the verifier runs (`differences`), which tells a fault of
+the exporting process's optimized load apart from a fault of the export; they also give the
+early, precise errors (a model failing on its declared inputs, NaN outputs).
 
 Order matters: the variable collections are digested and the reference outputs computed only
 after the SavedModel was written, and the verifier replays the same calls in the same order.
 That way an endpoint with `training: true` (e.g. active dropout) still compares exactly: Keras
 draws its random seeds from a seed-state variable, which the SavedModel stores as it was when
-written, and which both sides then advance identically.
+written, and which both sides then advance identically (the independent reference's process
+sets its seed states to the same values: reference_process.py).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from shipyard.core.errors import SpecError, VerificationError
 from shipyard.core.spec import Endpoint, ExportSpec, TensorDecl
 from shipyard.exporter.archive import BuiltArchive
 from shipyard.exporter.samples import Sample, make_real_samples, make_samples
-from shipyard.exporter.verifier import KEY_SEPARATOR, array_digest, plain_array
+from shipyard.exporter.verifier import KEY_SEPARATOR, array_digest, compare, plain_array
 
 
 @dataclass
@@ -37,7 +44,7 @@ class Reference:
 
 
 def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
-    return {name: [array_digest(_to_numpy(v)) for v in variables]
+    return {name: [array_digest(to_numpy(v)) for v in variables]
             for name, variables in built.collections.items()}
 
 
@@ -63,7 +70,7 @@ def compute_references(built: BuiltArchive, spec: ExportSpec,
 def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
                signature: str) -> Reference:
     try:
-        outputs = built.endpoint_fns[endpoint.name](*_as_tensors(endpoint, sample.arguments))
+        outputs = built.endpoint_fns[endpoint.name](*as_tensors(endpoint, sample.arguments))
     except Exception as err:  # user code on generated inputs: name the endpoint and the cause
         text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         source = "the real examples (--examples)" if sample.real else (
@@ -72,7 +79,7 @@ def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
             f"endpoint {endpoint.name!r}: the original model fails on {source} (batch "
             f"{sample.batch_size}): {type(err).__name__}: {text}. "
             f"{_advice(endpoint, str(err))}") from None
-    return Reference(sample, {k: _to_numpy(v) for k, v in outputs.items()}, signature)
+    return Reference(sample, {k: to_numpy(v) for k, v in outputs.items()}, signature)
 
 
 def _refuse_non_finite(reference: Reference) -> None:
@@ -107,23 +114,48 @@ def _advice(endpoint: Endpoint, error: str) -> str:
             "null where it needs them).")
 
 
-def write_arrays(references: list[Reference], job_dir: Path) -> tuple[Path, Path]:
-    """inputs.npz and expected.npz, keyed '<endpoint>|<batch>|<tensor name>'."""
+def write_inputs(references: list[Reference], job_dir: Path) -> Path:
+    """inputs.npz, keyed '<signature>|<sample>|<tensor name>': what the independent reference
+    (reference_process.py), the verifier and the runtime check are all called with."""
     inputs: dict[str, np.ndarray] = {}
-    expected: dict[str, np.ndarray] = {}
     for ref in references:
-        prefix = ref.key
-        inputs.update({prefix + k: v for k, v in ref.sample.named.items()})
-        expected.update({prefix + k: v for k, v in ref.outputs.items()})
-    inputs_path, expected_path = job_dir / "inputs.npz", job_dir / "expected.npz"
+        inputs.update({ref.key + k: v for k, v in ref.sample.named.items()})
+    inputs_path = job_dir / "inputs.npz"
     # Serialized examples stay object arrays (pickled): fixed-width bytes would drop the NUL
     # bytes a serialized proto may end with.
     np.savez(inputs_path, **inputs)
-    np.savez(expected_path, **expected)
-    return inputs_path, expected_path
+    return inputs_path
 
 
-def _as_tensors(endpoint: Endpoint, arguments: list[Any]) -> list[Any]:
+def plan(references: list[Reference], spec: ExportSpec) -> list[dict[str, Any]]:
+    """The calls, in order, as the reference process and the verifier replay them."""
+    default = spec.default.name
+    return [{"signature": r.signature, "batch_size": r.sample.batch_size, "key": r.key,
+             "endpoint": default if r.signature == "serving_default" else r.signature}
+            for r in references]
+
+
+def differences(references: list[Reference], independent_path: Path, atol: float,
+                rtol: float) -> list[str]:
+    """Where the exporting process's model answers otherwise than the independent reference
+    (the same inputs, the source loaded by its own library in another process)."""
+    independent = np.load(independent_path, allow_pickle=True)
+    found = []
+    for ref in references:
+        for name in sorted(ref.outputs):
+            key = ref.key + name
+            if key not in independent.files:
+                found.append(f"endpoint {ref.signature!r}: output {name!r} is missing from the "
+                             "independent load's outputs")
+                continue
+            _, problem = compare(ref.outputs[name], independent[key], atol, rtol)
+            if problem:
+                found.append(f"endpoint {ref.signature!r} output {name!r} (batch "
+                             f"{ref.sample.batch_size}): {problem}")
+    return found
+
+
+def as_tensors(endpoint: Endpoint, arguments: list[Any]) -> list[Any]:
     converted = []
     for declared, value in zip(endpoint.inputs, arguments):
         if isinstance(declared, TensorDecl):
@@ -139,7 +171,7 @@ def _tensor(decl: TensorDecl, value: np.ndarray) -> tf.Tensor:
     return tf.constant(value, dtype=tf.dtypes.as_dtype(decl.dtype))
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "numpy"):
         return plain_array(value.numpy())
     return plain_array(tf.convert_to_tensor(value).numpy())

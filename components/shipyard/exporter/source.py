@@ -16,6 +16,8 @@ from shipyard.exporter.keras_loading import variables_filled_from_file, weights_
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+OPTIMIZED_LOAD = "shipyard optimized load (keras_loading)"
+KERAS_LOAD = "keras.saving.load_model"
 
 
 @dataclass
@@ -24,6 +26,9 @@ class SourceModel:
     format: Literal["keras", "saved_model"]
     obj: Any  # a keras.Model, or the object tf.saved_model.load revived
     sha256: str | None  # of the .keras file; None for a SavedModel directory
+    # How the exporting process loaded it: OPTIMIZED_LOAD (keras_loading.py), or the
+    # library's own load (Keras's load_model; tf.saved_model.load for a SavedModel).
+    loader: str = "tf.saved_model.load"
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path.resolve()), "format": self.format, "sha256": self.sha256}
@@ -55,24 +60,30 @@ def check_model_path(path: str | Path) -> None:
                              "save the model with model.save('model.keras') or model.export(dir)")
 
 
-def load_source_model(path: str | Path, *, unsafe: bool = False) -> SourceModel:
+def load_source_model(path: str | Path, *, unsafe: bool = False,
+                      optimized: bool = True) -> SourceModel:
+    """Loads MODEL. A .keras file is loaded the optimized way (keras_loading.py) unless
+    `optimized` is false: then by Keras's own `load_model`, untouched."""
     path = Path(path)
     check_model_path(path)
     if path.is_dir():
         return _load_saved_model(path)
-    return _load_keras(path, unsafe=unsafe)
+    return _load_keras(path, unsafe=unsafe, optimized=optimized)
 
 
-def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
+def _load_keras(path: Path, *, unsafe: bool, optimized: bool) -> SourceModel:
     import keras
 
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
                              "one is not (truncated or overwritten?); re-save the model")
     try:
-        # One copy of each weight in memory at a time: see keras_loading.
-        with (weights_read_from_disk(path) as readable_path, variables_filled_from_file()):
-            model = keras.saving.load_model(readable_path, safe_mode=not unsafe)
+        if optimized:
+            # One copy of each weight in memory at a time: see keras_loading.
+            with (weights_read_from_disk(path) as readable_path, variables_filled_from_file()):
+                model = keras.saving.load_model(readable_path, safe_mode=not unsafe)
+        else:
+            model = keras.saving.load_model(path, safe_mode=not unsafe)
     except Exception as err:  # Keras raises many types; translate the ones we can name
         text = str(err)
         if not unsafe and ("safe_mode" in text or "Lambda" in text):
@@ -86,7 +97,8 @@ def _load_keras(path: Path, *, unsafe: bool) -> SourceModel:
                 "@keras.saving.register_keras_serializable") from None
         raise ModelLoadError(f"MODEL: cannot load {path}: {type(err).__name__}: "
                              f"{text.splitlines()[0][:500] if text else ''}") from None
-    return SourceModel(path=path, format="keras", obj=model, sha256=sha256_file(path))
+    return SourceModel(path=path, format="keras", obj=model, sha256=sha256_file(path),
+                       loader=OPTIMIZED_LOAD if optimized else KERAS_LOAD)
 
 
 def _load_saved_model(path: Path) -> SourceModel:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.exporter.reference_process import ReferenceProcess
 from shipyard.files.locks import OwnedWorkdir
 from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, guarded
 
@@ -62,7 +63,12 @@ def array_digest(array: np.ndarray) -> str:
 
 
 class VerifierProcess:
-    """A started verifier child; give it one job with `run`, or `close` it."""
+    """A started verifier child; give it one job with `run`, or `close` it.
+
+    It comes with the independent reference's child (`reference`, reference_process.py),
+    started at the same moment so that both imports overlap the export: the export is
+    verified against that process's outputs.
+    """
 
     def __init__(self) -> None:
         # Owned through a lock while this process lives: the next verifier's start removes
@@ -79,6 +85,7 @@ class VerifierProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "shipyard.exporter.verifier", str(self.workdir)],
                 stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        self.reference = ReferenceProcess(self.workdir)
 
     @property
     def pid(self) -> int:
@@ -115,6 +122,7 @@ class VerifierProcess:
             return ""
 
     def close(self) -> None:
+        self.reference.close()
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()

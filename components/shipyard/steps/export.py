@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
+import logging
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +32,18 @@ from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.repository import ModelRepository
 from shipyard.core.signatures import breaking_changes
 from shipyard.core.spec import ExportSpec
+from shipyard.exporter.reference_process import EXPECTED_NAME, ReferenceFailed
 from shipyard.exporter.runtime import (
     RuntimeCheck,
     choose_runtime,
     compare_runtime_outputs,
     start_runtime_check,
 )
-from shipyard.exporter.verifier import VerifierProcess, start_verifier
+from shipyard.exporter.verifier import DEFAULT_TIMEOUT_S, VerifierProcess, start_verifier
 from shipyard.files.storage import writing_export, writing_verifier_inputs
 from shipyard.repository import StagingDir, open_repository
+
+log = logging.getLogger(__name__)
 
 VerifierLauncher = Callable[[], VerifierProcess]
 
@@ -133,36 +139,59 @@ def stage_export(request: ExportRequest, repo: ModelRepository, staging: Staging
         runtime.close()
 
 
+@dataclass
+class _Staged:
+    """An export written to staging, with the outputs of the exporting process's model and
+    how they compare with the independent reference's."""
+
+    model: Any  # exporter.source.SourceModel
+    built: Any  # exporter.archive.BuiltArchive
+    signatures: dict[str, Any]
+    rng_states: list[Any]
+    references: list[Any]  # exporter.reference.Reference, in the verifier's call order
+    warmed: list[Any]  # the references whose inputs went into the warmup file
+    warmup_records: int
+    digests: dict[str, list[str]]
+    inputs_path: Path
+    expected_path: Path  # the independent reference's outputs
+    independent: dict[str, Any]  # how the reference process loaded and answered
+    differences: list[str]  # where `references` differ from the independent outputs
+
+
 def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
                   verifier: VerifierProcess, runtime: Any, progress: Progress
                   ) -> tuple[Manifest, dict[str, float]]:
-    from shipyard.exporter import archive, reference, source, warmup
+    from shipyard.exporter import archive, reference, source
 
     started = time.monotonic()
-    with archive.placed_on(request.device):
-        with progress.step(f"load {request.model}"):
-            source.import_modules(request.imports)
-            model = source.load_source_model(request.model, unsafe=request.unsafe)
-        with progress.step("build endpoints"):
-            built = archive.build_archive(model, request.spec)
-        with progress.step("write SavedModel"):
-            built.write(staging.path)
-        rng_states = archive.rng_state_digests(model)  # before any call advances them
-    signatures = archive.read_signatures(staging.path)
-    check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
-    real_examples = _real_examples(request)
-    with progress.step("compute reference outputs"):
-        digests = reference.collection_digests(built)
-        references = reference.compute_references(built, request.spec, real_examples)
-        # Every call the verifier makes, serving_default included: it is a separate function
-        # in the graph, so clients that omit signature_name would otherwise pay its first call.
-        # Real examples only with warmup_from_examples: the version's files travel widely.
-        warmed = [r for r in references if request.warmup_from_examples or not r.sample.real]
-        warmup_records = warmup.write_warmup(
-            staging.path / MANIFEST_DIR, request.name,
-            [(r.signature, r.sample) for r in warmed], request.spec)
-        with writing_verifier_inputs(verifier.workdir):  # in $TMPDIR, not the repository
-            inputs_path, expected_path = reference.write_arrays(references, verifier.workdir)
+    # The independent reference loads the source in its own process while this one exports.
+    verifier.reference.load(request.model, imports=request.imports, unsafe=request.unsafe)
+    staged = _write_and_compare(request, repo, staging, verifier, progress, optimized=True)
+    if staged.differences and staged.model.loader == source.OPTIMIZED_LOAD:
+        # The optimized load can be wrong where Keras's own is right (a custom layer doing
+        # what it did not foresee): it never gets to publish that. The model is loaded
+        # again, Keras's own way, and exported again.
+        log.warning("%s: shipyard's optimized load answers otherwise than Keras's own load "
+                    "(%s); exporting it again from Keras's own load", request.model,
+                    staged.differences[0])
+        del staged
+        gc.collect()
+        _empty(staging.path)
+        staged = _write_and_compare(request, repo, staging, verifier, progress, optimized=False)
+    if staged.differences:
+        details = "\n".join(f"  - {d}" for d in staged.differences[:20])
+        raise VerificationError(
+            f"{request.model} answers otherwise each time it is loaded: the exporting "
+            f"process's load ({staged.model.loader}) and {staged.independent['loader']} in a "
+            f"separate process differ on the same inputs; nothing was published:\n{details}\n"
+            "The model's outputs depend on more than its saved file (unseeded randomness at "
+            "inference, state computed when a layer is built from something other than its "
+            "weights): make them deterministic, or widen `tolerance` if the differences are "
+            "numerical noise.")
+    verifier.reference.finish()  # its copy of the model is freed before the verifier loads
+    model, built, references, warmed = (staged.model, staged.built, staged.references,
+                                        staged.warmed)
+    inputs_path, expected_path = staged.inputs_path, staged.expected_path
     export_seconds = time.monotonic() - started
 
     # The version's files are final from here on (the manifest, written last, is not listed):
@@ -174,7 +203,8 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-hash") as hashing, \
             _stopped_on_failure(stop_hashing):
         hashed_files = hashing.submit(list_files, staging.path, stop_hashing)
-        variable_digests = hashing.submit(archive.checkpoint_digests, staging.path, rng_states,
+        variable_digests = hashing.submit(archive.checkpoint_digests, staging.path,
+                                          archive.rng_state_digests(staged.rng_states),
                                           stop_hashing)
         verify_started = time.monotonic()
         with progress.step("verify in a fresh CPU-only process"):
@@ -183,10 +213,9 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
                 "saved_model_dir": str(staging.path.resolve()),
                 "inputs": str(inputs_path),
                 "expected": str(expected_path),
-                "plan": [{"signature": r.signature, "batch_size": r.sample.batch_size,
-                          "key": r.key} for r in references],
+                "plan": reference.plan(references, request.spec),
                 "tolerance": request.spec.tolerance.model_dump(),
-                "collections": digests,
+                "collections": staged.digests,
             })
         if not outcome["ok"]:
             details = "\n".join(f"  - {f}" for f in outcome["failures"])
@@ -195,7 +224,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
                 f"verification of the export of {request.model} failed; nothing was "
                 f"published:\n{details}"
                 + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
-        runtimes = _check_runtime(runtime, staging.path, warmed[:warmup_records],
+        runtimes = _check_runtime(runtime, staging.path, warmed[:staged.warmup_records],
                                   expected_path, request.spec, progress)
         verify_seconds = time.monotonic() - verify_started
         files = hashed_files.result()
@@ -209,10 +238,10 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
         source={**model.describe(),
                 **({"path": request.source_location} if request.source_location else {})},
         spec=spec.normalized(),
-        fingerprint=fingerprint(files, spec.normalized(), signatures, checkpoint,
+        fingerprint=fingerprint(files, spec.normalized(), staged.signatures, checkpoint,
                                 built.lookup_vocabularies,
                                 archive.architecture_digest(model)),
-        signatures=signatures,
+        signatures=staged.signatures,
         default_endpoint=spec.default.name,
         variable_collections={name: len(v) for name, v in built.collections.items()},
         parity={
@@ -222,9 +251,14 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
                      **spec.tolerance.model_dump()}
             for e in spec.endpoints
         },
-        warmup_records=warmup_records,
+        warmup_records=staged.warmup_records,
         verification={"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
-                      "runtimes": runtimes},
+                      "runtimes": runtimes,
+                      # what the export was held to, and how the exporting process loaded
+                      "reference": {"loader": staged.independent["loader"],
+                                    "process": "separate, CPU only",
+                                    "load_seconds": round(staged.independent["load_seconds"], 3)},
+                      "export_loader": model.loader},
         producer={"shipyard": __version__, **source.library_versions()},
         files=files,
     )
@@ -232,6 +266,72 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds,
                       # how long the hashing outlasted the verification (0: fully hidden)
                       "hash_wait_seconds": hash_wait_seconds}
+
+
+def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
+                       verifier: VerifierProcess, progress: Progress, *, optimized: bool
+                       ) -> _Staged:
+    """Loads the source (`optimized`: shipyard's way, else Keras's own), writes the export
+    and its warmup into `staging`, and compares the loaded model's answers with the
+    independent reference's."""
+    from shipyard.exporter import archive, reference, source, warmup
+
+    how = "" if optimized else " with Keras's own load_model"
+    with archive.placed_on(request.device):
+        with progress.step(f"load {request.model}{how}"):
+            source.import_modules(request.imports)
+            model = source.load_source_model(request.model, unsafe=request.unsafe,
+                                             optimized=optimized)
+        with progress.step("build endpoints"):
+            built = archive.build_archive(model, request.spec)
+        with progress.step("write SavedModel"):
+            built.write(staging.path)
+        rng_states = archive.rng_states(model)  # before any call advances them
+    signatures = archive.read_signatures(staging.path)
+    check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
+    real_examples = _real_examples(request)
+    spec = request.spec
+    with progress.step("compute reference outputs"):
+        digests = reference.collection_digests(built)
+        references = reference.compute_references(built, spec, real_examples)
+        # Every call the verifier makes, serving_default included: it is a separate function
+        # in the graph, so clients that omit signature_name would otherwise pay its first call.
+        # Real examples only with warmup_from_examples: the version's files travel widely.
+        warmed = [r for r in references if request.warmup_from_examples or not r.sample.real]
+        warmup_records = warmup.write_warmup(
+            staging.path / MANIFEST_DIR, request.name,
+            [(r.signature, r.sample) for r in warmed], spec)
+        with writing_verifier_inputs(verifier.workdir):  # in $TMPDIR, not the repository
+            inputs_path = reference.write_inputs(references, verifier.workdir)
+    expected_path = verifier.workdir / EXPECTED_NAME
+    with progress.step("compute the independent reference (the source loaded by its own "
+                       "library, in a separate process)"):
+        try:
+            independent = verifier.reference.compute({
+                "spec": spec.normalized(), "model": str(Path(request.model).resolve()),
+                "inputs": str(inputs_path), "plan": reference.plan(references, spec),
+                "seed_states": [state.tolist() for state in rng_states],
+                "expected": str(expected_path)}, timeout=DEFAULT_TIMEOUT_S)
+        except ReferenceFailed as err:
+            raise VerificationError(
+                f"the independent reference for {request.model} failed: {err}. The export "
+                "cannot be verified without it; nothing was published. A model that loads "
+                "here but not by its own library's load (keras.saving.load_model, "
+                "tf.saved_model.load) in a fresh process usually needs --import for its "
+                "custom classes.") from None
+    found = reference.differences(references, expected_path, spec.tolerance.atol,
+                                  spec.tolerance.rtol)
+    return _Staged(model, built, signatures, rng_states, references, warmed, warmup_records,
+                   digests, inputs_path, expected_path, independent, found)
+
+
+def _empty(directory: Path) -> None:
+    """Removes what a first attempt wrote into a staging directory, keeping the directory."""
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 @contextlib.contextmanager
