@@ -70,17 +70,22 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
 @registry_options
 @click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
 @import_option()
+@click.option("--wait-timeout", "wait_timeout_s", type=click.FloatRange(min=0), default=600.0,
+              show_default=True, metavar="SECONDS",
+              help="How long to wait for a concurrent registration of the same content to "
+                   "publish its version before publishing it from this run.")
 @json_option()
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
                      examples: str | None, examples_limit: int, warmup_from_examples: bool,
                      serving_runtime: str | None, tracking_uri: str | None,
                      registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
-                     as_json: bool) -> None:
+                     wait_timeout_s: float, as_json: bool) -> None:
     """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
 
     The TF Serving version directory N is the MLflow registered model version N. Content that
-    already has a version (same fingerprint) reuses it. Alias `candidate` then points to N.
+    already has a version (same fingerprint) reuses it; registrations of one content running
+    at once end with one version (see --wait-timeout). Alias `candidate` then points to N.
 
     Exit codes: as `shipyard export`, plus 6 when MLflow is unreachable (before the version
     is registered nothing is published). A registration that was killed or cut off at any
@@ -102,6 +107,7 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     with library_prints_to_stderr():
         result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
                                 pipeline_run_id=pipeline_run_id, progress=progress(quiet()),
+                                wait_timeout_s=wait_timeout_s,
                                 **injected(launch_verifier="launch_verifier"))
     doc = result.to_json()
     emit(doc, as_json, describe_register(doc))

@@ -26,6 +26,9 @@ ENDPOINTS_TAG = "shipyard.endpoints"
 COLLECTIONS_TAG = "shipyard.variable_collections"
 PIPELINE_RUN_TAG = "shipyard.pipeline_run_id"
 SUPERSEDED_TAG = "shipyard.superseded_by"
+# On versions only: the registration that created it (core.claims.Owner), so that another
+# registration of the same content can tell whether to wait for it (steps.versions).
+OWNER_TAG = "shipyard.owner"
 # Registered-model tags, one per alias move: the audit trail (core.audit).
 ALIAS_LOG_TAG_PREFIX = "shipyard.alias_log."
 

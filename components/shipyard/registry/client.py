@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from shipyard.core.claims import winner
 from shipyard.core.errors import RegistryUnavailableError, ShipyardError, UsageError
 from shipyard.core.manifest import Manifest
 from shipyard.core.vocabulary import PUBLISHED_TAG, SUPERSEDED_TAG
@@ -149,13 +150,14 @@ class ModelRegistry:
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> Any | None:
         """The version holding this content: the oldest published one, else the oldest."""
+        return winner(self.versions_with_fingerprint(name, fingerprint))
+
+    def versions_with_fingerprint(self, name: str, fingerprint: str) -> list[Any]:
         if self._existing_model(name) is None:
-            return None
+            return []
         with translate_errors(self.location):
-            versions = self.client.search_model_versions(
-                f"name='{name}' and tags.`shipyard.fingerprint`='{fingerprint}'")
-        published = [v for v in versions if v.tags.get(PUBLISHED_TAG) == "true"]
-        return min(published or versions, key=lambda v: int(v.version), default=None)
+            return list(self.client.search_model_versions(
+                f"name='{name}' and tags.`shipyard.fingerprint`='{fingerprint}'"))
 
     def latest_version_number(self, name: str) -> int:
         if self._existing_model(name) is None:
@@ -287,6 +289,13 @@ class ModelRegistry:
                 self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED_TAG, keep)])
                 self.client.set_terminated(run_id, status="FAILED")
         return abandoned
+
+    def supersede_run(self, run_id: str, by: str) -> None:
+        """Marks a run whose version gave way to an older one of the same content: FAILED,
+        with `shipyard.superseded_by=<the run holding the version kept>`."""
+        self.set_run_tags(run_id, {SUPERSEDED_TAG: by})
+        with translate_errors(self.location):
+            self.client.set_terminated(run_id, status="FAILED")
 
     def version(self, name: str, version: int) -> Any:
         from mlflow.exceptions import MlflowException

@@ -16,6 +16,9 @@ Order, and why a re-run always completes what a killed or failed one left:
   completion (publishing first when the version is not published yet), so whatever request
   an earlier attempt died at, the end state is the same. `reused` says only that the
   version was already published before this run.
+- Which version a content uses when registrations of it run at once (one version per
+  content, published by one of them, reused by the others; what happens when one dies
+  while its version is pending): steps.versions.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from shipyard.registry.client import ModelRegistry, RegistryLocation, to_json_ta
 from shipyard.repository import open_repository
 from shipyard.steps.alias import point_alias
 from shipyard.steps.export import ExportRequest, VerifierLauncher, check_compatibility, stage_export
+from shipyard.steps.versions import WAIT_TIMEOUT_S, choose_version, registration
 
 
 @dataclass
@@ -67,7 +71,8 @@ class RegisterResult:
 
 def register_model(request: ExportRequest, location: RegistryLocation, *,
                    pipeline_run_id: str | None = None, progress: Progress = NullProgress(),
-                   launch_verifier: VerifierLauncher = start_verifier) -> RegisterResult:
+                   launch_verifier: VerifierLauncher = start_verifier,
+                   wait_timeout_s: float = WAIT_TIMEOUT_S) -> RegisterResult:
     from shipyard.exporter.source import check_model_path
 
     validate_model_name(request.name)
@@ -83,7 +88,8 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
         with repo.create_staging(request.name) as staging:
             manifest, timings = stage_export(request, repo, staging, verifier, progress)
             return register_staged(registry, repo, request, staging, manifest, timings,
-                                   pipeline_run_id=pipeline_run_id, progress=progress)
+                                   pipeline_run_id=pipeline_run_id, progress=progress,
+                                   wait_timeout_s=wait_timeout_s)
     finally:
         verifier.close()
 
@@ -91,37 +97,47 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
 def register_staged(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
                     staging: Any, manifest: Manifest, timings: dict[str, float], *,
                     pipeline_run_id: str | None = None,
-                    progress: Progress = NullProgress()) -> RegisterResult:
+                    progress: Progress = NullProgress(),
+                    wait_timeout_s: float = WAIT_TIMEOUT_S) -> RegisterResult:
     """The MLflow half of `register`, given a verified export in `staging` (its manifest and
-    step timings): register, publish, complete. Tests drive it directly to sweep faults
-    over every MLflow request without exporting again each time."""
+    step timings): register (or choose the version that holds this content already), publish,
+    complete. Tests drive it directly to sweep faults over every MLflow request without
+    exporting again each time."""
     fingerprint = manifest.fingerprint
-    existing = registry.find_by_fingerprint(request.name, fingerprint)
-    if existing is None:
+
+    def create(owner_tags: dict[str, str]) -> tuple[int, str, dict[str, str]]:
         version, run_id = _register(registry, repo, request, manifest, timings, staging.path,
-                                    pipeline_run_id, progress)
+                                    pipeline_run_id, progress, owner_tags)
         # What _register just wrote: no need to read it back.
-        version_tags = {**_tags(manifest, pipeline_run_id), SERVING_VERSION_TAG: str(version)}
-    else:
-        version, run_id = int(existing.version), existing.run_id
-        version_tags = dict(existing.tags)
-    reused = existing is not None and version_tags.get(PUBLISHED_TAG) == "true"
-    if not reused:
-        with progress.step(f"publish version {version}"):
-            _publish(repo, request, staging, version, manifest)
-    with progress.step(f"complete version {version} in MLflow"):
-        aliases = _complete(registry, request.name, version, run_id, fingerprint,
-                            version_tags, pipeline_run_id, registered_now=existing is None)
+        return version, run_id, {**_tags(manifest, pipeline_run_id), **owner_tags,
+                                 SERVING_VERSION_TAG: str(version)}
+
+    # The registration stays live (others wait for its pending version) until it completes.
+    with registration() as owner:
+        chosen = choose_version(registry, request.name, fingerprint, owner, create,
+                                wait_timeout_s=wait_timeout_s, progress=progress)
+        version, run_id, version_tags = chosen.version, chosen.run_id, chosen.tags
+        if not chosen.published:
+            with progress.step(f"publish version {version}"):
+                _publish(repo, request, staging, version, manifest)
+        with progress.step(f"complete version {version} in MLflow"):
+            aliases = _complete(registry, request.name, version, run_id, fingerprint,
+                                version_tags, pipeline_run_id, registered_now=chosen.created)
     path = repo.version_location(request.name, version)
-    return RegisterResult(request.name, version, run_id, fingerprint, reused, path, aliases)
+    return RegisterResult(request.name, version, run_id, fingerprint, chosen.published, path,
+                          aliases)
 
 
 def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
               manifest: Manifest, timings: dict[str, float], saved_model_dir: Path,
-              pipeline_run_id: str | None, progress: Progress) -> tuple[int, str]:
-    # MLflow numbers versions; the directory it will name must be free on disk first.
+              pipeline_run_id: str | None, progress: Progress,
+              owner_tags: dict[str, str]) -> tuple[int, str]:
+    # MLflow numbers versions; the directory it will name must be free on disk first. A
+    # directory whose version MLflow has is no stray: a concurrent registration made both
+    # since the number was read (directory N is published only after version N exists).
     expected = registry.latest_version_number(request.name) + 1
-    if repo.version_exists(request.name, expected):
+    if (repo.version_exists(request.name, expected)
+            and registry.find_version(request.name, expected) is None):
         raise VersionExistsError(
             f"{repo.version_location(request.name, expected)} exists but MLflow would register "
             f"this export as version {expected} of {request.name!r}: the repository holds versions "
@@ -136,7 +152,7 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
             spec_text=yaml.safe_dump(manifest.spec, sort_keys=False))
     with progress.step("register the model version"):
         version = registry.create_version(request.name, source=source, run_id=run_id,
-                                          tags=tags)
+                                          tags={**tags, **owner_tags})
     # The run is complete once its version exists; finishing it here, not after publishing,
     # keeps RUNNING for runs an attempt abandoned (fail_abandoned_runs relies on that).
     registry.set_tags(request.name, version, run_id, {SERVING_VERSION_TAG: str(version)})
@@ -180,8 +196,16 @@ def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, versio
     on_disk = repo.read_manifest(request.name, version)
     if on_disk is not None and on_disk.fingerprint == manifest.fingerprint:
         return  # an earlier run published it and died before tagging: nothing to write
-    repo.publish(staging, request.name, version,
-                 precheck=lambda: check_compatibility(repo, request, manifest.signatures))
+    try:
+        repo.publish(staging, request.name, version,
+                     precheck=lambda: check_compatibility(repo, request, manifest.signatures))
+    except VersionExistsError:
+        # Published meanwhile by another registration of this content (one that took the
+        # version over, or whose owner this run took over from: steps.versions): the same
+        # bytes under the same N. Anything else in the way is the error it says.
+        on_disk = repo.read_manifest(request.name, version)
+        if on_disk is None or on_disk.fingerprint != manifest.fingerprint:
+            raise
 
 
 def _tags(manifest: Manifest, pipeline_run_id: str | None) -> dict[str, str]:
