@@ -16,6 +16,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from shipyard.exporter.keras_loading import (  # noqa: E402
+    READING_METHODS,
     FileWindow,
     hdf5_container,
     mapped_dataset,
@@ -143,6 +144,49 @@ def test_loaded_variables_do_not_run_their_initializers(tmp_path):
     assert INITIALIZER_CALLS["count"] == before + 1
 
 
+def test_no_variable_of_an_ordinary_model_is_filled_on_read(tmp_path):
+    """Keras itself reads no variable eagerly while it loads: the read guard leaves every
+    variable to the file (the optimization stays whole)."""
+    path = trained_model(tmp_path / "model.keras")
+
+    with variables_filled_from_file() as report:
+        keras.saving.load_model(path)
+
+    assert report.filled_on_read == []
+
+
+def test_a_variable_read_while_built_reads_its_initializer_value_as_in_keras(tmp_path):
+    """The layer derives a constant from its weight in build(): Keras's own load computes it
+    from the initializer's value (ones), then assigns the file's (3.0); so does this one."""
+    from support.build_time_reads import ReadsInBuild, saved_model_with
+
+    path = saved_model_with(ReadsInBuild(), tmp_path / "m.keras")
+    x = np.ones((1, 3), np.float32)
+    keras_own = keras.saving.load_model(path)
+
+    with variables_filled_from_file() as report:
+        loaded = keras.saving.load_model(path)
+
+    assert report.filled_on_read == ["reads_in_build/w"]
+    assert loaded.layers[-1].init_sum == keras_own.layers[-1].init_sum == 3.0
+    np.testing.assert_array_equal(loaded(x), keras_own(x))
+    np.testing.assert_array_equal(loaded(x), [[6.0, 6.0, 6.0]])
+
+
+def test_a_read_inside_a_tf_function_while_built_is_not_seen(tmp_path):
+    """What the guard cannot see (the export's comparison with Keras's own load catches it:
+    integration/test_independent_reference.py)."""
+    from support.build_time_reads import ReadsInFunction, saved_model_with
+
+    path = saved_model_with(ReadsInFunction(), tmp_path / "m.keras")
+    assert keras.saving.load_model(path).layers[-1].init_sum == 6.0
+
+    with variables_filled_from_file() as report:
+        keras.saving.load_model(path)
+
+    assert report.filled_on_read == []
+
+
 def test_a_variable_the_file_does_not_hold_gets_its_initializer_value(tmp_path):
     """PartlySaved.offset is not in the file: never left as uninitialized memory."""
     path = trained_model(tmp_path / "model.keras")
@@ -185,11 +229,13 @@ def test_a_seed_state_advanced_only_symbolically_is_keras_own(tmp_path):
 def test_keras_is_itself_again_after_a_failed_load(tmp_path):
     from keras.src.backend.tensorflow.core import Variable
     from keras.src.saving.saving_lib import H5IOStore
+    from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
 
     def replaced_names():
-        return {name: (name in owner.__dict__, getattr(owner, name))
+        return {(owner.__name__, name): (name in owner.__dict__, getattr(owner, name))
                 for owner, name in [(Variable, "assign"), (H5IOStore, "__getitem__"),
-                                    (Variable, "_initialize_with_initializer")]}
+                                    (Variable, "_initialize_with_initializer")]
+                + [(BaseResourceVariable, name) for name in READING_METHODS]}
 
     before = replaced_names()
     # The model's variables exist, then reading their values fails: a truncated weights file.

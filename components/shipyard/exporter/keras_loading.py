@@ -24,6 +24,7 @@ import struct
 import threading
 import weakref
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,6 +42,8 @@ ASSIGN_CHUNK_BYTES = 4 << 20
 _REPLACING = threading.RLock()
 WEIGHTS_MEMBER = "model.weights.h5"  # keras/src/saving/saving_lib.py _VARS_FNAME_H5
 ZIP_LOCAL_HEADER_BYTES = 30  # the zip format's local file header, before name and extra
+# The methods of TensorFlow's resource variables that read the value in eager mode.
+READING_METHODS = ("_read_variable_op", "sparse_read", "gather_nd", "assign_add", "assign_sub")
 
 
 class _ReadInPlace(Exception):
@@ -186,8 +189,16 @@ def weights_member(archive: Path, member: str = WEIGHTS_MEMBER) -> tuple[int, in
     return info.header_offset + ZIP_LOCAL_HEADER_BYTES + name_length + extra_length, info.file_size
 
 
+@dataclass
+class LoadReport:
+    """What `variables_filled_from_file` did besides mapping and filling."""
+
+    # Variables read while still pending, given their initializer's value before the read.
+    filled_on_read: list[str] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterator[None]:
+def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterator[LoadReport]:
     """While active, Keras variables (TensorFlow backend) are created without running their
     initializers, and large values are read from the weights file and written into their
     variables a chunk at a time.
@@ -207,25 +218,42 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
       rows at a time, straight into the variable's buffer; the pages of a mapped array are
       released as soon as they are written.
 
+    - **Filled before it is read.** A custom layer may read its own variable while Keras
+      rebuilds it, before the file's value is assigned (a constant derived in `build`). In
+      Keras's own load it reads the initializer's value there, so here too: the first eager
+      read of a variable still pending (its value, numpy(), a gather, an assign_add) fills it
+      with its initializer's value first. Reads while a function is traced read nothing and
+      fill nothing. The paths of the variables so filled are listed in the yielded
+      `LoadReport`.
+
     Anything else (a tensor, another dtype, a distributed variable, a bfloat16 or compressed
     dataset) goes through Keras's own code, as does any assign inside a stateless scope.
     The replacements are process-wide: one load at a time makes them (a lock), and the
-    exporter loads before anything else in the process creates Keras variables. What this
-    guarantees is that no variable is left unfilled once the load ends; a custom layer that
-    read one of its variables while Keras rebuilds it, before the file's value is assigned,
-    would read uninitialized memory there (the variable itself then gets the file's value).
+    exporter loads before anything else in the process creates Keras variables.
+
+    What this does not see: a read inside a tf.function that a layer runs while it is built
+    (the read happens in TensorFlow's kernel, not through the variable's Python methods).
+    That is why the load never verifies itself: the export compares this load's answers with
+    Keras's own load in another process (reference_process.py) and, where they differ, loads
+    the model Keras's own way instead.
     """
+    report = LoadReport()
     try:
         from keras.src.backend.common.stateless_scope import in_stateless_scope
         from keras.src.backend.tensorflow.core import Variable
         from keras.src.saving.saving_lib import H5IOStore, safe_get_h5_dataset
+        from tensorflow.python.eager import context
+        from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
     except ImportError:  # another backend, or a Keras that moved them: load as Keras would
-        yield
+        yield report
         return
     replaced = [(Variable, "_initialize_with_initializer"), (Variable, "assign"),
                 (H5IOStore, "__getitem__")]
-    if not all(hasattr(owner, name) for owner, name in replaced):
-        yield
+    # Every way a tf.Variable is read in eager mode goes through one of these (value(),
+    # read_value(), numpy(), tensor conversion: _read_variable_op).
+    reads = [(BaseResourceVariable, name) for name in READING_METHODS]
+    if not all(hasattr(owner, name) for owner, name in replaced + reads):
+        yield report
         return
     import tensorflow as tf
 
@@ -234,6 +262,8 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
     # by id (variables are not hashable), with a weak reference (the id of one that died may
     # be reused).
     pending: dict[int, tuple[weakref.ref, Callable]] = {}
+    # The tf.Variable inside each pending variable, by id -> the Keras variable's id.
+    pending_backend: dict[int, int] = {}
     # Arrays mapped from the weights file, by id: (weak reference, mapping, array's offset).
     mapped: dict[int, tuple[weakref.ref, mmap.mmap, int]] = {}
 
@@ -241,6 +271,26 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
         variable._initialize(tf.raw_ops.Empty(shape=variable._shape, dtype=variable._dtype,
                                               init=False))
         pending[id(variable)] = (weakref.ref(variable), initializer)
+        pending_backend[id(variable._value)] = id(variable)
+
+    def fill_before_read(backend) -> None:
+        """Gives a pending variable its initializer's value before its first eager read."""
+        entry = pending.get(pending_backend.pop(id(backend), -1))
+        variable = entry[0]() if entry else None
+        if variable is None or variable._value is not backend:
+            return
+        del pending[id(variable)]
+        backend.assign(entry[1](variable._shape, dtype=variable._dtype), read_value=False)
+        report.filled_on_read.append(variable.path)
+        log.debug("%s was read while pending: filled by its initializer first", variable.path)
+
+    def guarded(original: Callable) -> Callable:
+        def read(backend, *args, **kwargs):
+            if pending_backend and context.executing_eagerly():
+                fill_before_read(backend)
+            return original(backend, *args, **kwargs)
+
+        return read
 
     def getitem(store, key):
         dataset = safe_get_h5_dataset(store._h5_entry_group, key)  # Keras's own checks
@@ -270,17 +320,20 @@ def variables_filled_from_file(chunk_bytes: int = ASSIGN_CHUNK_BYTES) -> Iterato
         else:
             result = original_assign(variable, value)
         pending.pop(id(variable), None)
+        pending_backend.pop(id(variable._value), None)
         return result
 
     with _REPLACING:  # one load at a time replaces these; nested loads see their own
         # Own attributes are put back; inherited ones (Variable.assign is KerasVariable's)
         # are removed again, so that the classes are exactly as they were.
-        saved = [(owner, name, owner.__dict__.get(name)) for owner, name in replaced]
+        saved = [(owner, name, owner.__dict__.get(name)) for owner, name in replaced + reads]
         Variable._initialize_with_initializer = initialize_empty
         Variable.assign = assign
         H5IOStore.__getitem__ = getitem
+        for owner, name in reads:
+            setattr(owner, name, guarded(getattr(owner, name)))
         try:
-            yield
+            yield report
         finally:
             for owner, name, own in saved:
                 if own is None:

@@ -89,7 +89,7 @@ class ReferenceProcess:
         if not line:
             code = self._process.wait()
             raise ReferenceFailed(f"the reference process exited with code {code} (crashed or "
-                                  f"killed); its log:\n{self.log_tail()}")
+                                  f"killed); its last lines:\n{self.log_tail(5)}")
         reply = json.loads(line)
         if not reply["ok"]:
             raise ReferenceFailed(reply["error"])
@@ -160,7 +160,8 @@ def _main() -> int:
     except Exception as err:  # any failure of the library's own load is the finding
         loaded, loader = None, None
         failure = (f"{KERAS_LOADER if loading['model'].endswith('.keras') else SAVED_MODEL_LOADER}"
-                   f" fails on {loading['model']}: {type(err).__name__}: {_first_line(err)}")
+                   f" fails on {loading['model']} in a fresh process: {type(err).__name__}: "
+                   f"{_first_line(err)}{_advice(err)}")
     load_seconds = time.monotonic() - started
     for job_line in sys.stdin:
         job = json.loads(job_line)
@@ -237,6 +238,14 @@ def _set_seed_states(model: Any, states: list[list[int]]) -> None:
         return  # another layout: random endpoints will then be compared as they come out
     for variable, state in zip(variables, states):
         variable.assign(np.asarray(state, dtype=variable.dtype))
+
+
+def _advice(err: Exception) -> str:
+    text = str(err)
+    if "Could not locate" in text or "Unknown" in text or isinstance(err, ImportError):
+        return (" (pass --import MODULE naming the module that registers the model's custom "
+                "classes: a fresh process knows only what it imports)")
+    return ""
 
 
 def _peak_rss_mib() -> float:

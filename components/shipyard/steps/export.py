@@ -314,11 +314,8 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
                 "expected": str(expected_path)}, timeout=DEFAULT_TIMEOUT_S)
         except ReferenceFailed as err:
             raise VerificationError(
-                f"the independent reference for {request.model} failed: {err}. The export "
-                "cannot be verified without it; nothing was published. A model that loads "
-                "here but not by its own library's load (keras.saving.load_model, "
-                "tf.saved_model.load) in a fresh process usually needs --import for its "
-                "custom classes.") from None
+                f"the independent reference for {request.model} failed, so the export cannot "
+                f"be verified; nothing was published: {err}") from None
     found = reference.differences(references, expected_path, spec.tolerance.atol,
                                   spec.tolerance.rtol)
     return _Staged(model, built, signatures, rng_states, references, warmed, warmup_records,
