@@ -326,6 +326,15 @@ def _name_outputs(result: Any, output_names: list[str] | None) -> dict[str, Any]
                 f"output {name!r} is {type(value).__name__}-valued or not named by a string: "
                 "a signature returns a tensor, a list of tensors or a flat dict of tensors "
                 "keyed by name; add an endpoint method that flattens the outputs")
+        if isinstance(value, tf.__internal__.CompositeTensor):
+            # tf.saved_model writes it as a composite signature output, which TF Serving's
+            # Predict, Classify and Regress cannot return (nor read_signatures describe).
+            kind = type(value).__name__
+            raise SpecError(
+                f"output {name!r} is a {kind}: a serving signature returns dense tensors, "
+                f"and TF Serving cannot return a {kind}. Make the model return a dense "
+                "tensor (sparse=False / ragged=False on the layer that makes it), or add an "
+                "endpoint method that converts it (tf.sparse.to_dense(x), x.to_tensor())")
     return named
 
 

@@ -1,0 +1,159 @@
+"""The model corpus (integration/test_model_corpus.py), as data: each model's name, what it
+covers, its export spec and the inputs it is compared on. The models themselves are built in
+support/corpus_models.py (which imports TensorFlow); this module imports only numpy, so that
+test collection stays free of TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Inputs = Callable[[np.random.Generator], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model of the corpus.
+
+    inputs: signature input name -> array (bfloat16 inputs travel as float32 values that
+    bfloat16 holds exactly, and become bfloat16 tensors on both sides); the model takes them
+    as its one tensor, or as a dict when `as_dict`. refused: why shipyard refuses to export
+    it (None: it exports, and answers like Keras's own load)."""
+
+    name: str
+    covers: str
+    spec: dict
+    inputs: Inputs
+    as_dict: bool = False
+    optimizer: bool = False  # also compare the optimizer's variables (a collection `optimizer`)
+    refused: str | None = None
+
+    def input_dtypes(self) -> dict[str, str]:
+        arguments = self.spec["endpoints"][0]["inputs"][0]
+        if "dtype" in arguments:
+            return {arguments["name"]: arguments["dtype"]}
+        return {name: decl["dtype"] for name, decl in arguments.items()}
+
+
+def spec(inputs: dict[str, tuple[list[int | None], str]], *, atol: float = 1e-5,
+         rtol: float = 1e-5, collections: list[dict] | None = None,
+         as_dict: bool = False) -> dict:
+    """One endpoint `serve` (method call) taking `inputs` as one tensor or as one dict."""
+    declared = {name: {"shape": shape, "dtype": dtype} for name, (shape, dtype) in inputs.items()}
+    if as_dict:
+        argument = declared
+    else:
+        ((name, decl),) = declared.items()
+        argument = {"name": name, **decl}
+    document = {"endpoints": [{"name": "serve", "method": "call", "inputs": [argument]}],
+                "tolerance": {"atol": atol, "rtol": rtol}}
+    if collections:
+        document["variable_collections"] = collections
+    return document
+
+
+def floats(name: str, *shape: int, scale: float = 1.0, shift: float = 0.0,
+           bfloat16: bool = False) -> Inputs:
+    def make(rng: np.random.Generator) -> np.ndarray:
+        values = rng.standard_normal((5, *shape)) * scale + shift
+        if bfloat16:  # values bfloat16 holds exactly: 8 significant bits
+            values = np.round(values * 64) / 64
+        return values.astype("float32")
+
+    return lambda rng: {name: make(rng)}
+
+
+def several(*makers: Inputs) -> Inputs:
+    return lambda rng: {k: v for make in makers for k, v in make(rng).items()}
+
+
+def strings(name: str, pool: list[str], *shape: int) -> Inputs:
+    return lambda rng: {name: np.array(rng.choice(pool, size=(7, *shape))).astype(bytes)}
+
+
+def integers(name: str, pool: list[int], dtype: str, *shape: int) -> Inputs:
+    return lambda rng: {name: rng.choice(pool, size=(6, *shape)).astype(dtype)}
+
+
+X3 = {"x": ([None, 3], "float32")}
+TEXTS = ["the cat sat", "a dog ran far", "the dog sat on the mat", "cats and dogs",
+         "a cat ran", "far far away"]
+CODES = [3, 7, 11, 42]
+
+CASES = [
+    Case("build-read-ops", "custom layer that reads its weight in build() through keras.ops "
+         "(ones initializer; project issue 22)", spec(X3), floats("x", 3)),
+    Case("build-read-numpy", "custom layer that reads its weight in build() through "
+         "Variable.numpy() (Constant initializer)", spec(X3), floats("x", 3)),
+    Case("build-read-tf-variable", "custom layer that reads the tf.Variable behind its weight "
+         "in build() (seeded RandomNormal initializer)", spec(X3), floats("x", 3)),
+    Case("build-read-non-trainable", "custom layer that reads a non-trainable variable in "
+         "build()", spec(X3), floats("x", 3)),
+    Case("non-trainable-state", "custom layers with non-trainable state: float and int32 "
+         "variables updated only in training (trained), a numpy table saved through "
+         "save_own_variables", spec(X3), floats("x", 3, shift=3.0)),
+    Case("batch-norm-dropout-embedding", "BatchNormalization trained a few steps (moving "
+         "statistics off their defaults), seeded and unseeded Dropout, in inference; an "
+         "Embedding on int32 ids",
+         spec({"x": ([None, 3], "float32"), "ids": ([None, 4], "int32")}, as_dict=True),
+         several(floats("x", 3, scale=4.0, shift=2.0),
+                 lambda rng: {"ids": rng.integers(0, 12, (5, 4)).astype("int32")}),
+         as_dict=True),
+    Case("sequence", "LSTM, GRU, a bidirectional SimpleRNN and MultiHeadAttention "
+         "(self-attention with a residual)", spec({"x": ([None, 4, 6], "float32")}),
+         floats("x", 4, 6)),
+    Case("convolutions", "Conv2D, MaxPooling2D, DepthwiseConv2D, a dilated causal Conv1D and "
+         "SeparableConv1D; dict inputs",
+         spec({"image": ([None, 6, 6, 2], "float32"), "sequence": ([None, 8, 3], "float32")},
+              as_dict=True),
+         several(floats("image", 6, 6, 2), floats("sequence", 8, 3)), as_dict=True),
+    Case("normalization-text", "Normalization adapted on data; TextVectorization adapted on "
+         "text (token ids out, unknown words, punctuation and the empty string in)",
+         spec({"x": ([None, 3], "float32"), "text": ([None, 1], "string")}, as_dict=True),
+         several(floats("x", 3, scale=3.0, shift=10.0),
+                 lambda rng: {"text": np.array([["the cat sat"], ["unknown words here"],
+                                                [""], ["far away dog mat"],
+                                                ["A CAT, ran!"]]).astype(bytes)}),
+         as_dict=True),
+    Case("lookups", "StringLookup (a given vocabulary with 2 OOV buckets, one adapted on data, "
+         "one-hot) and IntegerLookup (ids, counts, inverted), into Embeddings; ids out",
+         spec({"color": ([None, 1], "string"), "code": ([None, 2], "int64")}, as_dict=True),
+         lambda rng: {"color": np.array(rng.choice(
+                          ["red", "green", "blue", "small", "large", "mauve", ""],
+                          size=(6, 1))).astype(bytes),
+                      "code": rng.choice([*CODES, 0, 5, -1], size=(6, 2)).astype("int64")},
+         as_dict=True),
+    Case("sub-models", "a Sequential and a functional model nested in a functional model (one "
+         "called twice), a layer shared by two branches", spec(X3), floats("x", 3)),
+    Case("subclassed", "a subclassed model taking a dict, with a Dense shared by its two "
+         "towers, a residual block and LayerNormalization; a dict out",
+         spec({"left": ([None, 3], "float32"), "right": ([None, 3], "float32")},
+              as_dict=True),
+         several(floats("left", 3), floats("right", 3)), as_dict=True),
+    Case("mixed-float16", "the mixed_float16 policy (float16 compute, float32 variables); a "
+         "float16 and a float32 output", spec(X3, atol=2e-3, rtol=2e-3), floats("x", 3)),
+    Case("bfloat16", "a bfloat16 input, a bfloat16 variable in a float32 layer, a bfloat16 "
+         "Dense whose output is bfloat16", spec({"x": ([None, 3], "bfloat16")},
+                                              atol=2e-2, rtol=2e-2),
+         floats("x", 3, bfloat16=True)),
+    Case("int8", "an int8 weight dequantized in a custom layer; Dense layers quantized by "
+         "Keras (model.quantize('int8'): int8 kernels and scales)", spec(X3, atol=1e-4,
+                                                                           rtol=1e-4),
+         floats("x", 3)),
+    Case("optimizer-state", "compiled and trained a step (Adam); variable collection "
+         "`select: optimizer`, its values compared with Keras's load",
+         spec(X3, collections=[{"name": "optimizer_variables", "select": "optimizer"}]),
+         floats("x", 3), optimizer=True),
+    Case("sparse-output", "a StringLookup with sparse=True (multi_hot): a SparseTensor out",
+         spec({"color": ([None, 2], "string")}), strings("color", ["red", "blue"], 2),
+         refused="a serving signature returns dense tensors; TF Serving cannot return a "
+                 "SparseTensor"),
+    Case("ragged-output", "a TextVectorization with ragged=True: a RaggedTensor out",
+         spec({"text": ([None], "string")}), strings("text", TEXTS),
+         refused="a serving signature returns dense tensors; TF Serving cannot return a "
+                 "RaggedTensor"),
+]
+CASES_BY_NAME = {case.name: case for case in CASES}
