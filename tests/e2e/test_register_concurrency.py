@@ -1,15 +1,18 @@
-"""Concurrent `shipyard register` processes of one registered model against one real MLflow
-server (SQLite backend) and one repository (issue 22, Deliver 4): SAME processes register one
-model, DIFFERENT processes register one other model each, all started at once.
+"""Concurrent registrations of one registered model against one real MLflow server (SQLite
+backend) and one repository (issue 22, Deliver 4): SAME processes register one content,
+DIFFERENT processes register one other content each, all started at once.
 
-Checked afterwards: every command exits 0; every version N has directory N holding its
+Checked afterwards: every process exits 0; every version N has directory N holding its
 content and no directory is left without its version; no fingerprint is on two versions;
-every run is FINISHED or FAILED with `shipyard.superseded_by`; the SAME commands all report
-one version, and all but one say `reused: true`; `candidate` is on a published version.
+every run is FINISHED, or FAILED with `shipyard.superseded_by`; the SAME processes all report
+one version, all but one with `reused: true`; `candidate` is on a published version.
 
-Each process imports TensorFlow, which on 2 cores makes 8 of them about a minute: the default
-suite runs 4 + 4 once. SHIPYARD_CONCURRENCY=SAME,DIFFERENT,REPEAT sets other sizes and runs
-them REPEAT times (e.g. 4,4,5 for five repetitions).
+The default suite runs 4 + 4 processes once, each the MLflow half of `register`
+(support/register_child.py: register_staged on a copy of an export the test made once), so
+that none imports TensorFlow and eight fit on two cores in seconds. The whole commands -
+`shipyard register` processes, each exporting and verifying (two TensorFlow processes
+apiece: about 2 minutes for 4 + 4 on a busy 2-core machine) - run when
+SHIPYARD_CONCURRENCY=SAME,DIFFERENT,REPEAT is set, REPEAT times (e.g. 4,4,5).
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.processes import SHIPYARD, subprocess_env
 from support.specs import SEQUENTIAL_SPEC, write_spec
 
 
-def _sizes() -> tuple[int, int, int]:
-    raw = os.environ.get("SHIPYARD_CONCURRENCY", "4,4,1")
+def _sizes() -> tuple[int, int, int] | None:
+    raw = os.environ.get("SHIPYARD_CONCURRENCY")
+    if not raw:
+        return None
     same, different, repeat = (int(part) for part in raw.split(","))
     return same, different, repeat
 
@@ -43,18 +50,15 @@ def _tiny_models(directory: Path, count: int) -> list[Path]:
     return paths
 
 
-def _run_all(models: list[Path], spec: Path, repo: Path, name: str, uri: str,
-             logs: Path) -> list[tuple[int, str, str, Path]]:
-    """Starts one `shipyard register` per model at once; (exit code, stdout, stderr, log
-    directory) of each, in order."""
+def _run_all(commands: list[list[str]], logs: Path) -> list[tuple[int, str, str, Path]]:
+    """Starts every command at once; (exit code, stdout, stderr, log directory) of each."""
     children = []
-    for index, model in enumerate(models):
+    for index, command in enumerate(commands):
         log_dir = logs / f"p{index}"
         env = dict(subprocess_env(), SHIPYARD_LOG_DIR=str(log_dir))
-        children.append((subprocess.Popen(
-            [SHIPYARD, "register", str(model), "--spec", str(spec), "--repo", str(repo),
-             "--name", name, "--tracking-uri", uri, "--serving-runtime", "none", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), log_dir))
+        children.append((subprocess.Popen(command, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=env),
+                         log_dir))
     results = []
     for child, log_dir in children:
         out, err = child.communicate(timeout=900)
@@ -97,7 +101,9 @@ def _problems(client, name: str, repo: Path, results, same: int) -> list[str]:
         if not (status == "FINISHED" and superseded is None
                 or status == "FAILED" and superseded):
             problems.append(f"run {run.info.run_id} {status}, superseded_by={superseded}")
-    docs = [json.loads(out) for code, out, _, _ in results if code == 0]
+    # The document is the last line (MLflow's client prints its run links before it).
+    docs = [json.loads(out.strip().splitlines()[-1]) for code, out, _, _ in results
+            if code == 0]
     same_docs = docs[:same] if len(docs) == len(results) else []
     if len({d["version"] for d in same_docs}) > 1:
         problems.append(f"one content, versions {[d['version'] for d in same_docs]}")
@@ -109,7 +115,38 @@ def _problems(client, name: str, repo: Path, results, same: int) -> list[str]:
     return problems
 
 
-def test_concurrent_registers_of_one_content_end_with_one_version(mlflow_server, tmp_path):
+def _check(results, client, name: str, repo: Path, same: int) -> None:
+    failed = [i for i, (code, *_) in enumerate(results) if code != 0]
+    assert not failed, _report(results)
+    problems = _problems(client, name, repo, results, same)
+    assert not problems, "\n".join(problems) + "\n" + _report(results)
+
+
+def test_concurrent_registrations_of_one_content_end_with_one_version(launcher, mlflow_server,
+                                                                      tmp_path):
+    from mlflow import MlflowClient
+    from support.exports import export
+
+    same, different = 4, 4
+    exports = []
+    for model in _tiny_models(tmp_path, different + 1):
+        result = export(launcher, model, SEQUENTIAL_SPEC, tmp_path / "exports",
+                        name=model.stem)
+        exports.append(result.path)
+    repo, name = tmp_path / "repo", "conc"
+    started = time.monotonic()
+    results = _run_all([[sys.executable, "-m", "support.register_child", mlflow_server.uri,
+                         str(repo), name, str(path)]
+                        for path in [exports[0]] * same + exports[1:]], tmp_path / "logs")
+    print(f"{same}+{different} processes in {time.monotonic() - started:.1f} s")
+    client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
+    _check(results, client, name, repo, same)
+
+
+@pytest.mark.skipif(_sizes() is None, reason="whole `shipyard register` commands at once: "
+                    "set SHIPYARD_CONCURRENCY=SAME,DIFFERENT,REPEAT (e.g. 4,4,5)")
+def test_concurrent_register_commands_of_one_content_end_with_one_version(mlflow_server,
+                                                                          tmp_path):
     from mlflow import MlflowClient
 
     same, different, repeat = _sizes()
@@ -117,15 +154,13 @@ def test_concurrent_registers_of_one_content_end_with_one_version(mlflow_server,
     tiny = _tiny_models(tmp_path, different + 1)
     client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
     for attempt in range(repeat):
-        name = f"conc-{attempt}"
-        repo = tmp_path / f"repo-{attempt}"
+        name, repo = f"conc-cli-{attempt}", tmp_path / f"repo-{attempt}"
         started = time.monotonic()
-        results = _run_all([tiny[0]] * same + tiny[1:], spec, repo, name, mlflow_server.uri,
+        results = _run_all([[SHIPYARD, "register", str(model), "--spec", str(spec), "--repo",
+                             str(repo), "--name", name, "--tracking-uri", mlflow_server.uri,
+                             "--serving-runtime", "none", "--json"]
+                            for model in [tiny[0]] * same + tiny[1:]],
                            tmp_path / f"logs-{attempt}")
-        print(f"attempt {attempt}: {same}+{different} processes in "
+        print(f"attempt {attempt}: {same}+{different} commands in "
               f"{time.monotonic() - started:.1f} s")
-        failed = [i for i, (code, *_) in enumerate(results) if code != 0]
-        assert not failed, _report(results)
-        problems = _problems(client, name, repo, results, same)
-        assert not problems, "\n".join(problems) + "\n" + _report(results)
-
+        _check(results, client, name, repo, same)
