@@ -190,10 +190,12 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
         {"name": "x", "shape": [None, width], "dtype": "float32"}]}]})
     repo = work / "repo"  # a fresh repository per repeat: always version 1, no compat check
     verifier_rss: dict = {}
+    reference_rss: dict = {}
 
-    def launch():  # shipyard's default launcher, plus a watch on the verifier's memory
+    def launch():  # shipyard's default launcher, plus a watch on its children's memory
         verifier = start_verifier()
         watch_peak(verifier.pid, verifier_rss)
+        watch_peak(verifier.reference.pid, reference_rss)
         return verifier
 
     HASH_SECONDS.clear()
@@ -208,6 +210,10 @@ def run_shipyard(model_path: Path, work: Path, width: int) -> dict:
             "verify_s": result.timings["verify_seconds"],
             "verifier_load_s": result.manifest.verification["load_seconds"], "bytes": size,
             "verifier_peak_rss_mib": verifier_rss.get("peak", 0.0),
+            # the independent reference: Keras's own load_model in a process of its own
+            "reference_peak_rss_mib": reference_rss.get("peak", 0.0),
+            "reference_load_s": result.manifest.verification["reference"]["load_seconds"],
+            "export_loader": result.manifest.verification["export_loader"],
             "hash_files_s": hashing.get("sha256_file", 0.0),
             "hash_checkpoint_s": hashing.get("checkpoint_digests", 0.0),
             "hash_wait_s": result.timings["hash_wait_seconds"]}
@@ -266,7 +272,8 @@ def main() -> int:
         parents = parent_peaks(model_path, tmp, width)
 
     b = {k: statistics.median(r[k] for r in base) for k in base[0]}
-    s = {k: statistics.median(r[k] for r in ship) for k in ship[0]}
+    s = {k: statistics.median(r[k] for r in ship) for k in ship[0] if k != "export_loader"}
+    s["export_loader"] = sorted({r["export_loader"] for r in ship})
     results = {
         "model": {"params": params, "width": width, "layers": LAYERS,
                   "weights_mib": params * 4 / MIB, "keras_file_bytes": model_bytes},
@@ -285,6 +292,13 @@ def main() -> int:
             "parent_fresh_process": parents["shipyard"],
             "raw_export_fresh_process": parents["raw"],
             "verifier_child": max(r["verifier_peak_rss_mib"] for r in ship),
+            "reference_child": max(r["reference_peak_rss_mib"] for r in ship),
+            # Every process of a side at its own peak, added up (an upper bound of what the
+            # side needs at once: the peaks need not coincide).
+            "sum_of_peaks_shipyard": parents["shipyard"]
+                + max(r["verifier_peak_rss_mib"] for r in ship)
+                + max(r["reference_peak_rss_mib"] for r in ship),
+            "sum_of_peaks_raw": parents["raw"] + max(r["child_peak_rss_mib"] for r in base),
             "baseline_loader_child": max(r["child_peak_rss_mib"] for r in base),
             # Inflated: counts this process's RSS when each child was spawned (see watch_peak).
             "children_ru_maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024},
@@ -306,6 +320,7 @@ def table(r: dict) -> str:
             ("  timings.export_seconds", s["export_s"]),
             ("  timings.verify_seconds (incl. waiting on TF import)", s["verify_s"]),
             ("  verifier's own tf.saved_model.load", s["verifier_load_s"]),
+            ("  reference process's keras.saving.load_model", s["reference_load_s"]),
             ("  hashing: sha256 of the files (manifest)", s["hash_files_s"]),
             ("  hashing: checkpoint tensor digests (fingerprint)", s["hash_checkpoint_s"]),
             ("  hashing: how long it outlasted the verification", s["hash_wait_s"])]
@@ -326,7 +341,12 @@ def table(r: dict) -> str:
            f"{mem['children_ru_maxrss']:.0f}, which counts this process's RSS at spawn)",
            f"peak RSS MiB of a fresh process exporting the model: shipyard "
            f"{mem['parent_fresh_process']:.0f}, raw load_model + export "
-           f"{mem['raw_export_fresh_process']:.0f} (weights {m['weights_mib']:.0f})"])
+           f"{mem['raw_export_fresh_process']:.0f} (weights {m['weights_mib']:.0f})",
+           f"peak RSS MiB of the reference child (Keras's own load): "
+           f"{mem['reference_child']:.0f}; every process at its peak, added up: shipyard "
+           f"{mem['sum_of_peaks_shipyard']:.0f} (parent + verifier + reference), raw "
+           f"{mem['sum_of_peaks_raw']:.0f} (export + fresh load); export loaded by "
+           f"{', '.join(s['export_loader'])}"])
 
 
 if __name__ == "__main__":
