@@ -35,6 +35,7 @@ SLOW_FILES_FIRST = (
     "e2e/test_bench_smoke.py",  # ~100 s
     "e2e/test_demo.py",  # ~75 s
     "integration/test_register.py",  # ~65 s
+    "integration/test_model_corpus.py",  # ~60 s
     "integration/test_validate.py",  # ~55 s
     "e2e/test_cli.py",  # ~55 s
     "integration/test_export.py",  # ~50 s

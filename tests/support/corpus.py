@@ -74,64 +74,58 @@ def strings(name: str, pool: list[str], *shape: int) -> Inputs:
     return lambda rng: {name: np.array(rng.choice(pool, size=(7, *shape))).astype(bytes)}
 
 
-def integers(name: str, pool: list[int], dtype: str, *shape: int) -> Inputs:
-    return lambda rng: {name: rng.choice(pool, size=(6, *shape)).astype(dtype)}
-
-
 X3 = {"x": ([None, 3], "float32")}
 TEXTS = ["the cat sat", "a dog ran far", "the dog sat on the mat", "cats and dogs",
          "a cat ran", "far far away"]
 CODES = [3, 7, 11, 42]
 
+
+def _preprocessing_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": (rng.standard_normal((6, 3)) * 3.0 + 10.0).astype("float32"),
+            "text": np.array([["the cat sat"], ["unknown words here"], [""],
+                              ["far away dog mat"], ["A CAT, ran!"], ["far far far"]]
+                             ).astype(bytes),
+            "color": np.array(rng.choice(["red", "green", "blue", "small", "large", "mauve",
+                                          ""], size=(6, 1))).astype(bytes),
+            "code": rng.choice([*CODES, 0, 5, -1], size=(6, 2)).astype("int64")}
+
+
 CASES = [
-    Case("build-read-ops", "custom layer that reads its weight in build() through keras.ops "
-         "(ones initializer; project issue 22)", spec(X3), floats("x", 3)),
-    Case("build-read-numpy", "custom layer that reads its weight in build() through "
-         "Variable.numpy() (Constant initializer)", spec(X3), floats("x", 3)),
-    Case("build-read-tf-variable", "custom layer that reads the tf.Variable behind its weight "
-         "in build() (seeded RandomNormal initializer)", spec(X3), floats("x", 3)),
-    Case("build-read-non-trainable", "custom layer that reads a non-trainable variable in "
-         "build()", spec(X3), floats("x", 3)),
-    Case("non-trainable-state", "custom layers with non-trainable state: float and int32 "
-         "variables updated only in training (trained), a numpy table saved through "
-         "save_own_variables", spec(X3), floats("x", 3, shift=3.0)),
-    Case("batch-norm-dropout-embedding", "BatchNormalization trained a few steps (moving "
-         "statistics off their defaults), seeded and unseeded Dropout, in inference; an "
-         "Embedding on int32 ids",
-         spec({"x": ([None, 3], "float32"), "ids": ([None, 4], "int32")}, as_dict=True),
-         several(floats("x", 3, scale=4.0, shift=2.0),
+    Case("build-read-ops-numpy", "custom layers that read their weight in build(): through "
+         "keras.ops (ones initializer; project issue 22), and through Variable.numpy() "
+         "(Constant initializer); one output each", spec(X3), floats("x", 3)),
+    Case("build-read-variable-non-trainable", "custom layers that read in build() the "
+         "tf.Variable behind their weight (seeded RandomNormal initializer), and a "
+         "non-trainable variable; one output each", spec(X3), floats("x", 3)),
+    Case("trained-state", "trained with Adam: custom layers with non-trainable state (float "
+         "and int32 variables updated only in training, a numpy table saved through "
+         "save_own_variables), BatchNormalization (moving statistics off their defaults), "
+         "seeded and unseeded Dropout, in inference; an Embedding on int32 ids; variable "
+         "collection `select: optimizer`, its values compared with Keras's load",
+         spec({"x": ([None, 3], "float32"), "ids": ([None, 4], "int32")}, as_dict=True,
+              collections=[{"name": "optimizer_variables", "select": "optimizer"}]),
+         several(floats("x", 3, scale=4.0, shift=3.0),
                  lambda rng: {"ids": rng.integers(0, 12, (5, 4)).astype("int32")}),
+         as_dict=True, optimizer=True),
+    Case("sequence-conv", "LSTM, GRU, a bidirectional SimpleRNN, MultiHeadAttention "
+         "(self-attention with a residual); Conv2D, MaxPooling2D, DepthwiseConv2D, a dilated "
+         "causal Conv1D, SeparableConv1D",
+         spec({"x": ([None, 4, 6], "float32"), "image": ([None, 6, 6, 2], "float32"),
+               "sequence": ([None, 8, 3], "float32")}, as_dict=True),
+         several(floats("x", 4, 6), floats("image", 6, 6, 2), floats("sequence", 8, 3)),
          as_dict=True),
-    Case("sequence", "LSTM, GRU, a bidirectional SimpleRNN and MultiHeadAttention "
-         "(self-attention with a residual)", spec({"x": ([None, 4, 6], "float32")}),
-         floats("x", 4, 6)),
-    Case("convolutions", "Conv2D, MaxPooling2D, DepthwiseConv2D, a dilated causal Conv1D and "
-         "SeparableConv1D; dict inputs",
-         spec({"image": ([None, 6, 6, 2], "float32"), "sequence": ([None, 8, 3], "float32")},
-              as_dict=True),
-         several(floats("image", 6, 6, 2), floats("sequence", 8, 3)), as_dict=True),
-    Case("normalization-text", "Normalization adapted on data; TextVectorization adapted on "
-         "text (token ids out, unknown words, punctuation and the empty string in)",
-         spec({"x": ([None, 3], "float32"), "text": ([None, 1], "string")}, as_dict=True),
-         several(floats("x", 3, scale=3.0, shift=10.0),
-                 lambda rng: {"text": np.array([["the cat sat"], ["unknown words here"],
-                                                [""], ["far away dog mat"],
-                                                ["A CAT, ran!"]]).astype(bytes)}),
-         as_dict=True),
-    Case("lookups", "StringLookup (a given vocabulary with 2 OOV buckets, one adapted on data, "
-         "one-hot) and IntegerLookup (ids, counts, inverted), into Embeddings; ids out",
-         spec({"color": ([None, 1], "string"), "code": ([None, 2], "int64")}, as_dict=True),
-         lambda rng: {"color": np.array(rng.choice(
-                          ["red", "green", "blue", "small", "large", "mauve", ""],
-                          size=(6, 1))).astype(bytes),
-                      "code": rng.choice([*CODES, 0, 5, -1], size=(6, 2)).astype("int64")},
-         as_dict=True),
-    Case("sub-models", "a Sequential and a functional model nested in a functional model (one "
-         "called twice), a layer shared by two branches", spec(X3), floats("x", 3)),
-    Case("subclassed", "a subclassed model taking a dict, with a Dense shared by its two "
-         "towers, a residual block and LayerNormalization; a dict out",
-         spec({"left": ([None, 3], "float32"), "right": ([None, 3], "float32")},
-              as_dict=True),
+    Case("preprocessing", "adapted on data: Normalization, TextVectorization (int and tf_idf), "
+         "StringLookup, Discretization; StringLookup with a given vocabulary and 2 OOV "
+         "buckets, one-hot; IntegerLookup (ids, counts, inverted); Hashing; lookups into "
+         "Embeddings; unknown words, punctuation, empty strings and unknown codes in",
+         spec({"x": ([None, 3], "float32"), "text": ([None, 1], "string"),
+               "color": ([None, 1], "string"), "code": ([None, 2], "int64")}, as_dict=True),
+         _preprocessing_inputs, as_dict=True),
+    Case("nested-subclassed", "a subclassed model taking a dict and returning one, holding a "
+         "functional sub-model (that nests a Sequential) called on both towers, a Dense shared "
+         "by both, LayerNormalization", spec({"left": ([None, 3], "float32"),
+                                               "right": ([None, 3], "float32")},
+                                              as_dict=True),
          several(floats("left", 3), floats("right", 3)), as_dict=True),
     Case("mixed-float16", "the mixed_float16 policy (float16 compute, float32 variables); a "
          "float16 and a float32 output", spec(X3, atol=2e-3, rtol=2e-3), floats("x", 3)),
@@ -143,10 +137,6 @@ CASES = [
          "Keras (model.quantize('int8'): int8 kernels and scales)", spec(X3, atol=1e-4,
                                                                            rtol=1e-4),
          floats("x", 3)),
-    Case("optimizer-state", "compiled and trained a step (Adam); variable collection "
-         "`select: optimizer`, its values compared with Keras's load",
-         spec(X3, collections=[{"name": "optimizer_variables", "select": "optimizer"}]),
-         floats("x", 3), optimizer=True),
     Case("sparse-output", "a StringLookup with sparse=True (multi_hot): a SparseTensor out",
          spec({"color": ([None, 2], "string")}), strings("color", ["red", "blue"], 2),
          refused="a serving signature returns dense tensors; TF Serving cannot return a "

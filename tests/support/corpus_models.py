@@ -173,27 +173,35 @@ class Bfloat16Weight(keras.layers.Layer):
 
 
 # ---------------------------------------------------------------------------------------------
-# A subclassed model.
+# A subclassed model holding sub-models.
+
+
+def _tower(units: int) -> keras.Model:
+    """A functional model nesting a Sequential, with a residual connection."""
+    x = keras.Input((3,))
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(units, activation="relu"),
+                              keras.layers.Dense(3)], name="inner_sequential")
+    return keras.Model(x, keras.layers.Add()([inner(x), x]), name="tower")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TwoTower(keras.Model):
-    """Takes a dict; one Dense shared by both towers, a residual block, LayerNormalization;
-    returns a dict."""
+    """Takes a dict, returns one: one functional sub-model and one Dense shared by both
+    towers, LayerNormalization."""
 
     def __init__(self, units: int = 4, **kwargs):
         super().__init__(**kwargs)
         self.units = units
+        self.tower = _tower(units)
         self.shared = keras.layers.Dense(units, activation="tanh")
-        self.project = keras.layers.Dense(units)
         self.norm = keras.layers.LayerNormalization()
         self.score = keras.layers.Dense(1)
 
     def call(self, inputs):
-        left, right = self.shared(inputs["left"]), self.shared(inputs["right"])
-        residual = self.norm(left + self.project(right))
+        left = self.shared(self.tower(inputs["left"]))
+        right = self.shared(self.tower(inputs["right"]))
         return {"similarity": ops.sum(left * right, axis=-1, keepdims=True),
-                "score": self.score(residual)}
+                "score": self.score(self.norm(left - right))}
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
@@ -220,49 +228,47 @@ def _reassign(layer: keras.layers.Layer, **values: Any) -> None:
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-def _build_read(layer_class: type, attribute: str, value: list[float]) -> Callable[[], Any]:
+def _build_read(*layers: tuple[str, type, str, list[float]]) -> Callable[[], Any]:
+    """A model with one branch per (output, layer class, its variable, the value saved)."""
+
     def build() -> keras.Model:
         _seeded(21)
-        inputs = keras.Input((3,), name="x")
-        custom = layer_class(name="custom")
-        model = keras.Model(inputs, keras.layers.Dense(2, name="out")(custom(inputs)))
-        _reassign(custom, **{attribute: value})
+        x = keras.Input((3,), name="x")
+        outputs, assigned = {}, []
+        for output, layer_class, attribute, value in layers:
+            custom = layer_class(name=f"{output}_layer")
+            outputs[output] = keras.layers.Dense(2, name=output)(custom(x))
+            assigned.append((custom, attribute, value))
+        model = keras.Model(x, outputs)
+        for custom, attribute, value in assigned:
+            _reassign(custom, **{attribute: value})
         return model
 
     return build
 
 
-def _non_trainable_state() -> keras.Model:
+def _trained_state() -> keras.Model:
     _seeded(22)
-    model = keras.Sequential([keras.Input((3,), name="x"), RunningCenter(name="center"),
-                              TableScale(3, name="table"), keras.layers.Dense(2, name="out")],
-                             name="non_trainable_state")
-    model.get_layer("table").table = np.array([0.5, -1.5, 2.0], "float32")
-    model.compile(optimizer="sgd", loss="mse")
-    model.fit(_data(1, 32, 3) + 3.0, _data(2, 32, 2), epochs=1, batch_size=8, verbose=0)
-    return model
-
-
-def _batch_norm_dropout_embedding() -> keras.Model:
-    _seeded(23)
     x = keras.Input((3,), name="x")
     ids = keras.Input((4,), dtype="int32", name="ids")
+    hidden = TableScale(3, name="table")(RunningCenter(name="center")(x))
     hidden = keras.layers.BatchNormalization(momentum=0.5, name="bn")(
-        keras.layers.Dense(4, name="hidden")(x))
+        keras.layers.Dense(4, name="hidden")(hidden))
     hidden = keras.layers.Dropout(0.3, name="unseeded")(
         keras.layers.Dropout(0.5, seed=3, name="seeded")(hidden))
     pooled = keras.layers.GlobalAveragePooling1D()(
         keras.layers.Embedding(12, 3, name="embedding")(ids))
     merged = keras.layers.Concatenate()([hidden, pooled])
     model = keras.Model({"x": x, "ids": ids}, keras.layers.Dense(2, name="out")(merged))
-    model.compile(optimizer="adam", loss="mse")
-    features = {"x": _data(3, 32, 3) * 4.0 + 2.0,
+    model.get_layer("table").table = np.array([0.5, -1.5, 2.0], "float32")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    features = {"x": _data(3, 32, 3) * 4.0 + 3.0,
                 "ids": np.random.default_rng(3).integers(0, 12, (32, 4)).astype("int32")}
     model.fit(features, _data(4, 32, 2), epochs=1, batch_size=8, verbose=0)
     return model
 
 
-def _sequence() -> keras.Model:
+def _sequence_conv() -> keras.Model:
     _seeded(26)
     x = keras.Input((4, 6), name="x")
     sequence = keras.layers.LSTM(4, return_sequences=True, name="lstm")(x)
@@ -270,81 +276,64 @@ def _sequence() -> keras.Model:
     bidirectional = keras.layers.Bidirectional(keras.layers.SimpleRNN(2), name="birnn")(x)
     attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(x, x)
     pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Add()([x, attended]))
-    return keras.Model(x, {"gru": last, "birnn": bidirectional,
-                           "attention": keras.layers.Dense(2, name="attention")(pooled)})
-
-
-def _convolutions() -> keras.Model:
-    _seeded(28)
     image = keras.Input((6, 6, 2), name="image")
-    sequence = keras.Input((8, 3), name="sequence")
+    steps = keras.Input((8, 3), name="sequence")
     a = keras.layers.Conv2D(3, 3, activation="relu")(image)
     a = keras.layers.DepthwiseConv2D(2, padding="same")(keras.layers.MaxPooling2D()(a))
-    b = keras.layers.Conv1D(2, 3, dilation_rate=2, padding="causal")(sequence)
+    b = keras.layers.Conv1D(2, 3, dilation_rate=2, padding="causal")(steps)
     b = keras.layers.SeparableConv1D(2, 2)(b)
-    merged = keras.layers.Concatenate()([keras.layers.Flatten()(a),
-                                         keras.layers.GlobalMaxPooling1D()(b)])
-    return keras.Model({"image": image, "sequence": sequence},
-                       keras.layers.Dense(2, name="out")(merged))
+    convolved = keras.layers.Concatenate()([keras.layers.Flatten()(a),
+                                            keras.layers.GlobalMaxPooling1D()(b)])
+    return keras.Model({"x": x, "image": image, "sequence": steps}, {
+        "gru": last, "birnn": bidirectional,
+        "attention": keras.layers.Dense(2, name="attention")(pooled),
+        "conv": keras.layers.Dense(2, name="conv")(convolved)})
 
 
-def _normalization_text() -> keras.Model:
+def _preprocessing() -> keras.Model:
     _seeded(29)
     normalize = keras.layers.Normalization(name="normalize")
     normalize.adapt(_data(5, 64, 3) * 3.0 + 10.0)
+    bins = keras.layers.Discretization(num_bins=4, name="bins")
+    bins.adapt(_data(6, 64, 3) * 3.0 + 10.0)
     vectorize = keras.layers.TextVectorization(max_tokens=12, output_sequence_length=5,
                                                name="vectorize")
     vectorize.adapt(TEXTS)
-    x = keras.Input((3,), name="x")
-    text = keras.Input((1,), dtype="string", name="text")
-    tokens = vectorize(text)
-    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(12, 3)(tokens))
-    merged = keras.layers.Concatenate()([normalize(x), pooled])
-    return keras.Model({"x": x, "text": text},
-                       {"tokens": tokens, "out": keras.layers.Dense(2, name="out")(merged)})
-
-
-def _lookups() -> keras.Model:
-    _seeded(31)
+    tf_idf = keras.layers.TextVectorization(max_tokens=8, output_mode="tf_idf", name="tf_idf")
+    tf_idf.adapt(TEXTS)
     adapted = keras.layers.StringLookup(name="adapted")
     adapted.adapt(np.array([["red"], ["green"], ["green"], ["blue"], ["blue"], ["blue"]]))
+
+    x = keras.Input((3,), name="x")
+    text = keras.Input((1,), dtype="string", name="text")
     color = keras.Input((1,), dtype="string", name="color")
     code = keras.Input((2,), dtype="int64", name="code")
+    tokens = vectorize(text)
     color_ids = adapted(color)
-    given = keras.layers.StringLookup(vocabulary=["small", "large"], num_oov_indices=2,
-                                      name="given")(color)
-    one_hot = keras.layers.StringLookup(vocabulary=["red", "blue"], output_mode="one_hot",
-                                        name="one_hot")(color)
     code_ids = keras.layers.IntegerLookup(vocabulary=CODES, name="code_ids")(code)
-    counts = keras.layers.IntegerLookup(vocabulary=CODES, output_mode="count",
-                                        name="counts")(code)
-    inverse = keras.layers.IntegerLookup(vocabulary=CODES, invert=True,
-                                         name="inverse")(code_ids)
+    outputs = {
+        "tokens": tokens, "tf_idf": tf_idf(text), "color_ids": color_ids, "code_ids": code_ids,
+        "bins": bins(x),
+        "given": keras.layers.StringLookup(vocabulary=["small", "large"], num_oov_indices=2,
+                                           name="given")(color),
+        "one_hot": keras.layers.StringLookup(vocabulary=["red", "blue"], output_mode="one_hot",
+                                             name="one_hot")(color),
+        "counts": keras.layers.IntegerLookup(vocabulary=CODES, output_mode="count",
+                                             name="counts")(code),
+        "inverse": keras.layers.IntegerLookup(vocabulary=CODES, invert=True,
+                                              name="inverse")(code_ids),
+        "hashed": keras.layers.Hashing(num_bins=5, salt=7, name="hashed")(color),
+    }
     embedded = keras.layers.Concatenate()([
+        normalize(x),
+        keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(12, 3)(tokens)),
         keras.layers.Flatten()(keras.layers.Embedding(5, 2)(color_ids)),
         keras.layers.Flatten()(keras.layers.Embedding(6, 2)(code_ids))])
-    return keras.Model({"color": color, "code": code}, {
-        "color_ids": color_ids, "given": given, "one_hot": one_hot, "code_ids": code_ids,
-        "counts": counts, "inverse": inverse,
-        "score": keras.layers.Dense(1, name="score")(embedded)})
+    outputs["score"] = keras.layers.Dense(1, name="score")(embedded)
+    return keras.Model({"x": x, "text": text, "color": color, "code": code}, outputs)
 
 
-def _sub_models() -> keras.Model:
-    _seeded(33)
-    inner_sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, "relu"),
-                                         keras.layers.Dense(3)], name="inner_sequential")
-    a = keras.Input((3,))
-    inner_functional = keras.Model(a, keras.layers.Add()([keras.layers.Dense(3, "tanh")(a), a]),
-                                   name="inner_functional")
-    shared = keras.layers.Dense(2, name="shared")
-    x = keras.Input((3,), name="x")
-    left = shared(inner_sequential(x))
-    right = shared(inner_functional(inner_functional(x)))
-    return keras.Model(x, {"left": left, "right": right,
-                           "sum": keras.layers.Add(name="sum")([left, right])})
-
-
-def _subclassed() -> keras.Model:
+def _nested_subclassed() -> keras.Model:
     _seeded(35)
     model = TwoTower()
     model({"left": np.zeros((1, 3), "float32"), "right": np.zeros((1, 3), "float32")})
@@ -382,15 +371,6 @@ def _int8() -> keras.Model:
     return model
 
 
-def _optimizer_state() -> keras.Model:
-    _seeded(40)
-    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, "relu"),
-                              keras.layers.Dense(2, name="out")], name="optimizer_state")
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    model.fit(_data(6, 16, 3), _data(7, 16, 2), epochs=1, batch_size=8, verbose=0)
-    return model
-
-
 def _sparse_output() -> keras.Model:
     color = keras.Input((2,), dtype="string", name="color")
     lookup = keras.layers.StringLookup(vocabulary=["red", "blue"], output_mode="multi_hot",
@@ -406,22 +386,18 @@ def _ragged_output() -> keras.Model:
 
 
 BUILDERS: dict[str, Callable[[], keras.Model]] = {
-    "build-read-ops": _build_read(BuildReadOps, "w", [0.5, -2.0, 4.0]),
-    "build-read-numpy": _build_read(BuildReadNumpy, "w", [1.5, -1.0, 0.25]),
-    "build-read-tf-variable": _build_read(BuildReadTfVariable, "w", [-0.5, 2.0, 1.0]),
-    "build-read-non-trainable": _build_read(BuildReadNonTrainable, "offset", [-1.0, 0.5, 7.0]),
-    "non-trainable-state": _non_trainable_state,
-    "batch-norm-dropout-embedding": _batch_norm_dropout_embedding,
-    "sequence": _sequence,
-    "convolutions": _convolutions,
-    "normalization-text": _normalization_text,
-    "lookups": _lookups,
-    "sub-models": _sub_models,
-    "subclassed": _subclassed,
+    "build-read-ops-numpy": _build_read(("ops", BuildReadOps, "w", [0.5, -2.0, 4.0]),
+                                        ("numpy", BuildReadNumpy, "w", [1.5, -1.0, 0.25])),
+    "build-read-variable-non-trainable": _build_read(
+        ("tf_variable", BuildReadTfVariable, "w", [-0.5, 2.0, 1.0]),
+        ("non_trainable", BuildReadNonTrainable, "offset", [-1.0, 0.5, 7.0])),
+    "trained-state": _trained_state,
+    "sequence-conv": _sequence_conv,
+    "preprocessing": _preprocessing,
+    "nested-subclassed": _nested_subclassed,
     "mixed-float16": _mixed_float16,
     "bfloat16": _bfloat16,
     "int8": _int8,
-    "optimizer-state": _optimizer_state,
     "sparse-output": _sparse_output,
     "ragged-output": _ragged_output,
 }
