@@ -76,6 +76,15 @@ def _report(results) -> str:
     return "\n".join(parts)
 
 
+def _document(out: str) -> dict:
+    """`--json`'s document (the whole of stdout), or register_child's (its last line: MLflow's
+    client prints its run links before it)."""
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        return json.loads(out.strip().splitlines()[-1])
+
+
 def _problems(client, name: str, repo: Path, results, same: int) -> list[str]:
     from shipyard.core.manifest import read_manifest
 
@@ -101,9 +110,7 @@ def _problems(client, name: str, repo: Path, results, same: int) -> list[str]:
         if not (status == "FINISHED" and superseded is None
                 or status == "FAILED" and superseded):
             problems.append(f"run {run.info.run_id} {status}, superseded_by={superseded}")
-    # The document is the last line (MLflow's client prints its run links before it).
-    docs = [json.loads(out.strip().splitlines()[-1]) for code, out, _, _ in results
-            if code == 0]
+    docs = [_document(out) for code, out, _, _ in results if code == 0]
     same_docs = docs[:same] if len(docs) == len(results) else []
     if len({d["version"] for d in same_docs}) > 1:
         problems.append(f"one content, versions {[d['version'] for d in same_docs]}")
