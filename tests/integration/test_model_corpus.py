@@ -30,6 +30,12 @@ REFERENCE_TIMEOUT_S = 300
 
 # Refused models: the error and what its message must say (the problem, then the fix).
 REFUSALS = {
+    "loss-scale-optimizer": (SpecError, r"variable_collections\[0\]\.select: the optimizer's "
+                                        r"variables are selected, but loss-scale-optimizer\.keras "
+                                        r"stores \d+ optimizer variables and the loaded model's "
+                                        r"Adam has \d+: Keras did not restore the saved "
+                                        r"optimizer state.*set_dtype_policy\('mixed_float16'\) "
+                                        r"saved a LossScaleOptimizer"),
     "sparse-output": (SpecError, r"output 'lookup' is a SparseTensor.*serving signature "
                                  r"returns dense tensors.*sparse=False.*tf\.sparse\.to_dense"),
     "ragged-output": (SpecError, r"output 'vectorize' is a RaggedTensor.*serving signature "

@@ -137,6 +137,13 @@ CASES = [
          "Keras (model.quantize('int8'): int8 kernels and scales)", spec(X3, atol=1e-4,
                                                                            rtol=1e-4),
          floats("x", 3)),
+    Case("loss-scale-optimizer", "mixed_float16 as the global policy, so compile() wraps Adam "
+         "in a LossScaleOptimizer, trained a step; `select: optimizer`",
+         spec(X3, collections=[{"name": "optimizer_variables", "select": "optimizer"}]),
+         floats("x", 3),
+         refused="loaded under the float32 policy, Keras rebuilds a plain Adam and skips "
+                 "loading the saved optimizer state (a warning only): the collection would "
+                 "hold fresh values"),
     Case("sparse-output", "a StringLookup with sparse=True (multi_hot): a SparseTensor out",
          spec({"color": ([None, 2], "string")}), strings("color", ["red", "blue"], 2),
          refused="a serving signature returns dense tensors; TF Serving cannot return a "

@@ -371,6 +371,20 @@ def _int8() -> keras.Model:
     return model
 
 
+def _loss_scale_optimizer() -> keras.Model:
+    _seeded(41)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, "relu"),
+                                  keras.layers.Dense(2, dtype="float32", name="out")],
+                                 name="loss_scale")
+        model.compile(optimizer="adam", loss="mse")  # a LossScaleOptimizer around Adam
+        model.fit(_data(8, 8, 3), _data(9, 8, 2), epochs=1, batch_size=8, verbose=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    return model
+
+
 def _sparse_output() -> keras.Model:
     color = keras.Input((2,), dtype="string", name="color")
     lookup = keras.layers.StringLookup(vocabulary=["red", "blue"], output_mode="multi_hot",
@@ -398,6 +412,7 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "mixed-float16": _mixed_float16,
     "bfloat16": _bfloat16,
     "int8": _int8,
+    "loss-scale-optimizer": _loss_scale_optimizer,
     "sparse-output": _sparse_output,
     "ragged-output": _ragged_output,
 }
