@@ -93,10 +93,10 @@ def _preprocessing_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
 CASES = [
     Case("build-read-ops-numpy", "custom layers that read their weight in build(): through "
          "keras.ops (ones initializer; project issue 22), and through Variable.numpy() "
-         "(Constant initializer); one output each", spec(X3), floats("x", 3)),
+         "(Constant initializer); one output each, as a list", spec(X3), floats("x", 3)),
     Case("build-read-variable-non-trainable", "custom layers that read in build() the "
          "tf.Variable behind their weight (seeded RandomNormal initializer), and a "
-         "non-trainable variable; one output each", spec(X3), floats("x", 3)),
+         "non-trainable variable; one output each, as a list", spec(X3), floats("x", 3)),
     Case("trained-state", "trained with Adam: custom layers with non-trainable state (float "
          "and int32 variables updated only in training, a numpy table saved through "
          "save_own_variables), BatchNormalization (moving statistics off their defaults), "
@@ -117,7 +117,8 @@ CASES = [
     Case("preprocessing", "adapted on data: Normalization, TextVectorization (int and tf_idf), "
          "StringLookup, Discretization; StringLookup with a given vocabulary and 2 OOV "
          "buckets, one-hot; IntegerLookup (ids, counts, inverted); Hashing; lookups into "
-         "Embeddings; unknown words, punctuation, empty strings and unknown codes in",
+         "Embeddings, one masked (mask_zero) into an LSTM; unknown words, punctuation, empty "
+         "strings and unknown codes in",
          spec({"x": ([None, 3], "float32"), "text": ([None, 1], "string"),
                "color": ([None, 1], "string"), "code": ([None, 2], "int64")}, as_dict=True),
          _preprocessing_inputs, as_dict=True),

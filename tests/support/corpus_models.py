@@ -229,17 +229,18 @@ def _reassign(layer: keras.layers.Layer, **values: Any) -> None:
 
 
 def _build_read(*layers: tuple[str, type, str, list[float]]) -> Callable[[], Any]:
-    """A model with one branch per (output, layer class, its variable, the value saved)."""
+    """A model with one branch per (output, layer class, its variable, the value saved),
+    returning a list."""
 
     def build() -> keras.Model:
         _seeded(21)
         x = keras.Input((3,), name="x")
-        outputs, assigned = {}, []
+        outputs, assigned = [], []
         for output, layer_class, attribute, value in layers:
             custom = layer_class(name=f"{output}_layer")
-            outputs[output] = keras.layers.Dense(2, name=output)(custom(x))
+            outputs.append(keras.layers.Dense(2, name=output)(custom(x)))
             assigned.append((custom, attribute, value))
-        model = keras.Model(x, outputs)
+        model = keras.Model(x, outputs)  # a list: the export names them by output_names
         for custom, attribute, value in assigned:
             _reassign(custom, **{attribute: value})
         return model
@@ -330,6 +331,9 @@ def _preprocessing() -> keras.Model:
         keras.layers.Flatten()(keras.layers.Embedding(5, 2)(color_ids)),
         keras.layers.Flatten()(keras.layers.Embedding(6, 2)(code_ids))])
     outputs["score"] = keras.layers.Dense(1, name="score")(embedded)
+    # The padded token ids masked (mask_zero) through an LSTM.
+    outputs["masked"] = keras.layers.LSTM(2, name="masked")(
+        keras.layers.Embedding(12, 3, mask_zero=True)(tokens))
     return keras.Model({"x": x, "text": text, "color": color, "code": code}, outputs)
 
 
@@ -471,7 +475,9 @@ def keras_reference(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as err:  # recorded: the test of that case reports it
             errors[name] = f"{type(err).__name__}: {err}"
             continue
-        if not isinstance(outputs, dict):
+        if isinstance(outputs, (list, tuple)):  # Keras's own names for them
+            outputs = dict(zip(model.output_names, outputs, strict=True))
+        elif not isinstance(outputs, dict):
             outputs = {SINGLE: outputs}
         variables = model.optimizer.variables if entry["optimizer"] else []
         named = {**outputs, **{f"optimizer|{i}": v for i, v in enumerate(variables)}}
