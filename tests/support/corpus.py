@@ -135,7 +135,7 @@ CASES = [
                                               atol=2e-2, rtol=2e-2),
          floats("x", 3, bfloat16=True)),
     Case("int8", "an int8 weight dequantized in a custom layer; Dense layers quantized by "
-         "Keras (model.quantize('int8'): int8 kernels and scales)", spec(X3, atol=1e-4,
+         "Keras: int4 (packed in int8), float8 and int8 kernels with their scales", spec(X3, atol=1e-4,
                                                                            rtol=1e-4),
          floats("x", 3)),
     Case("loss-scale-optimizer", "mixed_float16 as the global policy, so compile() wraps Adam "

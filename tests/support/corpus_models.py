@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -366,12 +365,13 @@ def _bfloat16() -> keras.Model:
 def _int8() -> keras.Model:
     _seeded(38)
     custom = Int8Weight(name="custom")
-    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(3, "relu"),
-                              custom, keras.layers.Dense(2, name="out")], name="int8")
-    _reassign(custom, q=[[-128, 127], [5, -7], [0, 64]], scale=[0.01, 0.02])
-    with warnings.catch_warnings():  # "Layer Int8Weight does not have a `quantize` method"
-        warnings.simplefilter("ignore", UserWarning)
-        model.quantize("int8")  # the Dense layers; the custom layer keeps its own int8 weight
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, "relu"),
+                              custom, keras.layers.Dense(3, "relu"),
+                              keras.layers.Dense(2, name="out")], name="int8")
+    _reassign(custom, q=[[-128, 127], [5, -7], [0, 64], [100, -3]], scale=[0.01, 0.02])
+    # Keras's own quantization, one mode per Dense: int4 (packed into int8), float8, int8.
+    for layer, mode in zip((model.layers[0], *model.layers[2:]), ("int4", "float8", "int8")):
+        layer.quantize(mode)
     return model
 
 
