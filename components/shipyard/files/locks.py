@@ -50,9 +50,12 @@ def held(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
 # ---- work directories in $TMPDIR -------------------------------------------------------------
 
 WORKDIR_LOCK = ".owner.lock"
-# A directory without its lock file is either being created this instant (the lock follows
-# the mkdir) or was left by a shipyard from before these locks: only the latter is old.
+# A directory without its lock file was left by a shipyard from before these locks, or by a
+# run killed while it created one: only an old one is removed.
 UNLOCKED_GRACE_S = 3600.0
+# Where a work directory is made and locked before it is renamed to its own name (see
+# OwnedWorkdir): a name no `prefix*` pattern matches.
+HIDDEN_PREFIX = ".creating-"
 
 
 class OwnedWorkdir:
@@ -60,17 +63,31 @@ class OwnedWorkdir:
     on its `.owner.lock`. The kernel drops the flock when the process dies, even by SIGKILL,
     so `remove_abandoned_workdirs` can tell a killed run's directory from a live one's; the
     file descriptor is not inherited by children, so a child outliving its parent does not
-    keep the directory."""
+    keep the directory.
+
+    The directory appears under its name only once its lock is held: it is made and locked
+    under a hidden name, then renamed. Made in place, a concurrent run's cleanup could find
+    the lock file in the instant between its creation and its flock, take the lock and remove
+    a live run's directory (seen: six `register` commands started at once, two of them
+    exiting 1 with FileNotFoundError or BlockingIOError; 10 of 1800 directories in a stress
+    test; tests/unit/test_locks.py)."""
 
     def __init__(self, prefix: str):
         remove_abandoned_workdirs(prefix)
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        hidden = Path(tempfile.mkdtemp(prefix=HIDDEN_PREFIX + prefix))
         try:
-            self._fd: int | None = os.open(self.path / WORKDIR_LOCK,
+            self._fd: int | None = os.open(hidden / WORKDIR_LOCK,
                                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: uncontended
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else sees it yet
+            self.path = hidden.with_name(prefix + hidden.name[len(HIDDEN_PREFIX + prefix):])
+            # rename(2) onto an existing empty directory would replace it: refuse that.
+            if os.path.lexists(self.path):
+                raise FileExistsError(f"{self.path} exists")
+            os.rename(hidden, self.path)
         except BaseException:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(hidden, ignore_errors=True)
+            if getattr(self, "_fd", None) is not None:
+                os.close(self._fd)
             raise
 
     def remove(self) -> None:
@@ -84,6 +101,13 @@ def remove_abandoned_workdirs(prefix: str, directory: Path | None = None) -> lis
     """Removes `prefix*` directories in $TMPDIR whose owner is gone; returns them."""
     root = Path(directory or tempfile.gettempdir())
     removed = []
+    for path in sorted(root.glob(f"{HIDDEN_PREFIX}{prefix}*")):
+        # Killed between mkdtemp and rename: never renamed, so only its age tells.
+        with contextlib.suppress(OSError):
+            if (path.is_dir() and not path.is_symlink()
+                    and time.time() - path.stat().st_mtime > UNLOCKED_GRACE_S):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
     for path in sorted(root.glob(f"{prefix}*")):
         try:
             if path.is_symlink() or not path.is_dir():
