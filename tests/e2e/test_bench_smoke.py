@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from support.paths import REPO_ROOT
 
 TIMEOUT_S = 900  # per bench; a smoke run takes 1-2 minutes here
@@ -60,7 +61,11 @@ def test_export_bench_smoke():
                                     "child_peak_rss_mib"}
     assert set(doc["shipyard"]) == {"wall_s", "export_s", "verify_s", "verifier_load_s",
                                     "bytes", "verifier_peak_rss_mib", "hash_files_s",
-                                    "hash_checkpoint_s", "hash_wait_s"}
+                                    "hash_checkpoint_s", "hash_wait_s",
+                                    "reference_peak_rss_mib", "reference_load_s",
+                                    "export_loader"}
+    # The smoke model has no layer the optimized load cannot handle.
+    assert doc["shipyard"]["export_loader"] == ["shipyard optimized load (keras_loading)"]
     # The hashing passes ran and were timed (the wrappers saw them).
     assert_finite_positive({k: doc["shipyard"][k] for k in ("hash_files_s",
                                                             "hash_checkpoint_s")})
@@ -74,7 +79,12 @@ def test_export_bench_smoke():
     # process that imported TensorFlow holds well over 100 MiB).
     peaks = doc["peak_rss_mib"]
     assert all(peaks[k] > 100 for k in ("parent_fresh_process", "raw_export_fresh_process",
-                                        "verifier_child", "baseline_loader_child")), peaks
+                                        "verifier_child", "baseline_loader_child",
+                                        "reference_child")), peaks
+    assert peaks["sum_of_peaks_shipyard"] == pytest.approx(
+        peaks["parent_fresh_process"] + peaks["verifier_child"] + peaks["reference_child"])
+    assert peaks["sum_of_peaks_raw"] == pytest.approx(
+        peaks["raw_export_fresh_process"] + peaks["baseline_loader_child"])
 
 
 def test_register_bench_smoke():
