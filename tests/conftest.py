@@ -32,7 +32,7 @@ TIER_MARKS = {"integration": ("integration",), "e2e": ("integration", "slow"),
 # the end while the other worker idled).
 SLOW_FILES_FIRST = (
     "integration/test_register_kills.py",  # ~110 s
-    "e2e/test_register_concurrency.py",  # 154 s with the machine loaded (load average ~15)
+    "e2e/test_register_concurrency.py",  # ~62 s (154 s with the machine loaded)
     "e2e/test_bench_smoke.py",  # ~100 s
     "e2e/test_demo.py",  # ~75 s
     "integration/test_register.py",  # ~65 s
@@ -40,6 +40,8 @@ SLOW_FILES_FIRST = (
     "integration/test_validate.py",  # ~55 s
     "e2e/test_cli.py",  # ~55 s
     "integration/test_export.py",  # ~50 s
+    "integration/test_independent_reference.py",  # ~50 s
+    "integration/test_register_versions.py",  # ~40 s
     "integration/test_kfp_pipeline.py",  # ~30 s
 )
 

@@ -93,7 +93,10 @@ class ModelFactory:
     @staticmethod
     def _sequential() -> keras.Model:
         keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+        # The input's name is explicit: Keras numbers default names per process
+        # (input_layer_5 after other models), and SavedModel sources' signatures carry it.
+        model = keras.Sequential([keras.Input((3,), name="input_layer"),
+                                  keras.layers.Dense(4, activation="relu"),
                                   keras.layers.Dense(2, name="logits")])
         return model
 
