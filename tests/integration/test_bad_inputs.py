@@ -381,6 +381,13 @@ class LazyVerifier:
     def run(self, job, timeout=None):
         return self._process().run(job, **({} if timeout is None else {"timeout": timeout}))
 
+    def start(self, job):
+        self._process().start(job)
+
+    def finish(self, expected, timeout=None):
+        return self._process().finish(expected,
+                                      **({} if timeout is None else {"timeout": timeout}))
+
     def log_tail(self, lines: int = 30) -> str:
         return self._real.log_tail(lines) if self._real else ""
 

@@ -63,14 +63,17 @@ def array_digest(array: np.ndarray) -> str:
 
 
 class VerifierProcess:
-    """A started verifier child; give it one job with `run`, or `close` it.
+    """A started verifier child; give it one job (`start`, then `finish` once the expected
+    outputs exist; or `run`, both at once), or `close` it.
 
     It comes with the independent reference's child (`reference`, reference_process.py),
     started at the same moment so that both imports overlap the export: the export is
-    verified against that process's outputs.
+    verified against that process's outputs. `start` lets the verifier load the export and
+    call it while the reference still computes; `finish` gives it the reference's outputs to
+    compare with.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, with_reference: bool = True) -> None:
         # Owned through a lock while this process lives: the next verifier's start removes
         # the work directories of killed runs (see locks.OwnedWorkdir).
         temporary = Path(tempfile.gettempdir())
@@ -85,22 +88,21 @@ class VerifierProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "shipyard.exporter.verifier", str(self.workdir)],
                 stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        self.reference = ReferenceProcess(self.workdir)
+        self.reference = ReferenceProcess(self.workdir) if with_reference else None
+        self._result_path = self.workdir / "result.json"
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
-    def run(self, job: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-        """Sends `job`, waits for the child to finish, returns its result document."""
-        result_path = self.workdir / "result.json"
-        job = dict(job, result=str(result_path))
-        assert self._process.stdin is not None
-        try:
-            self._process.stdin.write((json.dumps(job) + "\n").encode())
-            self._process.stdin.close()
-        except BrokenPipeError:
-            pass  # the child died early; reported below with its log
+    def start(self, job: dict[str, Any]) -> None:
+        """Sends `job` (without `expected`): the child loads the export and calls it."""
+        self._send(dict(job, result=str(self._result_path)), close=False)
+
+    def finish(self, expected: Path | str, timeout: float = DEFAULT_TIMEOUT_S
+               ) -> dict[str, Any]:
+        """Names the expected outputs, waits for the child, returns its result document."""
+        self._send({"expected": str(expected)}, close=True)
         try:
             code = self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -109,11 +111,28 @@ class VerifierProcess:
             return {"ok": False,
                     "failures": [f"the verifier did not finish within {timeout:.0f} s"],
                     "log": self.log_tail()}
-        if not result_path.exists():
+        if not self._result_path.exists():
             return {"ok": False, "failures": [f"the verifier exited with code {code} and no "
                                               "result (crashed or killed)"],
                     "log": self.log_tail()}
-        return json.loads(result_path.read_text())
+        return json.loads(self._result_path.read_text())
+
+    def run(self, job: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """`start` and `finish` at once: `job` names its `expected` outputs."""
+        job = dict(job)
+        expected = job.pop("expected")
+        self.start(job)
+        return self.finish(expected, timeout)
+
+    def _send(self, document: dict[str, Any], *, close: bool) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write((json.dumps(document) + "\n").encode())
+            self._process.stdin.flush()
+            if close:
+                self._process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died early; reported by finish with its log
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -122,7 +141,8 @@ class VerifierProcess:
             return ""
 
     def close(self) -> None:
-        self.reference.close()
+        if self.reference is not None:
+            self.reference.close()
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
@@ -193,12 +213,20 @@ def _main() -> int:
         shutil.rmtree(sys.argv[1], ignore_errors=True)
         return 0
     job = json.loads(line)
-    result = _verify(tf, job)
-    Path(job["result"]).write_text(json.dumps(result))
+    result = _verify(tf, job, _expected_from_stdin)
+    if result is not None:  # None: the parent abandoned this export (no expected outputs)
+        Path(job["result"]).write_text(json.dumps(result))
     return 0
 
 
-def _verify(tf: Any, job: dict[str, Any]) -> dict[str, Any]:
+def _expected_from_stdin() -> str | None:
+    """The expected outputs' path, sent once the reference has them; None if the parent
+    closed stdin instead."""
+    line = sys.stdin.readline()
+    return json.loads(line)["expected"] if line.strip() else None
+
+
+def _verify(tf: Any, job: dict[str, Any], wait_for_expected: Any) -> dict[str, Any] | None:
     failures: list[str] = []
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     if any(d != "CPU" for d in devices):
@@ -213,8 +241,12 @@ def _verify(tf: Any, job: dict[str, Any]) -> dict[str, Any]:
     load_seconds = time.monotonic() - started
 
     failures += _check_collections(loaded, job["collections"])
-    parity, parity_failures = _check_endpoints(tf, loaded, job)
-    failures += parity_failures
+    outputs, call_failures = _call_endpoints(tf, loaded, job)  # before the expected exist
+    expected = job.get("expected") or wait_for_expected()
+    if expected is None:
+        return None
+    parity, parity_failures = _compare_outputs(outputs, expected, job)
+    failures += call_failures + parity_failures
     return {"ok": not failures, "failures": failures, "parity": parity, "devices": devices,
             "load_seconds": load_seconds}
 
@@ -238,16 +270,13 @@ def _check_collections(loaded: Any, expected: dict[str, list[str]]) -> list[str]
     return failures
 
 
-def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
-                     ) -> tuple[dict[str, float], list[str]]:
-    # Our own files, written by the exporting process: serialized examples travel pickled.
+def _call_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """Every call of the plan, in the exporter's order (see reference.py): {key: outputs}."""
+    # Our own file, written by the exporting process: serialized examples travel pickled.
     inputs = np.load(job["inputs"], allow_pickle=True)
-    expected = np.load(job["expected"], allow_pickle=True)
-    atol, rtol = job["tolerance"]["atol"], job["tolerance"]["rtol"]
-    parity: dict[str, float] = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     failures: list[str] = []
-    # The exporter's call order (see reference.py); it ends with serving_default, whose
-    # reference is the default endpoint's output, so a wrong default is caught by value.
     for step in job["plan"]:
         endpoint, batch = step["signature"], step["batch_size"]
         signature = loaded.signatures.get(endpoint)
@@ -259,18 +288,33 @@ def _check_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
         feed = {k[len(prefix):]: tf.constant(inputs[k], dtype=specs[k[len(prefix):]].dtype)
                 for k in inputs.files if k.startswith(prefix)}
         try:
-            outputs = {k: plain_array(v.numpy()) for k, v in signature(**feed).items()}
+            outputs[prefix] = {k: plain_array(v.numpy()) for k, v in signature(**feed).items()}
         except Exception as err:  # the call itself failing is the finding
             failures.append(f"endpoint {endpoint!r} (batch {batch}) fails when called: "
                             f"{type(err).__name__}: {str(err)[:300]}")
-            continue
+    return outputs, failures
+
+
+def _compare_outputs(outputs: dict[str, dict[str, np.ndarray]], expected_path: str,
+                     job: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    expected = np.load(expected_path, allow_pickle=True)
+    atol, rtol = job["tolerance"]["atol"], job["tolerance"]["rtol"]
+    parity: dict[str, float] = {}
+    failures: list[str] = []
+    # The plan ends with serving_default, whose reference is the default endpoint's output,
+    # so a wrong default is caught by value.
+    for step in job["plan"]:
+        endpoint, batch, prefix = step["signature"], step["batch_size"], step["key"]
+        if prefix not in outputs:
+            continue  # not a signature, or the call failed: reported already
+        got = outputs[prefix]
         wanted = {k[len(prefix):]: expected[k] for k in expected.files if k.startswith(prefix)}
-        if sorted(outputs) != sorted(wanted):
-            failures.append(f"endpoint {endpoint!r}: outputs {sorted(outputs)} differ from the "
+        if sorted(got) != sorted(wanted):
+            failures.append(f"endpoint {endpoint!r}: outputs {sorted(got)} differ from the "
                             f"original model's {sorted(wanted)}")
             continue
         for name in sorted(wanted):
-            error, problem = compare(outputs[name], wanted[name], atol, rtol)
+            error, problem = compare(got[name], wanted[name], atol, rtol)
             parity[endpoint] = max(parity.get(endpoint, 0.0), error)
             if problem:
                 failures.append(f"endpoint {endpoint!r} output {name!r} (batch {batch}): {problem}")

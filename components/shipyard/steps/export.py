@@ -161,23 +161,38 @@ class _Staged:
 def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
                   verifier: VerifierProcess, runtime: Any, progress: Progress
                   ) -> tuple[Manifest, dict[str, float]]:
-    from shipyard.exporter import archive, reference, source
-
     started = time.monotonic()
     # The independent reference loads the source in its own process while this one exports.
     verifier.reference.load(request.model, imports=request.imports, unsafe=request.unsafe)
-    staged = _write_and_compare(request, repo, staging, verifier, progress, optimized=True)
+    with contextlib.ExitStack() as spare:
+        return _checked_export(request, repo, staging, verifier, runtime, progress, spare,
+                               started)
+
+
+def _checked_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
+                    verifier: VerifierProcess, runtime: Any, progress: Progress,
+                    spare: contextlib.ExitStack, started: float
+                    ) -> tuple[Manifest, dict[str, float]]:
+    from shipyard.exporter import archive, source
+
+    checker = verifier
+    staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
+                                optimized=True)
     if staged.differences and staged.model.loader == source.OPTIMIZED_LOAD:
         # The optimized load can be wrong where Keras's own is right (a custom layer doing
         # what it did not foresee): it never gets to publish that. The model is loaded
-        # again, Keras's own way, and exported again.
+        # again, Keras's own way, and exported again, and a fresh verifier checks that
+        # export (the first one has loaded the discarded one).
         log.warning("%s: shipyard's optimized load answers otherwise than Keras's own load "
                     "(%s); exporting it again from Keras's own load", request.model,
                     staged.differences[0])
         del staged
         gc.collect()
         _empty(staging.path)
-        staged = _write_and_compare(request, repo, staging, verifier, progress, optimized=False)
+        checker = VerifierProcess(with_reference=False)
+        spare.callback(checker.close)
+        staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
+                                    optimized=False)
     if staged.differences:
         details = "\n".join(f"  - {d}" for d in staged.differences[:20])
         raise VerificationError(
@@ -191,7 +206,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
     verifier.reference.finish()  # its copy of the model is freed before the verifier loads
     model, built, references, warmed = (staged.model, staged.built, staged.references,
                                         staged.warmed)
-    inputs_path, expected_path = staged.inputs_path, staged.expected_path
+    expected_path = staged.expected_path
     export_seconds = time.monotonic() - started
 
     # The version's files are final from here on (the manifest, written last, is not listed):
@@ -208,15 +223,7 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
                                           stop_hashing)
         verify_started = time.monotonic()
         with progress.step("verify in a fresh CPU-only process"):
-            outcome = verifier.run({
-                # Absolute: the verifier may have been started in another working directory.
-                "saved_model_dir": str(staging.path.resolve()),
-                "inputs": str(inputs_path),
-                "expected": str(expected_path),
-                "plan": reference.plan(references, request.spec),
-                "tolerance": request.spec.tolerance.model_dump(),
-                "collections": staged.digests,
-            })
+            outcome = checker.finish(expected_path)
         if not outcome["ok"]:
             details = "\n".join(f"  - {f}" for f in outcome["failures"])
             log_tail = outcome.get("log", "")
@@ -269,11 +276,11 @@ def _stage_export(request: ExportRequest, repo: ModelRepository, staging: Stagin
 
 
 def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
-                       verifier: VerifierProcess, progress: Progress, *, optimized: bool
-                       ) -> _Staged:
+                       verifier: VerifierProcess, checker: VerifierProcess,
+                       progress: Progress, *, optimized: bool) -> _Staged:
     """Loads the source (`optimized`: shipyard's way, else Keras's own), writes the export
-    and its warmup into `staging`, and compares the loaded model's answers with the
-    independent reference's."""
+    and its warmup into `staging`, starts `checker` (a verifier) on it, and compares the
+    loaded model's answers with the independent reference's (`verifier.reference`)."""
     from shipyard.exporter import archive, reference, source, warmup
 
     how = "" if optimized else " with Keras's own load_model"
@@ -304,6 +311,16 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
         with writing_verifier_inputs(verifier.workdir):  # in $TMPDIR, not the repository
             inputs_path = reference.write_inputs(references, verifier.workdir)
     expected_path = verifier.workdir / EXPECTED_NAME
+    # The verifier loads the export and calls it while the reference computes; it compares
+    # once the reference's outputs exist (VerifierProcess.finish).
+    checker.start({
+        # Absolute: the verifier may have been started in another working directory.
+        "saved_model_dir": str(staging.path.resolve()),
+        "inputs": str(inputs_path),
+        "plan": reference.plan(references, spec),
+        "tolerance": spec.tolerance.model_dump(),
+        "collections": digests,
+    })
     with progress.step("compute the independent reference (the source loaded by its own "
                        "library, in a separate process)"):
         try:
