@@ -384,6 +384,10 @@ class LazyVerifier:
     def start(self, job):
         self._process().start(job)
 
+    def abandon(self):
+        if self._real is not None:
+            self._real.abandon()
+
     def finish(self, expected, timeout=None):
         return self._process().finish(expected,
                                       **({} if timeout is None else {"timeout": timeout}))

@@ -125,6 +125,13 @@ class VerifierProcess:
         self.start(job)
         return self.finish(expected, timeout)
 
+    def abandon(self) -> None:
+        """Ends the verifier child without a result (its export was discarded); the
+        reference child goes on."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def _send(self, document: dict[str, Any], *, close: bool) -> None:
         assert self._process.stdin is not None
         try:

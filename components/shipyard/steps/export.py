@@ -162,6 +162,7 @@ class _Staged:
     expected_path: Path  # the independent reference's outputs
     independent: dict[str, Any]  # how the reference process loaded and answered
     differences: list[str]  # where `references` differ from the independent outputs
+    verify_later: dict[str, Any] | None  # the verifier's job, if it has not been started
 
 
 def _stage_export(request: ExportRequest, repo: ModelRepository, staging: StagingDir,
@@ -195,6 +196,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
         del staged
         gc.collect()
         _empty(staging.path)
+        checker.abandon()  # it may have loaded the discarded export
         checker = VerifierProcess(with_reference=False)
         spare.callback(checker.close)
         staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
@@ -209,7 +211,10 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
             "inference, state computed when a layer is built from something other than its "
             "weights): make them deterministic, or widen `tolerance` if the differences are "
             "numerical noise.")
-    verifier.reference.finish()  # its copy of the model is freed before the verifier loads
+    # The reference exits: a large model's copy is freed before its verifier loads the export.
+    verifier.reference.finish()
+    if staged.verify_later is not None:
+        checker.start(staged.verify_later)
     model, built, references, warmed = (staged.model, staged.built, staged.references,
                                         staged.warmed)
     expected_path = staged.expected_path
@@ -327,7 +332,8 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
     }
     # A small export is verified while the reference still imports, loads and computes (the
     # verifier compares once the reference's outputs exist: VerifierProcess.finish); a large
-    # one only after, since two loads of a large model at once slow each other down.
+    # one only once the reference is done, since two loads of a large model at once slow each
+    # other down, and hold it twice.
     early = tree_bytes(staging.path / "variables") <= EARLY_VERIFY_MAX_BYTES
     if early:
         checker.start(verify_job)
@@ -343,12 +349,11 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
             raise VerificationError(
                 f"the independent reference for {request.model} failed, so the export cannot "
                 f"be verified; nothing was published: {err}") from None
-    if not early:
-        checker.start(verify_job)
     found = reference.differences(references, expected_path, spec.tolerance.atol,
                                   spec.tolerance.rtol)
     return _Staged(model, built, signatures, rng_states, references, warmed, warmup_records,
-                   digests, inputs_path, expected_path, independent, found)
+                   digests, inputs_path, expected_path, independent, found,
+                   None if early else verify_job)
 
 
 def _empty(directory: Path) -> None:
