@@ -1,5 +1,5 @@
 """`shipyard register` and `shipyard alias` against a real MLflow server and the embedded store.
-(Concurrent `shipyard register` processes: e2e/test_register.py.)"""
+(Concurrent `shipyard register` processes: e2e/test_register_concurrency.py.)"""
 
 from __future__ import annotations
 
