@@ -46,11 +46,6 @@ SLOW_FILES_FIRST = (
 )
 
 
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core plus one (see pyproject.toml's addopts)."""
-    return (os.cpu_count() or 1) + 1
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items):
     for item in items:
