@@ -108,16 +108,12 @@ def test_a_killed_reference_process_stops_the_export(launcher, models, tmp_path)
     os.kill(verifier.reference.pid, signal.SIGKILL)
     repo = tmp_path / "repo"
 
-    from shipyard.core.spec import parse_spec
-    from shipyard.steps.export import ExportRequest, export_model
-
     with pytest.raises(VerificationError,
                        match=r"the independent reference for .*sequential.keras failed, so "
                              r"the export cannot be verified; nothing was published: the "
                              r"reference process exited with code -9 \(crashed or killed\); "
                              r"its last lines:"):
-        export_model(ExportRequest(model=models.path("sequential"), spec=parse_spec(SPEC),
-                                   repo=repo, name="m"), launch_verifier=lambda: verifier)
+        export(lambda: verifier, models.path("sequential"), SPEC, repo)
     assert not (repo / "m").exists()
 
 

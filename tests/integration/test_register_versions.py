@@ -6,24 +6,15 @@ costs seconds. Concurrent `shipyard register` processes: e2e/test_register_concu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from support.register_faults import client_for, inconsistencies
-from support.specs import SEQUENTIAL_SPEC
+from support.register_faults import client_for, inconsistencies, register_copy
 
 from shipyard.core.claims import Owner
-from shipyard.core.manifest import write_manifest
-from shipyard.core.spec import parse_spec
-from shipyard.registry.client import ModelRegistry, RegistryLocation
-from shipyard.repository import open_repository
-from shipyard.steps.export import ExportRequest
-from shipyard.steps.register import register_staged
 
 
 class Steps:
@@ -48,17 +39,8 @@ class Steps:
 
 def register(uri: str, repo_dir: Path, name: str, staged, progress=None,
              wait_timeout_s: float = 60.0):
-    export, manifest, timings = staged
-    manifest = dataclasses.replace(manifest, name=name)
-    request = ExportRequest(model=Path("unused.keras"), spec=parse_spec(SEQUENTIAL_SPEC),
-                            repo=repo_dir, name=name)
-    repo = open_repository(repo_dir)
-    registry = ModelRegistry(RegistryLocation.resolve(uri))
-    with repo.create_staging(name) as staging:
-        shutil.copytree(export, staging.path, dirs_exist_ok=True)
-        write_manifest(staging.path, manifest)
-        return register_staged(registry, repo, request, staging, manifest, timings,
-                               progress=progress or Steps(), wait_timeout_s=wait_timeout_s)
+    return register_copy(uri, repo_dir, name, staged, progress=progress or Steps(),
+                         wait_timeout_s=wait_timeout_s)
 
 
 class Died(Exception):

@@ -36,8 +36,10 @@ def stage_once(launcher, models, root: Path):
     return root / "export", manifest, timings
 
 
-def register_copy(uri: str, repo_dir: Path, name: str, staged, pipeline_run_id=None):
-    """`register` of the staged export as NAME, without exporting again."""
+def register_copy(uri: str, repo_dir: Path, name: str, staged, pipeline_run_id=None,
+                  **options):
+    """`register` of the staged export as NAME, without exporting again; `options` go to
+    register_staged (progress, wait_timeout_s)."""
     export, manifest, timings = staged
     manifest = dataclasses.replace(manifest, name=name)
     request = ExportRequest(model=Path("unused.keras"), spec=parse_spec(SEQUENTIAL_SPEC),
@@ -48,7 +50,7 @@ def register_copy(uri: str, repo_dir: Path, name: str, staged, pipeline_run_id=N
         shutil.copytree(export, staging.path, dirs_exist_ok=True)
         write_manifest(staging.path, manifest)
         return register_staged(registry, repo, request, staging, manifest, timings,
-                               pipeline_run_id=pipeline_run_id)
+                               pipeline_run_id=pipeline_run_id, **options)
 
 
 def client_for(uri: str):
