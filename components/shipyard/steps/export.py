@@ -394,8 +394,9 @@ def _check_runtime(runtime: Any, saved_model_dir: Path, references: list[Any],
     """The version on the serving image's TensorFlow: {runtime: record} for shipyard.json."""
     if not isinstance(runtime, RuntimeCheck):
         return {}  # turned off
-    plan = [{"signature": r.signature, "batch_size": r.sample.batch_size, "key": r.key}
-            for r in references]
+    from shipyard.exporter.reference import plan as call_plan
+
+    plan = call_plan(references, spec)  # the verifier's calls, in its order
     with progress.step(f"verify on TF Serving's runtime (TensorFlow {runtime.choice.version})"):
         outcome = runtime.run(saved_model_dir.resolve(), plan)
         if outcome.outputs is not None:
