@@ -173,7 +173,15 @@ def _endpoint_fn(source: SourceModel, endpoint: Endpoint, index: int) -> Endpoin
         fn = _parsing_examples(_keras_endpoint_fn(source.obj, endpoint, index), endpoint)
     else:
         fn = _saved_model_endpoint_fn(source.obj, endpoint, index)
+        if _serves_as_is(source, endpoint):
+            return fn  # the source's own classify/regress signature: its outputs as they are
     return _shaped_for_kind(fn, endpoint, index)
+
+
+def _serves_as_is(source: SourceModel, endpoint: Endpoint) -> bool:
+    from shipyard.exporter.whole import read_graph_cached, serves_as_is
+
+    return serves_as_is(read_graph_cached(source.path), endpoint)
 
 
 def feature_spec(features: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +298,16 @@ def _saved_model_endpoint_fn(loaded: Any, endpoint: Endpoint, index: int) -> End
                 return dict(signature(**dict(zip(declared, flat))))
 
             return call_signature
+        examples = endpoint.examples_input()
+        if examples is not None and len(endpoint.inputs) == 1 and \
+                sorted(examples.tf_example) == expected:
+            # Serialized examples in, parsed into the features the signature takes by name.
+            parse = feature_spec(examples.tf_example)
+
+            def parse_then_call_signature(serialized: Any) -> dict[str, Any]:
+                return dict(signature(**tf.io.parse_example(serialized, parse)))
+
+            return parse_then_call_signature
         if function is None:
             raise SpecError(
                 f"endpoints[{index}].inputs: signature {endpoint.method!r} of the SavedModel "

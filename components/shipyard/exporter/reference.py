@@ -49,18 +49,33 @@ def collection_digests(built: BuiltArchive) -> dict[str, list[str]]:
 
 
 def compute_references(built: BuiltArchive, spec: ExportSpec,
-                       real_examples: tuple[bytes, ...] = ()) -> list[Reference]:
+                       real_examples: tuple[bytes, ...] = (), *,
+                       optional: frozenset[str] = frozenset(),
+                       skipped: dict[str, str] | None = None) -> list[Reference]:
     """Every endpoint at each batch size (and, for tf_example endpoints, on the real examples
-    if given), then serving_default on the default endpoint."""
+    if given), then serving_default on the default endpoint.
+
+    An `optional` endpoint (a signature of a whole SavedModel that the spec does not name,
+    called on inputs generated from its tensor specs) that the source itself fails on is left
+    out of the calls, with why in `skipped`: the spec can declare it to have it verified."""
     references = []
     for endpoint in spec.endpoints:
         samples = make_samples(endpoint, built.vocabularies)
         if real_examples and endpoint.examples_input() is not None:
             samples += make_real_samples(endpoint, built.vocabularies, real_examples)
-        for sample in samples:
-            references.append(_reference(built, endpoint, sample, endpoint.name))
+        try:
+            calls = [_reference(built, endpoint, sample, endpoint.name) for sample in samples]
+        except SpecError as err:
+            if endpoint.name not in optional or skipped is None:
+                raise
+            skipped[endpoint.name] = (f"the source fails on inputs generated from its tensor "
+                                      f"specs ({str(err).split(': ', 2)[-1][:300]}); declare "
+                                      "it as an endpoint, with its inputs, to have it verified")
+            continue
+        for call in calls:
+            references.append(call)
             if not spec.allow_non_finite:
-                _refuse_non_finite(references[-1])
+                _refuse_non_finite(call)
     default = spec.default
     first = make_samples(default, built.vocabularies)[0]
     references.append(_reference(built, default, first, "serving_default"))

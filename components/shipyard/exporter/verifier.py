@@ -251,14 +251,20 @@ def _verify(tf: Any, job: dict[str, Any], wait_for_expected: Any) -> dict[str, A
         failures.append(f"an accelerator is visible to the verifier ({devices}); it must run "
                         "on CPU only")
     started = time.monotonic()
+    session_loader = job.get("loader") == "session"
     try:
-        loaded = tf.saved_model.load(job["saved_model_dir"])
+        if session_loader:
+            loaded = SessionModel(tf, job["saved_model_dir"])
+        else:
+            loaded = tf.saved_model.load(job["saved_model_dir"])
     except Exception as err:  # any load failure is a verification failure
         return {"ok": False, "failures": [f"the SavedModel does not load: "
                                           f"{type(err).__name__}: {err}"], "devices": devices}
     load_seconds = time.monotonic() - started
 
-    failures += _check_collections(loaded, job["collections"])
+    if job["collections"]:
+        objects = tf.saved_model.load(job["saved_model_dir"]) if session_loader else loaded
+        failures += _check_collections(objects, job["collections"])
     outputs, call_failures = _call_endpoints(tf, loaded, job)  # before the expected exist
     expected = job.get("expected") or wait_for_expected()
     if expected is None:
@@ -266,7 +272,46 @@ def _verify(tf: Any, job: dict[str, Any], wait_for_expected: Any) -> dict[str, A
     parity, parity_failures = _compare_outputs(outputs, expected, job)
     failures += call_failures + parity_failures
     return {"ok": not failures, "failures": failures, "parity": parity, "devices": devices,
-            "load_seconds": load_seconds}
+            "load_seconds": load_seconds,
+            "loader": SESSION_LOADER if session_loader else "tf.saved_model.load"}
+
+
+SESSION_LOADER = "tf.compat.v1.saved_model.loader.load (TF Serving's session loader)"
+
+
+class SessionModel:
+    """A SavedModel loaded as TF Serving loads it: TF1's session loader, tags {serve}, in its
+    own Graph and Session. The loader restores the variables and runs the SavedModel's init
+    op (a TF1 main_op or legacy_init_op, TF2's __saved_model_init_op): a version whose
+    tables or other resources are not initialized that way fails here as it would in TF
+    Serving. `signatures` offers each SignatureDef as a callable by input name, fed and
+    fetched by tensor name, as TF Serving's Predict does."""
+
+    def __init__(self, tf: Any, directory: str) -> None:
+        self._tf = tf
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        with self._graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"],
+                                                              directory)
+        self.signatures = {name: _SessionSignature(self._session, signature)
+                           for name, signature in meta_graph.signature_def.items()
+                           if not name.startswith("__")}
+
+
+class _SessionSignature:
+    def __init__(self, session: Any, signature: Any) -> None:
+        self._session, self._signature = session, signature
+        self.input_dtypes = {name: info.dtype for name, info in signature.inputs.items()}
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        unknown = sorted(set(inputs) - set(self._signature.inputs))
+        if unknown:
+            raise KeyError(f"inputs {unknown} are not inputs of the signature "
+                           f"({sorted(self._signature.inputs)})")
+        feeds = {self._signature.inputs[name].name: value for name, value in inputs.items()}
+        fetches = {name: info.name for name, info in self._signature.outputs.items()}
+        return self._session.run(fetches, feeds)
 
 
 def _check_collections(loaded: Any, expected: dict[str, list[str]]) -> list[str]:
@@ -302,15 +347,25 @@ def _call_endpoints(tf: Any, loaded: Any, job: dict[str, Any]
             failures.append(f"endpoint {endpoint!r} is not a signature of the SavedModel")
             continue
         prefix = step["key"]  # the reference's key (see reference.Reference.key)
-        specs = signature.structured_input_signature[1]
-        feed = {k[len(prefix):]: tf.constant(inputs[k], dtype=specs[k[len(prefix):]].dtype)
-                for k in inputs.files if k.startswith(prefix)}
         try:
-            outputs[prefix] = {k: plain_array(v.numpy()) for k, v in signature(**feed).items()}
+            feed = _feed(tf, signature, {k[len(prefix):]: inputs[k] for k in inputs.files
+                                         if k.startswith(prefix)})
+            outputs[prefix] = {k: plain_array(np.asarray(v)) for k, v in signature(**feed).items()}
         except Exception as err:  # the call itself failing is the finding
             failures.append(f"endpoint {endpoint!r} (batch {batch}) fails when called: "
                             f"{type(err).__name__}: {str(err)[:300]}")
     return outputs, failures
+
+
+def _feed(tf: Any, signature: Any, named: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The arrays as the signature's dtypes: eager tensors for a restored signature, numpy
+    arrays for a session's (the session converts them as TF Serving's Predict does)."""
+    if isinstance(signature, _SessionSignature):
+        return {name: np.asarray(value, dtype=tf.dtypes.as_dtype(
+            signature.input_dtypes[name]).as_numpy_dtype) if name in signature.input_dtypes
+            else value for name, value in named.items()}
+    specs = signature.structured_input_signature[1]
+    return {name: tf.constant(value, dtype=specs[name].dtype) for name, value in named.items()}
 
 
 def _compare_outputs(outputs: dict[str, dict[str, np.ndarray]], expected_path: str,

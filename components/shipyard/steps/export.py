@@ -254,7 +254,8 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
         name=request.name,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source={**model.describe(),
-                **({"path": request.source_location} if request.source_location else {})},
+                **({"path": request.source_location} if request.source_location else {}),
+                **({"shipped": built.describe()} if hasattr(built, "describe") else {})},
         spec=spec.normalized(),
         fingerprint=fingerprint(files, spec.normalized(), staged.signatures, checkpoint,
                                 built.lookup_vocabularies,
@@ -267,7 +268,8 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                      "batch_sizes": sorted({r.sample.batch_size for r in references
                                             if r.signature == e.name}),
                      **spec.tolerance.model_dump()}
-            for e in spec.endpoints
+            for e in getattr(built, "calls_spec", spec).endpoints
+            if any(r.signature == e.name for r in references)
         },
         warmup_records=staged.warmup_records,
         verification={"devices": outcome["devices"], "load_seconds": outcome["load_seconds"],
@@ -276,7 +278,8 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                       "reference": {"loader": staged.independent["loader"],
                                     "process": "separate, CPU only",
                                     "load_seconds": round(staged.independent["load_seconds"], 3)},
-                      "export_loader": model.loader},
+                      "export_loader": model.loader,
+                      "version_loader": outcome.get("loader", "tf.saved_model.load")},
         producer={"shipyard": __version__, **source.library_versions()},
         files=files,
     )
@@ -301,17 +304,22 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
             model = source.load_source_model(request.model, unsafe=request.unsafe,
                                              optimized=optimized)
         with progress.step("build endpoints"):
-            built = archive.build_archive(model, request.spec)
+            built = build(model, request.spec)
         with progress.step("write SavedModel"):
             built.write(staging.path)
         rng_states = archive.rng_states(model)  # before any call advances them
     signatures = archive.read_signatures(staging.path)
     check_compatibility(repo, request, signatures)  # fail fast; repeated under the publish lock
     real_examples = _real_examples(request)
-    spec = request.spec
+    # The calls every check makes: the spec's endpoints, and for a whole SavedModel the
+    # signatures of the source the spec does not name (each is called on both sides too).
+    spec = getattr(built, "calls_spec", request.spec)
     with progress.step("compute reference outputs"):
         digests = reference.collection_digests(built)
-        references = reference.compute_references(built, spec, real_examples)
+        references = reference.compute_references(
+            built, spec, real_examples, optional=frozenset(e.name for e in spec.endpoints
+                                                           if e not in request.spec.endpoints),
+            skipped=getattr(built, "unverifiable", {}))
         # Every call the verifier makes, serving_default included: it is a separate function
         # in the graph, so clients that omit signature_name would otherwise pay its first call.
         # Real examples only with warmup_from_examples: the version's files travel widely.
@@ -329,6 +337,8 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
         "plan": reference.plan(references, spec),
         "tolerance": spec.tolerance.model_dump(),
         "collections": digests,
+        # A whole SavedModel is loaded as TF Serving loads it, so its init ops are proven.
+        "loader": "session" if model.format == "saved_model" else "tf.saved_model.load",
     }
     # A small export is verified while the reference still imports, loads and computes (the
     # verifier compares once the reference's outputs exist: VerifierProcess.finish); a large
@@ -354,6 +364,17 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
     return _Staged(model, built, signatures, rng_states, references, warmed, warmup_records,
                    digests, inputs_path, expected_path, independent, found,
                    None if early else verify_job)
+
+
+def build(model: Any, spec: ExportSpec) -> Any:
+    """A .keras model through Keras's ExportArchive; a SavedModel source whole (whole.py)."""
+    if model.format == "saved_model":
+        from shipyard.exporter.whole_archive import build_whole
+
+        return build_whole(model, spec)
+    from shipyard.exporter.archive import build_archive
+
+    return build_archive(model, spec)
 
 
 def _empty(directory: Path) -> None:

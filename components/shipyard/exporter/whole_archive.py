@@ -1,0 +1,111 @@
+"""Builds and writes a whole SavedModel version (the decisions are whole.py's).
+
+The counterpart of archive.build_archive for SavedModel sources: it offers what the export
+step uses of a BuiltArchive (endpoint_fns, collections, vocabularies, method names, write), plus
+the signatures to call beyond the spec's endpoints (`calls_spec`) and how the source was
+shipped (`describe`). It shares archive.py's private helpers (endpoint callables, input
+signatures, variable selection, vocabularies): one definition of each for both kinds of source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from shipyard.core.errors import SpecError
+from shipyard.core.spec import METHOD_NAMES, ExportSpec
+from shipyard.exporter import archive, whole
+from shipyard.exporter.samples import Vocabularies
+from shipyard.exporter.source import SourceModel
+
+
+@dataclass
+class WholeArchive:
+    source: SourceModel
+    spec: ExportSpec
+    graph: whole.SourceGraph
+    shipping: whole.Shipping
+    endpoint_fns: dict[str, archive.EndpointFn]  # the source's callables, calls_spec's endpoints
+    collections: dict[str, list[Any]]
+    vocabularies: Vocabularies
+    lookup_vocabularies: list[list[Any]]
+    calls_spec: ExportSpec  # the spec plus the signatures it does not name
+    unverifiable: dict[str, str] = field(default_factory=dict)  # signature -> why not called
+
+    def write(self, directory: Path) -> None:
+        how = self.shipping.how(self.graph)
+        if how == whole.RESAVED:
+            self._resave(directory)
+            whole.refuse_losses(whole.lost_in_resave(self.graph, whole.read_graph(directory)),
+                                self.shipping)
+            return
+        whole.copy_source(self.source.path, directory)
+        if how == whole.SIGNATURE_DEFS_ADDED:
+            whole.add_signature_defs(directory, self.shipping.renamed, self.shipping.method_names)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.shipping.describe(self.graph),
+                **({"not_called": dict(self.unverifiable)} if self.unverifiable else {})}
+
+    def _resave(self, directory: Path) -> None:
+        loaded = self.source.obj
+        signatures = {name: loaded.signatures[name] for name in self.graph.signatures}
+        for new, existing in self.shipping.renamed.items():
+            signatures[new] = loaded.signatures[existing]
+        endpoints = {e.name: e for e in self.spec.endpoints}
+        for name in self.shipping.wrapped:
+            endpoint = endpoints[name] if name in endpoints else self.spec.default
+            traced = tf.function(self.endpoint_fns[endpoint.name],
+                                 input_signature=archive._input_signature(endpoint))
+            signatures[name] = traced.get_concrete_function()
+        for name, variables in self.collections.items():
+            setattr(loaded, name, [archive.backend_variable(v) for v in variables])
+        tf.saved_model.save(loaded, str(directory), signatures=signatures,
+                            options=archive.SAVE_OPTIONS)
+        extra = self.source.path / "assets.extra"
+        if extra.is_dir():
+            whole.copy_source(extra, directory / "assets.extra")
+        method_names = dict(self.shipping.method_names)
+        for name in self.shipping.wrapped:
+            endpoint = endpoints.get(name, self.spec.default)
+            if endpoint.kind != "predict":
+                method_names[name] = METHOD_NAMES[endpoint.kind]
+        if method_names:
+            archive.set_method_names(directory, method_names)
+
+
+def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
+    graph = whole.read_graph(source.path)
+    shipping = whole.plan_shipping(graph, spec)
+    extras, unverifiable = whole.extra_endpoints(graph, spec)
+    calls = whole.calls_spec(spec, extras)
+    endpoint_fns = {}
+    for index, endpoint in enumerate(calls.endpoints):
+        endpoint_fns[endpoint.name] = archive.endpoint_function(source, calls, endpoint.name)
+        if endpoint.name in shipping.wrapped:
+            _trace_or_refuse(endpoint_fns[endpoint.name], endpoint, index)
+    collections = {}
+    for index, collection in enumerate(spec.variable_collections):
+        collections[collection.name] = archive._select_variables(source, collection.select,
+                                                                index)
+    lookups = archive._lookup_vocabularies(source)
+    return WholeArchive(source, spec, graph, shipping, endpoint_fns, collections,
+                        archive._sample_vocabularies(lookups), lookups, calls, unverifiable)
+
+
+def _trace_or_refuse(fn: archive.EndpointFn, endpoint: Any, index: int) -> None:
+    """Traces a new signature now, so that a misfit is reported as one (as build_archive)."""
+    try:
+        tf.function(fn, input_signature=archive._input_signature(endpoint)).get_concrete_function()
+    except SpecError:
+        raise
+    except Exception as err:  # tracing runs the source's functions on the declared inputs
+        declared = ", ".join(f"{name}: {decl.dtype}" for name, decl in endpoint.signature_inputs())
+        raise SpecError(
+            f"endpoints[{index}] ({endpoint.name!r}): calling {endpoint.method!r} of the "
+            f"SavedModel with the declared inputs ({declared}) failed: {type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}. Declare "
+            "the inputs the signature or function takes") from None
