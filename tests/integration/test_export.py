@@ -142,33 +142,51 @@ def test_subclassed_model_with_custom_method_and_training_endpoint(launcher, mod
 
 
 def test_saved_model_directory_as_source(launcher, models, repo):
+    """A SavedModel written by model.export() ships whole (issue 23): its signatures (serve,
+    serving_default) and its restored function `serve` travel; `main` renames
+    serving_default and `predict` is added over the restored function (positional arguments,
+    so its input name is free). The signature the spec does not name is verified too."""
     import tensorflow as tf
 
-    source = models.saved_model()
-    spec = {"endpoints": [{"name": "predict", "method": "serve",  # a restored function
-                           "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
-    result = export(launcher, source, spec, repo)
-    assert result.manifest.source["format"] == "saved_model"
-    loaded = tf.saved_model.load(str(result.path))
-    assert list(loaded.signatures["predict"].structured_input_signature[1]) == ["x"]
+    from shipyard.exporter.whole import RESAVED
 
-    original_names = sorted(tf.saved_model.load(str(source)).signatures["serving_default"]
-                            .structured_input_signature[1])
-    by_signature = {"endpoints": [{"name": "predict", "method": "serving_default",
-                                   "inputs": [{"name": "x", "shape": [None, 3],
-                                               "dtype": "float32"}]}]}
+    source = models.saved_model()
+    original = tf.saved_model.load(str(source))
+    (input_name,) = original.signatures["serving_default"].structured_input_signature[1]
+    main = {"name": "main", "method": "serving_default",
+            "inputs": [{"name": input_name, "shape": [None, 3], "dtype": "float32"}]}
+    predict = {"name": "predict", "method": "serve",  # a restored function
+               "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}
+    result = export(launcher, source, {"endpoints": [main, predict]}, repo)
+    assert result.manifest.source["format"] == "saved_model"
+    assert result.manifest.source["shipped"]["how"] == RESAVED
+    assert sorted(result.manifest.parity) == ["main", "predict", "serve"]
+    loaded = tf.saved_model.load(str(result.path))
+    assert sorted(loaded.signatures) == ["main", "predict", "serve", "serving_default"]
+    assert list(loaded.signatures["predict"].structured_input_signature[1]) == ["x"]
+    x = tf.constant(np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3))
+    np.testing.assert_allclose(loaded.serve(x).numpy(), original.serve(x).numpy(), atol=1e-6)
+
+    by_signature = {"endpoints": [{**main, "inputs": [{**main["inputs"][0], "name": "x"}]}]}
     with pytest.raises(SpecError, match=rf"endpoints\[0\]\.inputs: signature 'serving_default' "
-                                        rf"of the SavedModel takes inputs \{original_names}"):
+                                        rf"of the SavedModel takes inputs \['{input_name}'\]"):
         export(launcher, source, by_signature, repo)
     with pytest.raises(SpecError, match=r"endpoints\[0\]\.training: a SavedModel source has no "
                                         r"training switch"):
-        export(launcher, source, {"endpoints": [{**spec["endpoints"][0], "method": "call",
+        export(launcher, source, {"endpoints": [{**predict, "method": "call",
                                                  "training": True}]}, repo)
-    missing = {"endpoints": [{**spec["endpoints"][0], "method": "nope"}]}
+    missing = {"endpoints": [{**predict, "method": "nope"}]}
     with pytest.raises(SpecError, match=r"endpoints\[0\]\.method: the SavedModel has no signature "
                                         r"or restored function 'nope'; signatures: "
                                         r"\['serve', 'serving_default'\]"):
         export(launcher, source, missing, repo)
+    # serving_default is the source's: a default endpoint over another function would
+    # replace it, and nothing of the source is dropped.
+    with pytest.raises(SpecError, match=r"default_endpoint: the source's serving_default would "
+                                        r"be replaced by endpoint 'predict' \(method 'serve'\)"):
+        export(launcher, source, {"endpoints": [predict]}, repo)
+    assert not (repo / "m").exists() or sorted(p.name for p in (repo / "m").iterdir()
+                                               if not p.name.startswith(".")) == ["1"]
 
 
 def test_fingerprint_is_stable_across_exports_of_the_same_model(launcher, models, repo):
@@ -225,7 +243,7 @@ def test_saved_model_signature_with_dict_inputs_keeps_each_input_in_place(launch
 
     source = models.saved_model("functional")
     # Declared x1 first; TensorFlow flattens dicts by sorted key (color first).
-    spec = {"endpoints": [{"name": "predict", "method": "serve", "inputs": [
+    spec = {"endpoints": [{"name": "predict", "method": "serving_default", "inputs": [
         {"x1": {"shape": [None, 3], "dtype": "float32"},
          "color": {"shape": [None, 1], "dtype": "string"}}]}]}
     original_inputs = sorted(tf.saved_model.load(str(source)).signatures["serve"]

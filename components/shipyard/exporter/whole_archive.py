@@ -79,12 +79,14 @@ class WholeArchive:
 
 def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
     graph = whole.read_graph(source.path)
-    shipping = whole.plan_shipping(graph, spec)
     extras, unverifiable = whole.extra_endpoints(graph, spec)
     calls = whole.calls_spec(spec, extras)
-    endpoint_fns = {}
-    for index, endpoint in enumerate(calls.endpoints):
-        endpoint_fns[endpoint.name] = archive.endpoint_function(source, calls, endpoint.name)
+    # The callables first: a method the source lacks, or inputs it does not take, are
+    # reported as such before what shipping the rest would mean.
+    endpoint_fns = {e.name: archive.endpoint_function(source, calls, e.name)
+                    for e in calls.endpoints}
+    shipping = whole.plan_shipping(graph, spec)
+    for index, endpoint in enumerate(spec.endpoints):
         if endpoint.name in shipping.wrapped:
             _trace_or_refuse(endpoint_fns[endpoint.name], endpoint, index)
     collections = {}
