@@ -88,10 +88,41 @@ def test_regex_selection_is_accepted_and_checked():
     ({"endpoints": [{**EMBED, "inputs": [{"name": "a", "shape": [None], "dtype": "float32"},
                                          {"name": "a", "shape": [None], "dtype": "float32"}]}]},
      r"signature input names must be unique; \['a'\]"),
+    ({"endpoints": [{**EMBED, "method": "../x"}]},
+     r"endpoints\[0\]\.method: a method is named the way Python names attributes \(letters, "
+     r"digits and _, not starting with a digit\): call, __call__, another method of the model, "
+     r"or a SavedModel's signature or restored function \(got '\.\./x'\)"),
+    ({"endpoints": [{**EMBED, "method": "2call"}]},
+     r"endpoints\[0\]\.method: a method is named the way Python names attributes .* \(got "
+     r"'2call'\)"),
+    ({"endpoints": [{**EMBED, "method": "__init__"}]},
+     r"endpoints\[0\]\.method: of Python's special methods only __call__ can be served; name "
+     r"the model's method instead, e\.g\. call \(got '__init__'\)"),
+    ({"reusable": "maybe"}, r"reusable: Input should be a valid boolean, unable to interpret input \(got 'maybe'\)"),
+    ({"reusable": True, "endpoints": [SERVE, {**EMBED, "name": "regularization_losses"}]},
+     r"reusable: TF Hub's interface needs the attribute names \['regularization_losses'\], "
+     r"which an endpoint or variable collection takes; rename it"),
 ])
 def test_invalid_specs_name_the_field_and_the_fix(changes, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(spec_with(**changes), source="spec.yaml")
+
+
+@pytest.mark.parametrize("method", ["__call__", "_serve_features", "serving_default", "call"])
+def test_method_accepts_call_and_restored_attribute_names(method):
+    # TF Hub's reusable interface is `__call__`; a SavedModel's restored functions may start
+    # with an underscore.
+    spec = parse_spec({"endpoints": [{**EMBED, "method": method}]})
+    assert spec.endpoints[0].method == method
+
+
+def test_reusable_defaults_to_false_and_is_in_the_normalized_spec():
+    assert parse_spec(spec_with()).reusable is False
+    spec = parse_spec(spec_with(reusable=True))
+    assert spec.reusable is True
+    assert spec.normalized()["reusable"] is True
+    # Without reusable, the name is free (the attribute is only added with the interface).
+    assert parse_spec(spec_with(endpoints=[SERVE, {**EMBED, "name": "regularization_losses"}]))
 
 
 def test_errors_name_the_file(tmp_path):

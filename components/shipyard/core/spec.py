@@ -10,10 +10,20 @@
       - {name: optimizer_variables, select: optimizer}
     default_endpoint: serve
     tolerance: {atol: 1.0e-5, rtol: 1.0e-5}
+    reusable: false
 
 Each entry of `inputs` is one positional argument of the method: a tensor, a dict of tensors
 or a list of tensors. Signature input names are the dict keys or a tensor's `name`; a tensor
 without one is named `input_<i>` (list items `input_<i>_<j>`).
+
+`method` names what an endpoint calls: `call` (which also takes `training`), another method of
+the model, or, for a SavedModel source, a signature or restored function, `__call__` included.
+
+`reusable: true` adds TF Hub's reusable SavedModel interface to the version of a Keras source,
+so that `hub.KerasLayer(version, trainable=True)` can fine-tune it: `__call__(inputs,
+training=False)` on the default endpoint's inputs (traced for both values of `training`), the
+model's `variables` and `trainable_variables`, and its weight regularization losses as
+`regularization_losses`. A SavedModel source must already have the interface (it is kept).
 """
 
 from __future__ import annotations
@@ -43,6 +53,11 @@ DType = Literal[
     "bool", "string",
 ]
 _IDENTIFIER = r"^[A-Za-z][A-Za-z0-9_]*$"
+# A method is any attribute a model or a restored SavedModel object can have, so a leading
+# underscore is allowed: TF Hub's reusable interface is `__call__`.
+_METHOD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# TF Hub's reusable interface (reusable: true) puts these on the revived object.
+REUSABLE_NAMES = frozenset({"regularization_losses"})
 # Attributes that ExportArchive or the revived SavedModel object already use: an endpoint or a
 # variable collection with one of these names would shadow it.
 RESERVED_NAMES = frozenset(
@@ -180,7 +195,7 @@ class Endpoint(_Strict):
     """
 
     name: Annotated[str, Field(pattern=_IDENTIFIER)]
-    method: Annotated[str, Field(pattern=_IDENTIFIER)]
+    method: str
     kind: Literal["predict", "classify", "regress"] = "predict"
     training: bool | None = None
     inputs: Annotated[list[Argument], Field(min_length=1)]
@@ -194,6 +209,19 @@ class Endpoint(_Strict):
             raise ValueError(f"{name!r} is reserved; choose another endpoint name "
                              "(use default_endpoint to choose what serving_default serves)")
         return name
+
+    @field_validator("method")
+    @classmethod
+    def _method_name(cls, method: str) -> str:
+        if not _METHOD.fullmatch(method):
+            raise ValueError("a method is named the way Python names attributes (letters, "
+                             "digits and _, not starting with a digit): call, __call__, "
+                             "another method of the model, or a SavedModel's signature or "
+                             "restored function")
+        if method.startswith("__") and method.endswith("__") and method != "__call__":
+            raise ValueError("of Python's special methods only __call__ can be served; name "
+                             "the model's method instead, e.g. call")
+        return method
 
     @model_validator(mode="after")
     def _check(self) -> Endpoint:
@@ -309,6 +337,8 @@ class ExportSpec(_Strict):
     # NaN/Inf in the original model's outputs is refused (a broken model would otherwise pass
     # parity, NaN matching NaN) unless the model is meant to produce them.
     allow_non_finite: bool = False
+    # TF Hub's reusable SavedModel interface (see the module's docstring).
+    reusable: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ExportSpec:
@@ -322,6 +352,10 @@ class ExportSpec(_Strict):
         reserved = sorted(set(collection_names) & RESERVED_NAMES)
         if reserved:
             raise ValueError(f"variable collection names {reserved} are reserved; rename them")
+        taken = sorted(set(names) & REUSABLE_NAMES) if self.reusable else []
+        if taken:
+            raise ValueError(f"reusable: TF Hub's interface needs the attribute names {taken}, "
+                             "which an endpoint or variable collection takes; rename it")
         if self.default_endpoint is not None and self.default_endpoint not in endpoint_names:
             raise ValueError(f"default_endpoint {self.default_endpoint!r} is not an endpoint; "
                              f"use one of {endpoint_names}")
