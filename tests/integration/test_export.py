@@ -180,10 +180,11 @@ def test_saved_model_directory_as_source(launcher, models, repo):
                                         r"or restored function 'nope'; signatures: "
                                         r"\['serve', 'serving_default'\]"):
         export(launcher, source, missing, repo)
-    # serving_default is the source's: a default endpoint over another function would
-    # replace it, and nothing of the source is dropped.
-    with pytest.raises(SpecError, match=r"default_endpoint: the source's serving_default would "
-                                        r"be replaced by endpoint 'predict' \(method 'serve'\)"):
+    # serving_default is the source's: a default endpoint it cannot answer (other inputs)
+    # would replace it, and nothing of the source is dropped.
+    with pytest.raises(SpecError, match=rf"default_endpoint: endpoint 'predict' \(method "
+                                        rf"'serve'\) takes \{{'x': 'float32'\}}, the source's "
+                                        rf"serving_default takes \{{'{input_name}': 'float32'\}}"):
         export(launcher, source, {"endpoints": [predict]}, repo)
     assert not (repo / "m").exists() or sorted(p.name for p in (repo / "m").iterdir()
                                                if not p.name.startswith(".")) == ["1"]

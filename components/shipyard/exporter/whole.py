@@ -145,12 +145,21 @@ def plan_shipping(graph: SourceGraph, spec: ExportSpec) -> Shipping:
             shipping.method_names[endpoint.name] = endpoint.method_name
     default = spec.default
     if SERVING_DEFAULT in graph.signatures:
-        if default.method != SERVING_DEFAULT or default.name in shipping.wrapped:
+        # The source's serving_default stays. If the default endpoint is another function
+        # (Keras's export: `serve`, the same function), the verifier's serving_default call
+        # proves that it answers as the default endpoint; it can only if it takes the same
+        # inputs.
+        served = {name: info["dtype"]
+                  for name, info in graph.signatures[SERVING_DEFAULT]["inputs"].items()}
+        declared = {name: decl.dtype for name, decl in default.signature_inputs()}
+        if (default.method != SERVING_DEFAULT or default.name in shipping.wrapped) \
+                and served != declared:
             raise SpecError(
-                f"default_endpoint: the source's serving_default would be replaced by endpoint "
-                f"{default.name!r} (method {default.method!r}); nothing of the source is "
-                "dropped. Make the default endpoint the one with method: serving_default, or "
-                "ship the source's serving_default as it is")
+                f"default_endpoint: endpoint {default.name!r} (method {default.method!r}) "
+                f"takes {declared}, the source's serving_default takes {served}: it cannot be "
+                "what serving_default serves unless serving_default is replaced, and nothing "
+                "of the source is dropped. Make the default endpoint one that serving_default "
+                "answers (method: serving_default, with its inputs)")
     elif default.name in shipping.wrapped:
         shipping.wrapped[SERVING_DEFAULT] = f"the default endpoint {default.name!r}"
     else:
