@@ -119,7 +119,8 @@ CASES = [
          r"endpoints\[0\]\.name: String should match pattern '\^\[A-Za-z\]\[A-Za-z0-9_\]\*\$' "
          r"\(got 'my-endpoint'\)", spec=GOOD_SPEC.replace("name: serve", "name: my-endpoint")),
     case("spec-endpoint-name-reserved", EXPORT, 2,
-         r"endpoints\[0\]\.name: 'serving_default' is reserved; choose another endpoint name",
+         r"endpoints\[0\]\.method: an endpoint named 'serving_default' is a SavedModel "
+         r"source's own serving_default shipped as it is, so its method is serving_default",
          spec=GOOD_SPEC.replace("name: serve", "name: serving_default")),
     case("spec-unknown-kind", EXPORT, 2,
          r"endpoints\[0\]\.kind: Input should be 'predict', 'classify' or 'regress' "

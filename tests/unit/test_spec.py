@@ -67,7 +67,10 @@ def test_regex_selection_is_accepted_and_checked():
     ({"endpoints": [SERVE, {**EMBED, "name": "serve"}]},
      r"names must be unique; \['serve'\] appear more than once"),
     ({"endpoints": [{**SERVE, "name": "serving_default"}]},
-     r"endpoints\[0\]\.name: 'serving_default' is reserved"),
+     r"endpoints\[0\]\.method: an endpoint named 'serving_default' is a SavedModel source's "
+     r"own serving_default shipped as it is, so its method is serving_default \(got 'call'\)"),
+    ({"endpoints": [{**SERVE, "name": "variables"}]},
+     r"endpoints\[0\]\.name: 'variables' is reserved"),
     ({"endpoints": [{**SERVE, "name": "../x"}]},
      r"endpoints\[0\]\.name: String should match pattern"),
     ({"default_endpoint": "predict"},

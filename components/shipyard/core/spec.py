@@ -41,6 +41,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -60,6 +61,7 @@ _METHOD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REUSABLE_NAMES = frozenset({"regularization_losses"})
 # Attributes that ExportArchive or the revived SavedModel object already use: an endpoint or a
 # variable collection with one of these names would shadow it.
+SERVING_DEFAULT = "serving_default"
 RESERVED_NAMES = frozenset(
     {"serving_default", "variables", "trainable_variables", "non_trainable_variables",
      "signatures", "tensorflow_version", "graph_debug_info"}
@@ -205,14 +207,21 @@ class Endpoint(_Strict):
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, name: str) -> str:
-        if name in RESERVED_NAMES:
+        # serving_default is checked with the method (_method_name): a SavedModel source's own
+        # serving_default may be shipped as it is under its own name.
+        if name in RESERVED_NAMES and name != SERVING_DEFAULT:
             raise ValueError(f"{name!r} is reserved; choose another endpoint name "
                              "(use default_endpoint to choose what serving_default serves)")
         return name
 
     @field_validator("method")
     @classmethod
-    def _method_name(cls, method: str) -> str:
+    def _method_name(cls, method: str, info: ValidationInfo) -> str:
+        if info.data.get("name") == SERVING_DEFAULT and method != SERVING_DEFAULT:
+            raise ValueError(f"an endpoint named 'serving_default' is a SavedModel source's own "
+                             f"serving_default shipped as it is, so its method is "
+                             f"serving_default (got {method!r}); choose another endpoint name "
+                             "(use default_endpoint to choose what serving_default serves)")
         if not _METHOD.fullmatch(method):
             raise ValueError("a method is named the way Python names attributes (letters, "
                              "digits and _, not starting with a digit): call, __call__, "

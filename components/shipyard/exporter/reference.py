@@ -77,8 +77,9 @@ def compute_references(built: BuiltArchive, spec: ExportSpec,
             if not spec.allow_non_finite:
                 _refuse_non_finite(call)
     default = spec.default
-    first = make_samples(default, built.vocabularies)[0]
-    references.append(_reference(built, default, first, "serving_default"))
+    if default.name != "serving_default":  # else its calls above were serving_default's
+        first = make_samples(default, built.vocabularies)[0]
+        references.append(_reference(built, default, first, "serving_default"))
     return references
 
 
