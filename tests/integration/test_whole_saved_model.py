@@ -1,0 +1,142 @@
+"""SavedModel sources ship whole (issue 23): TF1 graphs with their init ops, checked with TF
+Serving's own loader (TF1's session loader) and with saved_model_cli.
+
+The models (support/tf1_models.py) are built the classic way: placeholders, lookup tables
+filled only by the SavedModel's main_op or legacy_init_op, SavedModelBuilder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.exports import export
+from support.tf1_models import (
+    FRUITS,
+    LABELS,
+    fruit_model,
+    legacy_regressor,
+    run_with_session_loader,
+)
+
+from shipyard.core.errors import SpecError
+
+FRUIT_FEATURES = {"fruit": {"shape": [], "dtype": "string", "default": ""},
+                  "size": {"shape": [], "dtype": "string", "default": ""},
+                  "weights": {"shape": [2], "dtype": "float32"}}
+FRUIT_SPEC = {"endpoints": [
+    {"name": "serving_default", "method": "serving_default", "inputs": [
+        {"fruit": {"shape": [None], "dtype": "string"},
+         "size": {"shape": [None], "dtype": "string"},
+         "weights": {"shape": [None, 2], "dtype": "float32"}}]},
+    {"name": "classify", "method": "classify", "kind": "classify",
+     "inputs": [{"tf_example": FRUIT_FEATURES}]},
+]}
+CITY_FEATURES = {"city": {"shape": [], "dtype": "string", "default": ""},
+                 "rooms": {"shape": [], "dtype": "float32", "default": 0.0}}
+
+
+def example(**features) -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    proto = example_pb2.Example()
+    for name, value in features.items():
+        values = value if isinstance(value, list) else [value]
+        if isinstance(values[0], str):
+            proto.features.feature[name].bytes_list.value.extend(v.encode() for v in values)
+        else:
+            proto.features.feature[name].float_list.value.extend(values)
+    return proto.SerializeToString()
+
+
+def test_a_tf1_graph_with_a_main_op_ships_byte_for_byte_and_serves(launcher, tmp_path, repo):
+    from shipyard.exporter.whole import COPIED
+
+    source = fruit_model(tmp_path / "fruit")
+    result = export(launcher, source, FRUIT_SPEC, repo, name="fruit")
+    version = Path(result.path)
+    assert result.manifest.source["shipped"]["how"] == COPIED
+    assert result.manifest.source["shipped"]["graph"] == "TF1"
+    for name in ("saved_model.pb", "variables/variables.index",
+                 "variables/variables.data-00000-of-00001", "assets/fruit-sizes.txt"):
+        assert (version / name).read_bytes() == (source / name).read_bytes(), name
+    assert sorted(result.manifest.parity) == ["classify", "serving_default"]
+    assert result.manifest.verification["version_loader"].startswith(
+        "tf.compat.v1.saved_model.loader.load")
+
+    # TF Serving's loader runs the main op: both tables are filled.
+    feeds = {"fruit": np.array([b"cherry", b"kiwi", b"apple"], dtype=object),
+             "size": np.array([b"large", b"small", b"huge"], dtype=object),
+             "weights": np.array([[0.5, 1.0], [0.0, 0.0], [-1.0, 2.0]], "float32")}
+    got = run_with_session_loader(version, "serving_default", feeds)
+    want = run_with_session_loader(source, "serving_default", feeds)
+    assert got["fruit_id"].tolist() == [FRUITS.index("cherry"), -1, FRUITS.index("apple")]
+    np.testing.assert_array_equal(got["score"], want["score"])
+
+    # saved_model_cli, TensorFlow's own client, runs the classify signature on an example.
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    ran = subprocess.run(
+        [str(cli), "run", "--dir", str(version), "--tag_set", "serve", "--signature_def",
+         "classify", "--input_examples",
+         'inputs=[{"fruit":["cherry"],"size":["large"],"weights":[0.5,1.0]}]'],
+        capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    classified = run_with_session_loader(source, "classify", {"inputs": np.array(
+        [example(fruit="cherry", size="large", weights=[0.5, 1.0])], dtype=object)})
+    assert classified["classes"].tolist() == [[label.encode() for label in LABELS]]
+    printed = ran.stdout.split("Result for output key scores:")[1]
+    printed_scores = [float(v) for v in printed.replace("[", " ").replace("]", " ").split()[:2]]
+    np.testing.assert_allclose(printed_scores, classified["scores"][0], atol=1e-5)
+
+
+def test_a_tf1_graph_gets_the_signatures_it_lacks_and_keeps_its_legacy_init_op(
+        launcher, tmp_path, repo):
+    from shipyard.exporter.whole import RESAVED
+
+    source = legacy_regressor(tmp_path / "prices")
+    spec = {"endpoints": [
+        {"name": "serving_default", "method": "serving_default", "inputs": [
+            {"city": {"shape": [None], "dtype": "string"},
+             "rooms": {"shape": [None], "dtype": "float32"}}]},
+        # TF Serving's Regress over the source's predict signature: parses the examples.
+        {"name": "price", "method": "serving_default", "kind": "regress", "output": "price",
+         "inputs": [{"tf_example": CITY_FEATURES}]},
+    ]}
+    result = export(launcher, source, spec, repo, name="prices")
+    version = Path(result.path)
+    shipped = result.manifest.source["shipped"]
+    assert shipped["how"] == RESAVED and list(shipped["added"]) == ["price"]
+    # The source's own `regress` signature, which the spec does not name, was called on
+    # both sides too (inputs: examples with the spec's features).
+    assert sorted(result.manifest.parity) == ["price", "regress", "serving_default"]
+    assert sorted(result.manifest.signatures) == ["price", "regress", "serving_default"]
+    assert result.manifest.signatures["price"]["method_name"] == "tensorflow/serving/regress"
+
+    examples = np.array([example(city="pune", rooms=4.0), example(city="nowhere", rooms=8.0)],
+                        dtype=object)
+    got = run_with_session_loader(version, "price", {"inputs": examples})
+    np.testing.assert_allclose(got["outputs"].ravel(), [2.0 + 1.0, 0.0 + 2.0])
+    theirs = run_with_session_loader(source, "regress", {"inputs": examples})
+    np.testing.assert_allclose(run_with_session_loader(version, "regress",
+                                                       {"inputs": examples})["outputs"],
+                               theirs["outputs"])
+
+
+def test_an_endpoint_that_would_replace_a_source_signature_is_refused(launcher, tmp_path,
+                                                                       repo):
+    source = legacy_regressor(tmp_path / "prices")
+    spec = {"endpoints": [
+        {"name": "serving_default", "method": "serving_default", "inputs": [
+            {"city": {"shape": [None], "dtype": "string"},
+             "rooms": {"shape": [None], "dtype": "float32"}}]},
+        {"name": "regress", "method": "serving_default", "kind": "regress", "output": "price",
+         "inputs": [{"tf_example": CITY_FEATURES}]},
+    ]}
+    with pytest.raises(SpecError, match=r"endpoints\[1\]: the source already has a signature "
+                                        r"'regress', and this endpoint would replace it .* "
+                                        r"Give the endpoint another name"):
+        export(launcher, source, spec, repo, name="prices")
+    assert not (repo / "prices").exists() or not any(
+        p.name.isdigit() for p in (repo / "prices").iterdir())
