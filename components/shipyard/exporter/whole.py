@@ -132,7 +132,7 @@ def plan_shipping(graph: SourceGraph, spec: ExportSpec) -> Shipping:
         if taken is not None and (endpoint.name != endpoint.method or misfit):
             raise SpecError(
                 f"endpoints[{index}]: the source already has a signature {endpoint.name!r}, and "
-                f"this endpoint would replace it ({misfit or 'with ' + endpoint.method!r}); "
+                f"this endpoint would replace it ({misfit or 'with ' + repr(endpoint.method)}); "
                 f"nothing of the source is dropped. Give the endpoint another name to add it "
                 f"beside {endpoint.name!r}, or ship {endpoint.name!r} as it is "
                 f"(method: {endpoint.name}, inputs as the signature declares them)")
@@ -174,25 +174,26 @@ def plan_shipping(graph: SourceGraph, spec: ExportSpec) -> Shipping:
 def _misfit(endpoint: Endpoint, signature: dict[str, Any]) -> str | None:
     """Why the source's signature cannot serve as the endpoint as it is; None if it can."""
     declared = {name: decl for name, decl in endpoint.signature_inputs()}
+    if endpoint.kind != "predict":
+        fits = (signature["method_name"] == endpoint.method_name
+                and sorted(signature["inputs"]) == [EXAMPLES_INPUT]
+                and signature["inputs"][EXAMPLES_INPUT]["dtype"] == "string"
+                and bool(signature["outputs"])
+                and set(signature["outputs"]) <= set(KIND_OUTPUTS[endpoint.kind]))
+        return None if fits else (
+            f"a {endpoint.kind} signature over {endpoint.method!r} "
+            f"({signature['method_name'].rsplit('/', 1)[-1]})")
     if sorted(declared) != sorted(signature["inputs"]):
         if endpoint.examples_input() is not None:
             return (f"it parses tf.Examples for signature {endpoint.method!r}, which takes "
                     f"{sorted(signature['inputs'])}")
-        return (
-            f"signature {endpoint.method!r} takes inputs {sorted(signature['inputs'])}, the "
-            f"spec declares {sorted(declared)}")
+        return (f"signature {endpoint.method!r} takes inputs {sorted(signature['inputs'])}, "
+                f"the spec declares {sorted(declared)}")
     for name, decl in declared.items():
         if signature["inputs"][name]["dtype"] != decl.dtype:
             return (f"signature {endpoint.method!r} takes {name!r} as "
                     f"{signature['inputs'][name]['dtype']}, the spec declares {decl.dtype}")
-    if endpoint.kind == "predict":
-        return None
-    if signature["method_name"] == endpoint.method_name and sorted(declared) == [EXAMPLES_INPUT] \
-            and set(signature["outputs"]) <= set(KIND_OUTPUTS[endpoint.kind]) \
-            and signature["outputs"]:
-        return None
-    return (f"a {endpoint.kind} signature over {endpoint.method!r} "
-            f"({signature['method_name'].rsplit('/', 1)[-1]})")
+    return None
 
 
 def serves_as_is(source_graph: SourceGraph, endpoint: Endpoint) -> bool:
