@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from shipyard.core.errors import SpecError, UsageError
 from shipyard.core.spec import Endpoint, ExportSpec, RegexSelect, TensorDecl
+from shipyard.exporter import reusable
 from shipyard.exporter.samples import Vocabularies
 from shipyard.exporter.source import SourceModel
 
@@ -122,6 +123,7 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
     method_names = {e.name: e.method_name for e in spec.endpoints if e.kind != "predict"}
     if spec.default.kind != "predict":  # serving_default is the default endpoint's signature
         method_names["serving_default"] = spec.default.method_name
+    reusable.add_interface(archive, source, spec)  # TF Hub's interface, if the spec asks
     return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups),
                         lookups, method_names)
 
