@@ -44,7 +44,7 @@ from shipyard.core.spec import (
 SERVING_DEFAULT = "serving_default"
 COPIED = "copied as is"
 SIGNATURE_DEFS_ADDED = "copied; signature defs added"
-RESAVED = "re-saved from tf.saved_model.load with the signatures it lacked"
+RESAVED = "re-saved from tf.saved_model.load with what the spec adds"
 # What shipyard writes into assets.extra/ itself: a source's own copies (it may be an earlier
 # version) are replaced, everything else there travels with the version.
 OWN_EXTRA_FILES = frozenset({"tf_serving_warmup_requests", "shipyard.json"})
