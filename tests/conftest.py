@@ -31,7 +31,7 @@ TIER_MARKS = {"integration": ("integration",), "e2e": ("integration", "slow"),
 # puts the files with the most tests first, which left these few-test files to run alone at
 # the end while the other worker idled).
 SLOW_FILES_FIRST = (
-    "integration/test_register_kills.py",  # ~110 s
+    "integration/test_register_kills.py",  # ~85 s (~110 s before its cut sweep went by state)
     "e2e/test_register_concurrency.py",  # ~62 s (154 s with the machine loaded)
     "e2e/test_bench_smoke.py",  # ~100 s
     "e2e/test_demo.py",  # ~75 s
@@ -153,18 +153,38 @@ def staged(launcher, models, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def requests_of_one_register(proxy, staged, tmp_path_factory):
-    """The MLflow requests of one clean `register` of a new name (without the reachability
-    check, which the command makes before exporting)."""
+    """The MLflow requests ("METHOD path") of one clean `register` of a new name (without the
+    reachability check, which the command makes before exporting), as a list; its `states[k - 1]`
+    (support.mlflow_proxy.ObservedRequests): the repository directory's files as request k
+    arrived, a frozenset of (path relative to the repository, hidden ones included; size, None
+    for a directory)."""
+    from support.mlflow_proxy import ObservedRequests
     from support.register_faults import inconsistencies, register_copy
 
-    proxy.arm(None)
     repo_dir = tmp_path_factory.mktemp("count")
-    result = register_copy(proxy.uri, repo_dir, "sweep-count", staged)
-    requests = list(proxy.requests)
+    states = []
+
+    def files(_request: str) -> None:
+        found = set()
+        for folder, dirs, names in os.walk(repo_dir):
+            for entry in (*dirs, *names):
+                path = Path(folder, entry)
+                found.add((path.relative_to(repo_dir).as_posix(),
+                           None if entry in dirs else path.lstat().st_size))
+        states.append(frozenset(found))
+
+    proxy.arm(None, observe=files)
+    try:
+        result = register_copy(proxy.uri, repo_dir, "sweep-count", staged)
+        requests = ObservedRequests(proxy.requests, states)
+    finally:
+        proxy.arm(None)
     assert (result.version, result.reused, result.aliases) == (1, False, {"candidate": 1})
     assert inconsistencies(proxy.uri, "sweep-count", repo_dir) == []
-    print("\nthe MLflow requests of one register:\n" + "\n".join(
-        f"{k:3d} {r}" for k, r in enumerate(requests, 1)))
+    print("\nthe MLflow requests of one register (*: the repository's files changed since the "
+          "request before):\n" + "\n".join(
+              f"{k:3d}{'*' if k > 1 and states[k - 1] != states[k - 2] else ' '} {r}"
+              for k, r in enumerate(requests, 1)))
     return requests
 
 

@@ -10,9 +10,36 @@ fixture); each attempt copies that export into its staging directory and runs th
 of `register` (register_staged, support/register_faults.py).
 
 Faults, in-process: "cut" (the registry gone from request k on: a kill's server state) and
-"drop" (request k applied, its answer lost: MLflow's client retries). By default (about 2
-minutes): a cut at every distinct step (a run of requests of one kind, like the 13 artifact
-uploads, counts once) and a drop at every create. `-m sweep` sweeps every k with each fault.
+"drop" (request k applied, its answer lost: MLflow's client retries). `-m sweep` sweeps every k
+with each fault. By default: a drop at every create (creating_requests), and a cut at every k
+that leaves a distinct interrupted state (distinct_states):
+
+- A cut at k leaves on the server the effects of requests 1..k-1, and in the repository
+  directory the files as they were when request k arrived (then the failed command unwinds
+  as it always does, removing its staging directory; a kill leaves it).
+- So the cuts at k and k+1 leave the same server state when request k is a read (a GET, or
+  one of MLflow's POSTs that only read: READING_POSTS), and the same local state when the
+  repository's files (hidden claim, staging and lock files included, with their sizes) did
+  not change between requests k and k+1: requests_of_one_register records them as each
+  request arrives. A re-run sees nothing else (MLflow's server and the repository; the
+  in-process registration that was cut has ended, as a killed one has), so the cut at k+1
+  proves nothing the cut at k does not, and k = 1 plus every k whose (server, local) state
+  differs from k-1's reaches every state a cut can leave.
+- One more equivalence, kept from the sweep by request kind: inside a run of consecutive
+  writes of one kind (the 13 artifact uploads, the two log-batch calls that fill the new
+  run) a cut leaves that run part-written. Those writes all go into the new run, which a
+  re-run never reads back (it logs its own run and marks the abandoned one FAILED), so
+  part-written stands with none written: the run of writes counts at its start and at its
+  end (all written). A change of local files inside it (the pyfunc folder, made before the
+  model's uploads) still counts.
+- What a skipped cut would also show, that the lost request is reported as a ShipyardError,
+  holds for every request alike (each ModelRegistry call is made under
+  registry.client.translate_errors); `-m sweep` checks it at every k.
+
+That is 16 of the 43 requests of one register (about 45 s here; the fixture's printed list
+marks with * where the files changed, the test prints the ks), where the sweep by request kind
+cut at 28 (about 70 s).
+
 SIGKILLs of the real `shipyard register` command: e2e/test_register_kills.py.
 """
 
@@ -23,6 +50,7 @@ import os
 import time
 
 import pytest
+from support.mlflow_proxy import ObservedRequests
 from support.register_faults import client_for, inconsistencies, register_copy
 
 from shipyard.core.audit import LOG_TAG_PREFIX
@@ -35,12 +63,33 @@ def _kind(request: str) -> str:
     return f"{method} /api/2.0/mlflow-artifacts/" if "mlflow-artifacts" in path else request
 
 
-def distinct_steps(requests: list[str]) -> list[int]:
-    """k of each request that differs in kind from the one before: a run of requests of one
-    kind (the 13 artifact uploads, two reads in a row) leaves the server in one kind of state
-    whichever of them a fault hits, so the first of the run stands for the others."""
-    return [k for k in range(1, len(requests) + 1)
-            if k == 1 or _kind(requests[k - 1]) != _kind(requests[k - 2])]
+# MLflow's POST endpoints that only read (its REST API, service.proto and model_registry.proto:
+# every other read is a GET). Any other POST, and any PUT, PATCH or DELETE, counts as a write: a
+# read missing here only adds a k, it never skips one.
+READING_POSTS = frozenset({
+    "/api/2.0/mlflow/runs/search", "/api/2.0/mlflow/experiments/search",
+    "/api/2.0/mlflow/registered-models/get-latest-versions",
+    "/api/2.0/mlflow/logged-models/search"})
+
+
+def _writes(request: str) -> bool:
+    method, path = request.split(" ", 1)
+    return method not in ("GET", "HEAD") and path.split("?")[0] not in READING_POSTS
+
+
+def distinct_states(requests: ObservedRequests) -> list[int]:
+    """k = 1 and each k whose interrupted state (server, local) differs from k-1's (the module
+    docstring). Server: how many runs of consecutive writes of one kind are wholly applied by
+    request k-1 (a lone write is a run of one). Local: the repository's files as request k
+    arrived (requests.states, recorded by requests_of_one_register)."""
+    n = len(requests)
+    ends = [i for i in range(1, n + 1) if _writes(requests[i - 1]) and not (
+        i < n and _writes(requests[i]) and _kind(requests[i]) == _kind(requests[i - 1]))]
+
+    def state(k: int) -> tuple[int, object]:
+        return sum(1 for end in ends if end < k), requests.states[k - 1]
+
+    return [k for k in range(1, n + 1) if k == 1 or state(k) != state(k - 1)]
 
 
 def creating_requests(requests: list[str]) -> list[int]:
@@ -83,13 +132,14 @@ def _sweep(fault: str, ks: list[int], proxy, staged, tmp_path, requests,
 def test_requests_cut_or_dropped_are_completed_by_a_rerun(fault, which, proxy, staged, tmp_path,
                                                           requests_of_one_register,
                                                           monkeypatch):
-    """Default: a cut at each distinct step and a lost answer to each create; `slow`: every k."""
+    """Default: a cut at each distinct interrupted state and a lost answer to each create;
+    `sweep`: every k."""
     requests = requests_of_one_register
-    ks = {"distinct": distinct_steps, "creating": creating_requests,
+    ks = {"distinct": distinct_states, "creating": creating_requests,
           "every": lambda r: list(range(1, len(r) + 1))}[which](requests)
     started = time.monotonic()
     left = _sweep(fault, ks, proxy, staged, tmp_path, requests, monkeypatch)
-    print(f"\n{fault} at {len(ks)} of {len(requests)} requests in "
+    print(f"\n{fault} at {len(ks)} of {len(requests)} requests (k = {ks}) in "
           f"{time.monotonic() - started:.0f} s; inconsistent after the fault: "
           f"{len(left['after_fault'])}, after the re-run: {len(left['after_rerun'])}; "
           f"seconds per k: {left['timings']}")

@@ -13,6 +13,11 @@ Faults (at request number `at`, counting from 1 since the last `arm`):
 - "cut":   close the connection without forwarding, for request k and every later one: the
            registry is gone from request k on, as for a process killed at k, but in-process
            (with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 the command fails at once).
+
+`arm(..., observe=f)` calls f("METHOD path") as each request arrives, under the proxy's lock
+and before the request is forwarded or faulted: a snapshot taken there is what the client had
+done when it sent the request (requests_of_one_register in conftest.py records the repository
+directory's files that way).
 """
 
 from __future__ import annotations
@@ -22,11 +27,22 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade"}
+
+
+class ObservedRequests(list):
+    """The "METHOD path" of each request, as a list, with what the observer recorded as it
+    arrived: `states[k - 1]` for request k."""
+
+    def __init__(self, requests: Iterable[str], states: Iterable[object]):
+        super().__init__(requests)
+        self.states = list(states)
+        assert len(self.states) == len(self), (len(self.states), len(self))
 
 
 class FaultProxy:
@@ -39,6 +55,7 @@ class FaultProxy:
         self._at = 0
         self._victim: int | None = None
         self._victim_known = threading.Event()
+        self._observe: Callable[[str], None] | None = None
         self.fired = False
         proxy = self
 
@@ -88,12 +105,15 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def arm(self, fault: str | None = None, at: int = 0) -> None:
-        """Counts from zero again; `fault` at request `at` (None: only count)."""
+    def arm(self, fault: str | None = None, at: int = 0,
+            observe: Callable[[str], None] | None = None) -> None:
+        """Counts from zero again; `fault` at request `at` (None: only count); `observe`
+        (until the next arm) is called with each request as it arrives, under the lock."""
         assert fault in (None, "kill", "drop", "cut")
         with self._lock:
             self.requests = []
             self._fault, self._at, self.fired = fault, at, False
+            self._observe = observe
             self._victim = None
             self._victim_known.clear()
 
@@ -103,6 +123,8 @@ class FaultProxy:
 
     def _count(self, label: str) -> str | None:
         with self._lock:
+            if self._observe is not None:
+                self._observe(label)
             self.requests.append(label)
             number = len(self.requests)
             if self._fault == "cut" and number >= self._at:
