@@ -144,6 +144,22 @@ def test_tf_hubs_guide_example(tmp_path):
     assert record["gradient_step"] == "changed 1 of 1 trainable weights"
 
 
+def test_expectations_of_a_saved_model_source_come_from_its_own_interface(tmp_path):
+    from shipyard.exporter.reusable import expectations
+    from shipyard.exporter.reusable_check import check_reusable
+    from shipyard.exporter.source import load_source_model
+
+    path = save_hub_example(tmp_path / "my_mul")
+    spec = parse_spec({"endpoints": [{"name": "serve", "method": "__call__", "inputs": [
+        {"name": "inputs", "shape": [None], "dtype": "float32"}]}], "reusable": True})
+    expected = expectations(load_source_model(path), spec, [np.array(GUIDE_INPUT, np.float32)])
+    np.testing.assert_allclose(expected["expected_outputs"]["output_0"], GUIDE_OUTPUT)
+    assert expected["trainable_count"] == 1
+    np.testing.assert_allclose(expected["regularization_losses"], GUIDE_LOSSES, rtol=1e-6)
+    # A version shipped whole is the source's SavedModel: here, the source itself.
+    assert check_reusable(path, tolerance=spec.tolerance, **expected)["trainable_weights"] == 1
+
+
 def test_check_reusable_names_what_differs(tmp_path):
     from shipyard.exporter.reusable_check import check_reusable
 

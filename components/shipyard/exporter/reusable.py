@@ -39,13 +39,7 @@ def add_interface(archive: Any, source: SourceModel, spec: ExportSpec) -> None:
     if not spec.reusable:
         return
     if source.format != "keras":
-        if not has_reusable_interface(source.path):
-            raise SpecError(
-                f"reusable: true, but the SavedModel {source.path} lacks TF Hub's reusable "
-                f"interface (the root object's {', '.join(INTERFACE)}; it has "
-                f"{_root_children(source.path) or 'none of them'}), and shipyard cannot add it "
-                "to a SavedModel: save the model with them (TF Hub's guide, \"Reusable "
-                "SavedModels\"), export its .keras file instead, or remove `reusable`")
+        require_interface(source.path)
         return  # shipped whole, the version keeps the source's interface
     model = source.obj
     endpoint = spec.default
@@ -54,6 +48,17 @@ def add_interface(archive: Any, source: SourceModel, spec: ExportSpec) -> None:
     tracked.__call__ = _call_function(model, endpoint)
     tracked.regularization_losses = [_loss_function(regularizer, variable)
                                      for variable, regularizer in _weight_regularizers(model)]
+
+
+def require_interface(saved_model_dir: Path) -> None:
+    """`reusable: true` for a SavedModel source: it must have the interface already."""
+    if not has_reusable_interface(saved_model_dir):
+        raise SpecError(
+            f"reusable: true, but the SavedModel {saved_model_dir} lacks TF Hub's reusable "
+            f"interface (the root object's {', '.join(INTERFACE)}; it has "
+            f"{_root_children(saved_model_dir) or 'none of them'}), and shipyard cannot add it "
+            "to a SavedModel: save the model with them (TF Hub's guide, \"Reusable "
+            "SavedModels\"), export its .keras file instead, or remove `reusable`")
 
 
 def has_reusable_interface(saved_model_dir: Path) -> bool:
@@ -79,6 +84,9 @@ def expectations(source: SourceModel, spec: ExportSpec, arguments: list[Any]
 
     `arguments`: one call's positional arguments for the default endpoint, as the verifier
     calls it (a Reference's `sample.arguments`); `__call__` takes the first (and only) one.
+    For a SavedModel source (which keeps its own interface), its restored `__call__`,
+    `trainable_variables` and `regularization_losses` answer: its default endpoint's first
+    argument must then be what its `__call__` takes (e.g. `method: __call__`).
     """
     from shipyard.exporter.archive import _model_output_names, _name_outputs
     from shipyard.exporter.reference import as_tensors, to_numpy
@@ -86,6 +94,14 @@ def expectations(source: SourceModel, spec: ExportSpec, arguments: list[Any]
     model = source.obj
     endpoint = spec.default
     argument = as_tensors(endpoint, arguments)[0]
+    if source.format != "keras":
+        return {"inputs": arguments[0],
+                "expected_outputs": {name: to_numpy(value) for name, value in
+                                     _name_outputs(_restored_inference(model, argument),
+                                                   None).items()},
+                "trainable_count": len(model.trainable_variables),
+                "regularization_losses": [float(np.asarray(loss()))
+                                          for loss in model.regularization_losses]}
     method, takes_training = _method(model, endpoint)
     answered = method(argument, training=False) if takes_training else method(argument)
     names = _model_output_names(model) if endpoint.method in ("call", "__call__") else None
@@ -97,6 +113,14 @@ def expectations(source: SourceModel, spec: ExportSpec, arguments: list[Any]
         "regularization_losses": [float(np.asarray(regularizer(variable)))
                                   for variable, regularizer in _weight_regularizers(model)],
     }
+
+
+def _restored_inference(loaded: Any, argument: Any) -> Any:
+    """A restored `__call__` with training=False, where it was traced with `training`."""
+    try:
+        return loaded(argument, training=False)
+    except (TypeError, ValueError):  # no trace takes `training`: the guide allows that
+        return loaded(argument)
 
 
 def _check_default_endpoint(spec: ExportSpec) -> None:
