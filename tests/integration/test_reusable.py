@@ -272,3 +272,17 @@ def test_the_default_endpoint_must_fit_tf_hubs_call(keras_model, endpoint, messa
     spec = parse_spec({"endpoints": [endpoint], "reusable": True})
     with pytest.raises(SpecError, match=message):
         add_interface(None, load_source_model(keras_model["path"]), spec)
+
+
+def test_expectations_refuse_a_default_endpoint_that_does_not_fit_a_restored_call(tmp_path):
+    from shipyard.exporter.reusable import expectations
+    from shipyard.exporter.source import load_source_model
+
+    path = save_hub_example(tmp_path / "my_mul")
+    spec = parse_spec({"endpoints": [{"name": "serve", "method": "__call__", "inputs": [
+        {"name": "ids", "shape": [None], "dtype": "int64"}]}], "reusable": True})
+    with pytest.raises(SpecError, match=(
+            r"^reusable: the SavedModel's __call__ does not take the default endpoint's inputs, "
+            r"which TF Hub's client is checked on \((TypeError|ValueError): .*\); make the "
+            r"default endpoint `method: __call__`, declaring the inputs its __call__ takes$")):
+        expectations(load_source_model(path), spec, [np.array([1, 2], np.int64)])

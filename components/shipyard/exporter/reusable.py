@@ -120,7 +120,16 @@ def _restored_inference(loaded: Any, argument: Any) -> Any:
     try:
         return loaded(argument, training=False)
     except (TypeError, ValueError):  # no trace takes `training`: the guide allows that
+        pass
+    try:
         return loaded(argument)
+    except (TypeError, ValueError) as err:
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise SpecError(
+            f"reusable: the SavedModel's __call__ does not take the default endpoint's inputs, "
+            f"which TF Hub's client is checked on ({type(err).__name__}: {text}); make the "
+            "default endpoint `method: __call__`, declaring the inputs its __call__ takes"
+        ) from None
 
 
 def _check_default_endpoint(spec: ExportSpec) -> None:
