@@ -53,13 +53,15 @@ def test_warmup_records_are_of_the_endpoints_kind_and_carry_valid_examples(kinds
              for log in logs]
     assert kinds == [("predict_log", "serve")] * 2 + [("classify_log", "classify")] * 2 + [
         ("regress_log", "regress")] * 2 + [("classify_log", "serving_default")]
-    examples = [e for log in logs if log.HasField("classify_log")
-                for e in log.classify_log.request.input.example_list.examples]
-    assert len(examples) == 1 + 4 + 1
-    for example in examples:
-        features = example.features.feature
-        assert len(features["x1"].float_list.value) == 3
-        assert features["color"].bytes_list.value[0].decode() in COLORS  # from the vocabulary
+    batches = [log.classify_log.request.input.example_list.examples for log in logs
+               if log.HasField("classify_log")]
+    assert [len(examples) for examples in batches] == [1, 4, 1]
+    for example in (e for examples in batches for e in examples):
+        assert len(example.features.feature["x1"].float_list.value) == 3
+    # Colors from the vocabulary, but in the last example of a batch of several: outside it.
+    assert [[e.features.feature["color"].bytes_list.value[0].decode() in COLORS
+             for e in examples] for examples in batches] == [
+        [True], [True, True, True, False], [True]]
     serialized = logs[0].predict_log.request.inputs["examples"].string_val[0]
     assert example_pb2.Example.FromString(serialized).features.feature["x1"].float_list.value
 

@@ -124,7 +124,7 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
     if spec.default.kind != "predict":  # serving_default is the default endpoint's signature
         method_names["serving_default"] = spec.default.method_name
     reusable.add_interface(archive, source, spec)  # TF Hub's interface, if the spec asks
-    return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups),
+    return BuiltArchive(archive, endpoint_fns, collections, _sample_vocabularies(lookups, source),
                         lookups, method_names)
 
 
@@ -466,6 +466,10 @@ def variable_path(variable: Any) -> str:
 
 
 def _lookup_vocabularies(source: SourceModel) -> list[list[Any]]:
+    if source.format == "saved_model":  # its tables' keys, read from its graph and assets
+        from shipyard.exporter.saved_model_vocabulary import table_keys
+
+        return table_keys(source.path)
     if source.format != "keras":
         return []
     vocabularies = []
@@ -477,11 +481,18 @@ def _lookup_vocabularies(source: SourceModel) -> list[list[Any]]:
     return vocabularies
 
 
-def _sample_vocabularies(lookups: list[list[Any]]) -> Vocabularies:
+def _sample_vocabularies(lookups: list[list[Any]],
+                         source: SourceModel | None = None) -> Vocabularies:
     strings = [i for vocab in lookups for i in vocab if isinstance(i, str) and i and i != "[UNK]"]
     # IntegerLookup lists its OOV token (-1) in the vocabulary; it is not a real entry.
     integers = [i for vocab in lookups for i in vocab if isinstance(i, int) and i >= 0]
-    return Vocabularies(tuple(dict.fromkeys(strings)), tuple(dict.fromkeys(integers)))
+    # A Keras lookup without OOV indices fails on any value outside its vocabulary: samples
+    # carry none then. (An inverted one takes indices: its vocabulary is what it returns.)
+    closed = source is not None and source.format == "keras" and any(
+        isinstance(layer, _LOOKUP_LAYERS) and getattr(layer, "num_oov_indices", 1) == 0
+        and not getattr(layer, "invert", False) for layer in _all_layers(source.obj))
+    return Vocabularies(tuple(dict.fromkeys(strings)), tuple(dict.fromkeys(integers)),
+                        out_of_vocabulary=not closed)
 
 
 def _all_layers(model: Any) -> list[Any]:

@@ -1,14 +1,22 @@
 """Inputs generated from an endpoint's declared signature (numpy only; no TensorFlow).
 
 The same arrays feed the original model, the verifier and the warmup records. Generation is
-seeded per (endpoint, batch size), so reruns produce the same inputs. A tf_example input gets
-valid serialized tf.Examples built from its feature spec (an object array of bytes: numpy's
-fixed-width bytes would drop the trailing NUL bytes a serialized proto may end with); only
-serializing them imports TensorFlow's Example proto.
+seeded per (endpoint, batch size), so reruns produce the same inputs.
+
+Strings and integers come from the model's vocabularies (its lookup tables' keys) where it has
+them, and the last row of a batch of several (the last example of a tf_example input) carries
+values outside them instead, so both a lookup's hit and its out-of-vocabulary path are
+exercised; batch-1 samples, the first warmup record of each endpoint, hold vocabulary entries
+only.
+
+A tf_example input gets valid serialized tf.Examples built from its feature spec (an object
+array of bytes: numpy's fixed-width bytes would drop the trailing NUL bytes a serialized proto
+may end with); only serializing them imports TensorFlow's Example proto.
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +32,15 @@ _FALLBACK_STRINGS = ("a", "b", "shipyard")
 
 @dataclass(frozen=True)
 class Vocabularies:
-    """Values the model's lookup layers know, so string/int inputs hit real entries."""
+    """Values the model's lookup layers know, so string/int inputs hit real entries.
+
+    `out_of_vocabulary`: whether samples also carry values outside them; false for a model
+    whose lookups reject such values (Keras's num_oov_indices=0), which no request may send.
+    """
 
     strings: tuple[str, ...] = ()
     integers: tuple[int, ...] = ()
+    out_of_vocabulary: bool = True
 
 
 @dataclass
@@ -99,20 +112,27 @@ def make_sample(endpoint: Endpoint, batch_size: int, vocab: Vocabularies,
 
 
 def _random_tensor(decl: TensorDecl, batch_size: int, rng: np.random.Generator,
-                   vocab: Vocabularies) -> np.ndarray:
+                   vocab: Vocabularies, *, outside: bool | None = None) -> np.ndarray:
+    """`outside`: whether strings and integers are all out of vocabulary (True), none are
+    (False), or, by default, those of the last row when there are several rows."""
     shape = tuple(
         (batch_size if i == 0 else FREE_DIMENSION) if d is None else d
         for i, d in enumerate(decl.shape)
     )
     if decl.dtype == "string":
         pool = vocab.strings or _FALLBACK_STRINGS
-        return np.array([s.encode() for s in rng.choice(pool, size=int(np.prod(shape)))],
-                        dtype=object).reshape(shape).astype(bytes)
+        values = np.array([s.encode() for s in rng.choice(pool, size=int(np.prod(shape)))],
+                          dtype=object).reshape(shape)
+        if vocab.strings and vocab.out_of_vocabulary:
+            _put_outside(values, [s.encode() for s in _outside_strings(vocab.strings)], outside)
+        return values.astype(bytes)
     if decl.dtype == "bool":
         return rng.random(shape) < 0.5
     if decl.dtype.startswith(("int", "uint")):
         if vocab.integers:
             values = rng.choice(np.array(vocab.integers), size=shape)
+            if vocab.out_of_vocabulary:
+                _put_outside(values, _outside_integers(vocab.integers), outside)
         else:
             values = rng.integers(0, 10, size=shape)
         return values.astype(decl.dtype)
@@ -122,18 +142,46 @@ def _random_tensor(decl: TensorDecl, batch_size: int, rng: np.random.Generator,
     return rng.standard_normal(shape).astype(dtype)
 
 
+def _put_outside(values: np.ndarray, outside_values: list[Any], outside: bool | None) -> None:
+    """Replaces, in place, the values `outside` selects (see _random_tensor) with values out
+    of vocabulary. Nothing is drawn from the generator for them, so every other value of a
+    sample is the one it would be without them."""
+    mask = np.full(values.shape, bool(outside))
+    if outside is None and values.ndim and values.shape[0] > 1:
+        mask[-1] = True
+    replacements = np.empty(len(outside_values), dtype=values.dtype)
+    replacements[:] = outside_values
+    values[mask] = np.resize(replacements, int(mask.sum()))
+
+
+def _outside_strings(known: tuple[str, ...]) -> list[str]:
+    """Three strings no vocabulary entry equals: the fallback strings where free."""
+    known_set = set(known)
+    candidates = itertools.chain(_FALLBACK_STRINGS, (f"shipyard-{i}" for i in itertools.count()))
+    return list(itertools.islice((s for s in candidates if s not in known_set), 3))
+
+
+def _outside_integers(known: tuple[int, ...]) -> list[int]:
+    """The three smallest non-negative integers no vocabulary entry equals: small enough for
+    any integer dtype, and non-negative like ids and indices are."""
+    known_set = set(known)
+    return list(itertools.islice((i for i in itertools.count() if i not in known_set), 3))
+
+
 def random_examples(features: dict[str, FeatureDecl], batch_size: int, rng: np.random.Generator,
                     vocab: Vocabularies) -> np.ndarray:
-    """`batch_size` serialized tf.Examples carrying every declared feature."""
+    """`batch_size` serialized tf.Examples carrying every declared feature; of several, the
+    last one's strings and integers are out of vocabulary."""
     examples = []
-    for _ in range(batch_size):
+    for index in range(batch_size):
+        outside = batch_size > 1 and index == batch_size - 1
         values = {}
         for name, feature in features.items():
             shape = list(feature.shape)
             if feature.variable_length:
                 shape[0] = int(rng.integers(1, FREE_DIMENSION + 2))
             decl = TensorDecl(shape=[1, *shape], dtype=feature.dtype)
-            values[name] = _random_tensor(decl, 1, rng, vocab).reshape(-1)
+            values[name] = _random_tensor(decl, 1, rng, vocab, outside=outside).reshape(-1)
         examples.append(serialize_example(values))
     return np.array(examples, dtype=object)
 
