@@ -4,16 +4,18 @@ client: `hub.KerasLayer(version, trainable=True)` under tf_keras, in a process o
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.exports import export
-from support.hub_example import GUIDE_INPUT, GUIDE_LOSSES, GUIDE_OUTPUT, save_hub_example
+from support.hub_example import (
+    GUIDE_INPUT,
+    GUIDE_LOSSES,
+    GUIDE_OUTPUT,
+    hub_client,
+    save_hub_example,
+)
 
 from shipyard.core.errors import SpecError, VerificationError
 from shipyard.core.spec import Tolerance, parse_spec
@@ -22,45 +24,6 @@ SPEC = {"endpoints": [{"name": "serve", "method": "call",
                        "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}],
         "reusable": True}
 X = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.0) / 4.0
-
-# TF Hub's client as a user runs it, independent of shipyard's own check (reusable_check.py):
-# the answer for training=False and True, the trainable weights, the losses, one SGD step.
-HUB_CLIENT = """
-import json, sys
-import numpy as np
-import tensorflow as tf
-import tensorflow_hub as hub
-import tf_keras
-
-path, x = sys.argv[1], tf.constant(json.loads(sys.argv[2]), tf.float32)
-layer = hub.KerasLayer(path, trainable=True)
-inference = layer(x, training=False)
-training = layer(x, training=True)
-losses = [float(loss) for loss in layer.losses]  # before the step moves the weights
-before = [w.numpy().copy() for w in layer.trainable_weights]
-with tf.GradientTape() as tape:
-    loss = tf.reduce_sum(tf.square(layer(x, training=True) + 1.0)) + tf.add_n(layer.losses)
-grads = tape.gradient(loss, layer.trainable_weights)
-tf_keras.optimizers.SGD(0.1).apply_gradients(zip(grads, layer.trainable_weights))
-print(json.dumps({
-    "tf_keras_layer": isinstance(layer, tf_keras.layers.Layer), "inference": inference.numpy().tolist(),
-    "training_differs": bool(not np.allclose(training.numpy(), inference.numpy())),
-    "trainable_weights": len(layer.trainable_weights),
-    "losses": losses,
-    "changed": [bool(not np.array_equal(b, w.numpy()))
-                for b, w in zip(before, layer.trainable_weights)]}))
-"""
-
-
-def hub_client(version_dir: Path, x) -> dict:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-c", HUB_CLIENT, str(version_dir),
-                           json.dumps(np.asarray(x).tolist())],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 @pytest.fixture(scope="module")
 def keras_model(tmp_path_factory):

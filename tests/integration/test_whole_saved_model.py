@@ -140,3 +140,36 @@ def test_an_endpoint_that_would_replace_a_source_signature_is_refused(launcher, 
         export(launcher, source, spec, repo, name="prices")
     assert not (repo / "prices").exists() or not any(
         p.name.isdigit() for p in (repo / "prices").iterdir())
+
+
+def test_tf_hubs_reusable_object_ships_whole_and_fine_tunes(launcher, tmp_path, repo):
+    """TF Hub's guide example (support/hub_example.py): `__call__` served as a signature, and
+    with `reusable: true` the version keeps the interface, checked in the export with TF
+    Hub's client and here again as a user runs it."""
+    from support.hub_example import (
+        GUIDE_INPUT,
+        GUIDE_LOSSES,
+        GUIDE_OUTPUT,
+        hub_client,
+        save_hub_example,
+    )
+
+    from shipyard.exporter.reusable import has_reusable_interface
+    from shipyard.exporter.whole import RESAVED
+
+    source = save_hub_example(tmp_path / "hub-module")
+    spec = {"endpoints": [{"name": "times", "method": "__call__",
+                           "inputs": [{"name": "inputs", "shape": [None], "dtype": "float32"}]}],
+            "reusable": True}
+    result = export(launcher, source, spec, repo, name="hub")
+    version = Path(result.path)
+    assert result.manifest.source["shipped"]["how"] == RESAVED
+    assert sorted(result.manifest.signatures) == ["serving_default", "times"]
+    assert result.manifest.verification["reusable"]["trainable_weights"] == 1
+    assert has_reusable_interface(version)
+
+    found = hub_client(version, GUIDE_INPUT)
+    np.testing.assert_allclose(found["inference"], GUIDE_OUTPUT)
+    assert found["trainable_weights"] == 1
+    np.testing.assert_allclose(found["losses"], GUIDE_LOSSES, rtol=1e-6)
+    assert found["changed"] == [True]

@@ -380,6 +380,10 @@ class ExportSpec(_Strict):
         """The spec with defaults filled in, as plain JSON data (stable across runs)."""
         data = self.model_dump(mode="json")
         data["default_endpoint"] = self.default.name
+        # Absent unless asked for: the normalized spec enters the fingerprint, and a key added
+        # with its default must not make every model exported before it new content.
+        if not data.get("reusable"):
+            data.pop("reusable", None)
         return data
 
     def normalized_json(self) -> str:

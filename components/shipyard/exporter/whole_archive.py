@@ -79,6 +79,10 @@ class WholeArchive:
 
 def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
     graph = whole.read_graph(source.path)
+    if spec.reusable:  # a SavedModel keeps TF Hub's interface if it has it; none is added
+        from shipyard.exporter.reusable import require_interface
+
+        require_interface(source.path)
     extras, unverifiable = whole.extra_endpoints(graph, spec)
     calls = whole.calls_spec(spec, extras)
     # The callables first: a method the source lacks, or inputs it does not take, are

@@ -244,6 +244,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                 + (f"\nverifier log (last lines):\n{log_tail}" if log_tail else ""))
         runtimes = _check_runtime(runtime, staging.path, warmed[:staged.warmup_records],
                                   expected_path, request.spec, progress)
+        reusable = _check_reusable(request, model, staging.path, references, progress)
         verify_seconds = time.monotonic() - verify_started
         files = hashed_files.result()
         checkpoint = variable_digests.result()
@@ -278,6 +279,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                       "reference": {"loader": staged.independent["loader"],
                                     "process": "separate, CPU only",
                                     "load_seconds": round(staged.independent["load_seconds"], 3)},
+                      **({"reusable": reusable} if reusable else {}),
                       "export_loader": model.loader,
                       "version_loader": outcome.get("loader", "tf.saved_model.load")},
         producer={"shipyard": __version__, **source.library_versions()},
@@ -394,6 +396,21 @@ def _stopped_on_failure(stop: threading.Event) -> Iterator[None]:
     except BaseException:
         stop.set()
         raise
+
+
+def _check_reusable(request: ExportRequest, model: Any, version_dir: Path,
+                    references: list[Any], progress: Progress) -> dict[str, Any] | None:
+    """With `reusable: true`, TF Hub's own client (hub.KerasLayer under tf_keras, in a process
+    of its own) must fine-tune the version as the model: reusable_check.py."""
+    if not request.spec.reusable:
+        return None
+    from shipyard.exporter.reusable import expectations
+    from shipyard.exporter.reusable_check import check_reusable
+
+    call = next(r for r in references if r.signature == "serving_default")
+    with progress.step("verify the reusable interface with TF Hub's client (hub.KerasLayer)"):
+        return check_reusable(version_dir, tolerance=request.spec.tolerance,
+                              **expectations(model, request.spec, call.sample.arguments))
 
 
 def _real_examples(request: ExportRequest) -> tuple[bytes, ...]:
