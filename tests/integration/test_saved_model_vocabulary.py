@@ -226,3 +226,33 @@ def test_a_vocabulary_missing_from_assets_is_refused(tft_model, tmp_path):
     with pytest.raises(ModelLoadError, match=r"a lookup table is initialized from assets/color, "
                                              r"which is missing; the SavedModel is incomplete"):
         table_keys(copy)
+
+
+def test_a_tensorflow_transform_models_warmup_holds_its_vocabulary_and_a_word_outside_it(
+        tft_model, launcher, repo):
+    """Exported with its serving_default and a classify endpoint over it: each warmup request
+    of one example carries a vocabulary color; each of four, three and one outside it."""
+    from support.exports import export, read_warmup
+    from support.tft_model import CLASSES, TF_EXAMPLE_FEATURES
+    from tensorflow.core.example import example_pb2
+
+    spec = {"endpoints": [
+        {"name": "serving_default", "method": "serving_default",
+         "inputs": [{"name": "examples", "tf_example": TF_EXAMPLE_FEATURES}]},
+        {"name": "classify", "method": "serving_default", "kind": "classify",
+         "inputs": [{"tf_example": TF_EXAMPLE_FEATURES}], "output": "scores",
+         "classes": list(CLASSES)}]}
+    result = export(launcher, tft_model.path, spec, repo)
+    assert result.manifest.source["format"] == "saved_model"
+    words = set(tft_model.vocabulary)
+    in_vocabulary = []
+    for log in read_warmup(result.path):
+        if log.HasField("classify_log"):
+            examples = log.classify_log.request.input.example_list.examples
+        else:
+            examples = [example_pb2.Example.FromString(serialized) for serialized in
+                        log.predict_log.request.inputs["examples"].string_val]
+        in_vocabulary.append([e.features.feature["color"].bytes_list.value[0].decode() in words
+                              for e in examples])
+    # serving_default and classify, at batch sizes 1 and 4
+    assert sorted(in_vocabulary) == sorted([[True], [True, True, True, False]] * 2)
