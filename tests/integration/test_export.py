@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from support.exports import export, read_warmup
 from support.specs import FUNCTIONAL_SPEC, SEQUENTIAL_SPEC
+from support.versions import add_version
 
 from shipyard.core.errors import (
     BreakingChangeError,
@@ -219,12 +220,13 @@ def test_the_architecture_digest_ignores_where_shared_objects_lived_in_memory():
     assert keras_config_digest(shared_differently) != keras_config_digest(config(5, 6))
 
 
-def test_models_that_compute_differently_get_different_fingerprints(launcher, models, repo):
-    relu = export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo, name="relu")
-    tanh = export(launcher, models.path("sequential_tanh"), SEQUENTIAL_SPEC, repo, name="tanh")
-    # Same weights (same seed and shapes): only the architecture tells them apart.
-    weights = sorted(f["sha256"] for f in relu.manifest.files if f["path"].startswith("var"))
-    assert relu.manifest.fingerprint != tanh.manifest.fingerprint
+def test_models_that_compute_differently_get_different_fingerprints(published):
+    # The session's exports under one spec: version 1 the sequential model (relu), version 2
+    # sequential_tanh. Same weights (same seed and shapes): only the architecture tells them
+    # apart.
+    relu, tanh = (read_manifest(published / "m" / version) for version in ("1", "2"))
+    weights = sorted(f["sha256"] for f in relu.files if f["path"].startswith("var"))
+    assert relu.fingerprint != tanh.fingerprint
     assert weights  # the comparison above is about more than missing weights
 
 
@@ -268,8 +270,8 @@ def test_nested_outputs_are_refused_with_the_output_named(launcher, models, repo
     assert not (repo / "m").exists()
 
 
-def test_breaking_signature_change_is_refused_unless_allowed(launcher, models, repo):
-    export(launcher, models.path("sequential"), SEQUENTIAL_SPEC, repo)
+def test_breaking_signature_change_is_refused_unless_allowed(launcher, models, published, repo):
+    add_version(repo, "m", 1, published / "m" / "1")  # the sequential model's export, x: [None, 3]
     wide = {"endpoints": [{"name": "serve", "method": "call",
                            "inputs": [{"name": "x", "shape": [None, 5], "dtype": "float32"}]}]}
     with pytest.raises(BreakingChangeError, match=r"(?s)breaks clients of version 1.*signature "
