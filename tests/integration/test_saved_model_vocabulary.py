@@ -160,6 +160,23 @@ def test_a_keras_export_gives_its_lookup_layers_vocabularies(tmp_path):
     assert tables(tmp_path / "keras") == [("cat", "dog"), (4, 9, 12)]
 
 
+def test_the_tensorflow_transform_model_serves_the_trainers_scores_through_tf1s_loader(
+        tft_model):
+    """The fixture is a model TF Serving can serve: its session loader runs the tables'
+    initializers and restores the variables; an example outside the vocabulary is answered
+    too (the OOV bucket)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"],
+                                                          str(tft_model.path))
+        signature = meta_graph.signature_def["serving_default"]
+        scores = session.run(signature.outputs["scores"].name,
+                             {signature.inputs["examples"].name: list(tft_model.examples)})
+    np.testing.assert_allclose(scores, tft_model.scores, rtol=1e-6, atol=1e-7)
+    assert scores.shape == (len(tft_model.vocabulary) + 1, 2)
+
+
 def test_a_tensorflow_transform_model_gives_its_vocabulary(tft_model):
     """The Trainer's model applies the transform graph (tft_layer); its vocabulary file is an
     asset of the model, and of the transform graph itself."""

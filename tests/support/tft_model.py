@@ -14,12 +14,21 @@ tf.Examples (`examples`, string [None]), parses them with the raw feature spec l
 applies `model.tft_layer` and then the model. It returns `scores`: float32 [batch, 2], the
 probabilities of label 0 and 1.
 
-Importing this module imports TensorFlow, Beam and TensorFlow Transform: integration tests only.
+The model is a tf_keras (Keras 2) model: the template builds it with `tf.keras`, which in a
+Trainer's process is Keras 2, as TensorFlow Transform requires (importing it sets
+TF_USE_LEGACY_KERAS=1, and its transform layer is a tf_keras Model). It matters for serving: a
+Keras 3 model saved with tf.saved_model.save does not load in TF1's session loader, which TF
+Serving and saved_model_cli use (its variables are not restored: "Could not find variable
+dense/kernel"); a Keras 2 one does.
+
+Importing this module imports TensorFlow; building the model imports Beam, TensorFlow
+Transform and tf_keras: integration tests only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +62,16 @@ class TftModel:
 def build_tft_model(root: Path, *, rows: int = 60, seed: int = 0) -> TftModel:
     """Runs Transform and the Trainer under `root` (transform/, transformed/, model/, tmp/);
     `rows` examples, the colors in COLOR_COUNTS' proportions."""
-    import keras
+    _import_tensorflow_transform()
     import tensorflow_transform as tft
+    import tf_keras
 
     transform_output = root / "transform"
     records = _transform(_raw_rows(rows, seed), transform_output, root)
     tft_output = tft.TFTransformOutput(str(transform_output))
     transformed = tf.io.parse_example(records, tft_output.transformed_feature_spec())
 
-    keras.utils.set_random_seed(seed)
+    tf_keras.utils.set_random_seed(seed)
     model = _keras_model(tft_output.vocabulary_size_by_name(VOCABULARY_NAME))
     model.fit({name: transformed[name].numpy() for name in ("color_xf", "size_xf")},
               transformed[LABEL].numpy(), epochs=10, batch_size=16, verbose=0)
@@ -78,6 +88,18 @@ def build_tft_model(root: Path, *, rows: int = 60, seed: int = 0) -> TftModel:
         (*vocabulary, OUT_OF_VOCABULARY), np.linspace(2.0, 8.0, len(vocabulary) + 1)))
     scores = serve(tf.constant(examples))["scores"].numpy()
     return TftModel(path, transform_output, raw_feature_spec, vocabulary, examples, scores)
+
+
+def _import_tensorflow_transform() -> None:
+    """Imports TensorFlow Transform without leaving TF_USE_LEGACY_KERAS=1 (which its import
+    sets) to the rest of the test process and the processes it starts later (verifiers, TF
+    Serving doubles): they run Keras 3 where the variable is unset. Transform has chosen
+    tf_keras by then."""
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    import tensorflow_transform  # noqa: F401
+
+    if before is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 
 def _raw_rows(rows: int, seed: int) -> list[dict[str, object]]:
@@ -131,7 +153,7 @@ def _transform(raw_rows: list[dict[str, object]], transform_output: Path,
 
 
 def _keras_model(vocabulary_size: int):
-    import keras
+    import tf_keras as keras
 
     color = keras.Input(shape=(), dtype="int64", name="color_xf")
     size = keras.Input(shape=(), dtype="float32", name="size_xf")
