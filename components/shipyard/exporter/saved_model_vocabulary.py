@@ -297,7 +297,8 @@ def _vocabulary_files(sources: list[_Asset | _Node], directory: Path) -> list[Pa
                     f"MODEL: {directory}: a lookup table is initialized from "
                     f"assets/{source.filename}, which is missing; the SavedModel is incomplete "
                     "(copy it whole, or export the model again)")
-        elif source.node.op == "Const" and source.node.attr["dtype"].type == tf.string:
+        elif (source.node.op == "Const"
+              and tf.as_dtype(source.node.attr["dtype"].type) == tf.string):
             value = tf.make_ndarray(source.node.attr["value"].tensor).reshape(-1)
             if len(value) != 1:
                 continue
