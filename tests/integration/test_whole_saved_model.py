@@ -173,3 +173,36 @@ def test_tf_hubs_reusable_object_ships_whole_and_fine_tunes(launcher, tmp_path, 
     assert found["trainable_weights"] == 1
     np.testing.assert_allclose(found["losses"], GUIDE_LOSSES, rtol=1e-6)
     assert found["changed"] == [True]
+
+
+def test_a_source_tf_servings_loader_cannot_restore_is_re_saved_and_then_serves(
+        launcher, tmp_path, repo):
+    """A Keras 3 model saved with tf.saved_model.save (as a TFX Trainer module may): TF2's
+    loader restores it, TF1's session loader (TF Serving's) leaves the variables its functions
+    read unrestored. Copied as it is, it could not serve: shipyard re-saves it and says why."""
+    import keras
+    import tensorflow as tf
+
+    from shipyard.exporter.whole import RESAVED
+
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, name="dense")])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def serve(x):
+        return {"y": model(x)}
+
+    source = tmp_path / "keras3"
+    tf.saved_model.save(model, str(source), signatures={"serving_default": serve})
+    x = np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3)
+    with pytest.raises(Exception, match="ReadVariableOp"):  # the source, as TF Serving sees it
+        run_with_session_loader(source, "serving_default", {"x": x})
+
+    spec = {"endpoints": [{"name": "serving_default", "method": "serving_default",
+                           "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
+    result = export(launcher, source, spec, repo, name="keras3")
+    shipped = result.manifest.source["shipped"]
+    assert shipped["how"] == RESAVED
+    assert shipped["resaved_because"].startswith("TF1's session loader (TF Serving's) leaves 2 "
+                                                 "of the source's variables unrestored")
+    got = run_with_session_loader(Path(result.path), "serving_default", {"x": x})
+    np.testing.assert_allclose(got["y"], model(x).numpy(), atol=1e-6)

@@ -9,6 +9,8 @@ signatures, variable selection, vocabularies): one definition of each for both k
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from shipyard.core.spec import METHOD_NAMES, ExportSpec
 from shipyard.exporter import archive, whole
 from shipyard.exporter.samples import Vocabularies
 from shipyard.exporter.source import SourceModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,21 +38,39 @@ class WholeArchive:
     lookup_vocabularies: list[list[Any]]
     calls_spec: ExportSpec  # the spec plus the signatures it does not name
     unverifiable: dict[str, str] = field(default_factory=dict)  # signature -> why not called
+    resaved_because: str | None = None  # why a source that could be copied was re-saved
 
     def write(self, directory: Path) -> None:
         how = self.shipping.how(self.graph)
-        if how == whole.RESAVED:
-            self._resave(directory)
-            whole.refuse_losses(whole.lost_in_resave(self.graph, whole.read_graph(directory)),
-                                self.shipping)
-            return
-        whole.copy_source(self.source.path, directory)
-        if how == whole.SIGNATURE_DEFS_ADDED:
-            whole.add_signature_defs(directory, self.shipping.renamed, self.shipping.method_names)
+        if how != whole.RESAVED:
+            whole.copy_source(self.source.path, directory)
+            if how == whole.SIGNATURE_DEFS_ADDED:
+                whole.add_signature_defs(directory, self.shipping.renamed,
+                                         self.shipping.method_names)
+            missed = variables_the_session_loader_misses(directory)
+            if not missed:
+                return
+            # A Keras 3 model saved with tf.saved_model.save: TF2's loader restores it, TF1's
+            # (TF Serving's) leaves variables its functions read unrestored. The object
+            # tf.saved_model.load revived, saved again, has them restored by both.
+            self.resaved_because = (
+                f"TF1's session loader (TF Serving's) leaves {len(missed)} of the source's "
+                f"variables unrestored ({', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}"
+                "), so it could not serve as it is")
+            log.warning("%s: %s; re-saving it from tf.saved_model.load", self.source.path,
+                        self.resaved_because)
+            _empty(directory)
+        self._resave(directory)
+        whole.refuse_losses(whole.lost_in_resave(self.graph, whole.read_graph(directory)),
+                            self.shipping)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.shipping.describe(self.graph),
-                **({"not_called": dict(self.unverifiable)} if self.unverifiable else {})}
+        described = self.shipping.describe(self.graph)
+        if self.resaved_because:
+            described.update(how=whole.RESAVED, resaved_because=self.resaved_because)
+        if self.unverifiable:
+            described["not_called"] = dict(self.unverifiable)
+        return described
 
     def _resave(self, directory: Path) -> None:
         loaded = self.source.obj
@@ -75,6 +97,30 @@ class WholeArchive:
                 method_names[name] = METHOD_NAMES[endpoint.kind]
         if method_names:
             archive.set_method_names(directory, method_names)
+
+
+def variables_the_session_loader_misses(directory: Path) -> list[str]:
+    """The variables TF1's session loader (TF Serving's) leaves uninitialized after its
+    restore and init op: every VarHandleOp of the loaded graph is asked. Decides how to ship
+    (copy or re-save); the verifier, in its own process, is what proves the version."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        tf.compat.v1.saved_model.loader.load(session, ["serve"], str(directory))
+        handles = [op for op in graph.get_operations() if op.type == "VarHandleOp"]
+        if not handles:
+            return []
+        initialized = session.run([tf.raw_ops.VarIsInitializedOp(resource=op.outputs[0])
+                                   for op in handles])
+    return [op.get_attr("shared_name").decode() or op.name
+            for op, done in zip(handles, initialized) if not done]
+
+
+def _empty(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
