@@ -273,3 +273,63 @@ def test_a_tensorflow_transform_models_warmup_holds_its_vocabulary_and_a_word_ou
                               for e in examples])
     # serving_default and classify, at batch sizes 1 and 4
     assert sorted(in_vocabulary) == sorted([[True], [True, True, True, False]] * 2)
+
+
+def test_a_tensorflow_transform_model_ships_through_shipyard_pusher_and_classifies(
+        tft_model, tmp_path):
+    """Issue 23's TFX case whole: the Trainer's model (a real Transform graph: a vocabulary
+    and scale_to_z_score, applied by tft_layer inside serving_default) imported as a Trainer
+    leaves it, pushed by ShipyardPusher with a classify endpoint; TensorFlow's own
+    saved_model_cli runs the pushed version's classify signature on examples and gives the
+    Trainer's scores, for vocabulary colors and one outside it."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from support.tft_model import CLASSES, TF_EXAMPLE_FEATURES
+    from support.tfx_pipelines import by_component, pipeline, pushed_artifacts
+    from tensorflow.core.example import example_pb2
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+    from shipyard.core.manifest import read_manifest
+
+    model_dir = tmp_path / "trainer-model"
+    shutil.copytree(tft_model.path, model_dir / "Format-Serving")
+    spec = {"endpoints": [
+        {"name": "serving_default", "method": "serving_default",
+         "inputs": [{"name": "examples", "tf_example": TF_EXAMPLE_FEATURES}]},
+        {"name": "classify", "method": "serving_default", "kind": "classify",
+         "inputs": [{"tf_example": TF_EXAMPLE_FEATURES}], "output": "scores",
+         "classes": list(CLASSES)}]}
+    repo = tmp_path / "repo"
+    LocalDagRunner().run(pipeline(tmp_path, model_dir, blessed=1, repo=repo,
+                                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                  spec=spec, model_name="tft"))
+    pushed = by_component(pushed_artifacts(tmp_path)[0])["ShipyardPusher"]
+    version = repo / "tft" / pushed.custom_properties["pushed_version"].string_value
+    manifest = read_manifest(version)
+    assert manifest.source["shipped"]["added"].keys() == {"classify"}
+    assert manifest.signatures["classify"]["method_name"] == "tensorflow/serving/classify"
+
+    examples = [example_pb2.Example.FromString(e) for e in tft_model.examples]
+    literal = "[" + ",".join(
+        "{" + ",".join(f'"{name}":[{_feature_literal(e, name)}]' for name in ("color", "size"))
+        + "}" for e in examples) + "]"
+    ran = subprocess.run(
+        [str(Path(sys.executable).parent / "saved_model_cli"), "run", "--dir", str(version),
+         "--tag_set", "serve", "--signature_def", "classify",
+         "--input_examples", f"inputs={literal}"],
+        capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    printed = ran.stdout.split("Result for output key scores:")[1]
+    scores = np.array([float(v) for v in re.findall(r"-?\d+\.\d*(?:e[-+]?\d+)?", printed)])
+    np.testing.assert_allclose(scores.reshape(tft_model.scores.shape), tft_model.scores,
+                               atol=1e-5)
+
+
+def _feature_literal(example, name: str) -> str:
+    feature = example.features.feature[name]
+    if feature.bytes_list.value:
+        return ",".join(f'"{v.decode()}"' for v in feature.bytes_list.value)
+    return ",".join(repr(float(v)) for v in feature.float_list.value)
