@@ -55,9 +55,14 @@ def test_a_tf1_graph_with_a_main_op_ships_byte_for_byte_and_serves(launcher, tmp
     from shipyard.exporter.whole import COPIED
 
     source = fruit_model(tmp_path / "fruit")
-    result = export(launcher, source, FRUIT_SPEC, repo, name="fruit")
+    result = export(launcher, source, FRUIT_SPEC, repo, name="fruit", serving_runtime="2.19")
     version = Path(result.path)
     assert result.manifest.source["shipped"]["how"] == COPIED
+    # TF Serving's TensorFlow replayed the warmup records, Classify ones included, through
+    # its session loader.
+    runtime = result.manifest.verification["runtimes"]["2.19"]
+    assert runtime["status"] == "passed"
+    assert runtime["signatures"] == {"classify": 2, "serving_default": 2}
     assert result.manifest.source["shipped"]["graph"] == "TF1"
     for name in ("saved_model.pb", "variables/variables.index",
                  "variables/variables.data-00000-of-00001", "assets/fruit-sizes.txt"):
