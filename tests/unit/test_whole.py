@@ -101,10 +101,21 @@ def test_an_endpoint_that_would_replace_a_source_signature_is_refused(endpoint, 
 def test_a_default_endpoint_serving_default_cannot_answer_is_refused():
     other = {"name": "score", "method": "serve",
              "inputs": [{"x": {"shape": [None], "dtype": "float32"}}]}
-    with pytest.raises(SpecError, match=r"default_endpoint: endpoint 'score' \(method 'serve'\) "
-                                        r"takes \{'x': 'float32'\}, the source's "
+    with pytest.raises(SpecError, match=r"default_endpoint: endpoint 'score' \(method 'serve', "
+                                        r"kind predict\) takes \{'x': 'float32'\}, the source's "
                                         r"serving_default takes \{'examples': 'string'\}"):
         plan_shipping(SOURCE, spec(other))
+    # The same inputs, but a new classify function: it cannot be the source's predict.
+    source = graph(serving_default=signature(PREDICT, {"inputs": "string"}, ("probs",)))
+    by_kind = {"name": "by_kind", "method": "serving_default", "kind": "classify",
+               "output": "probs", "inputs": [{"tf_example": FEATURES}]}
+    with pytest.raises(SpecError, match=r"default_endpoint: endpoint 'by_kind' \(method "
+                                        r"'serving_default', kind classify\)"):
+        plan_shipping(source, spec(by_kind))
+    # As a second endpoint it is added beside serving_default, which keeps its method name.
+    kept = plan_shipping(source, spec({**AS_IS, "inputs": [{"name": "inputs",
+                                                            "tf_example": FEATURES}]}, by_kind))
+    assert list(kept.wrapped) == ["by_kind"] and kept.method_names == {}
 
 
 def test_a_source_without_serving_default_gets_the_default_endpoint_as_it():
@@ -140,9 +151,17 @@ def test_what_a_resave_would_lose_is_named_and_refused():
     shipping = plan_shipping(SOURCE, spec(AS_IS, {
         "name": "call_it", "method": "serve",
         "inputs": [{"x": {"shape": [None], "dtype": "float32"}}]}))
+    assert "saving it again because TF1's loader" in _refusal(lost, plan_shipping(SOURCE, spec(
+        AS_IS)), "TF1's loader misses 2 variables")
     with pytest.raises(SpecError, match=r"means saving it again to add call_it \('serve' is a "
                                         r"restored function, not a signature\), and the re-saved "
                                         r"SavedModel would lose signature 'classify', .*Ship the "
                                         r"source as it is"):
         refuse_losses(lost, shipping)
     assert lost_in_resave(SOURCE, SOURCE) == []
+
+
+def _refusal(lost, shipping, because) -> str:
+    with pytest.raises(SpecError) as refused:
+        refuse_losses(lost, shipping, because)
+    return str(refused.value)

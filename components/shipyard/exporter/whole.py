@@ -152,22 +152,25 @@ def plan_shipping(graph: SourceGraph, spec: ExportSpec) -> Shipping:
         served = {name: info["dtype"]
                   for name, info in graph.signatures[SERVING_DEFAULT]["inputs"].items()}
         declared = {name: decl.dtype for name, decl in default.signature_inputs()}
-        if (default.method != SERVING_DEFAULT or default.name in shipping.wrapped) \
-                and served != declared:
+        other = default.method != SERVING_DEFAULT or default.name in shipping.wrapped
+        # A new classify/regress function is never the source's serving_default (other
+        # outputs); another predict function can be, if it takes the same inputs.
+        if other and (served != declared or
+                      (default.name in shipping.wrapped and default.kind != "predict")):
             raise SpecError(
-                f"default_endpoint: endpoint {default.name!r} (method {default.method!r}) "
-                f"takes {declared}, the source's serving_default takes {served}: it cannot be "
-                "what serving_default serves unless serving_default is replaced, and nothing "
-                "of the source is dropped. Make the default endpoint one that serving_default "
-                "answers (method: serving_default, with its inputs)")
-    elif default.name in shipping.wrapped:
+                f"default_endpoint: endpoint {default.name!r} (method {default.method!r}, "
+                f"kind {default.kind}) takes {declared}, the source's serving_default takes "
+                f"{served}: it cannot be what serving_default serves unless serving_default "
+                "is replaced, and nothing of the source is dropped. Make the default endpoint "
+                "one that serving_default answers (method: serving_default, with its inputs)")
+        return shipping  # serving_default stays as the source has it, method name included
+    if default.name in shipping.wrapped:
         shipping.wrapped[SERVING_DEFAULT] = f"the default endpoint {default.name!r}"
-    else:
-        shipping.renamed[SERVING_DEFAULT] = default.method
-    if default.kind != "predict" and SERVING_DEFAULT not in shipping.wrapped:
-        source_method = graph.signatures.get(default.method, {}).get("method_name")
-        if source_method != default.method_name:
-            shipping.method_names[SERVING_DEFAULT] = default.method_name
+        return shipping
+    shipping.renamed[SERVING_DEFAULT] = default.method
+    source_method = graph.signatures[default.method]["method_name"]
+    if default.kind != "predict" and source_method != default.method_name:
+        shipping.method_names[SERVING_DEFAULT] = default.method_name
     return shipping
 
 
@@ -298,14 +301,19 @@ def lost_in_resave(source: SourceGraph, version: SourceGraph) -> list[str]:
     return lost
 
 
-def refuse_losses(lost: list[str], shipping: Shipping) -> None:
+def refuse_losses(lost: list[str], shipping: Shipping, because: str | None = None) -> None:
+    """Refuses a re-save that lost something; `because`: why it was re-saved, if not for
+    what the spec adds."""
     if not lost:
         return
-    needs = [f"{name} ({why})" for name, why in shipping.wrapped.items()] or [
+    needs = [f"{name} ({why})" for name, why in shipping.wrapped.items()] + [
         f"{new} (renames {old})" for new, old in shipping.renamed.items()]
+    why = (f"to add {'; '.join(needs)}" if needs else
+           "with the variable collections the spec declares" if shipping.collections else
+           f"because {because}")
     raise SpecError(
-        "shipping this SavedModel with the spec's endpoints means saving it again to add "
-        f"{'; '.join(needs)}, and the re-saved SavedModel would lose {', '.join(lost)}; "
+        f"shipping this SavedModel with the spec's endpoints means saving it again {why}, and "
+        f"the re-saved SavedModel would lose {', '.join(lost)}; "
         "nothing was published. Ship the source as it is: declare endpoints whose method "
         "and name are the source's signatures, with their input names and dtypes (and kind "
         "as the signature's method name)")

@@ -62,7 +62,7 @@ class WholeArchive:
             _empty(directory)
         self._resave(directory)
         whole.refuse_losses(whole.lost_in_resave(self.graph, whole.read_graph(directory)),
-                            self.shipping)
+                            self.shipping, self.resaved_because)
 
     def describe(self) -> dict[str, Any]:
         described = self.shipping.describe(self.graph)
