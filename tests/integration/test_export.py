@@ -186,7 +186,7 @@ def test_saved_model_directory_as_source(launcher, models, repo):
     # serving_default is the source's: a default endpoint it cannot answer (other inputs)
     # would replace it, and nothing of the source is dropped.
     with pytest.raises(SpecError, match=rf"default_endpoint: endpoint 'predict' \(method "
-                                        rf"'serve'\) takes \{{'x': 'float32'\}}, the source's "
+                                        rf"'serve', kind predict\) takes \{{'x': 'float32'\}}, the source's "
                                         rf"serving_default takes \{{'{input_name}': 'float32'\}}"):
         export(launcher, source, {"endpoints": [predict]}, repo)
     assert not (repo / "m").exists() or sorted(p.name for p in (repo / "m").iterdir()
