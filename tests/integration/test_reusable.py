@@ -76,40 +76,37 @@ def test_the_export_keeps_serving_and_has_the_interface(reusable_version):
     assert len(loaded.regularization_losses) == 2
 
 
-def test_check_reusable_passes_on_the_export(keras_model, reusable_version):
+def test_check_reusable_passed_in_the_export(keras_model, reusable_version):
+    """The export ran TF Hub's client on the version (reusable_check.py) and recorded it; its
+    expectations came from the source model."""
+    from shipyard.core.manifest import read_manifest
     from shipyard.exporter.reusable import expectations
-    from shipyard.exporter.reusable_check import check_reusable
     from shipyard.exporter.source import load_source_model
 
-    spec = parse_spec(SPEC)
-    expected = expectations(load_source_model(keras_model["path"]), spec, [X])
+    expected = expectations(load_source_model(keras_model["path"]), parse_spec(SPEC), [X])
     assert expected["trainable_count"] == 4
     np.testing.assert_allclose(expected["regularization_losses"], keras_model["losses"],
                                rtol=1e-6)
-    record = check_reusable(reusable_version, tolerance=spec.tolerance, **expected)
+    record = read_manifest(reusable_version).verification["reusable"]
     assert record["client"] == "tensorflow_hub.KerasLayer 0.16.1 (tf_keras 2.21.0)"
     assert record["trainable_weights"] == 4
+    np.testing.assert_allclose(record["regularization_losses"], keras_model["losses"],
+                               rtol=1e-6)
     assert record["gradient_step"] == "changed 4 of 4 trainable weights"
     assert record["max_abs_error"] <= 1e-5
 
 
 def test_tf_hubs_guide_example(tmp_path):
+    """The guide's object has the interface; shipped whole with reusable: true it passes
+    check_reusable in the export (test_whole_saved_model.py)."""
     from shipyard.exporter.reusable import has_reusable_interface
-    from shipyard.exporter.reusable_check import check_reusable
 
     path = save_hub_example(tmp_path / "my_mul")
     assert has_reusable_interface(path)
-    record = check_reusable(path, np.array(GUIDE_INPUT, np.float32),
-                            {"output_0": np.array(GUIDE_OUTPUT, np.float32)}, 1, GUIDE_LOSSES,
-                            Tolerance())
-    assert record["trainable_weights"] == 1
-    np.testing.assert_allclose(record["regularization_losses"], GUIDE_LOSSES, rtol=1e-6)
-    assert record["gradient_step"] == "changed 1 of 1 trainable weights"
 
 
 def test_expectations_of_a_saved_model_source_come_from_its_own_interface(tmp_path):
     from shipyard.exporter.reusable import expectations
-    from shipyard.exporter.reusable_check import check_reusable
     from shipyard.exporter.source import load_source_model
 
     path = save_hub_example(tmp_path / "my_mul")
@@ -119,8 +116,7 @@ def test_expectations_of_a_saved_model_source_come_from_its_own_interface(tmp_pa
     np.testing.assert_allclose(expected["expected_outputs"]["output_0"], GUIDE_OUTPUT)
     assert expected["trainable_count"] == 1
     np.testing.assert_allclose(expected["regularization_losses"], GUIDE_LOSSES, rtol=1e-6)
-    # A version shipped whole is the source's SavedModel: here, the source itself.
-    assert check_reusable(path, tolerance=spec.tolerance, **expected)["trainable_weights"] == 1
+    # check_reusable on a version shipped whole from it: test_whole_saved_model.py.
 
 
 def test_check_reusable_names_what_differs(tmp_path):

@@ -170,7 +170,10 @@ def test_tf_hubs_reusable_object_ships_whole_and_fine_tunes(launcher, tmp_path, 
     version = Path(result.path)
     assert result.manifest.source["shipped"]["how"] == RESAVED
     assert sorted(result.manifest.signatures) == ["serving_default", "times"]
-    assert result.manifest.verification["reusable"]["trainable_weights"] == 1
+    checked = result.manifest.verification["reusable"]  # TF Hub's client, in the export
+    assert checked["trainable_weights"] == 1
+    assert checked["gradient_step"] == "changed 1 of 1 trainable weights"
+    np.testing.assert_allclose(checked["regularization_losses"], GUIDE_LOSSES, rtol=1e-6)
     assert has_reusable_interface(version)
 
     found = hub_client(version, GUIDE_INPUT)
