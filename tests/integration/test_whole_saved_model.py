@@ -21,7 +21,6 @@ from support.tf1_models import (
     run_with_session_loader,
 )
 
-from shipyard.core.errors import SpecError
 
 FRUIT_FEATURES = {"fruit": {"shape": [], "dtype": "string", "default": ""},
                   "size": {"shape": [], "dtype": "string", "default": ""},
@@ -34,6 +33,9 @@ FRUIT_SPEC = {"endpoints": [
     {"name": "classify", "method": "classify", "kind": "classify",
      "inputs": [{"tf_example": FRUIT_FEATURES}]},
 ]}
+# Refusals (an endpoint replacing a source signature, a default endpoint serving_default
+# cannot answer, a re-save that loses something) are decided before anything is written:
+# tests/unit/test_whole.py; test_export.py has one through a whole export.
 CITY_FEATURES = {"city": {"shape": [], "dtype": "string", "default": ""},
                  "rooms": {"shape": [], "dtype": "float32", "default": 0.0}}
 
@@ -127,24 +129,6 @@ def test_a_tf1_graph_gets_the_signatures_it_lacks_and_keeps_its_legacy_init_op(
     np.testing.assert_allclose(run_with_session_loader(version, "regress",
                                                        {"inputs": examples})["outputs"],
                                theirs["outputs"])
-
-
-def test_an_endpoint_that_would_replace_a_source_signature_is_refused(launcher, tmp_path,
-                                                                       repo):
-    source = legacy_regressor(tmp_path / "prices")
-    spec = {"endpoints": [
-        {"name": "serving_default", "method": "serving_default", "inputs": [
-            {"city": {"shape": [None], "dtype": "string"},
-             "rooms": {"shape": [None], "dtype": "float32"}}]},
-        {"name": "regress", "method": "serving_default", "kind": "regress", "output": "price",
-         "inputs": [{"tf_example": CITY_FEATURES}]},
-    ]}
-    with pytest.raises(SpecError, match=r"endpoints\[1\]: the source already has a signature "
-                                        r"'regress', and this endpoint would replace it .* "
-                                        r"Give the endpoint another name"):
-        export(launcher, source, spec, repo, name="prices")
-    assert not (repo / "prices").exists() or not any(
-        p.name.isdigit() for p in (repo / "prices").iterdir())
 
 
 def test_tf_hubs_reusable_object_ships_whole_and_fine_tunes(launcher, tmp_path, repo):
