@@ -21,7 +21,6 @@ from support.tf1_models import (
     run_with_session_loader,
 )
 
-
 FRUIT_FEATURES = {"fruit": {"shape": [], "dtype": "string", "default": ""},
                   "size": {"shape": [], "dtype": "string", "default": ""},
                   "weights": {"shape": [2], "dtype": "float32"}}
