@@ -183,7 +183,8 @@ CASES = [
     case("model-truncated-keras-file", "export {truncated} --spec {spec} --repo {repo} --name m",
          1, r"MODEL: \S*truncated\.keras is corrupt: .*re-save the model"),
     case("model-zip-that-is-not-keras", "export {notkeras} --spec {spec} --repo {repo} --name m",
-         1, r"MODEL: cannot load \S*notkeras\.keras: KeyError: .*'config\.json'"),
+         1, r"MODEL: \S*notkeras\.keras is a zip archive but not a \.keras file \(it has no "
+         r"config\.json\); save the model with model\.save\('model\.keras'\)"),
     case("model-corrupt-saved-model-pb", "export {badpb} --spec {spec} --repo {repo} --name m", 1,
          r"MODEL: \S*saved_model\.pb is corrupt \(not a SavedModel protocol buffer.*\); export "
          r"the model again"),

@@ -60,6 +60,44 @@ def check_model_path(path: str | Path) -> None:
                              "save the model with model.save('model.keras') or model.export(dir)")
 
 
+def check_model_file(path: str | Path) -> None:
+    """Cheap checks (no TensorFlow) of MODEL's content, before any process is started for it:
+    a .keras file's zip directory is read, no more."""
+    path = Path(path)
+    if path.is_file():
+        _check_keras_archive(path)
+
+
+def _check_keras_archive(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
+                             "one is not (truncated or overwritten?); re-save the model")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ModelLoadError(f"MODEL: {path} is corrupt ({err}); re-save the model") from None
+    if "config.json" not in members:
+        raise ModelLoadError(f"MODEL: {path} is a zip archive but not a .keras file (it has no "
+                             "config.json); save the model with model.save('model.keras')")
+
+
+def check_imports(modules: list[str] | tuple[str, ...]) -> None:
+    """Fails before anything starts if an --import module cannot be found (it is imported,
+    with its errors reported, when the model is loaded: import_modules)."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a malformed name
+            found = False
+        if not found:
+            raise UsageError(f"import: cannot import module {module!r}: ModuleNotFoundError: "
+                             f"No module named {module!r}. Check that it is on PYTHONPATH.",
+                             param="import")
+
+
 def load_source_model(path: str | Path, *, unsafe: bool = False,
                       optimized: bool = True) -> SourceModel:
     """Loads MODEL. A .keras file is loaded the optimized way (keras_loading.py) unless
@@ -74,9 +112,7 @@ def load_source_model(path: str | Path, *, unsafe: bool = False,
 def _load_keras(path: Path, *, unsafe: bool, optimized: bool) -> SourceModel:
     import keras
 
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"MODEL: {path} is corrupt: a .keras file is a zip archive and this "
-                             "one is not (truncated or overwritten?); re-save the model")
+    _check_keras_archive(path)
     try:
         if optimized:
             # One copy of each weight in memory at a time: see keras_loading.

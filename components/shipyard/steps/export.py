@@ -107,7 +107,7 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
 
     Nothing becomes visible as a version unless every step succeeded.
     """
-    from shipyard.exporter.source import check_model_path
+    from shipyard.exporter.source import check_imports, check_model_file, check_model_path
 
     validate_model_name(request.name)
     choose_runtime(request.serving_runtime)  # a bad value fails before anything starts
@@ -116,6 +116,8 @@ def export_model(request: ExportRequest, *, progress: Progress = NullProgress(),
     if request.version is not None:
         validate_version(request.version)
         repo.ensure_version_free(request.name, request.version)
+    check_model_file(request.model)  # a corrupt file fails here, not in a started export
+    check_imports(request.imports)
     # Started first, so its TensorFlow import overlaps loading and writing the model.
     verifier = launch_verifier()
     try:

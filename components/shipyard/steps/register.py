@@ -73,11 +73,12 @@ def register_model(request: ExportRequest, location: RegistryLocation, *,
                    pipeline_run_id: str | None = None, progress: Progress = NullProgress(),
                    launch_verifier: VerifierLauncher = start_verifier,
                    wait_timeout_s: float = WAIT_TIMEOUT_S) -> RegisterResult:
-    from shipyard.exporter.source import check_model_path
+    from shipyard.exporter.source import check_imports, check_model_path
 
     validate_model_name(request.name)
     choose_runtime(request.serving_runtime)  # a bad value fails before anything starts
     check_model_path(request.model)
+    check_imports(request.imports)
     # Started first, so its TensorFlow import overlaps MLflow's import and the export.
     verifier = launch_verifier()
     try:
