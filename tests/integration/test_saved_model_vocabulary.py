@@ -250,15 +250,10 @@ def test_a_tensorflow_transform_models_warmup_holds_its_vocabulary_and_a_word_ou
     """Exported with its serving_default and a classify endpoint over it: each warmup request
     of one example carries a vocabulary color; each of four, three and one outside it."""
     from support.exports import export, read_warmup
-    from support.tft_model import CLASSES, TF_EXAMPLE_FEATURES
+    from support.tft_model import TFT_SPEC
     from tensorflow.core.example import example_pb2
 
-    spec = {"endpoints": [
-        {"name": "serving_default", "method": "serving_default",
-         "inputs": [{"name": "examples", "tf_example": TF_EXAMPLE_FEATURES}]},
-        {"name": "classify", "method": "serving_default", "kind": "classify",
-         "inputs": [{"tf_example": TF_EXAMPLE_FEATURES}], "output": "scores",
-         "classes": list(CLASSES)}]}
+    spec = TFT_SPEC
     result = export(launcher, tft_model.path, spec, repo)
     assert result.manifest.source["format"] == "saved_model"
     words = set(tft_model.vocabulary)
@@ -287,7 +282,7 @@ def test_a_tensorflow_transform_model_ships_through_shipyard_pusher_and_classifi
     import subprocess
     import sys
 
-    from support.tft_model import CLASSES, TF_EXAMPLE_FEATURES
+    from support.tft_model import TFT_SPEC
     from support.tfx_pipelines import by_component, pipeline, pushed_artifacts
     from tensorflow.core.example import example_pb2
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
@@ -296,12 +291,7 @@ def test_a_tensorflow_transform_model_ships_through_shipyard_pusher_and_classifi
 
     model_dir = tmp_path / "trainer-model"
     shutil.copytree(tft_model.path, model_dir / "Format-Serving")
-    spec = {"endpoints": [
-        {"name": "serving_default", "method": "serving_default",
-         "inputs": [{"name": "examples", "tf_example": TF_EXAMPLE_FEATURES}]},
-        {"name": "classify", "method": "serving_default", "kind": "classify",
-         "inputs": [{"tf_example": TF_EXAMPLE_FEATURES}], "output": "scores",
-         "classes": list(CLASSES)}]}
+    spec = TFT_SPEC
     repo = tmp_path / "repo"
     LocalDagRunner().run(pipeline(tmp_path, model_dir, blessed=1, repo=repo,
                                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",

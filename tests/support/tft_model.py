@@ -47,6 +47,13 @@ TF_EXAMPLE_FEATURES = {"color": {"shape": [], "dtype": "string"},
 CLASSES = ("0", "1")  # the label's values, in the order of the scores' columns
 VOCABULARY_NAME = "color"  # the vocabulary's file name in the transform graph's assets/
 OUT_OF_VOCABULARY = "orange"  # a color the data set does not have
+# The Trainer's serving_default shipped as it is, and TF Serving's Classify over it (added).
+TFT_SPEC = {"endpoints": [
+    {"name": "serving_default", "method": "serving_default",
+     "inputs": [{"name": "examples", "tf_example": TF_EXAMPLE_FEATURES}]},
+    {"name": "classify", "method": "serving_default", "kind": "classify",
+     "inputs": [{"tf_example": TF_EXAMPLE_FEATURES}], "output": "scores",
+     "classes": list(CLASSES)}]}
 
 
 @dataclasses.dataclass(frozen=True)

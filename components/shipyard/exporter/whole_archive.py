@@ -10,7 +10,6 @@ signatures, variable selection, vocabularies): one definition of each for both k
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from shipyard.core.spec import METHOD_NAMES, ExportSpec
 from shipyard.exporter import archive, whole
 from shipyard.exporter.samples import Vocabularies
 from shipyard.exporter.source import SourceModel
+from shipyard.files.trees import empty_directory
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class WholeArchive:
                 "), so it could not serve as it is")
             log.warning("%s: %s; re-saving it from tf.saved_model.load", self.source.path,
                         self.resaved_because)
-            _empty(directory)
+            empty_directory(directory)
         self._resave(directory)
         whole.refuse_losses(whole.lost_in_resave(self.graph, whole.read_graph(directory)),
                             self.shipping, self.resaved_because)
@@ -113,14 +113,6 @@ def variables_the_session_loader_misses(directory: Path) -> list[str]:
                                    for op in handles])
     return [op.get_attr("shared_name").decode() or op.name
             for op, done in zip(handles, initialized) if not done]
-
-
-def _empty(directory: Path) -> None:
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:

@@ -67,3 +67,12 @@ def local_tree(location: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="shipyard-download-") as local:
         materialize(location, local)
         yield Path(local)
+
+
+def empty_directory(directory: Path) -> None:
+    """Removes what is inside `directory` (a first attempt's files), keeping the directory."""
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import gc
 import logging
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from shipyard.exporter.runtime import (
 )
 from shipyard.exporter.verifier import DEFAULT_TIMEOUT_S, VerifierProcess, start_verifier
 from shipyard.files.storage import tree_bytes, writing_export, writing_verifier_inputs
+from shipyard.files.trees import empty_directory
 from shipyard.repository import StagingDir, open_repository
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                     staged.differences[0])
         del staged
         gc.collect()
-        _empty(staging.path)
+        empty_directory(staging.path)
         checker.abandon()  # it may have loaded the discarded export
         checker = VerifierProcess(with_reference=False)
         spare.callback(checker.close)
@@ -379,15 +379,6 @@ def build(model: Any, spec: ExportSpec) -> Any:
     from shipyard.exporter.archive import build_archive
 
     return build_archive(model, spec)
-
-
-def _empty(directory: Path) -> None:
-    """Removes what a first attempt wrote into a staging directory, keeping the directory."""
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 @contextlib.contextmanager
