@@ -197,3 +197,30 @@ def test_a_source_tf_servings_loader_cannot_restore_is_re_saved_and_then_serves(
                                                  "of the source's variables unrestored")
     got = run_with_session_loader(Path(result.path), "serving_default", {"x": x})
     np.testing.assert_allclose(got["y"], model(x).numpy(), atol=1e-6)
+
+
+def test_a_graph_in_text_form_ships_as_the_same_protocol_buffer(launcher, tmp_path, repo):
+    """saved_model.pbtxt, which TensorFlow's loaders read as well: the version holds it in
+    binary form (saved_model.pb), and answers as the source does in TF Serving's loader."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    source = legacy_regressor(tmp_path / "prices")
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((source / "saved_model.pb").read_bytes())
+    (source / "saved_model.pbtxt").write_text(text_format.MessageToString(proto))
+    (source / "saved_model.pb").unlink()
+    spec = {"endpoints": [{"name": "serving_default", "method": "serving_default", "inputs": [
+        {"city": {"shape": [None], "dtype": "string"},
+         "rooms": {"shape": [None], "dtype": "float32"}}]}]}
+    result = export(launcher, source, spec, repo, name="prices")
+    version = Path(result.path)
+    assert not (version / "saved_model.pbtxt").exists()
+    written = saved_model_pb2.SavedModel()
+    written.ParseFromString((version / "saved_model.pb").read_bytes())
+    assert written == proto
+    feeds = {"city": np.array([b"lima", b"oslo"], dtype=object),
+             "rooms": np.array([2.0, 6.0], "float32")}
+    np.testing.assert_allclose(
+        run_with_session_loader(version, "serving_default", feeds)["price"],
+        run_with_session_loader(source, "serving_default", feeds)["price"])

@@ -582,10 +582,9 @@ def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset(),
 
 def read_signatures(saved_model_dir: Path) -> dict[str, Any]:
     """The signature defs of a SavedModel as plain data (what TF Serving will expose)."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from shipyard.exporter.source import read_saved_model
 
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    proto = read_saved_model(saved_model_dir)
     meta_graph = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
     return {
         name: {

@@ -28,10 +28,10 @@ import tensorflow as tf
 
 from shipyard.core.errors import SpecError
 from shipyard.core.spec import Endpoint, ExportSpec, TensorDecl
-from shipyard.exporter.source import SAVED_MODEL_FILES, SourceModel
+from shipyard.exporter.source import SourceModel
+from shipyard.exporter.whole import FUNCTION_KINDS
 
 INTERFACE = ("__call__", "variables", "trainable_variables", "regularization_losses")
-_FUNCTION_KINDS = ("function", "bare_concrete_function")
 
 
 def add_interface(archive: Any, source: SourceModel, spec: ExportSpec) -> None:
@@ -74,7 +74,7 @@ def has_reusable_interface(saved_model_dir: Path) -> bool:
     children = {c.local_name: c.node_id for c in nodes[0].children}
     if any(name not in children for name in INTERFACE):
         return False
-    return nodes[children["__call__"]].WhichOneof("kind") in _FUNCTION_KINDS
+    return nodes[children["__call__"]].WhichOneof("kind") in FUNCTION_KINDS
 
 
 def expectations(source: SourceModel, spec: ExportSpec, arguments: list[Any]
@@ -226,16 +226,12 @@ def _loss_function(regularizer: Any, variable: Any) -> Any:
 
 
 def _object_graph(saved_model_dir: Path) -> Any:
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
+    from shipyard.core.errors import ModelLoadError
+    from shipyard.exporter.source import read_saved_model
 
-    proto = saved_model_pb2.SavedModel()
-    binary, text = (saved_model_dir / name for name in SAVED_MODEL_FILES)
-    if binary.is_file():
-        proto.ParseFromString(binary.read_bytes())
-    elif text.is_file():
-        text_format.Parse(text.read_text(), proto)
-    else:
+    try:
+        proto = read_saved_model(saved_model_dir)
+    except ModelLoadError:
         return []
     meta_graphs = [m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags]
     meta_graphs = meta_graphs or list(proto.meta_graphs)

@@ -35,6 +35,7 @@ from typing import Any
 
 from shipyard.core.errors import ModelLoadError
 from shipyard.exporter.samples import Vocabularies
+from shipyard.exporter.source import read_saved_model
 
 # Keys taken per table: the first lines of a vocabulary file, the first entries of a
 # constant. Samples draw a handful of values per input, and the keys enter the version's
@@ -69,36 +70,13 @@ def table_keys(directory: str | Path) -> list[list[Key]]:
     a table filled identically twice (a TF2 function traced twice) once."""
     directory = Path(directory)
     tables: list[list[Key]] = []
-    for meta_graph in _read_saved_model(directory).meta_graphs:
+    for meta_graph in read_saved_model(directory).meta_graphs:
         graph = _Graph(meta_graph)
         for scope, node in graph.initializers():
             for keys in _initializer_keys(graph, scope, node, directory):
                 if keys and keys not in tables:
                     tables.append(keys)
     return tables
-
-
-def _read_saved_model(directory: Path) -> Any:
-    from google.protobuf import text_format
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    binary, text = directory / "saved_model.pb", directory / "saved_model.pbtxt"
-    try:
-        if binary.is_file():
-            saved_model.ParseFromString(binary.read_bytes())
-        elif text.is_file():
-            text_format.Parse(text.read_text(), saved_model)
-        else:
-            raise ModelLoadError(f"MODEL: {directory} is not a SavedModel directory: it has no "
-                                 "saved_model.pb; pass the directory tf.saved_model.save or "
-                                 "model.export wrote")
-    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"MODEL: {directory}'s saved_model.pb(txt) is corrupt (not a "
-                             f"SavedModel protocol buffer: {err}); export the model again"
-                             ) from None
-    return saved_model
 
 
 @dataclass(frozen=True)

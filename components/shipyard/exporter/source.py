@@ -90,8 +90,10 @@ def check_imports(modules: list[str] | tuple[str, ...]) -> None:
     for module in modules:
         try:
             found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # a parent package missing, or a malformed name
+        except ModuleNotFoundError:  # a parent package is missing
             found = False
+        except Exception:  # noqa: BLE001 (a parent package fails as it is imported: the
+            continue  # import reports it with its cause, when the model is loaded)
         if not found:
             raise UsageError(f"import: cannot import module {module!r}: ModuleNotFoundError: "
                              f"No module named {module!r}. Check that it is on PYTHONPATH.",
@@ -157,6 +159,31 @@ def _load_saved_model(path: Path) -> SourceModel:
                              f"assets/ are corrupt or incomplete ({type(err).__name__}: "
                              f"{first}); export the model again") from None
     return SourceModel(path=path, format="saved_model", obj=loaded, sha256=None)
+
+
+def read_saved_model(directory: Path) -> Any:
+    """The SavedModel protocol buffer of `directory`: saved_model.pb, or saved_model.pbtxt
+    (TensorFlow's loaders read either). Raises ModelLoadError naming what is wrong."""
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    binary, text = directory / "saved_model.pb", directory / "saved_model.pbtxt"
+    try:
+        if binary.is_file():
+            saved_model.ParseFromString(binary.read_bytes())
+        elif text.is_file():
+            text_format.Parse(text.read_text(), saved_model)
+        else:
+            raise ModelLoadError(f"MODEL: {directory} is not a SavedModel directory: it has no "
+                                 "saved_model.pb; pass the directory tf.saved_model.save or "
+                                 "model.export wrote")
+    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"MODEL: {directory}'s saved_model.pb(txt) is corrupt (not a "
+                             f"SavedModel protocol buffer: {err}); export the model again"
+                             ) from None
+    return saved_model
 
 
 def library_versions() -> dict[str, str]:

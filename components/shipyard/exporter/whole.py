@@ -48,7 +48,8 @@ RESAVED = "re-saved from tf.saved_model.load with what the spec adds"
 # What shipyard writes into assets.extra/ itself: a source's own copies (it may be an earlier
 # version) are replaced, everything else there travels with the version.
 OWN_EXTRA_FILES = frozenset({"tf_serving_warmup_requests", "shipyard.json"})
-_FUNCTION_KINDS = ("function", "bare_concrete_function")
+# Object graph nodes that are restored functions (tf.function, or a bare concrete function).
+FUNCTION_KINDS = ("function", "bare_concrete_function")
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,16 @@ class SourceGraph:
 
 def read_graph(directory: Path) -> SourceGraph:
     import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
 
     from shipyard.exporter.archive import read_signatures
+    from shipyard.exporter.source import read_saved_model
 
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((directory / "saved_model.pb").read_bytes())
+    proto = read_saved_model(directory)
     meta_graph = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
     nodes = meta_graph.object_graph_def.nodes
     children = {c.local_name: c.node_id for c in nodes[0].children} if nodes else {}
     functions = {name for name, node in children.items()
-                 if nodes[node].WhichOneof("kind") in _FUNCTION_KINDS}
+                 if nodes[node].WhichOneof("kind") in FUNCTION_KINDS}
     prefix = directory / "variables" / "variables"
     variables = 0
     if prefix.with_suffix(".index").exists():
@@ -95,8 +95,9 @@ def _graph_of(directory: Path, modified: float) -> SourceGraph:
 def read_graph_cached(directory: Path) -> SourceGraph:
     """read_graph, once per directory and version of its saved_model.pb in this process (each
     endpoint's callable asks)."""
-    return _graph_of(Path(directory).resolve(),
-                     (Path(directory) / "saved_model.pb").stat().st_mtime)
+    directory = Path(directory).resolve()
+    return _graph_of(directory, max(path.stat().st_mtime for path in (
+        directory / "saved_model.pb", directory / "saved_model.pbtxt") if path.exists()))
 
 
 @dataclass
@@ -255,10 +256,18 @@ def calls_spec(spec: ExportSpec, extras: list[Endpoint]) -> ExportSpec:
 
 
 def copy_source(source_dir: Path, target: Path) -> None:
-    """The source's files into `target` (which exists), less shipyard's own extra files."""
+    """The source's files into `target` (which exists), less shipyard's own extra files. A
+    graph in text form (saved_model.pbtxt) is written in binary form, saved_model.pb: the
+    same protocol buffer, in the form the version's signature defs are edited in."""
     for path in source_dir.rglob("*"):
         relative = path.relative_to(source_dir)
         if relative.parts[0] == "assets.extra" and relative.name in OWN_EXTRA_FILES:
+            continue
+        if relative == Path("saved_model.pbtxt"):
+            from shipyard.exporter.source import read_saved_model
+
+            (target / "saved_model.pb").write_bytes(
+                read_saved_model(source_dir).SerializeToString(deterministic=True))
             continue
         destination = target / relative
         if path.is_dir():
