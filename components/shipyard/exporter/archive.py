@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,6 +38,15 @@ class BuiltArchive:
     vocabularies: Vocabularies  # what sample inputs draw from
     lookup_vocabularies: list[list[Any]]  # per lookup layer, in layer order (fingerprinted)
     method_names: dict[str, str]  # signature -> TF Serving method name, where not predict
+    # The export step's view of any built version (whole_archive.WholeArchive has them too):
+    # the calls every check makes (None: the spec's endpoints), the signatures not called.
+    calls_spec: ExportSpec | None = None
+    unverifiable: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any] | None:
+        """How the source was shipped (shipyard.json's source.shipped); None: rewritten by
+        ExportArchive, as every Keras source is."""
+        return None
 
     def write(self, directory: Path) -> None:
         self.archive.write_out(str(directory), options=SAVE_OPTIONS, verbose=False)

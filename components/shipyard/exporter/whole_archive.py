@@ -116,7 +116,7 @@ def variables_the_session_loader_misses(directory: Path) -> list[str]:
 
 
 def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
-    graph = whole.read_graph(source.path)
+    graph = whole.read_graph_cached(source.path)  # the endpoints' callables read it too
     if spec.reusable:  # a SavedModel keeps TF Hub's interface if it has it; none is added
         from shipyard.exporter.reusable import require_interface
 

@@ -258,7 +258,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source={**model.describe(),
                 **({"path": request.source_location} if request.source_location else {}),
-                **({"shipped": built.describe()} if hasattr(built, "describe") else {})},
+                **({"shipped": built.describe()} if built.describe() else {})},
         spec=spec.normalized(),
         fingerprint=fingerprint(files, spec.normalized(), staged.signatures, checkpoint,
                                 built.lookup_vocabularies,
@@ -271,7 +271,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                      "batch_sizes": sorted({r.sample.batch_size for r in references
                                             if r.signature == e.name}),
                      **spec.tolerance.model_dump()}
-            for e in getattr(built, "calls_spec", spec).endpoints
+            for e in (built.calls_spec or spec).endpoints
             if any(r.signature == e.name for r in references)
         },
         warmup_records=staged.warmup_records,
@@ -317,13 +317,13 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
     real_examples = _real_examples(request)
     # The calls every check makes: the spec's endpoints, and for a whole SavedModel the
     # signatures of the source the spec does not name (each is called on both sides too).
-    spec = getattr(built, "calls_spec", request.spec)
+    spec = built.calls_spec or request.spec
     with progress.step("compute reference outputs"):
         digests = reference.collection_digests(built)
         references = reference.compute_references(
             built, spec, real_examples, optional=frozenset(e.name for e in spec.endpoints
                                                            if e not in request.spec.endpoints),
-            skipped=getattr(built, "unverifiable", {}))
+            skipped=built.unverifiable)
         # Every call the verifier makes, serving_default included: it is a separate function
         # in the graph, so clients that omit signature_name would otherwise pay its first call.
         # Real examples only with warmup_from_examples: the version's files travel widely.
@@ -400,6 +400,11 @@ def _check_reusable(request: ExportRequest, model: Any, version_dir: Path,
     from shipyard.exporter.reusable import expectations
     from shipyard.exporter.reusable_check import check_reusable
 
+    # The exporting process's model gives the expected answers: on these very inputs (the
+    # serving_default call) it was compared with the independent reference before the write
+    # was kept (_checked_export), so a fault of its load cannot vouch for itself here. (A
+    # default endpoint with `training: true` was compared in training mode; its inference
+    # answers rest on the same load, which every other call agreed with.)
     call = next(r for r in references if r.signature == "serving_default")
     with progress.step("verify the reusable interface with TF Hub's client (hub.KerasLayer)"):
         return check_reusable(version_dir, tolerance=request.spec.tolerance,
