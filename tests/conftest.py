@@ -73,7 +73,7 @@ def launcher():
     """Verifiers started ahead of need, so each export finds one that imported TensorFlow."""
     from shipyard.exporter.verifier import PrefetchingLauncher
 
-    prefetching = PrefetchingLauncher()
+    prefetching = PrefetchingLauncher(forked=True)
     yield prefetching
     prefetching.close()
 

@@ -30,11 +30,17 @@ from __future__ import annotations
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from shipyard.exporter.children import (
+    PassedFd,
+    Starter,
+    fresh_process,
+    import_tensorflow_as_fresh,
+)
 
 LOG_NAME = "reference.log"
 EXPECTED_NAME = "expected.npz"
@@ -49,18 +55,15 @@ class ReferenceFailed(Exception):
 class ReferenceProcess:
     """A started reference child: `load` once, then `compute` one or more times, `close`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, start: Starter = fresh_process) -> None:
         self.workdir = workdir
         self.log_path = workdir / LOG_NAME
         reply_read, reply_write = os.pipe()
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-        with open(self.log_path, "wb") as log_file:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "shipyard.exporter.reference_process", str(workdir),
-                 str(reply_write)],
-                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                pass_fds=(reply_write,))
-        os.close(reply_write)  # the child holds it: EOF here means the child is gone
+        try:
+            self._process = start("shipyard.exporter.reference_process",
+                                  [str(workdir), PassedFd(reply_write)], self.log_path)
+        finally:
+            os.close(reply_write)  # the child holds it: EOF here means the child is gone
         self._replies = os.fdopen(reply_read, "rb")
         self.loading: dict[str, Any] | None = None
 
@@ -146,7 +149,7 @@ def registered_modules() -> list[str]:
 
 
 def _main() -> int:
-    import tensorflow as tf  # with Keras: the reference is Keras's own load
+    tf = import_tensorflow_as_fresh()  # with Keras: the reference is Keras's own load
 
     replies = os.fdopen(int(sys.argv[2]), "w")
     line = sys.stdin.readline()

@@ -28,7 +28,7 @@ WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 def main() -> int:
     # Imported while the parent exports, without the import of all of Keras that
     # TensorFlow's __init__ makes eagerly (and tolerates failing): TF Serving loads versions
-    # with no Keras either. As shipyard.exporter.verifier.import_tensorflow_without_keras,
+    # with no Keras either. As shipyard.exporter.children.import_tensorflow_without_keras,
     # repeated because this file imports nothing from shipyard.
     sys.modules["keras.src.optimizers"] = None
     import tensorflow as tf  # noqa: F401

@@ -30,6 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.exporter.children import (
+    ForkedStarter,
+    Starter,
+    fresh_process,
+    import_tensorflow_without_keras,
+)
 from shipyard.exporter.reference_process import ReferenceProcess
 from shipyard.files.locks import OwnedWorkdir
 from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, guarded
@@ -74,7 +80,7 @@ class VerifierProcess:
     compare with.
     """
 
-    def __init__(self, *, with_reference: bool = True) -> None:
+    def __init__(self, *, with_reference: bool = True, start: Starter = fresh_process) -> None:
         # Owned through a lock while this process lives: the next verifier's start removes
         # the work directories of killed runs (see locks.OwnedWorkdir).
         temporary = Path(tempfile.gettempdir())
@@ -83,13 +89,10 @@ class VerifierProcess:
             self._owned = OwnedWorkdir(WORKDIR_PREFIX)
             self.workdir = self._owned.path
             self.log_path = self.workdir / "verifier.log"
-            log_file = open(self.log_path, "wb")
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-        with log_file:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "shipyard.exporter.verifier", str(self.workdir)],
-                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        self.reference = ReferenceProcess(self.workdir) if with_reference else None
+            self.start_child = start
+            self._process = start("shipyard.exporter.verifier", [str(self.workdir)],
+                                  self.log_path)
+        self.reference = ReferenceProcess(self.workdir, start) if with_reference else None
         self._result_path = self.workdir / "result.json"
 
     @property
@@ -165,15 +168,19 @@ class PrefetchingLauncher:
     """Hands out a verifier that was started earlier and starts the next one at once.
 
     For processes that export many models in a row (a test session, a long-lived worker): each
-    export then finds a verifier that has already imported TensorFlow.
+    export then finds a verifier that has already imported TensorFlow. With `forked=True`, the
+    children are forked from a server that imported TensorFlow once (children.ForkedStarter),
+    instead of each importing it again.
     """
 
-    def __init__(self) -> None:
-        self._spare: VerifierProcess | None = VerifierProcess()
+    def __init__(self, *, forked: bool = False) -> None:
+        self._forked = ForkedStarter() if forked else None
+        self._start: Starter = self._forked or fresh_process
+        self._spare: VerifierProcess | None = VerifierProcess(start=self._start)
 
     def __call__(self) -> VerifierProcess:
-        verifier = self._spare or VerifierProcess()
-        self._spare = VerifierProcess()
+        verifier = self._spare or VerifierProcess(start=self._start)
+        self._spare = VerifierProcess(start=self._start)
         return verifier
 
     def close(self) -> None:
@@ -184,31 +191,6 @@ class PrefetchingLauncher:
 
 # ---------------------------------------------------------------------------------------------
 # The child side.
-
-
-KERAS_EAGER_IMPORT = "keras.src.optimizers"
-
-
-def import_tensorflow_without_keras() -> Any:
-    """`import tensorflow`, minus the import of all of Keras that its __init__ makes eagerly.
-
-    TensorFlow's __init__ imports keras.src.optimizers so that Keras classes register with the
-    SavedModel loader, and carries on if that import fails. A version is served by TF
-    Serving's C++ loader, which has no Keras at all; the verifier loads it the same way
-    without it. Blocking that one import (a None entry in sys.modules stops it before any
-    parent package is imported) makes the fresh process's TensorFlow import about half as
-    long here and its memory ~160 MiB smaller (bench/README.md). Keras stays importable
-    afterwards: --import modules may need it.
-    """
-    blocked = KERAS_EAGER_IMPORT not in sys.modules
-    if blocked:
-        sys.modules[KERAS_EAGER_IMPORT] = None  # type: ignore[assignment]
-    try:
-        import tensorflow as tf
-    finally:
-        if blocked and sys.modules.get(KERAS_EAGER_IMPORT, "") is None:
-            del sys.modules[KERAS_EAGER_IMPORT]
-    return tf
 
 
 # The verifier's work is needed last (after the export is written and while the reference

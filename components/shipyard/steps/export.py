@@ -199,7 +199,7 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
         gc.collect()
         empty_directory(staging.path)
         checker.abandon()  # it may have loaded the discarded export
-        checker = VerifierProcess(with_reference=False)
+        checker = VerifierProcess(with_reference=False, start=verifier.start_child)
         spare.callback(checker.close)
         staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
                                     optimized=False)
