@@ -233,9 +233,13 @@ def test_model_dropped_from_the_config_is_unloaded(tf_serving, repo):
 
 
 # ---- load failures --------------------------------------------------------------------------
+# TF Serving retries a failed load 5 times, a minute apart (the double's defaults too); these
+# tests keep the 5 retries but space them 10 ms apart. Retries themselves:
+# test_tf_serving_warmup.py.
 
 def test_corrupt_version_ends_with_an_error_naming_its_path_and_the_old_one_keeps_serving(
-        tf_serving, repo):
+        make_double, repo):
+    tf_serving = make_double(load_retry_interval_s=0.01)
     reload(tf_serving, model("m", repo / "scale", specific=[1]))
     reload(tf_serving, model("m", repo / "scale", specific=[3]))
 
@@ -247,7 +251,8 @@ def test_corrupt_version_ends_with_an_error_naming_its_path_and_the_old_one_keep
     assert answer(predict(tf_serving, "m")) == (1, [1.0, 2.5])
 
 
-def test_new_model_whose_latest_version_fails_to_load_fails_the_reload(tf_serving, repo):
+def test_new_model_whose_latest_version_fails_to_load_fails_the_reload(make_double, repo):
+    tf_serving = make_double(load_retry_interval_s=0.01)
     failure = refused(reload, tf_serving, model("m", repo / "scale", specific=[3]))
     assert failure.code() == grpc.StatusCode.UNKNOWN
     # ServerCore's wording: "{" + per model "{" + ServableId's "{name: m version: 3}" + ...

@@ -7,8 +7,9 @@ Nothing under components/ imports this module; it lives in tests/ only.
 
 What it models, after TF Serving's own sources (main.cc, Server, ServerCore,
 FileSystemStoragePathSource, AspiredVersionsManager with the AvailabilityPreservingPolicy that
-tensorflow_model_server uses, get_model_status_impl, predict_util, classifier, regressor,
-util, grpc_status_util):
+tensorflow_model_server uses, BasicManager, LoaderHarness and util/retrier.cc,
+SavedModelBundleSourceAdapter, saved_model_warmup.cc and saved_model_warmup_util.cc,
+get_model_status_impl, predict_util, classifier, regressor, util, grpc_status_util):
 
 - Two ways to start. `TFServingDouble().start()` is a server started with an empty
   `model_config_list {}`, configured afterwards by reload requests. `cold_start(args, mounts)`
@@ -63,7 +64,33 @@ util, grpc_status_util):
   Session, once per version. Versions no longer aspired are unloaded (END, OK status), but
   never the last AVAILABLE one before an aspired version is AVAILABLE (availability
   preserving): a version that fails to load leaves the previous one serving. A failed version
-  that stays in the config is not retried; leaving the config and coming back starts a new load.
+  that stays in the config is not loaded again; leaving the config and coming back starts a new
+  load.
+- Warmup (`--enable_model_warmup`, on by default: Server::Options' enable_model_warmup = true,
+  passed to SessionBundleConfig in server.cc). SavedModelBundleSourceAdapter's servable creator
+  loads the SavedModel, then calls RunSavedModelWarmup (saved_model_warmup.cc), whose
+  RunSavedModelWarmupUntracked (saved_model_warmup_util.cc) replays
+  `assets.extra/tf_serving_warmup_requests`: no file is fine; otherwise each TFRecord record
+  (TensorFlow's own record reader) is parsed as a PredictionLog and run by RunWarmupRequest
+  through RunPredict / RunClassify / RunRegress on the new bundle, the same code the
+  Predict/Classify/Regress RPCs run after their servable lookup (so Classify's and Regress's
+  result checks apply), `--num_request_iterations_for_warmup` times (if > 0, else once). The
+  load fails, as any load error, on: a record whose replay fails (its error as is); a record
+  that does not parse (INVALID_ARGUMENT "Failed to parse warmup record: BYTES from PATH"); a
+  1001st record (INVALID_ARGUMENT "Number of warmup records exceeds the maximum (1000) at
+  PATH", WarmupConsts::kMaxNumRecords, checked after the record ran); a file that is not a
+  TFRecord (the reader's DATA_LOSS, plus ". Please verify your warmup data is in TFRecord
+  format."). predict_streamed_log and session_run_log records are UNIMPLEMENTED "Unsupported
+  log_type for warmup: N", as TF Serving's; a record with no log_type does nothing.
+- Load retries (`--max_num_load_retries`, default 5; `--load_retry_interval_micros`, default
+  60 s; Server::Options -> ServerCore -> AspiredVersionsManager -> BasicManager ->
+  LoaderHarness::Load -> Retry in util/retrier.cc): a failing load (the SavedModel or its
+  warmup) is tried again up to that many times after the first failure, that long apart; the
+  version stays LOADING meanwhile (GetModelStatus: LOADING, status OK) and ends END with the
+  last error. A version no longer aspired stops retrying after its next attempt
+  (CancelLoadServableRetry). So with the defaults a broken version is LOADING about 5 minutes:
+  a reload that adds a model, and a cold start, wait that long before failing. Both values are
+  constructor parameters and cold_start flags; tests whose loads fail use small ones.
 - GetModelStatus: every version a model has had, highest first, or one version with
   `model_spec.version`; NOT_FOUND "Could not find any versions of model M" / "Could not find
   version V of model M". Like TF Serving, it ignores `model_spec.version_label`.
@@ -103,11 +130,14 @@ util, grpc_status_util):
 What it does not model: TF Serving's other RPCs (MultiInference, GetModelMetadata), the TFRT
 runtime (`--use_tfrt`) and its Classify/Regress, the REST API (so `--rest_api_port` and
 `--monitoring_config_file` are accepted but not used; the MonitoringConfig proto is not in
-tensorflow-serving-api), batching, warmup replay (`--enable_model_warmup` is accepted and
-ignored), load retries on by default (TF Serving retries a failing load
-`--max_num_load_retries` times, 5 by default, a minute apart, staying in LOADING meanwhile;
-here `max_num_load_retries` defaults to 0, also on a cold start, whatever the flag says), base
-paths that are URIs, the exact text of errors raised inside the TensorFlow runtime (e.g. a
+tensorflow-serving-api), batching, warmup of MultiInference records (RunMultiInference is
+not modelled: such a record fails the load with UNIMPLEMENTED, naming the double), warmup with
+several threads (ModelWarmupOptions.num_model_warmup_threads; tensorflow_model_server leaves it
+at 1), `--num_load_threads` (0 by default: after the start TF Serving runs loads one at a time in the
+manager's thread, and a version that is retrying holds up the loads of every other model; the
+double loads each version in its own thread), a successful retry after the version stopped
+being aspired (TF Serving unloads it, CANCELLED "Loading of servable cancelled"; the double
+unloads it as any unaspired version), base paths that are URIs, the exact text of errors raised inside the TensorFlow runtime (e.g. a
 tf.Example that does not parse), the exact whitespace of the C++ DebugString() inside
 Classify/Regress errors (newer C++ protobuf printers may vary it), resource limits, and
 request logging.
@@ -129,7 +159,7 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -137,6 +167,7 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
     status_pb2,
@@ -157,6 +188,7 @@ OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, INTERNAL, DATA_LO
     grpc.StatusCode[name].value[0]
     for name in ("OK", "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION",
                  "INTERNAL", "DATA_LOSS"))
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 
 _TENSORFLOW_PLATFORM = "tensorflow"
 _DEFAULT_SIGNATURE = "serving_default"
@@ -168,6 +200,12 @@ _CLASSIFY_INPUTS = _REGRESS_INPUTS = "inputs"
 _CLASSIFY_OUTPUT_CLASSES, _CLASSIFY_OUTPUT_SCORES = "classes", "scores"
 _REGRESS_OUTPUTS = "outputs"
 _VERSION_DIR = re.compile(r"\s*[+-]?\d+\s*")  # what TF's safe_strto64 accepts
+# saved_model_warmup_util.h's WarmupConsts and TensorFlow's kSavedModelAssetsExtraDirectory.
+_ASSETS_EXTRA, _WARMUP_FILE, _MAX_WARMUP_RECORDS = ("assets.extra", "tf_serving_warmup_requests",
+                                                    1000)
+# Server::Options' (and ServerCore's, AspiredVersionsManager's) defaults for load retries.
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_MICROS = 60 * 1000 * 1000
 
 
 class ServingError(Exception):
@@ -216,14 +254,24 @@ class TFServingDouble:
     enable_signature_method_name_check: TF Serving's flag of that name (default off, as
         Server::Options has it): Predict, Classify and Regress check the SignatureDef's
         method_name (util.cc's GetSignatureMethodNameCheckFeature; see classify()).
-    max_num_load_retries, load_retry_interval_s: TF Serving's retry of failed loads (off here).
+    max_num_load_retries, load_retry_interval_s: TF Serving's --max_num_load_retries and
+        --load_retry_interval_micros (in seconds here), with TF Serving's defaults, 5 and 60 s:
+        a version that fails to load stays LOADING about 5 minutes before it ends. Tests whose
+        loads fail pass small values (e.g. load_retry_interval_s=0.05, or 0 retries).
+    enable_model_warmup, num_request_iterations_for_warmup: main.cc's flags (warmup on by
+        default, as Server::Options has it; iterations used only when > 0): each load
+        replays assets.extra/tf_serving_warmup_requests (see _run_saved_model_warmup).
     """
 
     def __init__(self, load_delay_s: float = 0.0, *, file_system_poll_wait_s: float = 0.05,
                  allow_version_labels_for_unavailable_models: bool = False,
                  enable_signature_method_name_check: bool = False,
-                 max_num_load_retries: int = 0, load_retry_interval_s: float = 0.0):
+                 max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+                 load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_MICROS / 1e6,
+                 enable_model_warmup: bool = True, num_request_iterations_for_warmup: int = 0):
         self.load_delay_s = load_delay_s
+        self.enable_model_warmup = enable_model_warmup
+        self.num_request_iterations_for_warmup = num_request_iterations_for_warmup
         self.file_system_poll_wait_s = file_system_poll_wait_s
         self.allow_version_labels_for_unavailable_models = (
             allow_version_labels_for_unavailable_models)
@@ -558,14 +606,25 @@ class TFServingDouble:
         self._set_state(row, _END)
 
     def _load(self, row: _Version) -> None:
+        """LoaderHarness::Load: the loader's Load (the SavedModel, then its warmup) retried by
+        util/retrier.cc's Retry up to max_num_load_retries times after the first failure,
+        load_retry_interval_s apart, while the version stays LOADING (the manager publishes
+        nothing between attempts, so GetModelStatus shows LOADING with an OK status). Retries
+        stop once the version is no longer aspired (BasicManager::CancelLoadServableRetry;
+        Retry checks that after each failed attempt, so an attempt already waiting for its
+        interval still runs). The last failure ends the version (END with that error)."""
         if self._stopped.wait(self.load_delay_s):
             return
         attempt = 0
+        servable = f"{{name: {row.name} version: {row.version}}}"
         while True:
+            if attempt:
+                log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
             try:
-                bundle, error = _load_saved_model(row.path), None
+                bundle, error = self._load_bundle(row.path), None
             except ServingError as failure:
                 bundle, error = None, failure
+                log.error("Loading servable: %s failed: %s", servable, failure)
             with self._cond:
                 if self._stopped.is_set():
                     if bundle is not None:
@@ -577,15 +636,96 @@ class TFServingDouble:
                     self._manage(row.name)
                     return
                 attempt += 1
-                if attempt > self.max_num_load_retries or not row.aspired:
-                    log.error("Servable {name: %s version: %d} cannot be loaded: %s",
-                              row.name, row.version, error)
+                # max_num_load_retries is a uint32 in BasicManager (main.cc's flag an int32).
+                if attempt > self.max_num_load_retries % 2 ** 32 or not row.aspired:
+                    log.error("Servable %s cannot be loaded: %s", servable, error)
                     row.managed = row.aspired  # kept (and not retried) while still aspired
                     self._set_state(row, _END, error)
                     self._manage(row.name)
                     return
-            if self._stopped.wait(self.load_retry_interval_s):
+            # Env::SleepForMicroseconds: a negative interval does not wait.
+            if self._stopped.wait(max(self.load_retry_interval_s, 0.0)):
                 return
+
+    def _load_bundle(self, path: str) -> _Bundle:
+        """The loader's Load as SavedModelBundleSourceAdapter's servable creator runs it:
+        SavedModelBundleFactory::CreateSavedModelBundle, then, with enable_model_warmup (on
+        by default), RunSavedModelWarmup on the new bundle; a warmup failure fails the load."""
+        bundle = _load_saved_model(path)
+        if self.enable_model_warmup:
+            try:
+                self._run_saved_model_warmup(bundle, path)
+            except BaseException:
+                bundle.session.close()
+                raise
+        return bundle
+
+    def _run_saved_model_warmup(self, bundle: _Bundle, export_dir: str) -> None:
+        """saved_model_warmup_util.cc's RunSavedModelWarmupUntracked with one warmup thread
+        (ModelWarmupOptions' default): assets.extra/tf_serving_warmup_requests is optional;
+        each record is read with TensorFlow's own TFRecord reader (the RecordReader that
+        SequentialRecordReader wraps), parsed as a PredictionLog, replayed
+        num_request_iterations times (main.cc's --num_request_iterations_for_warmup when > 0,
+        else 1) through saved_model_warmup.cc's RunWarmupRequest, and counted; the first
+        failure is returned. The count is checked after each record is replayed, so 1000
+        records pass and the 1001st fails after its replay. A read error other than the end of
+        the file fails too, DATA_LOSS with the hint TF Serving appends."""
+        warmup_path = os.path.join(export_dir, _ASSETS_EXTRA, _WARMUP_FILE)
+        if not os.path.exists(warmup_path):  # Env::FilesExist
+            log.info("No warmup data file found at %s", warmup_path)
+            return
+        iterations = (self.num_request_iterations_for_warmup
+                      if self.num_request_iterations_for_warmup > 0 else 1)
+        records = tf.compat.v1.io.tf_record_iterator(warmup_path)
+        count = 0
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:  # OUT_OF_RANGE at the end: OK
+                break
+            except tf.errors.OpError as failure:
+                if failure.error_code == DATA_LOSS:
+                    raise ServingError(DATA_LOSS, f"{failure.message}. Please verify your "
+                                                  "warmup data is in TFRecord format.") from None
+                raise ServingError(failure.error_code, failure.message) from None
+            prediction_log = prediction_log_pb2.PredictionLog()
+            try:
+                prediction_log.ParseFromString(record)
+            except message.DecodeError:
+                # StrCat writes the record's raw bytes; a StatusProto message must be UTF-8.
+                raise ServingError(INVALID_ARGUMENT, "Failed to parse warmup record: "
+                                                     f"{record.decode('utf-8', 'replace')} "
+                                                     f"from {warmup_path}") from None
+            for _ in range(iterations):
+                self._run_warmup_request(prediction_log, bundle)
+            count += 1
+            if count > _MAX_WARMUP_RECORDS:
+                raise ServingError(INVALID_ARGUMENT, "Number of warmup records exceeds the "
+                                                     f"maximum ({_MAX_WARMUP_RECORDS}) at "
+                                                     f"{warmup_path}")
+        log.info("Finished reading warmup data for model at %s. Number of warmup records "
+                 "read: %d.", warmup_path, count)
+
+    def _run_warmup_request(self, prediction_log, bundle: _Bundle) -> None:
+        """saved_model_warmup.cc's RunWarmupRequest: the record's request through RunRegress,
+        RunClassify or RunPredict on this bundle, with no servable version (the request's
+        model name and version are not looked at); the response is dropped. A record with no
+        log_type does nothing."""
+        kind = prediction_log.WhichOneof("log_type")
+        if kind == "regress_log":
+            self._run_regress(bundle, None, prediction_log.regress_log.request)
+        elif kind == "classify_log":
+            self._run_classify(bundle, None, prediction_log.classify_log.request)
+        elif kind == "predict_log":
+            self._run_predict(bundle, None, prediction_log.predict_log.request)
+        elif kind in ("predict_streamed_log", "session_run_log"):
+            number = prediction_log_pb2.PredictionLog.DESCRIPTOR.fields_by_name[kind].number
+            raise ServingError(UNIMPLEMENTED, f"Unsupported log_type for warmup: {number}")
+        elif kind == "multi_inference_log":
+            # TF Serving replays it through RunMultiInference, which the double does not model.
+            raise ServingError(UNIMPLEMENTED, "the TF Serving double does not model "
+                                              "MultiInference, so it cannot replay a warmup "
+                                              "record of multi_inference_log")
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -637,6 +777,13 @@ class TFServingDouble:
         if not request.HasField("model_spec"):
             raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
         version, bundle = self._servable(request.model_spec)
+        return self._run_predict(bundle, version, request)
+
+    def _run_predict(self, bundle: _Bundle, version: int | None,
+                     request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """predict_util.cc's RunPredict on one loaded bundle: what Predict runs once the
+        servable is found, and what warmup replays (servable_version empty there, so the
+        response's model_spec has no version)."""
         signature_name = request.model_spec.signature_name or _DEFAULT_SIGNATURE
         signature = bundle.signatures.get(signature_name)
         if signature is None:
@@ -690,7 +837,8 @@ class TFServingDouble:
         aliases = aliases or sorted(signature.outputs)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = version
+        if version is not None:
+            response.model_spec.version.value = version
         response.model_spec.signature_name = signature_name
         try:
             values = bundle.session.run([signature.outputs[a].name for a in aliases], feeds)
@@ -718,6 +866,13 @@ class TFServingDouble:
         if not request.HasField("model_spec"):
             raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
         version, bundle = self._servable(request.model_spec)
+        return self._run_classify(bundle, version, request)
+
+    def _run_classify(self, bundle: _Bundle, version: int | None,
+                      request: classification_pb2.ClassificationRequest
+                      ) -> classification_pb2.ClassificationResponse:
+        """classifier.cc's RunClassify on one loaded bundle (Classify, and warmup's replay of
+        a ClassifyLog with servable_version empty)."""
         check = self.enable_signature_method_name_check
         signature = _get_signature_def(request.model_spec, bundle, _CLASSIFY_METHOD,
                                        "classification", _pre_process_classification, check)
@@ -738,6 +893,13 @@ class TFServingDouble:
         if not request.HasField("model_spec"):
             raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
         version, bundle = self._servable(request.model_spec)
+        return self._run_regress(bundle, version, request)
+
+    def _run_regress(self, bundle: _Bundle, version: int | None,
+                     request: regression_pb2.RegressionRequest
+                     ) -> regression_pb2.RegressionResponse:
+        """regressor.cc's RunRegress on one loaded bundle (Regress, and warmup's replay of a
+        RegressLog with servable_version empty)."""
         check = self.enable_signature_method_name_check
         signature = _get_signature_def(request.model_spec, bundle, _REGRESS_METHOD,
                                        "regression", _pre_process_regression, check)
@@ -784,6 +946,10 @@ class ModelServerFlags:
     file_system_poll_wait_seconds: int = 1
     allow_version_labels_for_unavailable_models: bool = False
     enable_signature_method_name_check: bool = False
+    max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES
+    load_retry_interval_micros: int = DEFAULT_LOAD_RETRY_INTERVAL_MICROS
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
     ignored: list[str] = field(default_factory=list)  # main.cc flags not modelled, unknown args
 
 
@@ -887,13 +1053,18 @@ def cold_start(args: Sequence[str], mounts: Mapping[str, str | os.PathLike], *,
     version at this point, fails unless `--allow_version_labels_for_unavailable_models`), then
     AddModelsViaModelConfigList -> ConnectAdaptersToManagerAndAwaitModelLoads (every model's
     newest aspired version AVAILABLE). Then the `--model_config_file_poll_wait_seconds` thread
-    starts and, last, the gRPC server. `options` go to TFServingDouble (e.g. load_delay_s)."""
+    starts and, last, the gRPC server. `options` go to TFServingDouble (e.g. load_delay_s)
+    and win over the flags (e.g. load_retry_interval_s for a test's short retries)."""
     flags = parse_model_server_flags([*entrypoint_args, *args])
     double = TFServingDouble(
         **{"file_system_poll_wait_s": float(flags.file_system_poll_wait_seconds),
            "allow_version_labels_for_unavailable_models":
                flags.allow_version_labels_for_unavailable_models,
            "enable_signature_method_name_check": flags.enable_signature_method_name_check,
+           "max_num_load_retries": flags.max_num_load_retries,
+           "load_retry_interval_s": flags.load_retry_interval_micros / 1e6,
+           "enable_model_warmup": flags.enable_model_warmup,
+           "num_request_iterations_for_warmup": flags.num_request_iterations_for_warmup,
            **options})
     double._mounts = {str(mount): os.fspath(host) for mount, host in mounts.items()}
     double._awaiting_first_config = True
@@ -1220,12 +1391,13 @@ def _pre_process_regression(signature, check: bool) -> tuple[str, list[str]]:
     return signature.inputs[_REGRESS_INPUTS].name, [signature.outputs[_REGRESS_OUTPUTS].name]
 
 
-def _make_model_spec(spec, request_spec, version: int) -> None:
+def _make_model_spec(spec, request_spec, version: int | None) -> None:
     """util.cc's MakeModelSpec as RunClassify/RunRegress call it: the request's model name,
     its signature_name ("serving_default" when empty) and the version that served."""
     spec.name = request_spec.name
     spec.signature_name = request_spec.signature_name or _DEFAULT_SIGNATURE
-    spec.version.value = version
+    if version is not None:  # warmup's replays pass no servable version
+        spec.version.value = version
 
 
 def _input_to_serialized_example_tensor(request_input) -> np.ndarray:

@@ -21,6 +21,19 @@ from shipyard.serving.protos import (
 
 AVAILABLE = "AVAILABLE"
 END = "END"
+LOADING = "LOADING"
+# What a version LOADING past the deadline may be doing: TF Serving retries a failing load
+# (tensorflow_model_server's --max_num_load_retries, default 5, and
+# --load_retry_interval_micros, default 60 s: loader_harness.cc's Load through retrier.cc),
+# reporting LOADING all along, and only then ends it with the error.
+_STILL_LOADING = (
+    "TF Serving retries a load that fails --max_num_load_retries times (default 5), "
+    "--load_retry_interval_micros apart (default 60000000, 60 s), and reports the version "
+    "LOADING until the last attempt fails, so a broken version (or one whose warmup "
+    "requests fail) can stay LOADING about 5 minutes. Check the server's log for \"Loading "
+    "servable: {{name: {name} version: V}} failed\": if it is there, fix the version (or "
+    "lower those flags so failures show sooner); if not, the load is just slow: raise "
+    "--timeout")
 _RPC_TIMEOUT_S = 30.0
 _POLL_S = 0.2
 
@@ -62,6 +75,13 @@ class ServingClient:
             response = self._models.HandleReloadConfigRequest(request, timeout=timeout_s)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                loading = self._still_loading(config)
+                if loading:
+                    raise ServingError(
+                        f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving at "
+                        f"{self.address} to apply the config (it answers once new models have "
+                        f"loaded): {loading} still LOADING. "
+                        + _STILL_LOADING.format(name=loading.split(" ", 1)[0])) from None
                 raise ServingError(
                     f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving at "
                     f"{self.address} to apply the config (it answers once new models have "
@@ -119,6 +139,14 @@ class ServingClient:
             if time.monotonic() >= deadline:
                 described = ", ".join(f"{v}: {states.get(v, {}).get('state', 'not known')}"
                                       for v in pending)
+                loading = [v for v in pending if states.get(v, {}).get("state") == LOADING]
+                if loading:
+                    raise ServingError(
+                        f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving "
+                        f"at {self.address} to report {name} version(s) AVAILABLE "
+                        f"({described}): {name} version(s) "
+                        f"{', '.join(map(str, loading))} still LOADING. "
+                        + _STILL_LOADING.format(name=name))
                 raise ServingError(
                     f"timed out after {budget_s or timeout_s:g} s waiting for TF Serving at "
                     f"{self.address} to report {name} version(s) AVAILABLE ({described}); raise "
@@ -143,6 +171,20 @@ class ServingClient:
             if not pending or time.monotonic() >= deadline:
                 return states, pending
             time.sleep(min(_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
+    def _still_loading(self, config: model_server_config_pb2.ModelServerConfig) -> str:
+        """After a reload's deadline: "NAME version(s) V, ..." for the config's versions that
+        TF Serving reports LOADING ("" if none, or if the states cannot be read)."""
+        found = []
+        for model in config.model_config_list.config:
+            try:
+                states = self.version_states(model.name)
+            except ServingError:
+                return ""
+            loading = sorted(v for v, s in states.items() if s["state"] == LOADING)
+            if loading:
+                found.append(f"{model.name} version(s) {', '.join(map(str, loading))}")
+        return "; ".join(found)
 
     def _unreachable(self, err: grpc.RpcError, what: str) -> ServingError:
         return ServingError(f"cannot {what} at TF Serving {self.address}: "
