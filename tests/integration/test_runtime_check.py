@@ -103,3 +103,104 @@ def test_an_explicit_runtime_that_cannot_be_honoured_is_an_error(cli, models, re
     assert "the serving-runtime check on TensorFlow 2.19 cannot run" in result.stderr
     assert "pass --serving-runtime none" in result.stderr
     assert not (repo / "m").exists() or list((repo / "m").iterdir()) == []
+
+
+# ---- the replay's checks: what TF Serving's request paths refuse, Session.run does not --------
+# These call the child's check() in this process, with the project's TensorFlow (the checks are
+# the child's own code, not the runtime's), on real versions with warmup files written by
+# TensorFlow's TFRecordWriter (support/tf_serving_warmup_files.py).
+
+def run_check(version: Path, tmp_path: Path) -> dict:
+    from shipyard.exporter import runtime_check
+
+    # plan: one output key per record (the parent's, one per warmed call); enough for any file.
+    job = {"saved_model_dir": str(version), "outputs": str(tmp_path / "outputs.npz"),
+           "plan": [{"key": f"call{i}/"} for i in range(1100)]}
+    return runtime_check.check(job)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    from support.tf_serving_classify_models import build_classify_model
+
+    path = tmp_path_factory.mktemp("classifier") / "saved"
+    build_classify_model(path)
+    return path
+
+
+def test_an_exported_version_passes_and_a_float64_feed_is_refused(published, tmp_path):
+    """Session.run would cast the float64 record to the float input; TF Serving's Predict
+    refuses it, so the check does."""
+    import tensorflow as tf
+    from support.tf_serving_warmup_files import copy_version, read_records, with_input_dtype
+
+    exported = published / "m" / "1"
+    assert run_check(exported, tmp_path)["ok"] is True
+    records = read_records(exported)
+    records[1] = with_input_dtype(records[1], tf.float64)
+    version = copy_version(exported, tmp_path / "cast", records)
+    result = run_check(version, tmp_path)
+    assert (result["ok"], result["stage"], result["record"]) == (False, "warmup", 1)
+    assert result["error"].startswith("Refused: input 'x' is double but the signature's tensor "
+                                      "serve_x:0 is float: TF Serving's session refuses it")
+
+
+def test_a_1001st_record_or_a_file_that_is_not_a_tfrecord_fails_the_check(published, tmp_path):
+    from support.tf_serving_warmup_files import WARMUP, copy_version, read_records
+
+    exported = published / "m" / "1"
+    many = copy_version(exported, tmp_path / "many", read_records(exported) * 334)  # 1002
+    result = run_check(many, tmp_path)
+    assert (result["ok"], result["record"]) == (False, 1000)
+    assert result["error"] == ("Refused: Number of warmup records exceeds the maximum (1000): "
+                               "TF Serving's load fails")
+    text = copy_version(exported, tmp_path / "text")
+    (text / WARMUP).write_text("not a TFRecord file, but long enough for a header\n")
+    result = run_check(text, tmp_path)
+    assert (result["ok"], result["record"]) == (False, 0)
+    assert result["error"].startswith("Refused: corrupted record at 0")
+    assert "Please verify your warmup data is in TFRecord format" in result["error"]
+
+
+@pytest.mark.parametrize("record, error", [
+    (("classify", "scores_float64"), "Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE"),
+    (("classify", "classes_int64"), "Expected classes Tensor of DT_STRING. Got: DT_INT64"),
+    (("classify", "scores_rank1"), "Expected Tensor shape: [batch_size num_classes] but got [2]"),
+    (("classify", "scores_first_row"), "Expected scores output batch size of 2. Got: 1"),
+    (("classify", "columns_mismatch"),
+     "Tensors class and score should match in dim_size(1). Got 2 vs. 3"),
+    (("classify", "wrong_output_aliases"),
+     'Expected classification signature outputs to contain at least one of "classes" or '
+     '"scores"'),
+    (("regress", "regress_two_columns"),
+     "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got [2,2]"),
+    (("regress", "regress_first_row"), "Input batch size did not match output batch size: 2 "
+                                       "vs. 1"),
+    (("regress", "regress_int32"), "Expected output Tensor of DT_FLOAT.  Got: DT_INT32"),
+    (("regress", "regress_two_outputs"), "Expected one output Tensor."),
+    (("regress", "regress_float_input"), "Expects arg[0] to be float but string is provided"),
+])
+def test_classify_and_regress_replays_apply_tf_serving_s_result_checks(classifier, tmp_path,
+                                                                       record, error):
+    from support.tf_serving_warmup_files import classify_log, copy_version, regress_log
+
+    kind, signature = record
+    fine = [classify_log("serving_default"), regress_log("regress")]
+    log = (classify_log if kind == "classify" else regress_log)(signature)
+    version = copy_version(classifier, tmp_path / "v", [*fine, log])
+    result = run_check(version, tmp_path)
+    assert (result["ok"], result["stage"], result["record"], result["signature"]) == (
+        False, "warmup", 2, signature)
+    assert result["error"].startswith(f"Refused: {error}")
+
+
+def test_the_failure_names_the_record_and_the_reason(classifier, tmp_path):
+    from support.tf_serving_warmup_files import classify_log, copy_version
+
+    from shipyard.exporter.runtime import describe_failure
+
+    version = copy_version(classifier, tmp_path / "v", [classify_log("scores_float64")])
+    with pytest.raises(AssertionError, match=r"^answering warmup request 0 through signature "
+                                             r"'scores_float64' failed: Refused: Expected scores "
+                                             r"Tensor of DT_FLOAT\. Got: DT_DOUBLE\."):
+        raise AssertionError(describe_failure(run_check(version, tmp_path), "2.19"))
