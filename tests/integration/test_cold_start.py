@@ -40,6 +40,7 @@ def rollout_target() -> ServingTarget:
 
     serving = Serving().model_dump()
     serving.pop("rollout_timeout_seconds")
+    serving.pop("canary_grace_seconds")
     return ServingTarget(name="churn", namespace="ml", stable_version=1, canary_version=2,
                          canary_weight=0, **serving)
 

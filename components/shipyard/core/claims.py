@@ -11,7 +11,9 @@ run several in one interpreter, and the kill tests re-run in the process that wa
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Collection
 
@@ -70,3 +72,33 @@ def winner(versions: list[Any]) -> Any | None:
     they interleave - chooses the same version, and none chooses its own over an older one."""
     published = [v for v in versions if v.tags.get(PUBLISHED_TAG) == "true"]
     return min(published or versions, key=lambda v: int(v.version), default=None)
+
+
+# --- who holds a rollout's Lease ---------------------------------------------------------------
+# The Lease's holderIdentity names the controller's process the same way: readable by people
+# (user@host:pid), and precise enough that a controller on the same host can tell that the
+# holder's process is gone (killed) and take the rollout over at once instead of waiting for
+# the Lease to expire.
+
+_LEASE_HOLDER = re.compile(r":(\d+) \(started (\d+|unknown), ns ([0-9a-f]{12})\)$")
+
+
+def lease_holder(user: str, host: str, pid: int, started: int | None, namespace: str) -> str:
+    return (f"{user}@{host}:{pid} (started {started if started is not None else 'unknown'}, "
+            f"ns {_short(namespace)})")
+
+
+def lease_holder_gone(identity: str, namespace: str,
+                      started_of: Callable[[int], int | None]) -> bool:
+    """True only when it is known that the process named by a Lease's holder `identity` has
+    ended: it ran in this process namespace and its pid is gone or is another process now.
+    Another namespace (host, container) cannot be seen from here: False."""
+    match = _LEASE_HOLDER.search(identity or "")
+    if match is None or match.group(3) != _short(namespace):
+        return False
+    now = started_of(int(match.group(1)))
+    return now is None or (match.group(2) != "unknown" and now != int(match.group(2)))
+
+
+def _short(namespace: str) -> str:
+    return hashlib.sha256(namespace.encode()).hexdigest()[:12]

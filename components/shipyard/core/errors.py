@@ -83,6 +83,14 @@ class LeaseHeldError(ShipyardError):
     exit_code = 9
 
 
+class ClusterError(ShipyardError):
+    """The Kubernetes API refused a call, or could not be reached after bounded retries
+    (exit 1). The message names the call, the API server's answer and the fix; a rollout
+    under way is rolled back, or left in a state the same command resumes."""
+
+    exit_code = 1
+
+
 class StorageError(ShipyardError):
     """A write of shipyard's failed for lack of space, a read-only file system or missing
     permission (exit 1). The message names the operation, the path, the bytes needed against

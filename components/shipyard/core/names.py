@@ -32,3 +32,25 @@ def validate_version(version: int, *, param: str = "version") -> int:
         raise UsageError(f"{param}: {version} is not a valid version. Expected an integer from "
                          f"1 to {MAX_VERSION} (TF Serving's versions are int64).", param=param)
     return version
+
+
+# What a rollout makes of NAME: Services NAME and NAME-canary, whose names must be DNS-1035
+# labels (a letter first, at most 63 characters: the API server refuses others), and the
+# ConfigMaps NAME-canary-config-vN and Lease shipyard-rollout-NAME, which fit when those do.
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+ROLLOUT_SUFFIX = "-canary"
+MAX_ROLLOUT_NAME_LENGTH = MAX_NAME_LENGTH - len(ROLLOUT_SUFFIX)
+
+
+def validate_rollout_name(name: str, *, param: str = "name") -> str:
+    """A model name that can make the rollout's Kubernetes objects, else UsageError naming the
+    limit: a Service name is a DNS-1035 label, and the canary's adds '-canary'."""
+    validate_model_name(name, param=param)
+    if not _DNS_1035_LABEL.match(name) or len(name) > MAX_ROLLOUT_NAME_LENGTH:
+        raise UsageError(
+            f"{param}: {name!r} cannot be rolled out on Kubernetes: its Services are named "
+            f"{name!r} and '{name}{ROLLOUT_SUFFIX}', and a Service name must be a DNS-1035 "
+            f"label (start with a letter, at most 63 characters), so a model name must start "
+            f"with a letter and have at most {MAX_ROLLOUT_NAME_LENGTH} characters. Register "
+            "the model under such a name to roll it out.", param=param)
+    return name

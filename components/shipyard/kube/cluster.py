@@ -1,50 +1,52 @@
 """The rollout controller's cluster interface on a real Kubernetes cluster.
 
-The only module importing the kubernetes client. Objects come from kube.manifests (the same
-code that writes k8s/) and are applied with server-side apply, field manager `shipyard`.
-Deployments are waited for with a bounded timeout. One coordination.k8s.io Lease per model
-(`shipyard-rollout-<name>`) is held, and renewed in the background, for a whole rollout. The
-rollout's state lives in the ConfigMap `shipyard-rollout-<name>` (key state.json).
+The only module, with kube.api, kube.lease and kube.observe, that calls the kubernetes
+client. Objects come from kube.manifests (the same code that writes k8s/) and are applied with
+server-side apply, field manager `shipyard`.
+
+What a real API server adds to what the controller's fakes show, and how this module meets it:
+- **Every call** goes through kube.api.call: a timeout, bounded retries for 429/5xx and
+  dropped connections, and a ClusterError (a ShipyardError, on which the controller rolls
+  back) for what stays wrong. No ApiException, dynamic-client or urllib3 error escapes a
+  public method.
+- **The Lease** (kube.lease) is held for a whole rollout; every action and every save of the
+  state checks it first, and so does every poll of a long wait.
+- **The state** lives in the ConfigMap `shipyard-rollout-<name>` (key state.json). Saves are
+  conditional: a PUT with the resourceVersion this controller last read or wrote, so a
+  controller that lost its Lease cannot overwrite the new holder's state (409:
+  LeaseHeldError). Requests of `rollout promote|abort` live in their own ConfigMap.
+- **Deployments** are waited for until every replica is updated and available, and fail fast
+  on ProgressDeadlineExceeded and on pods that crash-loop or cannot pull their image.
+- **The route** is gated on its status: before a weight moves, each Gateway that the route
+  names must report it Accepted and its backends ResolvedRefs, for the route's current
+  generation. The canary's objects outlive its last weight change by a grace period, so the
+  Gateway has moved the traffic before the Service goes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import json
 import logging
-import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager
 
-from shipyard.core.errors import LeaseHeldError, ShipyardError
+from shipyard.core.errors import ClusterError, LeaseHeldError, ShipyardError
 from shipyard.core.vocabulary import CANARY, STABLE
+from shipyard.kube import api
+from shipyard.kube.lease import HeldLease, Leases
 from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, render, route
 
 log = logging.getLogger(__name__)
-LEASE_SECONDS = 60
-RENEW_EVERY_S = 20
 STATE_KEY = "state.json"
 REQUEST_KEY = "request.json"
-
-
-class HeldLease:
-    """The controller checks it before every action: once renewal failed, it stops."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.lost = threading.Event()
-        self.reason = ""
-
-    def lose(self, reason: str) -> None:
-        self.reason = reason
-        self.lost.set()
-        log.error("%s", reason)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise LeaseHeldError(self.reason)
+POLL_S = 2.0
+CANARY_GRACE_S = 15.0  # how long the canary's Service outlives its last weight change
+ROUTE_TIMEOUT_S = 120.0  # how long the Gateway may take to accept a route
+# Waiting reasons of a container that does not get better by waiting longer.
+STUCK_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError")
+GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 
 def connect() -> Any:
@@ -65,37 +67,67 @@ def connect() -> Any:
 
 
 class KubeCluster:
-    def __init__(self, api: Any, target: ServingTarget, *, rollout_timeout_s: float = 600):
-        from kubernetes import client, dynamic
+    def __init__(self, api_client: Any, target: ServingTarget, *,
+                 rollout_timeout_s: float = 600, canary_grace_s: float = CANARY_GRACE_S,
+                 route_timeout_s: float = ROUTE_TIMEOUT_S,
+                 holder_is_dead: Callable[[str], bool] = lambda holder: False,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        from kubernetes import client
 
-        self.api = api
+        self.api = api_client
         self.target = target
         self.namespace = target.namespace
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.leases = client.CoordinationV1Api(api)
-        self.dynamic = dynamic.DynamicClient(api)
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self._dynamic: Any = None
         self.rollout_timeout_s = rollout_timeout_s
+        self.canary_grace_s = canary_grace_s
+        self.route_timeout_s = route_timeout_s
+        self.sleep, self.clock = sleep, clock
+        self.leases = Leases(client.CoordinationV1Api(api_client), self.namespace,
+                             holder_is_dead=holder_is_dead, sleep=sleep, clock=clock)
+        self._held: dict[str, HeldLease] = {}
+        self._state_versions: dict[str, str] = {}  # ConfigMap resourceVersions we know
+        self._route_changed: dict[str, float] = {}  # when this process last moved a weight
+
+    @property
+    def dynamic(self) -> Any:
+        if self._dynamic is None:  # its construction reads the API's discovery documents
+            from kubernetes import dynamic
+
+            self._dynamic = api.translated("read the API's discovery documents",
+                                           lambda: dynamic.DynamicClient(self.api))
+        return self._dynamic
 
     # --- objects ------------------------------------------------------------------------
     def apply(self, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
-            resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-            self.dynamic.server_side_apply(resource, body=obj, field_manager=FIELD_MANAGER,
-                                           force_conflicts=True)
+            what = (f"apply {obj['kind']} {self.namespace}/{obj['metadata']['name']} "
+                    "(server-side apply)")
+            resource = self._resource(obj["apiVersion"], obj["kind"], what)
+            try:
+                api.call(what, self.dynamic.server_side_apply, resource, body=obj,
+                         field_manager=FIELD_MANAGER, force_conflicts=True, sleep=self.sleep)
+            except ClusterError:
+                raise
+            except Exception as err:
+                raise api.refused(what, err) from err
+
+    def _resource(self, api_version: str, kind: str, what: str) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except Exception as err:
+            raise api.refused(what, err) from err
 
     def _target(self, name: str, **changes: Any) -> ServingTarget:
         return replace(self.target, name=name, **changes)
 
     def stable_version(self, name: str) -> int | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            deployment = self.apps.read_namespaced_deployment(name, self.namespace)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        what = f"read Deployment {self.namespace}/{name}"
+        deployment = self._read_or_none(what, self.apps.read_namespaced_deployment, name)
+        if deployment is None:
+            return None
         version = (deployment.spec.template.metadata.annotations or {}).get(
             "shipyard.dev/version")
         return int(version) if version else None
@@ -107,15 +139,15 @@ class KubeCluster:
                   if o["metadata"]["labels"].get("shipyard.dev/track") == CANARY]
         self.apply(canary)
         self.wait_for_deployment(f"{name}-canary")
-        self.apply([route(target)])
+        self._apply_route(name, route(target))
 
     def set_weight(self, name: str, weight: int) -> None:
         target = self._target(name, canary_weight=weight)
         routed = route(target)
-        if weight == 0 and not self._exists("Deployment", f"{name}-canary"):
+        if weight == 0 and not self._exists("apps/v1", "Deployment", f"{name}-canary"):
             routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0][
                 "backendRefs"][:1]  # the canary's Service is gone: stable only
-        self.apply([routed])
+        self._apply_route(name, routed)
 
     def promote_stable(self, name: str, version: int) -> None:
         target = self._target(name, stable_version=version)
@@ -125,183 +157,276 @@ class KubeCluster:
         self.wait_for_deployment(name)
 
     def remove_canary(self, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
+        """Routes everything to stable, waits out the grace period, then deletes the canary's
+        objects. Where the route cannot be applied, the canary is kept (deleting it would turn
+        its share of the traffic into errors) and the ClusterError says so; where the cluster
+        has no HTTPRoute kind at all, no route can send it traffic, and it is deleted."""
         target = self._target(name, canary_weight=0)
         routed = route(target)
         routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0]["backendRefs"][:1]
-        self.apply([routed])
+        try:
+            self._apply_route(name, routed)
+        except ClusterError as err:
+            if "not served by this cluster" not in str(err):
+                raise ClusterError(
+                    f"{err}. Left as it was: the HTTPRoute {self.namespace}/{name} may still "
+                    f"send traffic to {name}-canary, whose Deployment and Service were kept to "
+                    "serve it; run the same command again once the API accepts the route, or "
+                    f"set the route's weights by hand and delete the objects labelled "
+                    f"app.kubernetes.io/instance={name},shipyard.dev/track=canary") from err
+            log.warning("%s; deleting the canary, which no route can reach", err)
+        self._wait_out_grace(name)
         selector = (f"app.kubernetes.io/instance={name},shipyard.dev/track=canary,"
                     f"app.kubernetes.io/managed-by={FIELD_MANAGER}")
         for kind, api_version in (("Deployment", "apps/v1"), ("Service", "v1"),
                                   ("ConfigMap", "v1")):
-            resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
-            for item in resource.get(namespace=self.namespace, label_selector=selector).items:
+            what = f"delete the canary's {kind}s of {self.namespace}/{name}"
+            resource = self._resource(api_version, kind, what)
+            found = self._call(what, resource.get, namespace=self.namespace,
+                               label_selector=selector)
+            for item in found.items:
                 try:
-                    resource.delete(name=item.metadata.name, namespace=self.namespace)
-                except ApiException as err:
-                    if err.status != 404:
-                        raise
+                    api.call(what, resource.delete, name=item.metadata.name,
+                             namespace=self.namespace, sleep=self.sleep)
+                except Exception as err:
+                    if api.status_of(err) != 404:
+                        raise api.refused(what, err) from err
 
-    def _exists(self, kind: str, name: str) -> bool:
-        from kubernetes.client.exceptions import ApiException
+    def _wait_out_grace(self, name: str) -> None:
+        """Until CANARY_GRACE_S after this process's last route change; the full grace when
+        it does not know (a restarted controller)."""
+        changed = self._route_changed.get(name)
+        left = self.canary_grace_s if changed is None else (
+            changed + self.canary_grace_s - self.clock())
+        if left > 0:
+            log.info("%s: the canary's Service stays %.0f s after the route change, while the "
+                     "Gateway moves its traffic", name, left)
+            self.sleep(left)
 
-        resource = self.dynamic.resources.get(api_version="apps/v1" if kind == "Deployment"
-                                              else "v1", kind=kind)
-        try:
-            resource.get(name=name, namespace=self.namespace)
-            return True
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
+    def _exists(self, api_version: str, kind: str, name: str) -> bool:
+        what = f"read {kind} {self.namespace}/{name}"
+        resource = self._resource(api_version, kind, what)
+        return self._read_or_none(what, resource.get, name=name) is not None
 
+    # --- waits --------------------------------------------------------------------------
     def wait_for_deployment(self, name: str) -> None:
-        """Until every replica runs the current template and is ready, or the timeout."""
-        deadline = time.monotonic() + self.rollout_timeout_s
+        """Until every replica runs the current template and is ready. Fails at once on
+        ProgressDeadlineExceeded or a pod stuck in CrashLoopBackOff (or an image that cannot
+        be pulled), and after `rollout_timeout_s` otherwise; checks the Lease every poll."""
+        deadline = self.clock() + self.rollout_timeout_s
+        what = f"read Deployment {self.namespace}/{name}"
         while True:
-            d = self.apps.read_namespaced_deployment(name, self.namespace)
+            self._check_lease()
+            d = self._call(what, self.apps.read_namespaced_deployment, name, self.namespace)
             status, want = d.status, d.spec.replicas or 0
             if ((status.observed_generation or 0) >= d.metadata.generation
                     and (status.updated_replicas or 0) == want
                     and (status.available_replicas or 0) == want
                     and (status.replicas or 0) == want):
                 return
-            if time.monotonic() > deadline:
-                raise ShipyardError(
+            for condition in status.conditions or ():
+                if (condition.type == "Progressing" and condition.status == "False"
+                        and condition.reason == "ProgressDeadlineExceeded"):
+                    raise ClusterError(
+                        f"Deployment {self.namespace}/{name} stopped progressing "
+                        f"(ProgressDeadlineExceeded: {condition.message}); check `kubectl "
+                        f"describe deployment {name}` and its pods' logs")
+            stuck = self._stuck_pod(d)
+            if stuck:
+                raise ClusterError(f"Deployment {self.namespace}/{name}: {stuck}; a version "
+                                   "that fails to load never becomes ready: check the pod's "
+                                   "logs (`kubectl logs POD --previous`)")
+            if self.clock() > deadline:
+                raise ClusterError(
                     f"Deployment {self.namespace}/{name} did not finish rolling out within "
                     f"{self.rollout_timeout_s:g} s ({status.available_replicas or 0}/{want} "
                     "available); check `kubectl describe deployment` and the pods' logs "
                     "(a version that fails to load never becomes ready)")
-            time.sleep(2)
+            self.sleep(POLL_S)
+
+    def _stuck_pod(self, deployment: Any) -> str | None:
+        labels = deployment.spec.selector.match_labels or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = self._call(f"list the pods of Deployment {deployment.metadata.name}",
+                          self.core.list_namespaced_pod, self.namespace,
+                          label_selector=selector)
+        for pod in pods.items:
+            for container in (pod.status.container_statuses or []) if pod.status else []:
+                waiting = container.state.waiting if container.state else None
+                if waiting is not None and waiting.reason in STUCK_REASONS:
+                    return (f"pod {pod.metadata.name} is {waiting.reason} "
+                            f"({container.restart_count or 0} restarts): "
+                            f"{(waiting.message or '').strip()[:300]}")
+        return None
+
+    def _apply_route(self, name: str, routed: dict[str, Any]) -> None:
+        self.apply([routed])
+        self._route_changed[name] = self.clock()
+        self.wait_for_route(name, [p["name"] for p in routed["spec"]["parentRefs"]])
+
+    def wait_for_route(self, name: str, gateways: list[str]) -> None:
+        """Until each Gateway in `gateways` reports the route Accepted and ResolvedRefs for
+        its current generation (the Gateway API's RouteParentStatus)."""
+        deadline = self.clock() + self.route_timeout_s
+        what = f"read HTTPRoute {self.namespace}/{name}"
+        resource = self._resource(GATEWAY_API, "HTTPRoute", what)
+        while True:
+            self._check_lease()
+            found = self._call(what, resource.get, name=name, namespace=self.namespace)
+            problems = route_problems(found.to_dict(), gateways)
+            if not problems:
+                return
+            refused = [p for p in problems if p.startswith("refused")]
+            if refused or self.clock() > deadline:
+                raise ClusterError(
+                    f"HTTPRoute {self.namespace}/{name}: " + "; ".join(problems)
+                    + ("" if refused else f" after {self.route_timeout_s:g} s")
+                    + "; no weight was moved. Check the Gateway "
+                    + ", ".join(gateways) + " and `kubectl describe httproute "
+                    + f"{name} -n {self.namespace}`")
+            self.sleep(POLL_S)
 
     # --- rollout state ------------------------------------------------------------------
     def _state_name(self, name: str) -> str:
         return f"shipyard-rollout-{name}"
 
     def load_state(self, name: str) -> dict[str, Any] | None:
-        return self._load_json(self._state_name(name), STATE_KEY)
+        found = self._read_config_map(self._state_name(name))
+        if found is not None:
+            self._state_versions[name] = found.metadata.resource_version
+        return _json(found, STATE_KEY)
 
     def save_state(self, name: str, state: dict[str, Any]) -> None:
-        self._save_json(self._state_name(name), name, STATE_KEY, state)
+        """Written only while this controller holds the Lease, and only over the version of
+        the state it last read or wrote (a PUT with that resourceVersion)."""
+        self._check_lease(name)
+        config_map = self._state_name(name)
+        body = self._config_map(config_map, name, STATE_KEY, state)
+        known = self._state_versions.get(name)
+        if known is None:
+            current = self._read_config_map(config_map)
+            known = current.metadata.resource_version if current is not None else None
+        what = f"save the rollout's state in ConfigMap {self.namespace}/{config_map}"
+        try:
+            if known is None:
+                written = api.call(what, self.core.create_namespaced_config_map,
+                                   self.namespace, body, sleep=self.sleep)
+            else:
+                body["metadata"]["resourceVersion"] = known
+                written = api.call(what, self.core.replace_namespaced_config_map, config_map,
+                                   self.namespace, body, sleep=self.sleep)
+        except Exception as err:
+            if api.status_of(err) == 409:
+                raise LeaseHeldError(
+                    f"the rollout's state ({self.namespace}/{config_map}) was changed by "
+                    "another controller since this one last wrote it: this controller lost "
+                    "its Lease and stops acting") from err
+            raise api.refused(what, err) from err
+        self._state_versions[name] = written.metadata.resource_version
 
     # Requests live in their own ConfigMap, written only by `rollout promote|abort`, so a
     # controller saving its state can never overwrite one.
     def load_request(self, name: str) -> dict[str, Any] | None:
-        return self._load_json(f"{self._state_name(name)}-request", REQUEST_KEY)
+        return _json(self._read_config_map(f"{self._state_name(name)}-request"), REQUEST_KEY)
 
     def save_request(self, name: str, request: dict[str, Any]) -> None:
-        self._save_json(f"{self._state_name(name)}-request", name, REQUEST_KEY, request)
+        config_map = f"{self._state_name(name)}-request"
+        self.apply([self._config_map(config_map, name, REQUEST_KEY, request)])
 
-    def _load_json(self, config_map: str, key: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
+    def _read_config_map(self, config_map: str) -> Any | None:
+        return self._read_or_none(f"read ConfigMap {self.namespace}/{config_map}",
+                                  self.core.read_namespaced_config_map, config_map,
+                                  self.namespace)
 
-        try:
-            found = self.core.read_namespaced_config_map(config_map, self.namespace)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        text = (found.data or {}).get(key)
-        return json.loads(text) if text else None
-
-    def _save_json(self, config_map: str, name: str, key: str, data: dict[str, Any]) -> None:
-        self.apply([{"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": config_map, "namespace": self.namespace,
-                                  "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER,
-                                             "app.kubernetes.io/instance": name}},
-                     "data": {key: json.dumps(data, sort_keys=True)}}])
+    def _config_map(self, config_map: str, name: str, key: str,
+                    data: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": config_map, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER,
+                                        "app.kubernetes.io/instance": name}},
+                "data": {key: json.dumps(data, sort_keys=True)}}
 
     # --- the Lease ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lease(self, name: str, holder: str, wait_s: float) -> Iterator[HeldLease]:
-        lease_name = f"shipyard-rollout-{name}"
-        deadline = time.monotonic() + wait_s
-        while not self._try_acquire(lease_name, holder):
-            current = self.leases.read_namespaced_lease(lease_name, self.namespace).spec
-            if time.monotonic() >= deadline:
-                raise LeaseHeldError(
-                    f"a rollout of {name} is held by {current.holder_identity} (Lease "
-                    f"{self.namespace}/{lease_name}, renewed {current.renew_time}, expires "
-                    f"{LEASE_SECONDS} s after that); wait for it to finish, or pass "
-                    "--lease-wait SECONDS to wait for it")
-            time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
-        handle = HeldLease(lease_name)
-        stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(handle, holder, stop),
-                                   daemon=True)
-        renewer.start()
-        try:
-            yield handle
-        finally:
-            stop.set()
-            renewer.join()
-            if not handle.lost.is_set():
-                self._release(lease_name, holder)
+    def lease(self, name: str, holder: str, wait_s: float) -> ContextManager[HeldLease]:
+        return _Holding(self, name, holder, wait_s)
 
-    def _try_acquire(self, lease_name: str, holder: str) -> bool:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
+    def _check_lease(self, name: str | None = None) -> None:
+        held = [self._held[name]] if name in self._held else (
+            list(self._held.values()) if name is None else [])
+        for handle in held:
+            handle.check()
 
-        now = dt.datetime.now(dt.UTC)
-        spec = client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=LEASE_SECONDS,
-                                  acquire_time=now, renew_time=now)
+    # --- calls --------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            existing = self.leases.read_namespaced_lease(lease_name, self.namespace)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            body = client.V1Lease(metadata=client.V1ObjectMeta(name=lease_name), spec=spec)
-            try:
-                self.leases.create_namespaced_lease(self.namespace, body)
-                return True
-            except ApiException as create_err:
-                if create_err.status == 409:  # someone created it first
-                    return False
-                raise
-        held = existing.spec
-        expired = (held.renew_time is None or held.holder_identity is None
-                   or now - held.renew_time > dt.timedelta(
-                       seconds=held.lease_duration_seconds or LEASE_SECONDS))
-        if held.holder_identity not in (None, holder) and not expired:
-            return False
-        existing.spec = spec  # replace with resourceVersion: a concurrent taker gets 409
-        try:
-            self.leases.replace_namespaced_lease(lease_name, self.namespace, existing)
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
+            return api.call(what, fn, *args, sleep=self.sleep, **kwargs)
+        except ClusterError:
             raise
+        except Exception as err:
+            raise api.refused(what, err) from err
 
-    def _renew(self, handle: HeldLease, holder: str, stop: threading.Event) -> None:
-        last_renewed = time.monotonic()
-        while not stop.wait(RENEW_EVERY_S):
-            try:
-                lease = self.leases.read_namespaced_lease(handle.name, self.namespace)
-                if lease.spec.holder_identity != holder:
-                    handle.lose(f"lost the Lease {handle.name} to "
-                                f"{lease.spec.holder_identity}")
-                    return
-                lease.spec.renew_time = dt.datetime.now(dt.UTC)
-                self.leases.replace_namespaced_lease(handle.name, self.namespace, lease)
-                last_renewed = time.monotonic()
-            except Exception as err:  # keep trying while the Lease is still ours
-                log.warning("could not renew the Lease %s: %s", handle.name, err)
-                if time.monotonic() - last_renewed > LEASE_SECONDS - RENEW_EVERY_S:
-                    handle.lose(f"could not renew the Lease {handle.name} for "
-                                f"{LEASE_SECONDS - RENEW_EVERY_S} s; another controller may "
-                                "hold it now")
-                    return
-
-    def _release(self, lease_name: str, holder: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
+    def _read_or_none(self, what: str, fn: Callable[..., Any], *args: Any,
+                      **kwargs: Any) -> Any | None:
         try:
-            lease = self.leases.read_namespaced_lease(lease_name, self.namespace)
-            if lease.spec.holder_identity == holder:
-                lease.spec.holder_identity = None
-                lease.spec.renew_time = None
-                self.leases.replace_namespaced_lease(lease_name, self.namespace, lease)
-        except ApiException as err:
-            log.warning("could not release the Lease %s: %s", lease_name, err)
+            return api.call(what, fn, *args, sleep=self.sleep, **kwargs)
+        except ClusterError:
+            raise
+        except Exception as err:
+            if api.status_of(err) == 404 and type(err).__name__ != "ResourceNotFoundError":
+                return None
+            raise api.refused(what, err) from err
+
+
+class _Holding:
+    """The Lease of one model, held (and renewed) while the `with` block runs; the cluster
+    checks it before each save and during each wait."""
+
+    def __init__(self, cluster: KubeCluster, name: str, holder: str, wait_s: float):
+        self.cluster, self.name = cluster, name
+        self._context = cluster.leases.held(f"shipyard-rollout-{name}", holder, wait_s,
+                                            f"a rollout of {name}")
+
+    def __enter__(self) -> HeldLease:
+        handle = self._context.__enter__()
+        self.cluster._held[self.name] = handle
+        self.cluster._state_versions.pop(self.name, None)  # read again under the Lease
+        return handle
+
+    def __exit__(self, *exc: Any) -> Any:
+        self.cluster._held.pop(self.name, None)
+        return self._context.__exit__(*exc)
+
+
+def route_problems(httproute: dict[str, Any], gateways: list[str]) -> list[str]:
+    """What keeps the route from carrying traffic as written, per Gateway in `gateways`
+    (empty: it does). Pure. A condition for an older generation does not count.
+    Entries starting with "refused" will not get better by waiting (a condition False)."""
+    generation = (httproute.get("metadata") or {}).get("generation")
+    parents = ((httproute.get("status") or {}).get("parents")) or []
+    problems = []
+    for gateway in gateways:
+        status = next((p for p in parents
+                       if (p.get("parentRef") or p.get("parent_ref") or {}).get("name")
+                       == gateway), None)
+        if status is None:
+            problems.append(f"not yet accepted by Gateway {gateway} (no status from it)")
+            continue
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        for kind in ("Accepted", "ResolvedRefs"):
+            condition = conditions.get(kind)
+            observed = (condition or {}).get("observedGeneration",
+                                             (condition or {}).get("observed_generation"))
+            if condition is None or (generation is not None and observed is not None
+                                     and observed < generation):
+                problems.append(f"Gateway {gateway} has not yet reported {kind} for "
+                                f"generation {generation}")
+            elif condition.get("status") != "True":
+                problems.append(f"refused by Gateway {gateway}: {kind} is "
+                                f"{condition.get('status')} ({condition.get('reason')}: "
+                                f"{condition.get('message')})")
+    return problems
+
+
+def _json(found: Any | None, key: str) -> dict[str, Any] | None:
+    text = (found.data or {}).get(key) if found is not None else None
+    return json.loads(text) if text else None

@@ -52,6 +52,7 @@ class ServingTarget:
     requests: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     limits: dict[str, str] = field(default_factory=lambda: {"cpu": "2", "memory": "4Gi"})
     gateway: str = "shipyard-gateway"
+    hostnames: tuple[str, ...] = ()
     gpu: bool = False
     stable_version: int = 1
     canary_version: int | None = None
@@ -198,16 +199,34 @@ def rbac(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
+# TF Serving's REST API (http_rest_api_handler.cc): /v1/models/NAME[/versions/N|/labels/L]
+# [/metadata] and the same followed by :predict, :classify or :regress. The Gateway API's
+# PathPrefix matches whole path elements ("/v1/models/m" matches "/v1/models/m/metadata", not
+# "/v1/models/m:predict" nor "/v1/models/mx"), so the verbs on the model itself are Exact
+# matches beside the prefix. Versions and labels are reached under the prefix.
+REST_VERBS = ("predict", "classify", "regress")
+
+
+def route_matches(name: str) -> list[dict[str, Any]]:
+    prefix = f"/v1/models/{name}"
+    return ([{"path": {"type": "PathPrefix", "value": prefix}}]
+            + [{"path": {"type": "Exact", "value": f"{prefix}:{verb}"}} for verb in REST_VERBS])
+
+
 def route(target: ServingTarget) -> dict[str, Any]:
-    """Gateway API HTTPRoute splitting REST traffic between the stable and canary Services."""
+    """Gateway API HTTPRoute splitting this model's REST traffic (its paths only, and its
+    hostnames where given) between the stable and canary Services. Paths of versions and
+    labels (…/versions/N:predict) are matched by the prefix too: requests that name a
+    version reach whichever track serves it (TF Serving answers NOT_FOUND otherwise)."""
+    spec: dict[str, Any] = {"parentRefs": [{"name": target.gateway}]}
+    if target.hostnames:
+        spec["hostnames"] = list(target.hostnames)
+    spec["rules"] = [{"matches": route_matches(target.name), "backendRefs": [
+        {"name": target.name, "port": REST_PORT, "weight": 100 - target.canary_weight},
+        {"name": f"{target.name}-canary", "port": REST_PORT,
+         "weight": target.canary_weight}]}]
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": _meta(target, target.name),
-            "spec": {"parentRefs": [{"name": target.gateway}],
-                     "rules": [{"backendRefs": [
-                         {"name": target.name, "port": REST_PORT,
-                          "weight": 100 - target.canary_weight},
-                         {"name": f"{target.name}-canary", "port": REST_PORT,
-                          "weight": target.canary_weight}]}]}}
+            "metadata": _meta(target, target.name), "spec": spec}
 
 
 def gpu_patch(target: ServingTarget) -> dict[str, Any]:

@@ -36,6 +36,9 @@ from shipyard.rollout.policy import RolloutPolicy
 
 log = logging.getLogger(__name__)
 BASELINE_WAIT_S = 10.0  # the first scrape of a rollout needs a second one to diff against
+PROXY_HINT = (" (the pod proxy needs the API server to reach the pods' port 8501; clusters "
+              "whose control plane cannot, such as private GKE clusters, give no data this "
+              "way: set metrics.prometheus_url in the rollout policy)")
 
 
 class ClusterObserver:
@@ -67,7 +70,8 @@ class ClusterObserver:
             previous, self._last = self._last, self._scrape_pods(name)
             return per_pod_window(previous, self._last)
         except Exception as err:  # unreadable metrics are no data, not a dead controller
-            log.warning("cannot read the metrics of %s's canary: %s", name, err)
+            log.warning("cannot read the metrics of %s's canary: %s%s", name, err,
+                        "" if self.policy.metrics.prometheus_url else PROXY_HINT)
             return None, None
 
     def _scrape_pods(self, name: str) -> dict[str, Scrape]:
@@ -83,7 +87,10 @@ class ClusterObserver:
             try:
                 scrapes[pod.metadata.uid] = parse_scrape(self._call("GET", path), name)
             except Exception as err:  # a restarting pod: no data from it this time
-                log.warning("cannot scrape %s: %s", pod.metadata.name, err)
+                log.warning("cannot scrape %s through the API server's pod proxy: %s%s",
+                            pod.metadata.name, err, PROXY_HINT)
+        if not pods.items:
+            log.warning("no canary pod of %s to scrape (label shipyard.dev/track=canary)", name)
         return scrapes
 
     # --- agreement ----------------------------------------------------------------------
@@ -115,7 +122,7 @@ class ClusterObserver:
     def _predict(self, service: str, model: str, body: str) -> Any:
         path = (f"/api/v1/namespaces/{self.namespace}/services/{service}:{REST_PORT}/proxy"
                 f"/v1/models/{model}:predict")
-        return json.loads(self._call("POST", path, json.loads(body)))["predictions"]
+        return predictions_of(json.loads(self._call("POST", path, json.loads(body))))
 
     def _call(self, method: str, path: str, body: Any = None) -> str:
         """A raw call through the API server (the generated proxy methods of kubernetes
@@ -126,6 +133,27 @@ class ClusterObserver:
                                      _preload_content=False, _request_timeout=30)
         data = response[0].data if isinstance(response, tuple) else response.data
         return data.decode() if isinstance(data, bytes) else data
+
+
+def predictions_of(answer: dict[str, Any]) -> list[Any]:
+    """The per-instance predictions of a TF Serving REST predict answer. Pure.
+
+    TF Serving answers a row-format request ({"instances": ...}) with {"predictions": ...}
+    and a columnar one ({"inputs": ...}) with {"outputs": ...}
+    (http_rest_api_handler.cc, json_tensor.cc: MakeJsonFromTensors). Columnar outputs of a
+    multi-output model are {name: [per instance]}: they become rows, as "predictions" has them.
+    """
+    if "predictions" in answer:
+        return answer["predictions"]
+    if "outputs" not in answer:
+        raise ValueError("the answer has neither 'predictions' nor 'outputs': "
+                         + str(answer.get("error", answer))[:200])
+    outputs = answer["outputs"]
+    if isinstance(outputs, dict):
+        names = sorted(outputs)
+        count = len(outputs[names[0]]) if names else 0
+        return [{key: outputs[key][i] for key in names} for i in range(count)]
+    return outputs
 
 
 def compare_predictions(stable: list[Any], canary: list[Any]) -> tuple[float, float]:

@@ -149,15 +149,29 @@ def _run(ports: Ports, lease: Lease, state: RolloutState, policy: RolloutPolicy,
         if state.terminal:
             return state
         ports.sleep(policy.check_interval_seconds)
-        state = _with_stored_request(ports, state)
-        result: GateResult | None = None
-        if not state.requested:
-            result = evaluate(policy.gates, ports.observer.observe(state.name, state))
-        decided = machine.decide(_with_stored_request(ports, state), policy, result,
-                                 ports.clock())
+        try:
+            decided = _check(ports, state, policy)
+        except LeaseHeldError:
+            raise
+        except ShipyardError as err:  # the cluster's API failed while checking
+            decided = machine.failed(state, machine.Action("check"), str(err))
+            if decided is None:
+                raise
+            log.error("%s: the check failed (%s); rolling back", state.name, err)
         if decided != state:
             _save(ports, decided, on_change)
         state = decided
+
+
+def _check(ports: Ports, state: RolloutState, policy: RolloutPolicy) -> RolloutState:
+    """One check; an error of the cluster's API here is the check's failure (the caller
+    rolls back)."""
+    state = _with_stored_request(ports, state, tolerant=False)
+    result: GateResult | None = None
+    if not state.requested:
+        result = evaluate(policy.gates, ports.observer.observe(state.name, state))
+    return machine.decide(_with_stored_request(ports, state, tolerant=False), policy, result,
+                          ports.clock())
 
 
 def _decide_request(ports: Ports, state: RolloutState, policy: RolloutPolicy) -> RolloutState:
@@ -170,17 +184,26 @@ def _drain(ports: Ports, lease: Lease, state: RolloutState,
            on_change: Callable[[RolloutState], None] | None) -> RolloutState:
     """Carries out the pending actions in order, saving after each (a restart redoes at most
     the one that was under way; every action is idempotent). A failing forward action rolls
-    the rollout back; an abort stored meanwhile preempts the rest."""
+    the rollout back; an abort stored meanwhile preempts the rest. A failing rollback action
+    stops the drain with what is left stored, for the same command to finish."""
     _save(ports, state, on_change)
     while state.pending:
         lease.check()  # never act on a model whose Lease another controller may hold now
         action = state.pending[0]
         try:
             _carry_out(ports, state, action)
+        except LeaseHeldError:
+            raise  # not this controller's to act on any more, not even to roll back
         except ShipyardError as err:
             rolled_back = machine.failed(state, action, str(err))
             if rolled_back is None:
-                raise
+                raise ShipyardError(
+                    f"{state.name}: {machine.describe(action)} failed while the rollout was "
+                    f"ending {state.phase} ({err}). Left to do: "
+                    + "; ".join(machine.describe(a) for a in state.pending)
+                    + f". They are stored with the rollout: run `shipyard rollout abort "
+                    f"--name {state.name}` (or the same `rollout start`) again to finish "
+                    "them") from err
             log.error("%s: %s failed (%s); rolling back", state.name, action.kind, err)
             state = rolled_back
         else:
@@ -212,9 +235,21 @@ def _carry_out(ports: Ports, state: RolloutState, action: machine.Action) -> Non
         raise ValueError(f"unknown rollout action {action.kind!r}")
 
 
-def _with_stored_request(ports: Ports, state: RolloutState) -> RolloutState:
-    """`state` plus the promote/abort request stored for this rollout, if any."""
-    stored = ports.cluster.load_request(state.name)
+def _with_stored_request(ports: Ports, state: RolloutState, *,
+                         tolerant: bool = True) -> RolloutState:
+    """`state` plus the promote/abort request stored for this rollout, if any. `tolerant`:
+    a request that cannot be read now is read at the next check (a rollback under way is
+    not stopped for it)."""
+    try:
+        stored = ports.cluster.load_request(state.name)
+    except LeaseHeldError:
+        raise
+    except ShipyardError as err:
+        if not tolerant:
+            raise
+        log.warning("%s: could not read the promote/abort requests (%s); reading them again "
+                    "at the next check", state.name, err)
+        return state
     if (stored and not state.requested and stored.get("rollout_id") == state.rollout_id):
         return machine.request(state, stored["what"], stored.get("reason"))
     return state
@@ -222,7 +257,15 @@ def _with_stored_request(ports: Ports, state: RolloutState) -> RolloutState:
 
 def _save(ports: Ports, state: RolloutState,
           on_change: Callable[[RolloutState], None] | None) -> None:
-    ports.cluster.save_state(state.name, state.to_json())
+    try:
+        ports.cluster.save_state(state.name, state.to_json())
+    except LeaseHeldError:
+        raise
+    except ShipyardError as err:
+        raise type(err)(
+            f"{err}. The rollout's last saved state stands (phase {state.phase}, pending: "
+            + ("; ".join(machine.describe(a) for a in state.pending) or "nothing")
+            + "): run the same command again to resume it") from err
     if on_change is not None:
         on_change(state)
 

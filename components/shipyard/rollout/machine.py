@@ -175,6 +175,20 @@ def _abortable(state: RolloutState) -> bool:
     return state.phase == PROMOTED and any(a.kind == "move_champion" for a in state.pending)
 
 
+def describe(action: Action) -> str:
+    """An action in words, for messages."""
+    return {
+        "set_canary_alias": f"point alias canary at version {action.version}",
+        "deploy_canary": f"deploy version {action.version} as the canary",
+        "set_weight": f"set the canary's weight to {action.weight}%",
+        "promote_stable": f"deploy version {action.version} as stable",
+        "remove_canary": "route all traffic to stable and delete the canary's objects",
+        "move_champion": f"move alias champion to version {action.version}",
+        "clear_canary_alias": "clear alias canary",
+        "check": "check the gates",
+    }.get(action.kind, action.kind)
+
+
 def failed(state: RolloutState, action: Action, error: str) -> RolloutState | None:
     """An action failed: a forward one (deploying or weighting the canary, promoting) rolls
     the rollout back; a failing rollback action has no better answer (None: re-raise)."""

@@ -17,6 +17,9 @@
       pvc: shipyard-models          # the repository's PVC, mounted at /models; or null and
       model_root: /models           #   model_root: gs://bucket/models
       gateway: shipyard-gateway
+      hostnames: []                 # route only these hosts (and the model's REST paths)
+      rollout_timeout_seconds: 600  # how long a Deployment may take to become ready
+      canary_grace_seconds: 15      # the canary's Service outlives its last weight change
     check_interval_seconds: 30
     no_data: pause                  # pause | fail | pass: what a check without data does
     max_checks_without_data: 10     # after this many, no data fails the rollout
@@ -77,8 +80,13 @@ class Serving(_Strict):
     pvc: str | None = "shipyard-models"
     model_root: str = "/models"
     gateway: str = "shipyard-gateway"
+    # The route matches only this model's REST paths; with hostnames, only those hosts too
+    # (the way to route gRPC per model, whose paths do not name it).
+    hostnames: tuple[str, ...] = ()
     config_poll_seconds: Annotated[int, Field(ge=1)] = 30
+    # The controller's own settings (not the objects'):
     rollout_timeout_seconds: Annotated[float, Field(gt=0)] = 600
+    canary_grace_seconds: Annotated[float, Field(ge=0)] = 15
 
 
 class RolloutPolicy(_Strict):

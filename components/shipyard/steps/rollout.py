@@ -14,8 +14,9 @@ import functools
 import os
 from typing import Any, Callable
 
+from shipyard.core.claims import lease_holder, lease_holder_gone
 from shipyard.core.errors import GateError, UsageError
-from shipyard.core.names import validate_model_name, validate_version
+from shipyard.core.names import validate_rollout_name, validate_version
 from shipyard.core.vocabulary import CANARY_ALIAS as CANARY
 from shipyard.core.vocabulary import CHAMPION
 from shipyard.rollout import controller
@@ -92,18 +93,30 @@ def cluster_ports(name: str, namespace: str, policy: RolloutPolicy | None = None
         serving, observer = policy.serving, ClusterObserver(api, namespace, policy)
     settings = serving.model_dump()
     timeout = settings.pop("rollout_timeout_seconds")
+    grace = settings.pop("canary_grace_seconds")
     target = ServingTarget(name=name, namespace=namespace, **settings)
-    return Ports(KubeCluster(api, target, rollout_timeout_s=timeout), observer,
+    return Ports(KubeCluster(api, target, rollout_timeout_s=timeout, canary_grace_s=grace,
+                             holder_is_dead=holder_is_dead), observer,
                  RegistryAliases(None, location=(tracking_uri, registry_uri)))
 
 
 def holder() -> str:
-    """Who holds the model's Lease: user@host:pid."""
+    """Who holds the model's Lease: user@host:pid, with what tells a killed holder from a
+    live one on the same host (core.claims.lease_holder)."""
     import socket
 
     from shipyard.registry.client import current_user
+    from shipyard.steps.versions import _namespace, _start_time
 
-    return f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+    return lease_holder(current_user(), socket.gethostname(), os.getpid(),
+                        _start_time(os.getpid()), _namespace())
+
+
+def holder_is_dead(identity: str) -> bool:
+    """Whether the Lease's holder is known to be gone (same host, its process ended)."""
+    from shipyard.steps.versions import _namespace, _start_time
+
+    return lease_holder_gone(identity, _namespace(), _start_time)
 
 
 def _factory(ports: PortsFactory | None, tracking_uri: str | None,
@@ -119,7 +132,7 @@ def start_rollout(name: str, version: int, policy: RolloutPolicy, *,
                   ports: PortsFactory | None = None) -> RolloutState:
     """Rolls version N of NAME out to its end (promoted, rolled back or aborted), or resumes
     the stored rollout of that version; `require_promoted` turns another end into an error."""
-    validate_model_name(name)
+    validate_rollout_name(name)
     validate_version(version)
     made = _factory(ports, tracking_uri, registry_uri)(name, namespace, policy)
     return controller.start(made, name, version, policy, holder=holder(),
