@@ -206,7 +206,7 @@ def tf_serving():
     after the test: `tf_serving.address` is its gRPC address. Importing it imports TensorFlow."""
     from support.tf_serving_double import TFServingDouble
 
-    with TFServingDouble() as server:
+    with TFServingDouble(load_retry_interval_s=0.05) as server:
         yield server
 
 

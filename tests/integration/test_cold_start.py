@@ -246,7 +246,7 @@ def test_a_version_that_fails_to_load_fails_the_start_after_the_labels_pass(tmp_
     with pytest.raises(ServerStartError, match=r"^Failed to start server\. Error: UNKNOWN: Some "
                                                r"models did not become available: "
                                                r"\{\{name: model version: 1\}, \}$"):
-        cold_start(args, mounts)
+        cold_start(args, mounts, load_retry_interval_s=0.01)
 
 
 def test_the_flag_allows_a_new_label_but_a_polled_move_still_waits_for_the_load(repository,
