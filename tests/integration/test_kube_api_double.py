@@ -3,7 +3,8 @@
 
 The assertions on the double are the API server's behaviour (messages included, see the
 double's docstring for the sources). The tests marked xfail(strict=True) are shipyard faults
-that issue 24 lists: each fails today, and passes once the product is fixed."""
+that issue 24 listed were strict xfails until the product was fixed; they are plain tests
+now, each failing against the code before the fix."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from support.gateway_api_schema import GATEWAY_API_RELEASE, validate_httproute
 from support.kube_api_double import KubeApiDouble, parse_micro_time
 
-from shipyard.core.errors import LeaseHeldError, ShipyardError
-from shipyard.kube import cluster as cluster_module
+from shipyard.core.errors import ClusterError, LeaseHeldError, ShipyardError
+from shipyard.kube import lease as lease_module
 from shipyard.kube.cluster import KubeCluster
 from shipyard.kube.manifests import ServingTarget, render, route
 from shipyard.kube.observe import ClusterObserver
@@ -44,11 +45,6 @@ def api(double):
     api.close()
 
 
-@pytest.fixture
-def kube(api):
-    return KubeCluster(api, ServingTarget(name="m", namespace=NS), rollout_timeout_s=5)
-
-
 class FakeClock:
     """monotonic() and sleep() for kube.cluster: the waits cost no time."""
 
@@ -63,10 +59,18 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(cluster_module, "time", fake)
-    return fake
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def kube(double, clock):
+    """KubeCluster as `shipyard rollout` makes it (kube.cluster.configured: urllib3's retries
+    off), on the double, with waits that cost no time."""
+    shipyard_api = double.api_client(retries=False)
+    yield KubeCluster(shipyard_api, ServingTarget(name="m", namespace=NS), rollout_timeout_s=5,
+                      canary_grace_s=0, sleep=clock.sleep, clock=clock.monotonic)
+    shipyard_api.close()
 
 
 def said(message):
@@ -208,15 +212,15 @@ def test_an_apply_without_field_manager_is_422(api):
                      header_params={"Content-Type": "application/apply-patch+yaml"})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 2: state saves apply with force=True "
-                   "and no resourceVersion, so a state another writer saved in between is "
-                   "overwritten without a conflict")
 def test_a_state_save_does_not_overwrite_a_state_written_in_between(double, kube):
     kube.save_state("m", {"phase": "mine"})
     theirs = config_map("shipyard-rollout-m", {"state.json": '{"phase": "theirs"}'})
     client.CoreV1Api(kube.api).replace_namespaced_config_map("shipyard-rollout-m", NS, theirs)
-    with pytest.raises(Exception, match="409|Conflict|modified"):
+    with pytest.raises(LeaseHeldError, match=r"the rollout's state \(shipyard/shipyard-rollout-m\) "
+                                             r"was changed by another controller"):
         kube.save_state("m", {"phase": "stale"})
+    assert json.loads(double.get("ConfigMap", "shipyard-rollout-m")["data"]["state.json"]) == {
+        "phase": "theirs"}
 
 
 def test_state_and_request_round_trip(kube):
@@ -248,7 +252,7 @@ def test_micro_time_needs_six_fraction_digits_as_gos_parser(api):
 
 
 def test_lease_acquire_renew_release(double, kube, monkeypatch):
-    monkeypatch.setattr(cluster_module, "RENEW_EVERY_S", 0.05)
+    kube.leases.retry_period_s = 0.05
     with kube.lease("m", "host-a", wait_s=0) as held:
         lease = client.CoordinationV1Api(kube.api).read_namespaced_lease(
             "shipyard-rollout-m", NS)
@@ -260,12 +264,13 @@ def test_lease_acquire_renew_release(double, kube, monkeypatch):
                 break
             threading.Event().wait(0.02)
         assert renewed.is_set() and not held.lost.is_set()
+        for field in ("acquireTime", "renewTime"):
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
+                                double.get("Lease", "shipyard-rollout-m")["spec"][field])
     released = double.get("Lease", "shipyard-rollout-m")
     assert "holderIdentity" not in released["spec"]
     puts = double.requests_matching("PUT", "/leases/")
     assert puts and all(p.body["metadata"]["resourceVersion"] for p in puts)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
-                        double.get("Lease", "shipyard-rollout-m")["spec"]["acquireTime"])
 
 
 def test_a_held_lease_is_refused_naming_the_holder(double, kube):
@@ -279,20 +284,20 @@ def test_a_held_lease_is_refused_naming_the_holder(double, kube):
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 3: a Lease timestamp on a whole second "
-                   "serializes without a fraction and the API server refuses it (400)")
-def test_a_lease_taken_on_a_whole_second_is_acquired(kube, monkeypatch):
+def test_a_lease_taken_on_a_whole_second_is_acquired(double, kube, monkeypatch):
     whole = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
     fake_datetime = types.SimpleNamespace(now=lambda tz=None: whole)
-    monkeypatch.setattr(cluster_module, "dt", types.SimpleNamespace(
+    monkeypatch.setattr(lease_module, "dt", types.SimpleNamespace(
         datetime=fake_datetime, UTC=dt.UTC, timedelta=dt.timedelta))
     with kube.lease("m", "host-a", wait_s=0):
-        pass
+        assert double.get("Lease", "shipyard-rollout-m")["spec"]["renewTime"] == (
+            "2026-01-01T12:00:00.000000Z")
 
 
 # ---- Deployments, the canary, the route -----------------------------------------------------
 
 def test_deploy_canary_waits_for_the_deployment_then_routes(double, kube, clock):
+    kube.apply(render(ServingTarget(name="m", namespace=NS)))  # stable serves
     double.deployment_behaviour("m-canary", ready_after_reads=3)
     kube.deploy_canary("m", 2)
     assert len(double.requests_matching("GET", "/deployments/m-canary$")) >= 3
@@ -304,9 +309,47 @@ def test_deploy_canary_waits_for_the_deployment_then_routes(double, kube, clock)
     assert [p.status.container_statuses[0].ready for p in pods.items] == [True]
     routed = double.get("HTTPRoute", "m")
     assert [b["weight"] for b in routed["spec"]["rules"][0]["backendRefs"]] == [100, 0]
-    assert routed["status"]["parents"][0]["conditions"][1]["reason"] == "BackendNotFound"
-    paths = [r.path for r in double.requests if r.method == "PATCH"]
-    assert paths[-1] == f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/m"
+    assert routed["status"]["parents"][0]["conditions"][1]["reason"] == "ResolvedRefs"
+    route_path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/m"
+    route_calls = [r.method for r in double.requests if r.path == route_path]
+    assert route_calls == ["PATCH", "GET"]  # applied, then its status read
+
+
+def test_a_route_the_gateway_does_not_resolve_moves_no_weight(double, kube, clock):
+    """Without the stable Service, the Gateway reports ResolvedRefs False (BackendNotFound):
+    the canary gets no weight, and the error names the condition."""
+    with pytest.raises(ClusterError, match=r"HTTPRoute shipyard/m: refused by Gateway "
+                                           r"shipyard-gateway: ResolvedRefs is False "
+                                           r"\(BackendNotFound: .*\); no weight was moved"):
+        kube.deploy_canary("m", 2)
+
+
+def test_a_route_the_gateway_refuses_moves_no_weight(double, kube, clock):
+    kube.apply(render(ServingTarget(name="m", namespace=NS, canary_version=2)))
+    generation = double.get("HTTPRoute", "m")["metadata"]["generation"]
+    refused = {"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners",
+               "message": "no listener allows routes from namespace shipyard",
+               "observedGeneration": generation + 1, "lastTransitionTime": "2026-12-05T09:00:00Z"}
+    resolved = dict(refused, type="ResolvedRefs", status="True", reason="ResolvedRefs",
+                    message="")
+    double.set_route_status("m", parents=[{
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                      "name": "shipyard-gateway"},
+        "controllerName": "example.com/gateway", "conditions": [refused, resolved]}])
+    with pytest.raises(ClusterError, match=r"refused by Gateway shipyard-gateway: Accepted is "
+                                           r"False \(NotAllowedByListeners: no listener"):
+        kube.set_weight("m", 10)
+    assert clock.now == 0  # refused: not waited for
+
+
+def test_a_route_whose_status_is_not_updated_is_waited_for_then_fails(double, kube, clock):
+    kube.apply(render(ServingTarget(name="m", namespace=NS, canary_version=2)))
+    double.set_route_status("m")  # accepted for this generation; the controller then stops
+    with pytest.raises(ClusterError, match=r"Gateway shipyard-gateway has not yet reported "
+                                           r"Accepted for generation 2.* after 120 s; no weight "
+                                           r"was moved"):
+        kube.set_weight("m", 10)
+    assert clock.now > 120
 
 
 def test_set_weight_and_remove_canary(double, kube):
@@ -348,8 +391,6 @@ def test_a_route_without_matches_is_defaulted_to_a_catch_all(double, api):
                                                                   ".spec.rules"}}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 4: the rendered route has no matches, "
-                   "so it is defaulted to PathPrefix / and takes every path of the Gateway")
 def test_the_rendered_route_matches_only_its_models_paths(double, kube):
     rendered = route(ServingTarget(name="m", namespace=NS, canary_version=2))
     assert validate_httproute(rendered) == []
@@ -383,10 +424,12 @@ def test_route_status_set_by_a_hook(double, kube):
                           "ResolvedRefs": ("True", "ResolvedRefs")}
 
 
-def test_without_the_crd_routing_raises_resource_not_found(double, api):
+def test_without_the_crd_routing_is_a_cluster_error_naming_the_crds(double, kube):
     double.set_httproute_crd(False)
-    kube = KubeCluster(api, ServingTarget(name="m", namespace=NS))
-    with pytest.raises((ResourceNotFoundError, ShipyardError), match="No matches found"):
+    with pytest.raises(ClusterError, match=r"Kubernetes API: apply HTTPRoute shipyard/m "
+                                           r"\(server-side apply\) failed: "
+                                           r"ResourceNotFoundError: No matches found .* install "
+                                           r"the Gateway API CRDs \(v1.2.1"):
         kube.set_weight("m", 10)
 
 
@@ -413,8 +456,6 @@ def test_deployment_status_hooks_and_crash_looping_pods(double, kube):
         0].restart_count == 5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 6: the Deployment wait ignores "
-                   "ProgressDeadlineExceeded and waits the whole timeout")
 def test_the_wait_fails_fast_on_progress_deadline_exceeded(double, kube, clock):
     kube.apply(render(ServingTarget(name="m", namespace=NS)))
     double.progress_deadline_exceeded("m")
@@ -422,8 +463,6 @@ def test_the_wait_fails_fast_on_progress_deadline_exceeded(double, kube, clock):
         kube.wait_for_deployment("m")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 6: the Deployment wait ignores "
-                   "crash-looping pods and waits the whole timeout")
 def test_the_wait_fails_fast_on_a_crash_looping_pod(double, kube, clock):
     kube.apply(render(ServingTarget(name="m", namespace=NS)))
     double.deployment_behaviour("m", None)
@@ -475,8 +514,6 @@ def test_observe_scrapes_pods_and_compares_services_through_the_proxy(double, ku
     assert len(scrapes) == 2
 
 
-@pytest.mark.xfail(strict=True, reason='issue 24 item 9: observe.py reads "predictions" only; '
-                   'TF Serving answers {"inputs": ...} bodies with "outputs"')
 def test_observe_reads_outputs_for_inputs_format_bodies(double, kube, tmp_path):
     observation = observed(double, kube, tmp_path, '{"inputs": [[1.0, 2.0]]}\n',
                            lambda request: {"outputs": [[0.1, 0.9]]})
@@ -568,8 +605,6 @@ def test_a_hang_is_a_read_timeout_with_request_timeout(double, api):
     assert double.requests_matching("POST")[0].answer == "hung"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 deliver 1: one 503 while waiting for a "
-                   "Deployment ends the wait with ApiException (no bounded retry)")
 def test_one_503_during_the_deployment_wait_is_retried(double, kube, clock):
     kube.apply(render(ServingTarget(name="m", namespace=NS)))
     double.inject("/deployments/m$", method="GET", status=503, times=1)

@@ -102,7 +102,7 @@ def refused(what: str, err: BaseException, *, attempts: int = 1) -> ClusterError
         hint = ("the API server could not be reached or did not answer in time: check the "
                 "cluster's address in KUBECONFIG and the network; running the same command "
                 "again resumes")
-    if _is_missing_kind(err):
+    if is_missing_kind(err):
         hint = ("the kind is not served by this cluster: install the Gateway API CRDs "
                 "(v1.2.1, standard channel) for HTTPRoute")
     elif status in RETRIED_STATUSES:
@@ -141,15 +141,22 @@ def _failure(err: BaseException) -> tuple[Any, str | None]:
     if isinstance(err, ApiException):
         headers = err.headers or {}
         return (err.status if err.status else None), headers.get("Retry-After")
-    if _is_missing_kind(err):
+    if is_missing_kind(err):
         return 404, None
     if isinstance(err, (HTTPError, ConnectionError, TimeoutError)):
         return None, None
     return "other", None
 
 
-def _is_missing_kind(err: BaseException) -> bool:
+def is_missing_kind(err: BaseException) -> bool:
+    """The dynamic client's answer for a kind the cluster does not serve (a missing CRD)."""
     return type(err).__name__ == "ResourceNotFoundError"
+
+
+def is_api_error(err: BaseException) -> bool:
+    """An answer of the API server or a failure of the network, as opposed to a bug of ours
+    (a TypeError) or a ShipyardError already made."""
+    return not isinstance(err, ClusterError) and _failure(err)[0] != "other"
 
 
 def translated(what: str, fn: Callable[[], T]) -> T:

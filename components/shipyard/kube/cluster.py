@@ -54,16 +54,25 @@ def connect() -> Any:
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    configuration = client.Configuration()
     try:
-        config.load_kube_config()
+        config.load_kube_config(client_configuration=configuration)
     except (ConfigException, FileNotFoundError, TypeError):
         try:
-            config.load_incluster_config()
+            config.load_incluster_config(client_configuration=configuration)
         except ConfigException:
             raise ShipyardError(
                 "no Kubernetes cluster configured: set KUBECONFIG (or ~/.kube/config), or run "
                 "inside a pod with the shipyard-pusher service account") from None
-    return client.ApiClient()
+    return client.ApiClient(configured(configuration))
+
+
+def configured(configuration: Any) -> Any:
+    """The client's settings shipyard relies on. urllib3's own retries are off: left on, they
+    repeat idempotent calls up to 3 times more under each of kube.api's attempts, and sleep
+    whatever Retry-After a 429 or 503 names, unbounded and unlogged."""
+    configuration.retries = False
+    return configuration
 
 
 class KubeCluster:
@@ -106,18 +115,15 @@ class KubeCluster:
             what = (f"apply {obj['kind']} {self.namespace}/{obj['metadata']['name']} "
                     "(server-side apply)")
             resource = self._resource(obj["apiVersion"], obj["kind"], what)
-            try:
-                api.call(what, self.dynamic.server_side_apply, resource, body=obj,
-                         field_manager=FIELD_MANAGER, force_conflicts=True, sleep=self.sleep)
-            except ClusterError:
-                raise
-            except Exception as err:
-                raise api.refused(what, err) from err
+            self._call(what, self.dynamic.server_side_apply, resource, body=obj,
+                       field_manager=FIELD_MANAGER, force_conflicts=True)
 
     def _resource(self, api_version: str, kind: str, what: str) -> Any:
         try:
             return self.dynamic.resources.get(api_version=api_version, kind=kind)
         except Exception as err:
+            if not api.is_api_error(err):
+                raise
             raise api.refused(what, err) from err
 
     def _target(self, name: str, **changes: Any) -> ServingTarget:
@@ -125,7 +131,8 @@ class KubeCluster:
 
     def stable_version(self, name: str) -> int | None:
         what = f"read Deployment {self.namespace}/{name}"
-        deployment = self._read_or_none(what, self.apps.read_namespaced_deployment, name)
+        deployment = self._read_or_none(what, self.apps.read_namespaced_deployment, name,
+                                        self.namespace)
         if deployment is None:
             return None
         version = (deployment.spec.template.metadata.annotations or {}).get(
@@ -189,6 +196,8 @@ class KubeCluster:
                     api.call(what, resource.delete, name=item.metadata.name,
                              namespace=self.namespace, sleep=self.sleep)
                 except Exception as err:
+                    if not api.is_api_error(err):
+                        raise
                     if api.status_of(err) != 404:
                         raise api.refused(what, err) from err
 
@@ -316,6 +325,8 @@ class KubeCluster:
                 written = api.call(what, self.core.replace_namespaced_config_map, config_map,
                                    self.namespace, body, sleep=self.sleep)
         except Exception as err:
+            if not api.is_api_error(err):
+                raise
             if api.status_of(err) == 409:
                 raise LeaseHeldError(
                     f"the rollout's state ({self.namespace}/{config_map}) was changed by "
@@ -360,19 +371,19 @@ class KubeCluster:
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return api.call(what, fn, *args, sleep=self.sleep, **kwargs)
-        except ClusterError:
-            raise
         except Exception as err:
+            if not api.is_api_error(err):
+                raise  # ClusterError, or a bug of ours: not the API's answer
             raise api.refused(what, err) from err
 
     def _read_or_none(self, what: str, fn: Callable[..., Any], *args: Any,
                       **kwargs: Any) -> Any | None:
         try:
             return api.call(what, fn, *args, sleep=self.sleep, **kwargs)
-        except ClusterError:
-            raise
         except Exception as err:
-            if api.status_of(err) == 404 and type(err).__name__ != "ResourceNotFoundError":
+            if not api.is_api_error(err):
+                raise
+            if api.status_of(err) == 404 and not api.is_missing_kind(err):
                 return None
             raise api.refused(what, err) from err
 

@@ -158,6 +158,8 @@ class Leases:
                             self.leases.read_namespaced_lease, lease_name, self.namespace,
                             sleep=self.sleep)
         except Exception as err:
+            if not api.is_api_error(err):
+                raise
             if api.status_of(err) == 404:
                 return None
             raise api.refused(f"read the Lease {self.namespace}/{lease_name}", err) from err
@@ -188,6 +190,8 @@ class Leases:
             api.call(what, fn, *args, sleep=self.sleep)
             return True
         except Exception as err:
+            if not api.is_api_error(err):
+                raise
             if api.status_of(err) == 409:
                 return False
             raise api.refused(what, err) from err
@@ -197,8 +201,8 @@ class Leases:
         metadata: dict[str, Any] = {"name": name, "namespace": self.namespace}
         if resource_version:
             metadata["resourceVersion"] = resource_version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": metadata, "spec": spec}
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+                "spec": {k: v for k, v in spec.items() if v is not None}}  # a PUT clears them
 
     def _renew(self, handle: HeldLease, holder: str, stop: threading.Event) -> None:
         while not stop.wait(self.retry_period_s):
