@@ -14,9 +14,10 @@ from support.rollout_fakes import FakeClock, RecordingAliases, ScriptedObserver
 from shipyard.core.claims import lease_holder
 from shipyard.core.errors import ClusterError, LeaseHeldError, ShipyardError
 from shipyard.kube import api as kube_api
-from shipyard.kube.cluster import KubeCluster
+from shipyard.kube.cluster import KubeCluster, with_default_timeout
 from shipyard.kube.lease import LEASE_SECONDS, RENEW_DEADLINE_S
 from shipyard.kube.manifests import ServingTarget, render
+from shipyard.kube.observe import ClusterObserver
 from shipyard.rollout import controller, machine
 from shipyard.rollout.controller import Ports
 from shipyard.rollout.gates import Observation
@@ -44,7 +45,7 @@ def clock():
 
 @pytest.fixture
 def kube(double, clock):
-    api = double.api_client(retries=False)  # as connect() makes it (cluster.configured)
+    api = with_default_timeout(double.api_client(retries=False))  # as connect() makes it
     cluster = KubeCluster(api, ServingTarget(name="m", namespace=NS), rollout_timeout_s=30,
                           canary_grace_s=5, sleep=clock.sleep, clock=clock,
                           holder_is_dead=holder_is_dead)
@@ -265,3 +266,26 @@ def test_the_deployment_wait_checks_the_lease_on_every_poll(double, kube, clock)
         with pytest.raises(LeaseHeldError, match="lost the Lease to b"):
             kube.wait_for_deployment("m")
     assert clock.now == 1_000_000.0  # stopped at the first poll
+
+
+def test_a_call_without_its_own_timeout_gets_the_pools(double, kube, monkeypatch):
+    """Discovery takes no `_request_timeout`: kube.api's default bounds it."""
+    monkeypatch.setattr(kube_api, "REQUEST_TIMEOUT", (2.0, 0.3))
+    double.inject(r"^/apis$", method="GET", action="hang", hang_s=2, times=1)
+    with pytest.raises(ClusterError, match=r"read the API's discovery documents failed: "
+                                           r".*Read timed out"):
+        assert kube.dynamic is None
+
+
+def test_pod_metrics_the_control_plane_cannot_reach_are_no_data_and_the_log_says_why(
+        double, kube, clock, caplog):
+    stable_serves(kube)
+    kube.deploy_canary("m", 2)
+    double.serve_pods(r"m-canary-.*", 8501, lambda request: (
+        503, "error trying to reach service: dial tcp 10.8.0.12:8501: i/o timeout"))
+    policy = parse_policy({"steps": [{"weight": 10}], "gates": {"max_error_rate": 0.01}})
+    observation = ClusterObserver(kube.api, NS, policy, sleep=clock.sleep).observe("m", None)
+    assert (observation.error_rate, observation.p99_latency_ms) == (None, None)
+    assert "i/o timeout" in caplog.text
+    assert ("clusters whose control plane cannot, such as private GKE clusters, give no data "
+            "this way: set metrics.prometheus_url in the rollout policy") in caplog.text

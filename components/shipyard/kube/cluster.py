@@ -64,7 +64,7 @@ def connect() -> Any:
             raise ShipyardError(
                 "no Kubernetes cluster configured: set KUBECONFIG (or ~/.kube/config), or run "
                 "inside a pod with the shipyard-pusher service account") from None
-    return client.ApiClient(configured(configuration))
+    return with_default_timeout(client.ApiClient(configured(configuration)))
 
 
 def configured(configuration: Any) -> Any:
@@ -73,6 +73,22 @@ def configured(configuration: Any) -> Any:
     whatever Retry-After a 429 or 503 names, unbounded and unlogged."""
     configuration.retries = False
     return configuration
+
+
+def with_default_timeout(api_client: Any) -> Any:
+    """kube.api's timeout also for the calls that do not go through kube.api.call and take no
+    `_request_timeout` (the dynamic client's discovery, the observer's pod listing). The
+    client passes `timeout=None` to urllib3 for those, which waits forever and overrides any
+    pool default, so its one request method is given the default instead."""
+    rest = api_client.rest_client
+    request = rest.request
+
+    def bounded(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or api.REQUEST_TIMEOUT,
+                       **kwargs)
+
+    rest.request = bounded
+    return api_client
 
 
 class KubeCluster:
