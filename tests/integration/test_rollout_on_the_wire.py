@@ -228,8 +228,9 @@ def test_without_the_httproute_kind_an_abort_still_removes_the_canary(double, ku
     again = KubeCluster(kube.api, kube.target, canary_grace_s=0, sleep=clock.sleep,
                         clock=clock)  # the next command, which reads discovery again
     again.remove_canary("m")
-    assert double.get("Deployment", "m-canary") is None
-    assert double.get("ConfigMap", "m-canary-config-v2") is None
+    for kind, name in (("Deployment", "m-canary"), ("Service", "m-canary"),
+                       ("ConfigMap", "m-canary-config-v2")):
+        assert double.get(kind, name) is None, (kind, name)
 
 
 def test_the_canary_outlives_its_last_weight_change_by_the_grace_period(double, kube, clock):
@@ -289,3 +290,50 @@ def test_pod_metrics_the_control_plane_cannot_reach_are_no_data_and_the_log_says
     assert "i/o timeout" in caplog.text
     assert ("clusters whose control plane cannot, such as private GKE clusters, give no data "
             "this way: set metrics.prometheus_url in the rollout policy") in caplog.text
+
+
+def test_a_state_write_whose_answer_was_lost_is_not_taken_for_a_lost_lease(double, kube):
+    """The first attempt made the write and its answer was lost: the retry gets 409."""
+    assert kube.load_state("m") is None
+    double.inject(r"/configmaps$", method="POST", action="lose_answer", times=1)
+    kube.save_state("m", {"phase": "progressing", "step": 0})
+    double.inject(r"/configmaps/shipyard-rollout-m$", method="PUT", action="lose_answer",
+                  times=1)
+    kube.save_state("m", {"phase": "progressing", "step": 1})
+    answers = [r.answer for r in double.requests if r.method in ("POST", "PUT")]
+    assert answers == ["lost", 409, "lost", 409]
+    kube.save_state("m", {"phase": "progressing", "step": 2})  # the cached version is right
+    assert json.loads(double.get("ConfigMap", "shipyard-rollout-m")["data"]["state.json"]) == {
+        "phase": "progressing", "step": 2}
+
+
+def test_a_first_save_does_not_overwrite_a_state_created_meanwhile(double, kube):
+    assert kube.load_state("m") is None
+    double.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "shipyard-rollout-m", "namespace": NS},
+                 "data": {"state.json": '{"phase": "theirs"}'}})
+    with pytest.raises(LeaseHeldError, match="changed by another controller"):
+        kube.save_state("m", {"phase": "mine"})
+    assert json.loads(double.get("ConfigMap", "shipyard-rollout-m")["data"]["state.json"]) == {
+        "phase": "theirs"}
+
+
+def test_crash_looping_pods_of_an_older_version_do_not_fail_the_wait(double, kube):
+    stable_serves(kube)
+    labels = {"app.kubernetes.io/instance": "m", "shipyard.dev/track": "stable"}
+    old = double.add_pod("m-old-crash", labels, waiting_reason="CrashLoopBackOff",
+                         restart_count=4)
+    old_pod = double.get("Pod", old["metadata"]["name"])
+    assert old_pod is not None
+    from kubernetes import client
+
+    old_pod["metadata"]["annotations"] = {"shipyard.dev/version": "2"}  # the failed version's
+    client.CoreV1Api(kube.api).replace_namespaced_pod("m-old-crash", NS, old_pod)
+    kube.wait_for_deployment("m")  # version 1's pods are ready
+    old_pod = double.get("Pod", "m-old-crash")
+    old_pod["metadata"]["annotations"] = {"shipyard.dev/version": "1"}
+    client.CoreV1Api(kube.api).replace_namespaced_pod("m-old-crash", NS, old_pod)
+    double.deployment_behaviour("m", None)
+    kube.apply(render(ServingTarget(name="m", namespace=NS, stable_version=1, replicas=3)))
+    with pytest.raises(ClusterError, match="pod m-old-crash is CrashLoopBackOff"):
+        kube.wait_for_deployment("m")

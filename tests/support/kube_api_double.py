@@ -251,7 +251,10 @@ class Fault:
     """Matches requests by method (None: any) and a regex on the path (re.search, no query).
     `times`: how many requests it answers (None: all). action: "status" answers `status`
     (a Status object, or the plain text 429 with Retry-After); "drop" closes the connection
-    without answering; "hang" answers nothing for `hang_s` seconds, then closes."""
+    without answering; "hang" answers nothing for `hang_s` seconds, then closes; "lose_answer"
+    carries the request out (the write is made) and then closes without answering, as when
+    a connection breaks after the API server committed (the client cannot tell it from
+    "drop", and retries a write that already happened)."""
 
     path: str
     method: str | None = None
@@ -737,7 +740,7 @@ class KubeApiDouble:
                retry_after: int | None = None, message: str | None = None,
                reason: str | None = None, hang_s: float = 5.0) -> Fault:
         """Add a fault rule (first match wins; see Fault)."""
-        assert action in ("status", "drop", "hang"), action
+        assert action in ("status", "drop", "hang", "lose_answer"), action
         fault = Fault(path, method, status, action, times, retry_after, message, reason, hang_s)
         with self._lock:
             self._faults.append(fault)
@@ -775,8 +778,13 @@ class KubeApiDouble:
             fault = next((f for f in self._faults if f.matches(method, parts.path)), None)
             if fault:
                 fault.hits += 1
-        if fault is not None and fault.action in ("drop", "hang"):
-            entry.answer = "dropped" if fault.action == "drop" else "hung"
+        if fault is not None and fault.action in ("drop", "hang", "lose_answer"):
+            entry.answer = {"drop": "dropped", "hang": "hung"}.get(fault.action, "lost")
+            if fault.action == "lose_answer":
+                try:
+                    self._route(method, parts.path, query, dict(h.headers), raw)
+                except ApiError:
+                    pass
             if fault.action == "hang":
                 self._stopping.wait(fault.hang_s)
             h.close_connection = True

@@ -36,6 +36,8 @@ GOOD = Observation(error_rate=0.0)
     (500, 2, None, 2.0),
     (None, 1, None, 1.0),        # a dropped or hung connection
     (429, 1, "600", MAX_BACKOFF_S),  # bounded
+    (429, 1, "soon", 1.0),           # not seconds nor an HTTP date: the backoff
+    (503, 2, "Wed, 21 Oct 2015 07:28:00 GMT", 2.0),  # a date in the past
     (503, ATTEMPTS, None, None),     # the last attempt: give up
     (404, 1, None, None), (409, 1, None, None), (422, 1, None, None), (403, 1, None, None),
 ])
@@ -76,7 +78,7 @@ def test_a_lease_not_renewed_within_the_deadline_stops_its_holder_before_it_expi
     with pytest.raises(LeaseHeldError, match=r"could not renew the Lease shipyard-rollout-churn "
                                              r"for 41 s \(the deadline is 40 s of its 60 s\)"):
         held.check()
-    held.renewed()  # too late: a loss stays a loss
+    held.renewed(clock())  # too late: a loss stays a loss
     with pytest.raises(LeaseHeldError, match="could not renew"):
         held.check()
 
@@ -141,6 +143,10 @@ def test_route_status_is_read_for_the_current_generation():
         "Gateway shipyard-gateway has not yet reported ResolvedRefs for generation 4"]
     assert route_problems({"metadata": {"generation": 1}}, ["shipyard-gateway"]) == [
         "not yet accepted by Gateway shipyard-gateway (no status from it)"]
+    pending = _route_status(2, ("Accepted", "Unknown", "Pending", 2),
+                            ("ResolvedRefs", "True", "ResolvedRefs", 2))
+    assert route_problems(pending, ["shipyard-gateway"]) == [
+        "Gateway shipyard-gateway reports Accepted Unknown (Pending)"]  # waited for
     unresolved = _route_status(2, ("Accepted", "True", "Accepted", 2),
                                ("ResolvedRefs", "False", "BackendNotFound", 2))
     assert route_problems(unresolved, ["shipyard-gateway"]) == [
@@ -232,7 +238,10 @@ def test_a_failing_rollback_says_what_is_left_and_the_same_command_finishes_it()
 def test_a_state_that_cannot_be_saved_says_the_same_command_resumes():
     cluster = FailingCluster({"save_state": ClusterError("Kubernetes API: save failed: HTTP "
                                                          "500")})
-    with pytest.raises(ClusterError, match=r"save failed: HTTP 500\. The rollout's last saved "
-                                           r"state stands .* run the same command again"):
+    with pytest.raises(ClusterError, match=r"save failed: HTTP 500\. This state was not saved "
+                                           r"\(phase progressing, pending: point alias canary "
+                                           r"at version 2; .*\); the cluster keeps the last one "
+                                           r"saved before it, if any: run the same command "
+                                           r"again"):
         controller.start(ports(cluster, ScriptedObserver([GOOD]), RecordingAliases()),
                          "churn", 2, POLICY, holder="a")

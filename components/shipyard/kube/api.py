@@ -58,26 +58,35 @@ def _seconds(retry_after: str | None) -> float | None:
     try:
         return max(float(retry_after), 0.0)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
-        return max(when.timestamp() - time.time(), 0.0) if when else None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError):
+        return None  # neither seconds nor an HTTP date: the backoff alone
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 def call(what: str, fn: Callable[..., T], *args: Any,
-         sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> T:
+         sleep: Callable[[float], None] = time.sleep,
+         before_each: Callable[[], None] | None = None, attempts: int = ATTEMPTS,
+         **kwargs: Any) -> T:
     """`fn(*args, **kwargs, _request_timeout=REQUEST_TIMEOUT)`, retried as `retry_delay`
-    says; a failure that stays is a ClusterError naming `what`. An ApiException that is
-    not retried (404, 409, 422...) is re-raised as it is, for the caller to decide on
-    (`status_of` reads it); the caller's own answer goes through `refused`."""
+    says (at most `attempts` times); a failure that stays is a ClusterError naming `what`.
+    An ApiException that is not retried (404, 409, 422...) is re-raised as it is, for the
+    caller to decide on (`status_of` reads it). `before_each` runs before every attempt (the
+    Lease's check: a retry must not act for a controller that has lost it)."""
     attempt = 0
     while True:
         attempt += 1
+        if before_each is not None:
+            before_each()
         try:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except Exception as err:
             status, retry_after = _failure(err)
             if status == "other":
                 raise
-            delay = retry_delay(status, attempt, retry_after)
+            delay = retry_delay(status, attempt, retry_after) if attempt < attempts else None
             if delay is None:
                 if status is not None and status not in RETRIED_STATUSES:
                     raise  # an answer for the caller (404, 409, 422...)

@@ -47,6 +47,8 @@ ROUTE_TIMEOUT_S = 120.0  # how long the Gateway may take to accept a route
 STUCK_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError")
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+VERSION_ANNOTATION = "shipyard.dev/version"
+ABSENT = ""  # a state ConfigMap known not to exist (created, never replaced, on first save)
 
 
 def connect() -> Any:
@@ -152,7 +154,7 @@ class KubeCluster:
         if deployment is None:
             return None
         version = (deployment.spec.template.metadata.annotations or {}).get(
-            "shipyard.dev/version")
+            VERSION_ANNOTATION)
         return int(version) if version else None
 
     def deploy_canary(self, name: str, version: int) -> None:
@@ -170,7 +172,7 @@ class KubeCluster:
         if weight == 0 and not self._exists("apps/v1", "Deployment", f"{name}-canary"):
             routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0][
                 "backendRefs"][:1]  # the canary's Service is gone: stable only
-        self._apply_route(name, routed)
+        self._apply_route(name, routed, taking_traffic_off=weight == 0)
 
     def promote_stable(self, name: str, version: int) -> None:
         target = self._target(name, stable_version=version)
@@ -188,7 +190,7 @@ class KubeCluster:
         routed = route(target)
         routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0]["backendRefs"][:1]
         try:
-            self._apply_route(name, routed)
+            self._apply_route(name, routed, taking_traffic_off=True)
         except ClusterError as err:
             if "not served by this cluster" not in str(err):
                 raise ClusterError(
@@ -231,7 +233,8 @@ class KubeCluster:
     def _exists(self, api_version: str, kind: str, name: str) -> bool:
         what = f"read {kind} {self.namespace}/{name}"
         resource = self._resource(api_version, kind, what)
-        return self._read_or_none(what, resource.get, name=name) is not None
+        return self._read_or_none(what, resource.get, name=name,
+                                  namespace=self.namespace) is not None
 
     # --- waits --------------------------------------------------------------------------
     def wait_for_deployment(self, name: str) -> None:
@@ -249,7 +252,8 @@ class KubeCluster:
                     and (status.available_replicas or 0) == want
                     and (status.replicas or 0) == want):
                 return
-            for condition in status.conditions or ():
+            current = (status.observed_generation or 0) >= d.metadata.generation
+            for condition in (status.conditions or ()) if current else ():
                 if (condition.type == "Progressing" and condition.status == "False"
                         and condition.reason == "ProgressDeadlineExceeded"):
                     raise ClusterError(
@@ -272,10 +276,16 @@ class KubeCluster:
     def _stuck_pod(self, deployment: Any) -> str | None:
         labels = deployment.spec.selector.match_labels or {}
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        # Pods of an older template (a failed version's, terminating during a rollback) are
+        # not this rollout's to judge: only those of the version the template names.
+        version = (deployment.spec.template.metadata.annotations or {}).get(VERSION_ANNOTATION)
         pods = self._call(f"list the pods of Deployment {deployment.metadata.name}",
                           self.core.list_namespaced_pod, self.namespace,
                           label_selector=selector)
         for pod in pods.items:
+            pod_version = (pod.metadata.annotations or {}).get(VERSION_ANNOTATION)
+            if pod_version is not None and pod_version != version:
+                continue
             for container in (pod.status.container_statuses or []) if pod.status else []:
                 waiting = container.state.waiting if container.state else None
                 if waiting is not None and waiting.reason in STUCK_REASONS:
@@ -284,10 +294,20 @@ class KubeCluster:
                             f"{(waiting.message or '').strip()[:300]}")
         return None
 
-    def _apply_route(self, name: str, routed: dict[str, Any]) -> None:
+    def _apply_route(self, name: str, routed: dict[str, Any], *,
+                     taking_traffic_off: bool = False) -> None:
+        """Applies the route and waits for its Gateways to accept it. A route that takes the
+        traffic off the canary (weight 0: a rollback, a promotion's end, a removal) is not
+        held up by a Gateway that does not accept it: waiting or failing would only keep the
+        canary serving longer; it is logged."""
         self.apply([routed])
         self._route_changed[name] = self.clock()
-        self.wait_for_route(name, [p["name"] for p in routed["spec"]["parentRefs"]])
+        try:
+            self.wait_for_route(name, [p["name"] for p in routed["spec"]["parentRefs"]])
+        except ClusterError as err:
+            if not taking_traffic_off:
+                raise
+            log.warning("%s; going on: this route takes the traffic off the canary", err)
 
     def wait_for_route(self, name: str, gateways: list[str]) -> None:
         """Until each Gateway in `gateways` reports the route Accepted and ResolvedRefs for
@@ -317,8 +337,8 @@ class KubeCluster:
 
     def load_state(self, name: str) -> dict[str, Any] | None:
         found = self._read_config_map(self._state_name(name))
-        if found is not None:
-            self._state_versions[name] = found.metadata.resource_version
+        self._state_versions[name] = (found.metadata.resource_version if found is not None
+                                      else ABSENT)
         return _json(found, STATE_KEY)
 
     def save_state(self, name: str, state: dict[str, Any]) -> None:
@@ -328,12 +348,12 @@ class KubeCluster:
         config_map = self._state_name(name)
         body = self._config_map(config_map, name, STATE_KEY, state)
         known = self._state_versions.get(name)
-        if known is None:
+        if known is None:  # never read by this controller: read it now
             current = self._read_config_map(config_map)
-            known = current.metadata.resource_version if current is not None else None
+            known = current.metadata.resource_version if current is not None else ABSENT
         what = f"save the rollout's state in ConfigMap {self.namespace}/{config_map}"
         try:
-            if known is None:
+            if known == ABSENT:
                 written = api.call(what, self.core.create_namespaced_config_map,
                                    self.namespace, body, sleep=self.sleep)
             else:
@@ -343,13 +363,21 @@ class KubeCluster:
         except Exception as err:
             if not api.is_api_error(err):
                 raise
-            if api.status_of(err) == 409:
+            if api.status_of(err) != 409:
+                raise api.refused(what, err) from err
+            written = self._own_write_landed(config_map, body)
+            if written is None:
                 raise LeaseHeldError(
                     f"the rollout's state ({self.namespace}/{config_map}) was changed by "
                     "another controller since this one last wrote it: this controller lost "
                     "its Lease and stops acting") from err
-            raise api.refused(what, err) from err
         self._state_versions[name] = written.metadata.resource_version
+
+    def _own_write_landed(self, config_map: str, body: dict[str, Any]) -> Any | None:
+        """After a 409: the ConfigMap, if it holds exactly what this controller wrote (a retry
+        of a write whose answer was lost, which the first attempt had made); else None."""
+        current = self._read_config_map(config_map)
+        return current if current is not None and current.data == body["data"] else None
 
     # Requests live in their own ConfigMap, written only by `rollout promote|abort`, so a
     # controller saving its state can never overwrite one.
@@ -386,10 +414,11 @@ class KubeCluster:
     # --- calls --------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return api.call(what, fn, *args, sleep=self.sleep, **kwargs)
+            return api.call(what, fn, *args, sleep=self.sleep, before_each=self._check_lease,
+                            **kwargs)
         except Exception as err:
             if not api.is_api_error(err):
-                raise  # ClusterError, or a bug of ours: not the API's answer
+                raise  # ClusterError, LeaseHeldError, or a bug of ours: not the API's answer
             raise api.refused(what, err) from err
 
     def _read_or_none(self, what: str, fn: Callable[..., Any], *args: Any,
@@ -447,6 +476,9 @@ def route_problems(httproute: dict[str, Any], gateways: list[str]) -> list[str]:
                                      and observed < generation):
                 problems.append(f"Gateway {gateway} has not yet reported {kind} for "
                                 f"generation {generation}")
+            elif condition.get("status") == "Unknown":  # e.g. Pending: not reconciled yet
+                problems.append(f"Gateway {gateway} reports {kind} Unknown "
+                                f"({condition.get('reason')})")
             elif condition.get("status") != "True":
                 problems.append(f"refused by Gateway {gateway}: {kind} is "
                                 f"{condition.get('status')} ({condition.get('reason')}: "

@@ -69,8 +69,10 @@ class HeldLease:
         self._clock = clock
         self.last_renewed = clock()
 
-    def renewed(self) -> None:
-        self.last_renewed = self._clock()
+    def renewed(self, sent_at: float) -> None:
+        """A renewal sent at `sent_at` was written: the Lease runs from then, not from the
+        answer (a slow answer must not stretch it)."""
+        self.last_renewed = max(self.last_renewed, sent_at)
 
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -152,11 +154,11 @@ class Leases:
                     f"itself after {duration} s)")
             self.sleep(min(self.retry_period_s / 2, max(deadline - self.clock(), 0.1)))
 
-    def _read(self, lease_name: str) -> Any | None:
+    def _read(self, lease_name: str, attempts: int = api.ATTEMPTS) -> Any | None:
         try:
             return api.call(f"read the Lease {self.namespace}/{lease_name}",
                             self.leases.read_namespaced_lease, lease_name, self.namespace,
-                            sleep=self.sleep)
+                            sleep=self.sleep, attempts=attempts)
         except Exception as err:
             if not api.is_api_error(err):
                 raise
@@ -183,11 +185,12 @@ class Leases:
         return self._write("take", lease.metadata.name, self.leases.replace_namespaced_lease,
                            lease.metadata.name, self.namespace, body)
 
-    def _write(self, verb: str, lease_name: str, fn: Callable[..., Any], *args: Any) -> bool:
+    def _write(self, verb: str, lease_name: str, fn: Callable[..., Any], *args: Any,
+               attempts: int = api.ATTEMPTS) -> bool:
         """True if written; False if another writer came first (409)."""
         what = f"{verb} the Lease {self.namespace}/{lease_name}"
         try:
-            api.call(what, fn, *args, sleep=self.sleep)
+            api.call(what, fn, *args, sleep=self.sleep, attempts=attempts)
             return True
         except Exception as err:
             if not api.is_api_error(err):
@@ -205,9 +208,12 @@ class Leases:
                 "spec": {k: v for k, v in spec.items() if v is not None}}  # a PUT clears them
 
     def _renew(self, handle: HeldLease, holder: str, stop: threading.Event) -> None:
+        """Every retry period, one attempt to renew (as client-go's renew loop: the period is
+        the retry, and the deadline is HeldLease.check's)."""
         while not stop.wait(self.retry_period_s):
             try:
-                lease = self._read(handle.name)
+                sent_at = self.clock()
+                lease = self._read(handle.name, attempts=1)
                 current = lease.spec.holder_identity if lease is not None else None
                 if current != holder:
                     handle.lose(f"lost the Lease {self.namespace}/{handle.name} to "
@@ -219,8 +225,8 @@ class Leases:
                     "renewTime": micro_time(dt.datetime.now(dt.UTC)),
                     "leaseTransitions": lease.spec.lease_transitions or 0})
                 if self._write("renew", handle.name, self.leases.replace_namespaced_lease,
-                               handle.name, self.namespace, body):
-                    handle.renewed()
+                               handle.name, self.namespace, body, attempts=1):
+                    handle.renewed(sent_at)
             except Exception as err:  # keep trying until the deadline; check() tells
                 log.warning("could not renew the Lease %s: %s", handle.name, err)
             with contextlib.suppress(LeaseHeldError):

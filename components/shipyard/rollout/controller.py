@@ -263,9 +263,10 @@ def _save(ports: Ports, state: RolloutState,
         raise
     except ShipyardError as err:
         raise type(err)(
-            f"{err}. The rollout's last saved state stands (phase {state.phase}, pending: "
+            f"{err}. This state was not saved (phase {state.phase}, pending: "
             + ("; ".join(machine.describe(a) for a in state.pending) or "nothing")
-            + "): run the same command again to resume it") from err
+            + "); the cluster keeps the last one saved before it, if any: run the same "
+            "command again to resume from there") from err
     if on_change is not None:
         on_change(state)
 
