@@ -86,9 +86,14 @@ class LeaseHeldError(ShipyardError):
 class ClusterError(ShipyardError):
     """The Kubernetes API refused a call, or could not be reached after bounded retries
     (exit 1). The message names the call, the API server's answer and the fix; a rollout
-    under way is rolled back, or left in a state the same command resumes."""
+    under way is rolled back, or left in a state the same command resumes. `missing_kind`:
+    the cluster does not serve the object's kind at all (a CRD not installed)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, missing_kind: bool = False):
+        super().__init__(message)
+        self.missing_kind = missing_kind
 
 
 class StorageError(ShipyardError):

@@ -117,7 +117,7 @@ def refused(what: str, err: BaseException, *, attempts: int = 1) -> ClusterError
     elif status in RETRIED_STATUSES:
         hint = "the API server is overloaded or failing; running the same command again resumes"
     return ClusterError(f"Kubernetes API: {what} failed{tried}: {describe(err)}"
-                        + (f"; {hint}" if hint else ""))
+                        + (f"; {hint}" if hint else ""), missing_kind=is_missing_kind(err))
 
 
 def describe(err: BaseException) -> str:

@@ -192,7 +192,7 @@ class KubeCluster:
         try:
             self._apply_route(name, routed, taking_traffic_off=True)
         except ClusterError as err:
-            if "not served by this cluster" not in str(err):
+            if not err.missing_kind:
                 raise ClusterError(
                     f"{err}. Left as it was: the HTTPRoute {self.namespace}/{name} may still "
                     f"send traffic to {name}-canary, whose Deployment and Service were kept to "
