@@ -236,11 +236,22 @@ def test_without_the_httproute_kind_an_abort_still_removes_the_canary(double, ku
 def test_the_canary_outlives_its_last_weight_change_by_the_grace_period(double, kube, clock):
     stable_serves(kube)
     kube.deploy_canary("m", 2)
-    kube.set_weight("m", 0)
-    changed = clock.now
+    sleeps = []  # (how many requests the API had seen, seconds) at each of kube's sleeps
+
+    def sleep(seconds):
+        sleeps.append((len(double.requests), seconds))
+        clock.sleep(seconds)
+
+    kube.sleep = sleep
     kube.remove_canary("m")
-    deletes = double.requests_matching("DELETE", r"/deployments/m-canary$")
-    assert deletes and clock.now - changed >= 5
+    log = double.requests
+    last_route_change = max(i for i, r in enumerate(log)
+                            if r.method == "PATCH" and r.path.endswith("/httproutes/m"))
+    first_delete = min(i for i, r in enumerate(log) if r.method == "DELETE")
+    assert log[first_delete].path.endswith("/deployments/m-canary")
+    grace = [seconds for seen, seconds in sleeps
+             if last_route_change < seen <= first_delete]
+    assert sum(grace) == pytest.approx(5)  # the whole grace, between the two
 
 
 def test_a_state_save_after_another_writer_is_refused_and_writes_nothing(double, kube):

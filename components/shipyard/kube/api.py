@@ -92,7 +92,7 @@ def call(what: str, fn: Callable[..., T], *args: Any,
                     raise  # an answer for the caller (404, 409, 422...)
                 raise refused(what, err, attempts=attempt) from err
             log.warning("Kubernetes API: %s: %s; retrying in %.0f s (attempt %d of %d)",
-                        what, describe(err), delay, attempt + 1, ATTEMPTS)
+                        what, describe(err), delay, attempt + 1, attempts)
             sleep(delay)
 
 
