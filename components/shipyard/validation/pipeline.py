@@ -1,9 +1,11 @@
 """The validation pipeline (Apache Beam). Runs on any runner; DirectRunner by default.
 
-read examples -> map onto the endpoint's inputs (unmappable ones go to a side output; for an
-endpoint of serialized tf.Examples: TFRecord records as they are, CSV/JSONL rows serialized) ->
-[sample K] -> BatchElements -> run the version, its source and/or the other version in a DoFn
-that loads each model once per worker (`setup`) -> merge statistics -> one JSON result file.
+read records -> BatchElements -> map each batch onto the endpoint's inputs in one vectorized
+step (batches.py; a batch that step refuses is mapped record by record, and its unmappable
+records go to a side output; for an endpoint of serialized tf.Examples: TFRecord records as
+they are, CSV/JSONL rows serialized) -> [sample K, re-batched] -> run the version, its source
+and/or the other version in a DoFn that loads each model once per worker (`setup`) -> merge
+statistics -> one JSON result file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
+from shipyard.validation import batches
 from shipyard.validation import stats as stats_lib
 from shipyard.validation.examples import (
     ExampleError,
@@ -64,26 +67,23 @@ class ValidationJob:
     max_batch_size: int = 256
 
 
-class _ToInputs(beam.DoFn):
+class _RecordMapper:
+    """The per-record path: one raw record -> the endpoint's inputs, or an ExampleError that
+    names the feature. Maps every record of a batch the vectorized path cannot map."""
+
     def __init__(self, job: ValidationJob):
         self.job = job
-
-    def setup(self) -> None:
-        if self.job.fmt == "tfrecord":
+        if job.fmt == "tfrecord":
             import tensorflow as tf
 
             self._example = tf.train.Example
-        self._declared_names = [decl.name for decl in self.job.decls]
+        self._declared_names = [decl.name for decl in job.decls]
 
-    def process(self, record: Any) -> Iterator[Any]:
-        try:
-            if self.job.examples_input is not None:
-                yield {self.job.examples_input.name: np.array(self._serialized(record),
-                                                              dtype=object)}
-            else:
-                yield to_inputs(self._row(record), list(self.job.decls))
-        except ExampleError as err:
-            yield beam.pvalue.TaggedOutput(UNMAPPABLE, f"{_describe(record)}: {err}")
+    def map(self, record: Any) -> dict[str, Any]:
+        if self.job.examples_input is not None:
+            return {self.job.examples_input.name: np.array(self._serialized(record),
+                                                           dtype=object)}
+        return to_inputs(self._row(record), list(self.job.decls))
 
     def _serialized(self, record: Any) -> bytes:
         """One serialized tf.Example for the endpoint's examples input. A record is fed as it
@@ -122,6 +122,120 @@ class _ToInputs(beam.DoFn):
         if all(name in features for name in names):
             return {name: _feature_values(features[name]) for name in names}
         return {name: _feature_values(feature) for name, feature in features.items()}
+
+
+class _BatchMapper:
+    """The vectorized path: a whole batch of raw records -> the endpoint's inputs in one step,
+    or BatchFallback when the batch is not uniformly good (batches.py says what it maps).
+
+    - TFRecord into an endpoint of serialized tf.Examples: the records go in as they are,
+      checked by one tf.io.parse_example with the endpoint's own feature spec (what the
+      model's parser will do with them, so a batch it accepts cannot fail inside the model).
+    - TFRecord into named inputs: one tf.io.parse_example with the inputs' fixed-length
+      specs.
+    - CSV and JSONL into named inputs: pyarrow's readers, then columns -> arrays.
+    CSV and JSONL into an endpoint of serialized tf.Examples have no vectorized path: each
+    row is serialized with protobuf (None here), record by record."""
+
+    def __init__(self, job: ValidationJob):
+        self.job = job
+        self.map: Any = None
+        if job.fmt == "tfrecord":
+            import tensorflow as tf
+
+            self._tf = tf
+            if job.examples_input is not None:
+                self._parse = self._parser(self._endpoint_features())
+                self.map = self._checked_records
+            else:
+                plan = batches.tfrecord_plan(job.decls)
+                if plan is not None:
+                    self._parse = self._parser({
+                        f.name: tf.io.FixedLenFeature(f.shape, tf.dtypes.as_dtype(f.kind))
+                        for f in plan})
+                    self.map = self._parsed_inputs
+        elif job.examples_input is None:
+            self.map = self._table_inputs
+
+    def _parser(self, features: dict[str, Any]) -> Any:
+        # Traced once for any batch size: an eager parse_example rebuilds its parser in
+        # Python on every call.
+        tf = self._tf
+        return tf.function(lambda records: tf.io.parse_example(records, features),
+                           input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def _endpoint_features(self) -> dict[str, Any]:
+        from shipyard.core.spec import parse_spec
+        from shipyard.exporter.archive import feature_spec
+
+        endpoint = next(e for e in parse_spec(self.job.spec).endpoints
+                        if e.name == self.job.endpoint)
+        declared = endpoint.examples_input()
+        assert declared is not None and declared.tf_example is not None
+        return feature_spec(declared.tf_example)
+
+    def _checked_records(self, records: list[bytes]) -> dict[str, np.ndarray]:
+        assert self.job.examples_input is not None
+        self._checked_parse(records)
+        return {self.job.examples_input.name: np.array(records, dtype=object)}
+
+    def _parsed_inputs(self, records: list[bytes]) -> dict[str, np.ndarray]:
+        parsed = {name: value.numpy() for name, value in self._checked_parse(records).items()}
+        return batches.from_parsed(parsed, self.job.decls)
+
+    def _checked_parse(self, records: list[bytes]) -> dict[str, Any]:
+        try:
+            return self._parse(self._tf.constant(records, dtype=self._tf.string))
+        except self._tf.errors.InvalidArgumentError as err:  # a bad record somewhere
+            raise batches.BatchFallback(err.message) from None
+
+    def _table_inputs(self, lines: list[str]) -> dict[str, np.ndarray]:
+        table = (batches.read_csv(lines, self.job.csv_header or ()) if self.job.fmt == "csv"
+                 else batches.read_jsonl(lines))
+        return batches.table_inputs(table, self.job.decls)
+
+
+class _MapBatches(beam.DoFn):
+    """A batch of raw records -> one batch of inputs ({input name: array [n, ...]}), mapped in
+    one vectorized step; a batch that step refuses is mapped record by record, so that each
+    bad record is named with its feature on the side output and only the bad ones are left
+    out."""
+
+    def __init__(self, job: ValidationJob, vectorized: bool = True):
+        self.job = job
+        self.vectorized = vectorized  # False: the per-record path only (tests compare them)
+
+    def setup(self) -> None:
+        self._records = _RecordMapper(self.job)
+        self._batch = _BatchMapper(self.job).map if self.vectorized else None
+
+    def process(self, records: list[Any]) -> Iterator[Any]:
+        mapped = None
+        if self._batch is not None:
+            try:
+                mapped = self._batch(records)
+            except batches.BatchFallback:
+                mapped = None
+        if mapped is not None:
+            yield mapped
+            return
+        good = []
+        for record in records:
+            try:
+                good.append(self._records.map(record))
+            except ExampleError as err:
+                yield beam.pvalue.TaggedOutput(UNMAPPABLE, f"{_describe(record)}: {err}")
+        if good:
+            yield batch(good)
+
+
+def _unbatch(inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(_count(inputs)):
+        yield {name: values[i] for name, values in inputs.items()}
+
+
+def _count(inputs: dict[str, np.ndarray]) -> int:
+    return len(next(iter(inputs.values())))
 
 
 def _feature_values(feature: Any) -> Any:
@@ -184,11 +298,10 @@ class _RunModels(beam.DoFn):
         self._version, self._against = models.version, models.against
         self._source, self._endpoint = models.source, models.endpoint
 
-    def process(self, examples: list[dict[str, Any]]) -> Iterator[tuple[int, stats_lib.Stats]]:
+    def process(self, named: dict[str, np.ndarray]) -> Iterator[tuple[int, stats_lib.Stats]]:
         from shipyard.exporter.archive import structure_arguments
         from shipyard.exporter.verifier import plain_array
 
-        named = batch(examples)
         feed = {k: self._tf.constant(v, dtype=self._dtype(k)) for k, v in named.items()}
         outputs = self._numpy(self._version(**feed), plain_array)
         result: stats_lib.Stats = {}
@@ -201,7 +314,7 @@ class _RunModels(beam.DoFn):
             other = self._numpy(self._against(**feed), plain_array)
             result["agreement"] = stats_lib.compare_batch(other, outputs, self.job.atol,
                                                           self.job.rtol, kind=self.job.kind)
-        yield len(examples), result
+        yield _count(named), result
 
     def _dtype(self, name: str) -> Any:
         decl = next(d for d in self.job.decls if d.name == name)
@@ -234,8 +347,10 @@ class _MergeStats(beam.CombineFn):
 
 
 def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
-                 results_dir: str) -> dict[str, Any]:
-    """Runs the pipeline; returns {"stats", "examples", "unmappable", "unmappable_examples"}."""
+                 results_dir: str, vectorized: bool = True) -> dict[str, Any]:
+    """Runs the pipeline; returns {"stats", "examples", "unmappable", "unmappable_examples"}.
+    `vectorized=False` maps every record on its own (the reference the vectorized path is
+    tested against)."""
     options = PipelineOptions(["--runner", runner, *beam_args])
     prefix = f"{results_dir.rstrip('/')}/shipyard-validate-{uuid.uuid4().hex[:8]}"
     with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
@@ -244,15 +359,23 @@ def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
         else:
             records = pipeline | "Read" >> beam.io.ReadFromText(
                 job.examples, skip_header_lines=1 if job.fmt == "csv" else 0)
-        mapped = records | "Map to inputs" >> beam.ParDo(_ToInputs(job)).with_outputs(
-            UNMAPPABLE, main="inputs")
+        # Raw records are batched first and mapped a batch at a time (_MapBatches): per
+        # element, Beam and Python cost more than the models' work on it.
+        mapped = (records
+                  | "Batch records" >> beam.BatchElements(min_batch_size=job.min_batch_size,
+                                                          max_batch_size=job.max_batch_size)
+                  | "Map to inputs" >> beam.ParDo(_MapBatches(job, vectorized)).with_outputs(
+                      UNMAPPABLE, main="inputs"))
         inputs = mapped.inputs
         if job.sample is not None:
-            inputs = (inputs | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(job.sample)
-                      | "Unpack sample" >> beam.FlatMap(lambda sample: sample))
+            inputs = (inputs
+                      | "Unbatch" >> beam.FlatMap(_unbatch)
+                      | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(job.sample)
+                      | "Unpack sample" >> beam.FlatMap(lambda sample: sample)
+                      | "Batch" >> beam.BatchElements(min_batch_size=job.min_batch_size,
+                                                      max_batch_size=job.max_batch_size)
+                      | "Stack" >> beam.Map(batch))
         merged = (inputs
-                  | "Batch" >> beam.BatchElements(min_batch_size=job.min_batch_size,
-                                                  max_batch_size=job.max_batch_size)
                   | "Run models" >> beam.ParDo(_RunModels(job))
                   | "Merge" >> beam.CombineGlobally(_MergeStats()))
         errors = mapped[UNMAPPABLE]
