@@ -25,6 +25,7 @@ import click
 from shipyard import __version__
 from shipyard.cli import console
 from shipyard.cli.alias import alias_group
+from shipyard.cli.copy import copy_command
 from shipyard.cli.demo import demo_command
 from shipyard.cli.export import export_command, register_command
 from shipyard.cli.rollout import rollout_group
@@ -116,8 +117,9 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-for command in (export_command, register_command, alias_group, push_command, status_command,
-                gc_command, validate_command, rollout_group, schedule_group, demo_command):
+for command in (export_command, register_command, copy_command, alias_group, push_command,
+                status_command, gc_command, validate_command, rollout_group, schedule_group,
+                demo_command):
     main.add_command(command)
 del command
 _log_leaf_commands(main)

@@ -193,9 +193,12 @@ class RuntimeCheck:
     starts the child, which imports TensorFlow and waits for its job on stdin.
     """
 
-    def __init__(self, choice: RuntimeChoice):
+    def __init__(self, choice: RuntimeChoice, python: Path | None = None):
+        """`python`: the interpreter to check with, instead of the runtime's environment
+        (this environment's own, for a fresh CPU-only load with the project's TensorFlow)."""
         assert choice.version is not None
         self.choice = choice
+        self._python = python
         # Owned through a lock while this process lives, so the next check's start removes
         # the work directories of killed runs (see locks.OwnedWorkdir).
         temporary = Path(tempfile.gettempdir())
@@ -213,7 +216,8 @@ class RuntimeCheck:
 
     def _start(self) -> None:
         try:
-            python = ensure_environment(self.choice.version, self.choice.pip_spec)
+            python = self._python or ensure_environment(self.choice.version,
+                                                        self.choice.pip_spec)
             if self._closed:
                 return
             env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
@@ -369,3 +373,12 @@ def compare_runtime_outputs(outcome: RuntimeOutcome, expected_path: Path, atol: 
             f"{outcome.version}, than the original model; nothing was published:\n  - {listed}\n"
             "Export with the TensorFlow of the serving image, or raise the image.")
     return parity
+
+
+def this_environment_check() -> RuntimeCheck:
+    """The same check in this environment (the project's TensorFlow), in a fresh CPU-only
+    process: a load that shares nothing with the calling process."""
+    from importlib.metadata import version
+
+    return RuntimeCheck(RuntimeChoice(version("tensorflow"), explicit=True),
+                        python=Path(sys.executable))

@@ -53,6 +53,18 @@ from shipyard.steps.export import ExportRequest, VerifierLauncher, check_compati
 from shipyard.steps.versions import WAIT_TIMEOUT_S, choose_version, registration
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a registration records besides the version's own tags, when it is not an export's
+    (a copy's: the source run's params and metrics, its lineage, the alias it moves)."""
+
+    params: dict[str, str] | None = None  # None: the manifest's (flatten_params)
+    metrics: dict[str, float] | None = None  # None: the export's (run_metrics)
+    tags: dict[str, str] = field(default_factory=dict)  # on the run and the version
+    alias: str = CANDIDATE
+    reason: str | None = None  # the alias move's; None: "registered by shipyard register"
+
+
 @dataclass
 class RegisterResult:
     name: str
@@ -99,19 +111,21 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
                     staging: Any, manifest: Manifest, timings: dict[str, float], *,
                     pipeline_run_id: str | None = None,
                     progress: Progress = NullProgress(),
-                    wait_timeout_s: float = WAIT_TIMEOUT_S) -> RegisterResult:
+                    wait_timeout_s: float = WAIT_TIMEOUT_S,
+                    record: RunRecord = RunRecord()) -> RegisterResult:
     """The MLflow half of `register`, given a verified export in `staging` (its manifest and
     step timings): register (or choose the version that holds this content already), publish,
     complete. Tests drive it directly to sweep faults over every MLflow request without
-    exporting again each time."""
+    exporting again each time; `shipyard copy` drives it with the copied files and the
+    source's record (`record`). `request` needs `name` and `allow_breaking` only."""
     fingerprint = manifest.fingerprint
 
     def create(owner_tags: dict[str, str]) -> tuple[int, str, dict[str, str]]:
         version, run_id = _register(registry, repo, request, manifest, timings, staging.path,
-                                    pipeline_run_id, progress, owner_tags)
+                                    pipeline_run_id, progress, owner_tags, record)
         # What _register just wrote: no need to read it back.
-        return version, run_id, {**_tags(manifest, pipeline_run_id), **owner_tags,
-                                 SERVING_VERSION_TAG: str(version)}
+        return version, run_id, {**_tags(manifest, pipeline_run_id), **record.tags,
+                                 **owner_tags, SERVING_VERSION_TAG: str(version)}
 
     # The registration stays live (others wait for its pending version) until it completes.
     with registration() as owner:
@@ -123,7 +137,8 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
                 _publish(repo, request, staging, version, manifest)
         with progress.step(f"complete version {version} in MLflow"):
             aliases = _complete(registry, request.name, version, run_id, fingerprint,
-                                version_tags, pipeline_run_id, registered_now=chosen.created)
+                                version_tags, pipeline_run_id, registered_now=chosen.created,
+                                record=record)
     path = repo.version_location(request.name, version)
     return RegisterResult(request.name, version, run_id, fingerprint, chosen.published, path,
                           aliases)
@@ -132,7 +147,7 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
 def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
               manifest: Manifest, timings: dict[str, float], saved_model_dir: Path,
               pipeline_run_id: str | None, progress: Progress,
-              owner_tags: dict[str, str]) -> tuple[int, str]:
+              owner_tags: dict[str, str], record: RunRecord) -> tuple[int, str]:
     # MLflow numbers versions; the directory it will name must be free on disk first. A
     # directory whose version MLflow has is no stray: a concurrent registration made both
     # since the number was read (directory N is published only after version N exists).
@@ -144,10 +159,12 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
             f"this export as version {expected} of {request.name!r}: the repository holds versions "
             "MLflow does not know (made by `shipyard export`?). Use a repository that only "
             "`shipyard register` writes to, so that directory N is registered version N.")
-    tags = _tags(manifest, pipeline_run_id)
+    tags = {**_tags(manifest, pipeline_run_id), **record.tags}
+    params = record.params if record.params is not None else flatten_params(manifest)
+    metrics = record.metrics if record.metrics is not None else run_metrics(manifest, timings)
     with progress.step("log the MLflow run"):
         run_id, source = registry.log_run(
-            request.name, params=flatten_params(manifest), metrics=run_metrics(manifest, timings),
+            request.name, params=params, metrics=metrics,
             tags=tags, saved_model_dir=saved_model_dir,
             manifest_path=saved_model_dir / MANIFEST_PATH,
             spec_text=yaml.safe_dump(manifest.spec, sort_keys=False))
@@ -163,12 +180,12 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
 
 def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fingerprint: str,
               version_tags: dict[str, str], pipeline_run_id: str | None, *,
-              registered_now: bool) -> dict[str, int]:
+              registered_now: bool, record: RunRecord = RunRecord()) -> dict[str, int]:
     """Brings version N, its run and `candidate` to the registered state, writing only what
     is missing, so it is cheap after a clean run and repairs any interrupted one. Returns the
     model's aliases afterwards. `version_tags`: the version's tags as last read or written;
     `registered_now`: this process created the version (and already dropped duplicates)."""
-    wanted = {SERVING_VERSION_TAG: str(version), PUBLISHED_TAG: "true"}
+    wanted = {**record.tags, SERVING_VERSION_TAG: str(version), PUBLISHED_TAG: "true"}
     # The pipeline run id of the registration that made the version stays; only a missing
     # tag (a version registered before the tag was always written) gets this run's.
     wanted[PIPELINE_RUN_TAG] = version_tags.get(PIPELINE_RUN_TAG, pipeline_run_id or "")
@@ -187,8 +204,9 @@ def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fin
     if not registered_now:  # an attempt killed inside create_version's retry left them
         registry.drop_duplicates(name, run_id, keep=version)
 
-    return point_alias(registry, name, registry.registered_model(name), CANDIDATE, version,
-                       version_tags, reason=f"registered by shipyard register ({fingerprint})",
+    return point_alias(registry, name, registry.registered_model(name), record.alias, version,
+                       version_tags,
+                       reason=record.reason or f"registered by shipyard register ({fingerprint})",
                        pipeline_run_id=pipeline_run_id)
 
 

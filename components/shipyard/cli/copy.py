@@ -1,0 +1,89 @@
+"""`shipyard copy`: a verified version from one environment into another, byte for byte."""
+
+from __future__ import annotations
+
+import click
+
+from shipyard.cli.options import checked_repo, checked_runtime, json_option
+from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
+
+
+def describe_copy(doc: dict) -> str:
+    source = doc["copied_from"]
+    verb = "Reused" if doc["reused"] else "Copied and published"
+    return (f"{verb} {source['name']} version {source['version']} ({source['registry']}) as "
+            f"{doc['name']} version {doc['version']} at {doc['path']}\n"
+            f"  files: {doc['transfer']}, checksums verified; fingerprint "
+            f"{doc['fingerprint']}\n"
+            f"  proven: " + ", ".join(
+                f"{what} ({figures.get('tensorflow', figures.get('status'))})"
+                for what, figures in doc["proof"].items()) + "\n"
+            f"  run: {doc['run_id']}\n  aliases: {doc['aliases']}")
+
+
+@click.command("copy")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None,
+              help="The source version N (or --alias).")
+@click.option("--alias", "source_alias", default=None,
+              help="The source version by alias in the source registry, e.g. champion.")
+@click.option("--from-repo", required=True, callback=checked_repo,
+              help="The source model repository (path or fsspec URL).")
+@click.option("--to-repo", required=True, callback=checked_repo,
+              help="The destination model repository (path or fsspec URL).")
+@click.option("--from-tracking-uri", default=None,
+              help="The source MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the "
+                   "embedded store).")
+@click.option("--from-registry-uri", default=None,
+              help="The source MLflow registry URI (default: the source tracking URI).")
+@click.option("--to-tracking-uri", default=None, help="The destination MLflow tracking URI.")
+@click.option("--to-registry-uri", default=None,
+              help="The destination MLflow registry URI (default: the destination tracking "
+                   "URI).")
+@click.option("--to-name", default=None, help="The model's name in the destination (default: "
+                                              "NAME).")
+@click.option("--to-alias", "move_alias", default="candidate", show_default=True,
+              help="The destination's alias pointed at the copy (--alias names the source's).")
+@click.option("--reason", default=None, help="Recorded with the destination's alias move.")
+@click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
+@click.option("--serving-runtime", default=None, metavar="VERSION", callback=checked_runtime,
+              help="Also prove the copy on this TensorFlow, the destination's TF Serving's "
+                   "(as for export); 'none' skips that part of the proof.")
+@click.option("--allow-breaking", is_flag=True,
+              help="Publish even if the signatures break the destination's latest version.")
+@json_option()
+def copy_command(name: str, version: int | None, source_alias: str | None, from_repo: str,
+                 to_repo: str, from_tracking_uri: str | None, from_registry_uri: str | None,
+                 to_tracking_uri: str | None, to_registry_uri: str | None,
+                 to_name: str | None, move_alias: str, reason: str | None,
+                 pipeline_run_id: str | None, serving_runtime: str | None,
+                 allow_breaking: bool, as_json: bool) -> None:
+    """Copy a published version of NAME from one environment to another, byte for byte.
+
+    The source (--version N, or --alias through the source registry) must be published and
+    match its manifest's checksums. Its files are hard-linked (one file system), downloaded or
+    copied into the destination repository under the number the destination's MLflow gives
+    it, checked against the checksums again, and proven in fresh CPU-only processes: the copy
+    answers its warmup requests like the source version. The destination's MLflow gets a run
+    with the source run's params and metrics, the version with `shipyard.copied_from` (the
+    lineage), and the alias (candidate by default) through the audited path. The source is
+    never changed.
+
+    Exit codes: as `shipyard register` (6: an MLflow unreachable); 4 when the source or the
+    copy fails its checksums or its proof. Running the same command again completes a copy
+    that was killed; content the destination has already is reused.
+    """
+    from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.copy import CopyRequest, copy_version
+
+    request = CopyRequest(
+        name=name, from_repo=from_repo, to_repo=to_repo, version=version, alias=source_alias,
+        source=RegistryLocation.resolve(from_tracking_uri, from_registry_uri),
+        destination=RegistryLocation.resolve(to_tracking_uri, to_registry_uri),
+        to_name=to_name, move_alias=move_alias, reason=reason,
+        pipeline_run_id=pipeline_run_id, serving_runtime=serving_runtime,
+        allow_breaking=allow_breaking)
+    with library_prints_to_stderr():
+        result = copy_version(request, progress=progress(quiet()))
+    doc = result.to_json()
+    emit(doc, as_json, describe_copy(doc))

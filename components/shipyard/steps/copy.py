@@ -1,0 +1,275 @@
+"""`shipyard copy`: a published version from one environment (a repository and an MLflow
+registry: staging) into another (production), byte for byte, with its lineage.
+
+Why not `register` again in production: that rebuilds the graph from the source model, and
+nothing then proves that production serves the bytes that were tested. A copy moves the
+version's files themselves, so its fingerprint is the source's.
+
+Order, and why a re-run completes what a killed or failed one left:
+- The source is resolved (`--alias` through the source registry) and must be published; its
+  files must match its manifest's checksums before anything is copied. Staging is only read.
+- The files are materialized into the destination's staging directory: hard links on one
+  file system (published versions are never modified in place), a download from an object
+  store, a copy otherwise. Their checksums are verified there, by reading them again.
+- The copy is proven in fresh CPU-only processes (exporter/runtime_check.py, which imports
+  nothing from shipyard): the copy and the source version each load with TF Serving's session
+  loader and answer the version's own warmup requests; the answers must agree within the
+  version's tolerance. On the destination's serving runtime (`--serving-runtime`, as for
+  `export`) the copy is loaded and answers too.
+- Then the destination is written as `register` writes it (steps.register.register_staged):
+  its MLflow picks N, directory N is published, the run carries the source run's params and
+  metrics, the version the usual `shipyard.*` tags and `shipyard.copied_from` (the lineage),
+  and `--alias` (default `candidate`) moves through the audited path. Content the destination
+  already has is reused, concurrent copies of one version give one destination version, and
+  a re-run completes a killed one: the same machinery as `register` (steps.versions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.core.errors import UsageError, VerificationError
+from shipyard.core.manifest import Manifest, checksum_mismatches
+from shipyard.core.names import validate_model_name, validate_version
+from shipyard.core.progress import NullProgress, Progress
+from shipyard.core.vocabulary import CANDIDATE, PUBLISHED_TAG
+from shipyard.exporter.runtime import (
+    RuntimeCheck,
+    RuntimeOutcome,
+    choose_runtime,
+    this_environment_check,
+)
+from shipyard.files.trees import materialize
+from shipyard.registry.client import ModelRegistry, RegistryLocation
+from shipyard.repository import open_repository
+from shipyard.steps.register import RegisterResult, RunRecord, register_staged
+from shipyard.steps.versions import WAIT_TIMEOUT_S
+
+COPIED_FROM_TAG = "shipyard.copied_from"
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit: the check replays at most this many
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    name: str
+    from_repo: str
+    to_repo: str
+    source: RegistryLocation
+    destination: RegistryLocation
+    version: int | None = None
+    alias: str | None = None  # resolved through the source registry
+    to_name: str | None = None  # the name in the destination; the same by default
+    move_alias: str = CANDIDATE
+    reason: str | None = None
+    pipeline_run_id: str | None = None
+    serving_runtime: str | None = None
+    allow_breaking: bool = False
+
+    @property
+    def destination_name(self) -> str:
+        return self.to_name or self.name
+
+
+@dataclass
+class CopyResult:
+    registered: RegisterResult
+    copied_from: dict[str, Any]
+    transfer: str  # how the bytes moved: "hard links", "downloaded", "copied"
+    proof: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.registered.to_json(), "copied_from": self.copied_from,
+                "transfer": self.transfer, "proof": self.proof}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What register_staged needs of a request: the destination's name, and whether a
+    breaking signature change against the destination's latest version is allowed."""
+
+    name: str
+    allow_breaking: bool
+
+
+def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
+                 wait_timeout_s: float = WAIT_TIMEOUT_S) -> CopyResult:
+    validate_model_name(request.name)
+    validate_model_name(request.destination_name, param="to_name")
+    if (request.version is None) == (request.alias is None):
+        raise UsageError("version: give exactly one of --version N and --alias ALIAS to name "
+                         "the source version", param="version")
+    if request.version is not None:
+        validate_version(request.version)
+    choice = choose_runtime(request.serving_runtime)  # a bad value fails before any work
+
+    source_registry = ModelRegistry(request.source)
+    with progress.step(f"check the source MLflow at {request.source.tracking_uri}"):
+        source_registry.check_reachable()
+    number = _resolve(source_registry, request)
+    source_version = source_registry.version(request.name, number)
+    if source_version.tags.get(PUBLISHED_TAG) != "true":
+        raise UsageError(f"version {number} of {request.name!r} in the source registry is not "
+                         "published (tag shipyard.published is not true): only a published "
+                         "version can be copied; complete it with `shipyard register` first",
+                         param="version")
+    source_repo = open_repository(request.from_repo)
+    manifest = _checked_source(source_repo, request.name, number)
+    source_run = source_registry.run(source_version.run_id)
+    lineage = {"registry": request.source.registry_uri or request.source.tracking_uri,
+               "name": request.name, "version": number, "run_id": source_version.run_id,
+               "fingerprint": manifest.fingerprint,
+               "repository": source_repo.version_location(request.name, number)}
+
+    destination_registry = ModelRegistry(request.destination)
+    with progress.step(f"check the destination MLflow at {request.destination.tracking_uri}"):
+        destination_registry.check_reachable()
+    destination_repo = open_repository(request.to_repo)
+    # Started now, so their TensorFlow imports overlap the copy.
+    checks = _ProofChecks(choice)
+    try:
+        with destination_repo.create_staging(request.destination_name) as staging:
+            started = time.monotonic()
+            with progress.step(f"copy version {number}'s files"):
+                transfer = _materialize(source_repo, request.name, number, staging.path)
+            with progress.step("verify the copy's checksums"):
+                problems = checksum_mismatches(staging.path, manifest)
+                if problems:
+                    raise VerificationError(
+                        "the copy's files differ from the source's manifest after the copy; "
+                        "nothing was published:\n" + "\n".join(f"  - {p}" for p in problems))
+            copy_seconds = time.monotonic() - started
+            with progress.step("prove the copy in fresh CPU-only processes"):
+                proof = checks.prove(source_repo, request.name, number, staging.path,
+                                     manifest)
+            record = _record(source_run, manifest, lineage, request, copy_seconds)
+            registered = register_staged(
+                destination_registry, destination_repo,
+                _Target(request.destination_name, request.allow_breaking), staging,
+                manifest, {}, pipeline_run_id=request.pipeline_run_id, progress=progress,
+                wait_timeout_s=wait_timeout_s, record=record)
+    finally:
+        checks.close()
+    return CopyResult(registered, lineage, transfer, proof)
+
+
+def _resolve(registry: ModelRegistry, request: CopyRequest) -> int:
+    if request.version is not None:
+        if registry.find_version(request.name, request.version) is None:
+            raise UsageError(f"version: {request.name!r} has no version {request.version} in "
+                             f"the source registry ({request.source.tracking_uri})",
+                             param="version")
+        return request.version
+    aliases = registry.aliases(request.name) or {}
+    if request.alias not in aliases:
+        raise UsageError(f"alias: {request.name!r} has no alias {request.alias!r} in the source "
+                         f"registry ({request.source.tracking_uri}); its aliases: "
+                         f"{dict(sorted(aliases.items())) or 'none'}", param="alias")
+    return aliases[request.alias]
+
+
+def _checked_source(repo: Any, name: str, version: int) -> Manifest:
+    location = repo.version_location(name, version)
+    manifest = repo.read_manifest(name, version)
+    if manifest is None:
+        raise VerificationError(f"{location} has no shipyard.json: it is not a version shipyard "
+                                "published (or --from-repo is not the registry's repository); "
+                                "nothing was copied")
+    problems = repo.checksum_problems(name, version, manifest)
+    if problems:
+        raise VerificationError(
+            f"the source version {location} does not match its manifest; nothing was "
+            "copied:\n" + "\n".join(f"  - {p}" for p in problems)
+            + "\nRepublish it from its source model, or copy another version.")
+    return manifest
+
+
+def _materialize(repo: Any, name: str, version: int, into: Path) -> str:
+    """The version's files in `into`; how they came there."""
+    location = repo.version_location(name, version)
+    materialize(location, into)
+    local = repo.local_version_dir(name, version)
+    if local is None:
+        return "downloaded"
+    probe = next((p for p in local.rglob("*") if p.is_file()), None)
+    if probe is not None and (into / probe.relative_to(local)).stat().st_ino == probe.stat().st_ino:
+        return "hard links"
+    return "copied"
+
+
+def _record(source_run: Any, manifest: Manifest, lineage: dict[str, Any],
+            request: CopyRequest, copy_seconds: float) -> RunRecord:
+    params = dict(source_run.data.params)
+    metrics = {**source_run.data.metrics, "copy_seconds": copy_seconds}
+    reason = request.reason or (f"copied from {lineage['registry']} {lineage['name']} version "
+                                f"{lineage['version']} ({manifest.fingerprint})")
+    return RunRecord(params=params, metrics=metrics,
+                     tags={COPIED_FROM_TAG: json.dumps(lineage, sort_keys=True)},
+                     alias=request.move_alias, reason=reason)
+
+
+class _ProofChecks:
+    """The fresh CPU-only processes that prove the copy: the source version and the copy in
+    this environment, and the copy on the serving runtime when one is chosen."""
+
+    def __init__(self, choice: Any):
+        self.source = this_environment_check()
+        self.copy = this_environment_check()
+        self.runtime: RuntimeCheck | None = (RuntimeCheck(choice) if choice.version is not None
+                                             else None)
+
+    def prove(self, source_repo: Any, name: str, version: int, copy_dir: Path,
+              manifest: Manifest) -> dict[str, Any]:
+        from shipyard.files.trees import local_tree
+
+        plan = [{"key": f"record-{i}|"} for i in range(MAX_WARMUP_RECORDS)]
+        atol, rtol = _tolerance(manifest)
+        with local_tree(source_repo.version_location(name, version)) as source_dir:
+            source = self.source.run(Path(source_dir).resolve(), plan)
+        copied = self.copy.run(copy_dir.resolve(), plan)
+        proof = {"fresh_load": _agreement(copied, source, atol, rtol, "the copy")}
+        if self.runtime is not None:
+            outcome = self.runtime.run(copy_dir.resolve(), plan)
+            proof["serving_runtime"] = (
+                _agreement(outcome, source, atol, rtol, f"the copy on TensorFlow "
+                                                        f"{outcome.version}")
+                if outcome.outputs is not None else outcome.record)
+        return proof
+
+    def close(self) -> None:
+        for check in (self.source, self.copy, self.runtime):
+            if check is not None:
+                check.close()
+
+
+def _tolerance(manifest: Manifest) -> tuple[float, float]:
+    tolerance = manifest.spec.get("tolerance") or {}
+    return float(tolerance.get("atol", 1e-5)), float(tolerance.get("rtol", 1e-5))
+
+
+def _agreement(got: RuntimeOutcome, expected: RuntimeOutcome, atol: float, rtol: float,
+               what: str) -> dict[str, Any]:
+    """`got`'s answers to the warmup requests against the source version's; refused
+    (VerificationError) where they differ."""
+    from shipyard.exporter.verifier import compare
+
+    assert got.outputs is not None and expected.outputs is not None
+    ours, theirs = np.load(got.outputs), np.load(expected.outputs)
+    problems = [f"output {key!r} is missing" for key in sorted(set(theirs.files)
+                                                                 - set(ours.files))]
+    worst = 0.0
+    for key in sorted(set(ours.files) & set(theirs.files)):
+        error, problem = compare(ours[key], theirs[key], atol, rtol)
+        worst = max(worst, float(error or 0.0))
+        if problem:
+            problems.append(f"{key}: {problem}")
+    if problems:
+        raise VerificationError(f"{what} answers its warmup requests otherwise than the source "
+                                "version; nothing was published:\n"
+                                + "\n".join(f"  - {p}" for p in problems[:20]))
+    return {**got.record, "answers": len(ours.files), "max_abs_error": worst}

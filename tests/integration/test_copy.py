@@ -1,0 +1,194 @@
+"""`shipyard copy`: a published version from a staging environment (repository + embedded
+MLflow store) into a production one, byte for byte, proven and recorded with its lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from support.specs import SEQUENTIAL_SPEC
+
+from shipyard.core.manifest import MANIFEST_PATH
+
+
+def sqlite_uri(root: Path) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def staging(models, launcher, tmp_path_factory):
+    """A staging environment with `churn` version 1 registered, published and `champion`."""
+    from shipyard.registry.client import ModelRegistry, RegistryLocation
+    from shipyard.steps.alias import move_alias
+    from shipyard.steps.export import ExportRequest
+    from shipyard.steps.register import register_model
+
+    root = tmp_path_factory.mktemp("staging")
+    uri = sqlite_uri(root / "mlflow")
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SEQUENTIAL_SPEC))
+    from shipyard.core.spec import load_spec
+
+    request = ExportRequest(model=models.path("sequential"), spec=load_spec(spec_path),
+                            repo=root / "repo", name="churn")
+    location = RegistryLocation.resolve(uri, uri)
+    registered = register_model(request, location, launch_verifier=launcher)
+    move_alias(ModelRegistry(location), "churn", "champion", registered.version,
+               reason="won in staging", force=True)
+    return {"uri": uri, "repo": root / "repo", "registered": registered}
+
+
+def copy(cli, staging, tmp_path, *extra: str, to_repo: str | None = None):
+    production = sqlite_uri(tmp_path / "prod-mlflow")
+    result = cli("copy", "churn", "--alias", "champion", "--from-repo", str(staging["repo"]),
+                 "--from-tracking-uri", staging["uri"],
+                 "--to-repo", to_repo or str(tmp_path / "prod-repo"),
+                 "--to-tracking-uri", production, "--json", *extra)
+    return result, production
+
+
+def test_a_champion_is_copied_byte_for_byte_proven_and_recorded_with_its_lineage(
+        cli, staging, tmp_path):
+    source = staging["registered"]
+    staged_before = sorted(p.relative_to(staging["repo"]) for p in staging["repo"].rglob("*"))
+    result, production = copy(cli, staging, tmp_path, "--reason", "promote the winner")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["name"], doc["version"], doc["reused"]) == ("churn", 1, False)
+    assert doc["fingerprint"] == source.fingerprint
+    assert doc["transfer"] == "hard links"  # one file system
+    assert doc["aliases"] == {"candidate": 1}
+
+    copied = tmp_path / "prod-repo" / "churn" / "1"
+    original = Path(source.path)
+    files = sorted(p.relative_to(original) for p in original.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(copied) for p in copied.rglob("*") if p.is_file())
+    for relative in files:
+        assert (copied / relative).read_bytes() == (original / relative).read_bytes()
+
+    # Proven: both loads answered every warmup request alike.
+    assert doc["proof"]["fresh_load"]["answers"] > 0
+    assert doc["proof"]["fresh_load"]["max_abs_error"] == 0.0
+
+    client = client_for(production)
+    version = client.get_model_version("churn", "1")
+    lineage = json.loads(version.tags["shipyard.copied_from"])
+    assert lineage == {"registry": staging["uri"], "name": "churn", "version": 1,
+                       "run_id": source.run_id, "fingerprint": source.fingerprint,
+                       "repository": str(original)}
+    assert version.tags["shipyard.fingerprint"] == source.fingerprint
+    assert version.tags["shipyard.published"] == "true"
+    assert version.tags["shipyard.serving_version"] == "1"
+    run = client.get_run(version.run_id)
+    source_run = client_for(staging["uri"]).get_run(source.run_id)
+    assert run.data.params == source_run.data.params
+    assert {k: v for k, v in run.data.metrics.items() if k != "copy_seconds"} == \
+        source_run.data.metrics
+    assert client.get_experiment(run.info.experiment_id).name == "shipyard/churn"
+    # The alias moved through the audited path, with the reason.
+    history = cli("alias", "history", "churn", "--tracking-uri", production, "--json")
+    assert history.exit_code == 0, history.stderr
+    moves = json.loads(history.stdout)
+    assert [(m["alias"], m["to"], m["reason"]) for m in moves] == [
+        ("candidate", 1, "promote the winner")]
+    # Staging is never changed.
+    assert sorted(p.relative_to(staging["repo"]) for p in staging["repo"].rglob("*")) == \
+        staged_before
+    assert str(client_for(staging["uri"]).get_model_version_by_alias(
+        "churn", "champion").version) == "1"
+
+    # MLflow's own client loads the copy in production and answers like the source version.
+    import mlflow
+
+    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(),
+             os.environ.get("MLFLOW_REGISTRY_URI"))
+    try:  # set_registry_uri also sets MLFLOW_REGISTRY_URI, which shipyard reads: restore both
+        mlflow.set_registry_uri(production)
+        copied_model = mlflow.pyfunc.load_model("models:/churn@candidate")
+        mlflow.set_registry_uri(staging["uri"])
+        source_model = mlflow.pyfunc.load_model("models:/churn@champion")
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        if saved[2] is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = saved[2]
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    got, want = copied_model.predict(x), source_model.predict(x)
+    if isinstance(want, dict):
+        assert set(got) == set(want)
+        got, want = [got[k] for k in sorted(got)], [want[k] for k in sorted(want)]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    again, _ = copy(cli, staging, tmp_path)  # the same command again: reused, nothing new
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["reused"] is True
+    assert [str(v.version) for v in client.search_model_versions("name='churn'")] == ["1"]
+
+
+def test_a_source_whose_files_changed_is_refused_with_exit_4_naming_the_file(
+        cli, staging, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-staging"
+    shutil.copytree(staging["repo"], broken)
+    variables = broken / "churn" / "1" / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(variables.read_bytes())
+    data[-1] ^= 0xFF
+    variables.write_bytes(bytes(data))
+    production = sqlite_uri(tmp_path / "prod-mlflow")
+    result = cli("copy", "churn", "--version", "1", "--from-repo", str(broken),
+                 "--from-tracking-uri", staging["uri"], "--to-repo",
+                 str(tmp_path / "prod-repo"), "--to-tracking-uri", production)
+    assert result.exit_code == 4, result.stderr
+    assert "does not match its manifest; nothing was copied" in result.stderr
+    assert "variables/variables.data-00000-of-00001: content differs" in result.stderr
+    assert not (tmp_path / "prod-repo" / "churn").exists() or not any(
+        (tmp_path / "prod-repo" / "churn").glob("[0-9]*"))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--alias", "nope"), r"--alias: 'churn' has no alias 'nope' in the source registry .*"
+                          r"its aliases: \{'candidate': 1, 'champion': 1\}"),
+    (("--version", "7"), r"--version: 'churn' has no version 7 in the source registry"),
+    ((), r"--version: give exactly one of --version N and --alias ALIAS"),
+    (("--version", "1", "--to-name", "../x"), r"--to-name: '../x' is not a valid model name"),
+])
+def test_a_source_that_cannot_be_named_is_exit_2(cli, staging, tmp_path, arguments, message):
+    import re
+
+    result = cli("copy", "churn", *arguments, "--from-repo", str(staging["repo"]),
+                 "--from-tracking-uri", staging["uri"], "--to-repo", str(tmp_path / "p"),
+                 "--to-tracking-uri", sqlite_uri(tmp_path / "prod"))
+    assert result.exit_code == 2, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_copy_into_an_object_store_repository_under_another_name(cli, staging, tmp_path):
+    import fsspec
+
+    result, production = copy(cli, staging, tmp_path, "--to-name", "churn-prod",
+                              to_repo="memory://prod-repo")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["name"], doc["version"]) == ("churn-prod", 1)
+    assert doc["path"] == "memory://prod-repo/churn-prod/1"
+    fs, path = fsspec.core.url_to_fs(doc["path"])
+    manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST_PATH}"))
+    assert manifest["fingerprint"] == staging["registered"].fingerprint
+    lineage = json.loads(client_for(production).get_model_version("churn-prod", "1").tags[
+        "shipyard.copied_from"])
+    assert (lineage["name"], lineage["version"]) == ("churn", 1)
