@@ -157,7 +157,7 @@ def _cell_values(column: Any, decl: InputDecl) -> tuple[np.ndarray, np.ndarray]:
         # ASCII split does not: such text is left to the per-record path.
         if pc.any(pc.match_substring_regex(column, r"[^\x20-\x7e\t]")).as_py():
             raise BatchFallback(f"input {decl.name}: text beyond printable ASCII")
-        column = pc.ascii_split_whitespace(column)
+        return _split_at_whitespace(column)
     while pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         offsets = column.offsets.to_numpy()
         # Per row: from its first item's offset to its last's, through every list level.
@@ -178,6 +178,19 @@ def _cell_values(column: Any, decl: InputDecl) -> tuple[np.ndarray, np.ndarray]:
     else:  # booleans, objects, ...
         raise BatchFallback(f"input {decl.name}: {kind} values")
     return values, counts
+
+
+def _split_at_whitespace(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """str.split() of each cell: Arrow's split also yields the empty strings before, between
+    and after separators, which str.split() drops."""
+    import pyarrow.compute as pc
+
+    tokens = pc.ascii_split_whitespace(column)
+    offsets = tokens.offsets.to_numpy()
+    words = tokens.values.to_numpy(zero_copy_only=False)
+    kept = pc.not_equal(tokens.values, "").to_numpy(zero_copy_only=False).astype(bool)
+    before = np.concatenate([[0], np.cumsum(kept)])
+    return words[kept], before[offsets[1:]] - before[offsets[:-1]]
 
 
 def _fixed_count(values: np.ndarray, counts: np.ndarray, expected: int,
