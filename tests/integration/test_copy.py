@@ -192,3 +192,60 @@ def test_a_copy_into_an_object_store_repository_under_another_name(cli, staging,
     lineage = json.loads(client_for(production).get_model_version("churn-prod", "1").tags[
         "shipyard.copied_from"])
     assert (lineage["name"], lineage["version"]) == ("churn", 1)
+
+
+def test_a_lost_answer_to_the_version_create_is_completed_by_the_same_command(
+        cli, staging, proxy, tmp_path, monkeypatch):
+    """The destination's MLflow (a real server, behind the fault proxy) registers the
+    version, and its answer is lost: the client's retry makes a second version. The copy ends
+    with one version, and so does the same command run again."""
+    from support.register_faults import inconsistencies
+
+    name = "churn-lost"
+    arguments = ["copy", "churn", "--version", "1", "--from-repo", str(staging["repo"]),
+                 "--from-tracking-uri", staging["uri"], "--to-repo", str(tmp_path / "repo"),
+                 "--to-tracking-uri", proxy.uri, "--to-name", name, "--json"]
+    proxy.arm("drop", matching="/model-versions/create")
+    first = cli(*arguments)
+    assert proxy.fired, "the copy never created a version"
+    proxy.arm(None)
+    again = cli(*arguments)
+    assert again.exit_code == 0, (first.stderr, again.stderr)
+    assert inconsistencies(proxy.uri, name, tmp_path / "repo") == []
+    version = client_for(proxy.uri).get_model_version(name, "1")
+    assert json.loads(version.tags["shipyard.copied_from"])["version"] == 1
+
+
+def test_copies_of_one_version_at_once_end_with_one_destination_version(
+        staging, mlflow_server, tmp_path):
+    import threading
+
+    from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.copy import CopyRequest, copy_version
+
+    name = "churn-race"
+    request = CopyRequest(name="churn", version=1, from_repo=str(staging["repo"]),
+                          to_repo=str(tmp_path / "repo"), to_name=name,
+                          source=RegistryLocation.resolve(staging["uri"], staging["uri"]),
+                          destination=RegistryLocation.resolve(mlflow_server.uri,
+                                                               mlflow_server.uri))
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(copy_version(request))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert errors == []
+    assert sorted(r.registered.version for r in results) == [1, 1, 1]
+    assert sorted(r.registered.reused for r in results) == [False, True, True]
+    versions = client_for(mlflow_server.uri).search_model_versions(f"name='{name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert sorted(p.name for p in (tmp_path / "repo" / name).iterdir()
+                  if p.name.isdigit()) == ["1"]

@@ -53,6 +53,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._fault: str | None = None
         self._at = 0
+        self._matching: str | None = None
         self._victim: int | None = None
         self._victim_known = threading.Event()
         self._observe: Callable[[str], None] | None = None
@@ -106,13 +107,16 @@ class FaultProxy:
         self._thread.start()
 
     def arm(self, fault: str | None = None, at: int = 0,
-            observe: Callable[[str], None] | None = None) -> None:
-        """Counts from zero again; `fault` at request `at` (None: only count); `observe`
-        (until the next arm) is called with each request as it arrives, under the lock."""
+            observe: Callable[[str], None] | None = None, matching: str | None = None) -> None:
+        """Counts from zero again; `fault` at request `at` (None: only count), or at the first
+        request whose "METHOD path" contains `matching`; `observe` (until the next arm) is
+        called with each request as it arrives, under the lock."""
         assert fault in (None, "kill", "drop", "cut")
         with self._lock:
             self.requests = []
-            self._fault, self._at, self.fired = fault, at, False
+            self._fault, self.fired = fault, False
+            self._at = at if matching is None else 10**9  # set by the first match
+            self._matching = matching
             self._observe = observe
             self._victim = None
             self._victim_known.clear()
@@ -127,6 +131,8 @@ class FaultProxy:
                 self._observe(label)
             self.requests.append(label)
             number = len(self.requests)
+            if self._matching is not None and not self.fired and self._matching in label:
+                self._at = number  # the first match is the request the fault hits
             if self._fault == "cut" and number >= self._at:
                 self.fired = True
                 return "cut"

@@ -130,6 +130,18 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
     with progress.step(f"check the destination MLflow at {request.destination.tracking_uri}"):
         destination_registry.check_reachable()
     destination_repo = open_repository(request.to_repo)
+    target = _Target(request.destination_name, request.allow_breaking)
+    if _published_already(destination_registry, request.destination_name,
+                          manifest.fingerprint):
+        # Copied and proven before (a re-run, or another copy of this version finished
+        # first): only what is missing is completed, as `register` reuses a version.
+        with destination_repo.create_staging(request.destination_name) as staging:
+            registered = register_staged(
+                destination_registry, destination_repo, target, staging, manifest, {},
+                pipeline_run_id=request.pipeline_run_id, progress=progress,
+                wait_timeout_s=wait_timeout_s,
+                record=_record(source_run, manifest, lineage, request, 0.0))
+        return CopyResult(registered, lineage, "none: reused", {})
     # Started now, so their TensorFlow imports overlap the copy.
     checks = _ProofChecks(choice)
     try:
@@ -149,13 +161,17 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                                      manifest)
             record = _record(source_run, manifest, lineage, request, copy_seconds)
             registered = register_staged(
-                destination_registry, destination_repo,
-                _Target(request.destination_name, request.allow_breaking), staging,
-                manifest, {}, pipeline_run_id=request.pipeline_run_id, progress=progress,
+                destination_registry, destination_repo, target, staging, manifest, {},
+                pipeline_run_id=request.pipeline_run_id, progress=progress,
                 wait_timeout_s=wait_timeout_s, record=record)
     finally:
         checks.close()
     return CopyResult(registered, lineage, transfer, proof)
+
+
+def _published_already(registry: ModelRegistry, name: str, fingerprint: str) -> bool:
+    return any(v.tags.get(PUBLISHED_TAG) == "true"
+               for v in registry.versions_with_fingerprint(name, fingerprint))
 
 
 def _resolve(registry: ModelRegistry, request: CopyRequest) -> int:
