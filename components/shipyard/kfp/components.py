@@ -1,9 +1,9 @@
 """KFP v2 components: export + verify + register (+ label), push, validate, the offline canary,
-and the rollout on a cluster.
+the copy of a version into another environment, and the rollout on a cluster.
 
 Each is a lightweight component on the shipyard image (`Dockerfile` at the repository root):
 its function body only calls the steps (shipyard.steps.ship, .push, .validate, .canary,
-.rollout), which the image has installed, so KFP runs it in that container on a
+.copy, .rollout), which the image has installed, so KFP runs it in that container on a
 cluster, and `kfp.local.SubprocessRunner` runs the same code here. `make_components(image)`
 builds them for an image; `accelerate(task, kind)` puts a task on GPU or TPU workers.
 """
@@ -121,8 +121,49 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
             **where).to_json())
 
     @dsl.component(base_image=image)
+    def copy(model_name: str, from_repo: str, to_repo: str, from_tracking_uri: str,
+             to_tracking_uri: str, copied: dsl.Output[dsl.Model], version: int = 0,
+             alias: str = "", from_registry_uri: str = "", to_registry_uri: str = "",
+             to_name: str = "", to_alias: str = "candidate", reason: str = "",
+             pipeline_run_id: str = "", serving_runtime: str = "",
+             allow_breaking: bool = False) -> int:
+        """`shipyard copy` (shipyard.steps.copy): a published version of `model_name` from
+        one environment (repository + MLflow) into another, byte for byte, proven there and
+        recorded with its lineage (`shipyard.copied_from`); `to_alias` moves in the
+        destination. The source: `version` N, or (0) `alias` in the source registry.
+        URIs: "" for the default, as the command's options; `serving_runtime` as for `ship`.
+        Pass dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to record the run. Returns
+        the destination's version number; `copied` holds its files, and in its metadata the
+        version, MLflow run, fingerprint, lineage and whether it was reused."""
+        from pathlib import Path
+
+        from shipyard.files.trees import materialize
+        from shipyard.registry.client import RegistryLocation
+        from shipyard.steps.copy import CopyRequest, copy_version
+
+        result = copy_version(CopyRequest(
+            name=model_name, from_repo=from_repo, to_repo=to_repo,
+            version=version or None, alias=alias or None,
+            source=RegistryLocation.resolve(from_tracking_uri or None,
+                                            from_registry_uri or None),
+            destination=RegistryLocation.resolve(to_tracking_uri or None,
+                                                 to_registry_uri or None),
+            to_name=to_name or None, move_alias=to_alias, reason=reason or None,
+            pipeline_run_id=pipeline_run_id or None,
+            serving_runtime=serving_runtime or None, allow_breaking=allow_breaking))
+        registered = result.registered
+        materialize(registered.path, Path(copied.path))
+        copied.metadata.update({"registered_model_name": registered.name,
+                                "registered_model_version": registered.version,
+                                "mlflow_run_id": registered.run_id,
+                                "fingerprint": registered.fingerprint,
+                                "copied_from": result.copied_from,
+                                "reused": registered.reused})
+        return registered.version
+
+    @dsl.component(base_image=image)
     def rollout(model_name: str, version: int, policy: str, namespace: str,
-                tracking_uri: str) -> str:
+                tracking_uri: str, registry_uri: str = "") -> str:
         """The canary rollout on the cluster the pipeline runs in (its service account needs
         the shipyard-pusher Role), as `shipyard rollout start` runs it (shipyard.steps.rollout);
         returns the final state as that command's --json prints it. A rollout that does not
@@ -143,7 +184,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         try:
             state = require_promoted(start_rollout(
                 model_name, version, load_policy(f.name), namespace=namespace,
-                tracking_uri=tracking_uri or None))
+                tracking_uri=tracking_uri or None, registry_uri=registry_uri or None))
         except ShipyardError as err:
             raise RuntimeError(f"shipyard rollout start failed (exit {err.exit_code}): "
                                f"error: {err}") from err
@@ -152,7 +193,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
 
     return SimpleNamespace(ship=ship, push=push, validate=validate, canary=canary,
-                           rollout=rollout)
+                           copy=copy, rollout=rollout)
 
 
 def accelerate(task: Any, kind: str, *, gpu_type: str = GPU_TYPE, count: int = 1,
