@@ -204,3 +204,18 @@ def test_tables_map_like_rows_nested_lists_text_integers_and_strings():
             table_inputs(table, refused)
     with pytest.raises(BatchFallback, match=r"1 rows from 2 lines"):
         read_jsonl([json.dumps({"ids": 1}), ""])  # the empty line is a bad example
+
+
+def test_more_bad_examples_than_are_listed_are_all_counted(published, models, tmp_path):
+    from shipyard.validation.pipeline import run_pipeline
+
+    path = tmp_path / "mostly-bad.jsonl"
+    path.write_text("".join(json.dumps({"x": [i, i]}) + "\n" for i in range(7))
+                    + json.dumps({"x": [1, 2, 3]}) + "\n")
+    outcome = run_pipeline(job_for(published, models, path, "jsonl"), runner="DirectRunner",
+                           beam_args=[], results_dir=str(tmp_path))
+    assert outcome["examples"] == 1 and outcome["unmappable"] == 7
+    assert len(outcome["unmappable_examples"]) == 5  # a sample of them
+    assert all(re_match(r"^example '\{\"x\": \[(\d), \1\]\}': feature x: expected 3 value",
+                        e) for e in outcome["unmappable_examples"])
+    assert outcome["stats"]["parity"]["logits"]["examples"] == 1
