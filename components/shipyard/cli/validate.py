@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from shipyard.cli.output import (
 )
 from shipyard.core.errors import ShipyardError
 
+log = logging.getLogger(__name__)
+
 
 @click.command("validate")
 @serving_repo_options
@@ -40,7 +43,8 @@ from shipyard.core.errors import ShipyardError
 @click.option("--unsafe", is_flag=True, help="Load a .keras --source with safe_mode off.")
 @registry_options
 @click.option("--runner", default="DirectRunner", show_default=True,
-              help="Beam runner (FlinkRunner, SparkRunner, DataflowRunner, ...).")
+              help="Beam runner: a name Beam registers (PortableRunner, FlinkRunner, "
+                   "SparkRunner, DataflowRunner, ...) or a class path package.module.Class.")
 @click.option("--sample", type=int, default=None, metavar="K",
               help="Validate on a uniform sample of K examples.")
 @click.option("--max-abs-error", type=float, default=None,
@@ -73,13 +77,32 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     """
     from shipyard.repository import open_repository
     from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
+    from shipyard.validation.runners import (
+        absolute,
+        absolute_option,
+        local_path_warnings,
+        option_value,
+    )
+
+    # Beam's workers resolve a relative path in their own working directory (a worker pool's,
+    # a container's), not the one the user typed it in: local paths are made absolute here,
+    # before the pipeline is built. URLs stay as they are.
+    repo, examples = absolute(repo), absolute(examples)
+    source = Path(absolute(str(source))) if source is not None else None
+    output = absolute(output) if output is not None else None
+    beam = absolute_option(tuple(a for a in beam_args if a != "--"), "--temp_location")
+    # --output is written by this process, not by the workers: it needs no warning.
+    for warning in local_path_warnings(runner, beam, [
+            ("--repo", repo), ("--examples", examples),
+            ("--source", str(source) if source is not None else None),
+            ("--temp_location", option_value(beam, "--temp_location"))]):
+        log.warning("warning: %s", warning)
 
     request = ValidateRequest(
         name=name, version=version, examples=examples, fmt=fmt, endpoint=endpoint,
         source=source, against=against, imports=imports, unsafe=unsafe, runner=runner,
-        beam_args=tuple(a for a in beam_args if a != "--"), sample=sample,
-        max_abs_error=max_abs_error, min_agreement=min_agreement,
-        agreement_outputs=agreement_outputs, output=output)
+        beam_args=beam, sample=sample, max_abs_error=max_abs_error,
+        min_agreement=min_agreement, agreement_outputs=agreement_outputs, output=output)
 
     def registry() -> Any:
         from shipyard.registry.client import ModelRegistry, RegistryLocation

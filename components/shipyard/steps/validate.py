@@ -106,8 +106,11 @@ def validate_version_on_examples(
         raise UsageError("nothing to compare: pass --source MODEL (parity with the source "
                          "model) and/or --against champion|VERSION (agreement with another "
                          "version)")
-    if request.runner != "DirectRunner" and _option(request.beam_args,
-                                                    "--temp_location") is None:
+    from shipyard.validation.runners import is_direct, runner_class
+
+    runner_class(request.runner)  # a runner Beam cannot make is a usage error, found now
+    direct = is_direct(request.runner)  # DirectRunner, by any name Beam gives it
+    if not direct and _option(request.beam_args, "--temp_location") is None:
         raise UsageError(f"runner {request.runner}: pass -- --temp_location URL (a bucket "
                          "path the workers can write to); the results are collected there",
                          param="runner")
@@ -146,8 +149,7 @@ def validate_version_on_examples(
         atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
         sample=request.sample)
     beam_args = list(request.beam_args)
-    if request.runner == "DirectRunner" and _option(request.beam_args,
-                                                    "--direct_num_workers") is None:
+    if direct and _option(request.beam_args, "--direct_num_workers") is None:
         # One in-memory worker: measured fastest (bench/validate.py), since parsing and
         # mapping examples is Python and threads contend for the GIL; worker processes would
         # each pay TensorFlow's import (~6 s here).
