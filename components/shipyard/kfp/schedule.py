@@ -1,5 +1,5 @@
-"""`shipyard schedule create`: a pipeline (the CLI passes the reference one,
-shipyard.demo.kfp_pipeline) as a KFP recurring run.
+"""`shipyard schedule create`: a pipeline (the CLI passes one of the reference ones,
+shipyard.demo.kfp_pipeline or shipyard.demo.promotion_pipeline) as a KFP recurring run.
 
 One run at a time (max_concurrency 1) and no catch-up: a scheduled run that would overlap the
 previous one waits, and runs missed while the schedule was paused are not replayed. Together
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from shipyard.core.errors import ShipyardError, UsageError
 
@@ -24,6 +24,55 @@ def kfp_cron(expression: str) -> str:
         return " ".join(fields)
     raise UsageError(f"cron: expected 5 fields (minute hour day month weekday) or 6 (with "
                      f"seconds first), got {len(fields)} in {expression!r}", param="cron")
+
+
+def pipeline_params(pipeline: Any, params: Mapping[str, Any], extra: Sequence[str], *,
+                    set_by: Mapping[str, str]) -> dict[str, Any]:
+    """The run's parameters: `params` (set by the command's options; `set_by` names the option
+    of each) and `extra` ("NAME=VALUE", from --param), checked against the pipeline's own
+    parameters before anything is compiled or sent: known names, each given once, values of
+    the parameter's type, and every parameter without a default given and not empty."""
+    inputs = pipeline.component_spec.inputs or {}
+    where = f"the {pipeline.name} pipeline"
+    result = dict(params)
+    for item in extra:
+        name, equals, value = item.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise UsageError(f"param: expected NAME=VALUE, got {item!r}", param="param")
+        if name not in inputs:
+            raise UsageError(f"param: {where} has no parameter {name!r}; its parameters: "
+                             f"{', '.join(sorted(inputs))}", param="param")
+        if name in set_by:
+            raise UsageError(f"param: {name} is set by {set_by[name]}; give it there",
+                             param="param")
+        if name in result:
+            raise UsageError(f"param: {name} is given twice", param="param")
+        result[name] = _typed(name, value, inputs[name].type)
+    missing = sorted(n for n, spec in inputs.items()
+                     if not spec.optional and result.get(n) in (None, ""))
+    if missing:
+        how = ", ".join(set_by.get(n, f"--param {n}=...") for n in missing)
+        raise UsageError(f"param: {where} needs {', '.join(missing)} (give {how})",
+                         param="param")
+    return result
+
+
+def _typed(name: str, value: str, kind: str) -> Any:
+    try:
+        if kind == "Integer":
+            return int(value)
+        if kind == "Float":
+            return float(value)
+    except ValueError:
+        raise UsageError(f"param: {name} expects a{'n' if kind == 'Integer' else ''} "
+                         f"{kind.lower()}, got {value!r}", param="param") from None
+    if kind == "Boolean":
+        if value.lower() not in ("true", "false"):
+            raise UsageError(f"param: {name} expects true or false, got {value!r}",
+                             param="param")
+        return value.lower() == "true"
+    return value
 
 
 def create_schedule(host: str, cron: str, *, name: str, experiment: str,
