@@ -63,6 +63,9 @@ def test_the_promotion_pipeline_copies_stagings_champion_into_production(
     run_id = version.tags["shipyard.pipeline_run_id"]  # the job id kfp.local put for the
     assert run_id and "{{" not in run_id                # placeholder
     assert (tmp_path / "prod-repo" / "churn" / "1" / "assets.extra" / "shipyard.json").is_file()
+    # The copy's Model artifact: the version's files.
+    artifact, = (tmp_path / "pipeline-root").rglob("copied")
+    assert (artifact / "saved_model.pb").is_file()
     # No rollout task: no canary and no champion in production.
     assert set(client.get_registered_model("churn").aliases) == {"candidate"}
     # Staging is only read.

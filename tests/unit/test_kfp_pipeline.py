@@ -200,6 +200,7 @@ def test_schedule_create_schedules_the_promotion_pipeline(kfp_api):
      r"from_registry_uri, from_repo, "),
     (("--param", "to_repo=gs://elsewhere"), r"--param: to_repo is set by --repository"),
     (("--param", "from_repo"), r"--param: expected NAME=VALUE, got 'from_repo'"),
+    (("--param", "reason=a", "--param", "reason=b"), r"--param: reason is given twice"),
     (("--accelerator", "gpu"), r"--accelerator: only the reference pipeline has it"),
 ])
 def test_schedule_create_checks_the_promotion_pipelines_parameters_before_sending(
