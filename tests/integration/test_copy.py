@@ -96,6 +96,15 @@ def test_a_champion_is_copied_byte_for_byte_proven_and_recorded_with_its_lineage
     assert {k: v for k, v in run.data.metrics.items() if k != "copy_seconds"} == \
         source_run.data.metrics
     assert client.get_experiment(run.info.experiment_id).name == "shipyard/churn"
+    # What MLflow's UI shows first: what was verified, where it came from, where history is.
+    assert "**Verified by shipyard**" in version.description
+    assert f"Copied from {staging['uri']}: `churn` version 1 (run {source.run_id})" in \
+        version.description
+    assert f"Repository: `{copied.resolve()}`" in version.description
+    assert "`shipyard alias history churn`" in client.get_registered_model("churn").description
+    source_description = client_for(staging["uri"]).get_model_version("churn", "1").description
+    assert "Parity of `serve` with the source model" in source_description
+    assert "Copied from" not in source_description
     # The alias moved through the audited path, with the reason.
     history = cli("alias", "history", "churn", "--tracking-uri", production, "--json")
     assert history.exit_code == 0, history.stderr

@@ -328,6 +328,15 @@ class ModelRegistry:
 
     # -- aliases ----------------------------------------------------------------------------
 
+    def describe_version(self, name: str, version: int, text: str) -> None:
+        """The version's MLflow description (what its UI shows on the version's page)."""
+        with translate_errors(self.location):
+            self.client.update_model_version(name, str(version), description=text)
+
+    def describe_model(self, name: str, text: str) -> None:
+        with translate_errors(self.location):
+            self.client.update_registered_model(name, description=text)
+
     def registered_model(self, name: str) -> Any:
         model = self._existing_model(name)
         if model is None:

@@ -38,7 +38,7 @@ from shipyard.core.errors import UsageError, VerificationError
 from shipyard.core.manifest import Manifest, checksum_mismatches
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
-from shipyard.core.vocabulary import CANDIDATE, PUBLISHED_TAG
+from shipyard.core.vocabulary import CANDIDATE, COPIED_FROM_TAG, PUBLISHED_TAG
 from shipyard.exporter.runtime import (
     RuntimeCheck,
     RuntimeOutcome,
@@ -51,7 +51,6 @@ from shipyard.repository import open_repository
 from shipyard.steps.register import RegisterResult, RunRecord, register_staged
 from shipyard.steps.versions import WAIT_TIMEOUT_S
 
-COPIED_FROM_TAG = "shipyard.copied_from"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit: the check replays at most this many
 
 

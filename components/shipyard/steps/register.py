@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from shipyard.core.descriptions import lineage, model_description, version_description
 from shipyard.core.errors import VersionExistsError
 from shipyard.core.manifest import MANIFEST_PATH, Manifest
 from shipyard.core.names import validate_model_name
@@ -38,6 +39,7 @@ from shipyard.core.repository import ModelRepository
 from shipyard.core.vocabulary import (
     CANDIDATE,
     COLLECTIONS_TAG,
+    COPIED_FROM_TAG,
     ENDPOINTS_TAG,
     FINGERPRINT_TAG,
     PIPELINE_RUN_TAG,
@@ -139,6 +141,8 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
             aliases = _complete(registry, request.name, version, run_id, fingerprint,
                                 version_tags, pipeline_run_id, registered_now=chosen.created,
                                 record=record)
+            _describe(registry, request.name, version, manifest,
+                      repo.version_location(request.name, version), version_tags)
     path = repo.version_location(request.name, version)
     return RegisterResult(request.name, version, run_id, fingerprint, chosen.published, path,
                           aliases)
@@ -208,6 +212,18 @@ def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fin
                        version_tags,
                        reason=record.reason or f"registered by shipyard register ({fingerprint})",
                        pipeline_run_id=pipeline_run_id)
+
+
+def _describe(registry: ModelRegistry, name: str, version: int, manifest: Manifest,
+              location: str, version_tags: dict[str, str]) -> None:
+    """The version's and the model's MLflow descriptions, written when they differ (after
+    the alias, so a registration cut off before this is complete in everything else)."""
+    wanted = version_description(manifest, location, lineage(version_tags, COPIED_FROM_TAG))
+    if (registry.version(name, version).description or "") != wanted:
+        registry.describe_version(name, version, wanted)
+    about = model_description(name)
+    if (registry.registered_model(name).description or "") != about:
+        registry.describe_model(name, about)
 
 
 def _publish(repo: ModelRepository, request: ExportRequest, staging: Any, version: int,
