@@ -121,8 +121,12 @@ def cli(request):
     def launch_verifier():
         return request.getfixturevalue("launcher")()
 
+    def start_check(*args):  # copy's proof children, forked as the verifiers are
+        return request.getfixturevalue("launcher").start(*args)
+
     def invoke(*args: str):
-        return runner.invoke(main, list(args), obj={"launch_verifier": launch_verifier})
+        return runner.invoke(main, list(args), obj={"launch_verifier": launch_verifier,
+                                                    "start_check": start_check})
 
     return invoke
 

@@ -226,7 +226,7 @@ def test_a_lost_answer_to_the_version_create_is_completed_by_the_same_command(
 
 
 def test_copies_of_one_version_at_once_end_with_one_destination_version(
-        staging, mlflow_server, tmp_path):
+        staging, mlflow_server, launcher, tmp_path):
     import threading
 
     from shipyard.registry.client import RegistryLocation
@@ -242,7 +242,7 @@ def test_copies_of_one_version_at_once_end_with_one_destination_version(
 
     def run() -> None:
         try:
-            results.append(copy_version(request))
+            results.append(copy_version(request, start_check=launcher.start))
         except Exception as err:  # noqa: BLE001 (reported below)
             errors.append(err)
 

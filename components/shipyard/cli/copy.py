@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shipyard.cli.options import checked_repo, checked_runtime, json_option
+from shipyard.cli.options import checked_repo, checked_runtime, injected, json_option
 from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
 
 
@@ -84,6 +84,7 @@ def copy_command(name: str, version: int | None, source_alias: str | None, from_
         pipeline_run_id=pipeline_run_id, serving_runtime=serving_runtime,
         allow_breaking=allow_breaking)
     with library_prints_to_stderr():
-        result = copy_version(request, progress=progress(quiet()))
+        result = copy_version(request, progress=progress(quiet()),
+                              **injected(start_check="start_check"))
     doc = result.to_json()
     emit(doc, as_json, describe_copy(doc))

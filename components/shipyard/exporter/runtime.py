@@ -36,6 +36,7 @@ from typing import Any
 
 from shipyard.core.errors import ShipyardError, UsageError, VerificationError
 from shipyard.core.images import DEFAULT_SERVING_RUNTIME, TF_SERVING_IMAGE
+from shipyard.exporter.children import Child, Starter
 from shipyard.files.locks import OwnedWorkdir
 from shipyard.files.storage import DIRECTORY_ENTRY_BYTES, guarded
 
@@ -193,12 +194,16 @@ class RuntimeCheck:
     starts the child, which imports TensorFlow and waits for its job on stdin.
     """
 
-    def __init__(self, choice: RuntimeChoice, python: Path | None = None):
+    def __init__(self, choice: RuntimeChoice, python: Path | None = None,
+                 start: Starter | None = None):
         """`python`: the interpreter to check with, instead of the runtime's environment
-        (this environment's own, for a fresh CPU-only load with the project's TensorFlow)."""
+        (this environment's own, for a fresh CPU-only load with the project's TensorFlow).
+        `start`: how to start that child in this environment (exporter/children.py; a
+        process that checks many versions forks it from a server that imported TensorFlow)."""
         assert choice.version is not None
         self.choice = choice
         self._python = python
+        self._starter = start
         # Owned through a lock while this process lives, so the next check's start removes
         # the work directories of killed runs (see locks.OwnedWorkdir).
         temporary = Path(tempfile.gettempdir())
@@ -208,7 +213,7 @@ class RuntimeCheck:
             self._owned = OwnedWorkdir(WORKDIR_PREFIX)
         self.workdir = self._owned.path
         self.log_path = self.workdir / "runtime.log"
-        self._process: subprocess.Popen | None = None
+        self._process: Child | None = None
         self._failure: BaseException | None = None
         self._closed = False
         self._ready = threading.Thread(target=self._start, name="shipyard-runtime", daemon=True)
@@ -216,6 +221,10 @@ class RuntimeCheck:
 
     def _start(self) -> None:
         try:
+            if self._starter is not None:
+                self._process = self._starter("shipyard.exporter.runtime_check",
+                                              [str(self.workdir)], self.log_path)
+                return
             python = self._python or ensure_environment(self.choice.version,
                                                         self.choice.pip_spec)
             if self._closed:
@@ -375,10 +384,10 @@ def compare_runtime_outputs(outcome: RuntimeOutcome, expected_path: Path, atol: 
     return parity
 
 
-def this_environment_check() -> RuntimeCheck:
+def this_environment_check(start: Starter | None = None) -> RuntimeCheck:
     """The same check in this environment (the project's TensorFlow), in a fresh CPU-only
     process: a load that shares nothing with the calling process."""
     from importlib.metadata import version
 
     return RuntimeCheck(RuntimeChoice(version("tensorflow"), explicit=True),
-                        python=Path(sys.executable))
+                        python=Path(sys.executable), start=start)

@@ -341,5 +341,7 @@ def plain(value) -> np.ndarray:
     return value.astype(np.float32) if value.dtype.name == "bfloat16" else value
 
 
+_main = main  # the name exporter/children.py runs in a forked child
+
 if __name__ == "__main__":
     sys.exit(main())

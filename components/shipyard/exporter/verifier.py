@@ -178,6 +178,11 @@ class PrefetchingLauncher:
         self._start: Starter = self._forked or fresh_process
         self._spare: VerifierProcess | None = VerifierProcess(start=self._start)
 
+    @property
+    def start(self) -> Starter:
+        """How this launcher starts children: for other checks of the same process."""
+        return self._start
+
     def __call__(self) -> VerifierProcess:
         verifier = self._spare or VerifierProcess(start=self._start)
         self._spare = VerifierProcess(start=self._start)

@@ -39,6 +39,7 @@ from shipyard.core.manifest import Manifest, checksum_mismatches
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.vocabulary import CANDIDATE, COPIED_FROM_TAG, PUBLISHED_TAG
+from shipyard.exporter.children import Starter
 from shipyard.exporter.runtime import (
     RuntimeCheck,
     RuntimeOutcome,
@@ -97,7 +98,10 @@ class _Target:
 
 
 def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
-                 wait_timeout_s: float = WAIT_TIMEOUT_S) -> CopyResult:
+                 wait_timeout_s: float = WAIT_TIMEOUT_S,
+                 start_check: Starter | None = None) -> CopyResult:
+    """`start_check`: how the proof's children in this environment start (fresh processes by
+    default; see exporter/children.py)."""
     validate_model_name(request.name)
     validate_model_name(request.destination_name, param="to_name")
     if (request.version is None) == (request.alias is None):
@@ -142,7 +146,7 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                 record=_record(source_run, manifest, lineage, request, 0.0))
         return CopyResult(registered, lineage, "none: reused", {})
     # Started now, so their TensorFlow imports overlap the copy.
-    checks = _ProofChecks(choice)
+    checks = _ProofChecks(choice, start_check)
     try:
         with destination_repo.create_staging(request.destination_name) as staging:
             started = time.monotonic()
@@ -232,9 +236,9 @@ class _ProofChecks:
     """The fresh CPU-only processes that prove the copy: the source version and the copy in
     this environment, and the copy on the serving runtime when one is chosen."""
 
-    def __init__(self, choice: Any):
-        self.source = this_environment_check()
-        self.copy = this_environment_check()
+    def __init__(self, choice: Any, start: Starter | None):
+        self.source = this_environment_check(start)
+        self.copy = this_environment_check(start)
         self.runtime: RuntimeCheck | None = (RuntimeCheck(choice) if choice.version is not None
                                              else None)
 
