@@ -9,15 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from support.specs import SEQUENTIAL_SPEC
+from support.copy_environments import sqlite_uri, staging_environment
 
 from shipyard.core.manifest import MANIFEST_PATH
-
-
-def sqlite_uri(root: Path) -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def client_for(uri: str):
@@ -29,24 +23,7 @@ def client_for(uri: str):
 @pytest.fixture(scope="module")
 def staging(models, launcher, tmp_path_factory):
     """A staging environment with `churn` version 1 registered, published and `champion`."""
-    from shipyard.registry.client import ModelRegistry, RegistryLocation
-    from shipyard.steps.alias import move_alias
-    from shipyard.steps.export import ExportRequest
-    from shipyard.steps.register import register_model
-
-    root = tmp_path_factory.mktemp("staging")
-    uri = sqlite_uri(root / "mlflow")
-    spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(SEQUENTIAL_SPEC))
-    from shipyard.core.spec import load_spec
-
-    request = ExportRequest(model=models.path("sequential"), spec=load_spec(spec_path),
-                            repo=root / "repo", name="churn")
-    location = RegistryLocation.resolve(uri, uri)
-    registered = register_model(request, location, launch_verifier=launcher)
-    move_alias(ModelRegistry(location), "churn", "champion", registered.version,
-               reason="won in staging", force=True)
-    return {"uri": uri, "repo": root / "repo", "registered": registered}
+    return staging_environment(models, launcher, tmp_path_factory.mktemp("staging"))
 
 
 def copy(cli, staging, tmp_path, *extra: str, to_repo: str | None = None):
