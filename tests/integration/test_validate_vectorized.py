@@ -219,3 +219,24 @@ def test_more_bad_examples_than_are_listed_are_all_counted(published, models, tm
     assert all(re_match(r"^example '\{\"x\": \[(\d), \1\]\}': feature x: expected 3 value",
                         e) for e in outcome["unmappable_examples"])
     assert outcome["stats"]["parity"]["logits"]["examples"] == 1
+
+
+def test_tfrecord_files_are_read_whole_compressed_or_not(published, models, x, tmp_path):
+    """Each file is read in batches by one DoFn; a .gz name means GZIP, as Beam's
+    ReadFromTFRecord reads it."""
+    import tensorflow as tf
+
+    from shipyard.validation.pipeline import run_pipeline
+
+    for part, rows in enumerate((x[:20], x[20:])):
+        options = tf.io.TFRecordOptions(compression_type="GZIP" if part else None)
+        name = f"part-{part}.tfrecord" + (".gz" if part else "")
+        with tf.io.TFRecordWriter(str(tmp_path / name), options) as writer:
+            for row in rows:
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "x": tf.train.Feature(float_list=tf.train.FloatList(value=row))}))
+                    .SerializeToString())
+    outcome = run_pipeline(job_for(published, models, tmp_path / "part-*", "tfrecord"),
+                           runner="DirectRunner", beam_args=[], results_dir=str(tmp_path))
+    assert outcome["examples"] == RECORDS and outcome["unmappable"] == 0
+    assert outcome["stats"]["parity"]["logits"]["within"] == RECORDS
