@@ -55,7 +55,7 @@ def test_a_champion_is_copied_byte_for_byte_proven_and_recorded_with_its_lineage
         assert (copied / relative).read_bytes() == (original / relative).read_bytes()
 
     # Proven: both loads answered every warmup request alike.
-    assert doc["proof"]["fresh_load"]["answers"] > 0
+    assert doc["proof"]["fresh_load"]["outputs_compared"] > 0
     assert doc["proof"]["fresh_load"]["max_abs_error"] == 0.0
 
     client = client_for(production)
@@ -67,6 +67,7 @@ def test_a_champion_is_copied_byte_for_byte_proven_and_recorded_with_its_lineage
     assert version.tags["shipyard.fingerprint"] == source.fingerprint
     assert version.tags["shipyard.published"] == "true"
     assert version.tags["shipyard.serving_version"] == "1"
+    assert json.loads(version.tags["shipyard.copy_proof"]) == doc["proof"]
     run = client.get_run(version.run_id)
     source_run = client_for(staging["uri"]).get_run(source.run_id)
     assert run.data.params == source_run.data.params
@@ -235,3 +236,52 @@ def test_copies_of_one_version_at_once_end_with_one_destination_version(
     assert [str(v.version) for v in versions] == ["1"]
     assert sorted(p.name for p in (tmp_path / "repo" / name).iterdir()
                   if p.name.isdigit()) == ["1"]
+
+
+def test_a_repository_that_is_not_the_source_registrys_is_refused(cli, staging, published,
+                                                                  tmp_path):
+    import shutil
+
+    other = tmp_path / "other-repo" / "churn"
+    other.mkdir(parents=True)
+    shutil.copytree(published / "m" / "2", other / "1")  # another model, a whole version
+    result = cli("copy", "churn", "--version", "1", "--from-repo", str(tmp_path / "other-repo"),
+                 "--from-tracking-uri", staging["uri"], "--to-repo", str(tmp_path / "p"),
+                 "--to-tracking-uri", sqlite_uri(tmp_path / "prod"))
+    assert result.exit_code == 2, result.stderr
+    assert "--from-repo: " in result.stderr
+    assert "is not that registry's repository" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_copy_into_its_own_environment_or_onto_champion_is_refused_first(cli, staging,
+                                                                           tmp_path):
+    same = cli("copy", "churn", "--version", "1", "--from-repo", str(staging["repo"]),
+               "--from-tracking-uri", staging["uri"], "--to-repo", str(staging["repo"]),
+               "--to-tracking-uri", staging["uri"])
+    assert same.exit_code == 2, same.stderr
+    assert "--to-tracking-uri: the destination is the source" in same.stderr
+    champion = cli("copy", "churn", "--version", "1", "--from-repo", str(staging["repo"]),
+                   "--from-tracking-uri", staging["uri"], "--to-repo", str(tmp_path / "p"),
+                   "--to-tracking-uri", sqlite_uri(tmp_path / "prod"), "--to-alias",
+                   "champion")
+    assert champion.exit_code == 2, champion.stderr
+    assert "--to-alias: alias 'champion' moves only through a rollout" in champion.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_same_content_exported_separately_in_the_destination_is_not_taken_for_a_copy(
+        cli, staging, models, launcher, tmp_path):
+    """A fingerprint names content, not bytes: production registered the same model itself."""
+    from support.copy_environments import staging_environment
+
+    production = staging_environment(models, launcher, tmp_path / "production")
+    result = cli("copy", "churn", "--version", "1", "--from-repo", str(staging["repo"]),
+                 "--from-tracking-uri", staging["uri"], "--to-repo", str(production["repo"]),
+                 "--to-tracking-uri", production["uri"])
+    assert result.exit_code == 4, result.stderr
+    assert ("already holds this content as version 1 of 'churn'" in result.stderr
+            and "from another export (same fingerprint, other bytes)" in result.stderr)
+    versions = client_for(production["uri"]).search_model_versions("name='churn'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert "shipyard.copied_from" not in versions[0].tags

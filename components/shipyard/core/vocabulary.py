@@ -27,6 +27,7 @@ COLLECTIONS_TAG = "shipyard.variable_collections"
 PIPELINE_RUN_TAG = "shipyard.pipeline_run_id"
 SUPERSEDED_TAG = "shipyard.superseded_by"
 COPIED_FROM_TAG = "shipyard.copied_from"  # a copied version's lineage (steps.copy)
+COPY_PROOF_TAG = "shipyard.copy_proof"  # what proved a copy in its destination (steps.copy)
 # On versions only: the registration that created it (core.claims.Owner), so that another
 # registration of the same content can tell whether to wait for it (steps.versions).
 OWNER_TAG = "shipyard.owner"

@@ -31,14 +31,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from shipyard.core.audit import check_move
 from shipyard.core.errors import UsageError, VerificationError
 from shipyard.core.manifest import Manifest, checksum_mismatches
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
-from shipyard.core.vocabulary import CANDIDATE, COPIED_FROM_TAG, PUBLISHED_TAG
+from shipyard.core.vocabulary import (
+    CANDIDATE,
+    COPIED_FROM_TAG,
+    COPY_PROOF_TAG,
+    FINGERPRINT_TAG,
+    PUBLISHED_TAG,
+)
 from shipyard.exporter.children import Starter
 from shipyard.exporter.runtime import (
     RuntimeCheck,
@@ -49,6 +57,7 @@ from shipyard.exporter.runtime import (
 from shipyard.files.trees import materialize
 from shipyard.registry.client import ModelRegistry, RegistryLocation
 from shipyard.repository import open_repository
+from shipyard.steps.export import check_compatibility
 from shipyard.steps.register import RegisterResult, RunRecord, register_staged
 from shipyard.steps.versions import WAIT_TIMEOUT_S
 
@@ -109,6 +118,17 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                          "the source version", param="version")
     if request.version is not None:
         validate_version(request.version)
+    if (request.destination.registry_uri == request.source.registry_uri
+            and request.destination_name == request.name):
+        raise UsageError(
+            f"to_tracking_uri: the destination is the source ({request.source.registry_uri}, "
+            f"{request.name!r}): a copy goes into another registry, or under --to-name",
+            param="to_tracking_uri")
+    try:  # the destination alias's rules, before anything is copied
+        check_move(request.move_alias, version_tags={PUBLISHED_TAG: "true"}, force=False,
+                   by_rollout=False)
+    except UsageError as err:
+        raise UsageError(f"to_alias: {err}", param="to_alias") from None
     choice = choose_runtime(request.serving_runtime)  # a bad value fails before any work
 
     source_registry = ModelRegistry(request.source)
@@ -117,14 +137,22 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
     number = _resolve(source_registry, request)
     source_version = source_registry.version(request.name, number)
     if source_version.tags.get(PUBLISHED_TAG) != "true":
-        raise UsageError(f"version {number} of {request.name!r} in the source registry is not "
-                         "published (tag shipyard.published is not true): only a published "
-                         "version can be copied; complete it with `shipyard register` first",
-                         param="version")
+        which = "alias" if request.alias is not None else "version"
+        raise UsageError(f"{which}: version {number} of {request.name!r} in the source registry "
+                         "is not published (tag shipyard.published is not true): only a "
+                         "published version can be copied; complete it with `shipyard "
+                         "register` first", param=which)
     source_repo = open_repository(request.from_repo)
     manifest = _checked_source(source_repo, request.name, number)
+    registered_as = source_version.tags.get(FINGERPRINT_TAG)
+    if registered_as != manifest.fingerprint:
+        raise UsageError(
+            f"from_repo: {source_repo.version_location(request.name, number)} holds content "
+            f"{manifest.fingerprint}, but the source registry's version {number} of "
+            f"{request.name!r} is {registered_as}: --from-repo is not that registry's "
+            "repository", param="from_repo")
     source_run = source_registry.run(source_version.run_id)
-    lineage = {"registry": request.source.registry_uri or request.source.tracking_uri,
+    lineage = {"registry": public_uri(request.source.registry_uri),
                "name": request.name, "version": number, "run_id": source_version.run_id,
                "fingerprint": manifest.fingerprint,
                "repository": source_repo.version_location(request.name, number)}
@@ -134,8 +162,9 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
         destination_registry.check_reachable()
     destination_repo = open_repository(request.to_repo)
     target = _Target(request.destination_name, request.allow_breaking)
-    if _published_already(destination_registry, request.destination_name,
-                          manifest.fingerprint):
+    check_compatibility(destination_repo, target, manifest.signatures)  # before any copy
+    if _published_already(destination_registry, destination_repo, request.destination_name,
+                          manifest):
         # Copied and proven before (a re-run, or another copy of this version finished
         # first): only what is missing is completed, as `register` reuses a version.
         with destination_repo.create_staging(request.destination_name) as staging:
@@ -162,7 +191,7 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
             with progress.step("prove the copy in fresh CPU-only processes"):
                 proof = checks.prove(source_repo, request.name, number, staging.path,
                                      manifest)
-            record = _record(source_run, manifest, lineage, request, copy_seconds)
+            record = _record(source_run, manifest, lineage, request, copy_seconds, proof)
             registered = register_staged(
                 destination_registry, destination_repo, target, staging, manifest, {},
                 pipeline_run_id=request.pipeline_run_id, progress=progress,
@@ -172,9 +201,46 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
     return CopyResult(registered, lineage, transfer, proof)
 
 
-def _published_already(registry: ModelRegistry, name: str, fingerprint: str) -> bool:
-    return any(v.tags.get(PUBLISHED_TAG) == "true"
-               for v in registry.versions_with_fingerprint(name, fingerprint))
+def _published_already(registry: ModelRegistry, repo: Any, name: str,
+                       manifest: Manifest) -> bool:
+    """Whether the destination holds this version already: published in its registry, and
+    its directory holding exactly the source's files (a fingerprint names content, not
+    bytes: a separate export of the same model has the fingerprint and other bytes)."""
+    for version in registry.versions_with_fingerprint(name, manifest.fingerprint):
+        if version.tags.get(PUBLISHED_TAG) != "true":
+            continue
+        number = int(version.version)
+        location = repo.version_location(name, number)
+        there = repo.read_manifest(name, number)
+        if there is None:
+            raise VerificationError(
+                f"the destination's registry has this content published as version {number} "
+                f"of {name!r}, but {location} holds no version: restore it (or delete the "
+                "registered version) before copying again; nothing was changed")
+        if there.files != manifest.files:
+            raise VerificationError(
+                f"the destination already holds this content as version {number} of {name!r} "
+                f"({location}), from another export (same fingerprint, other bytes): a copy "
+                "would not be byte for byte. Serve that version, or copy under another "
+                "--to-name; nothing was changed")
+        problems = repo.checksum_problems(name, number, there)
+        if problems:
+            raise VerificationError(
+                f"the destination's version {number} of {name!r} ({location}) does not match "
+                "its manifest; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
+        return True
+    return False
+
+
+def public_uri(uri: str) -> str:
+    """`uri` without its user and password (a database URI may carry them): what is recorded
+    in the destination's tags, descriptions and audit trail."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _resolve(registry: ModelRegistry, request: CopyRequest) -> int:
@@ -222,14 +288,19 @@ def _materialize(repo: Any, name: str, version: int, into: Path) -> str:
 
 
 def _record(source_run: Any, manifest: Manifest, lineage: dict[str, Any],
-            request: CopyRequest, copy_seconds: float) -> RunRecord:
+            request: CopyRequest, copy_seconds: float,
+            proof: dict[str, Any] | None = None) -> RunRecord:
+    """The destination's record. `proof`: what the copy's proof found, recorded on the version
+    it created (None for a version reused: its proof is the one recorded when it was made)."""
     params = dict(source_run.data.params)
     metrics = {**source_run.data.metrics, "copy_seconds": copy_seconds}
     reason = request.reason or (f"copied from {lineage['registry']} {lineage['name']} version "
                                 f"{lineage['version']} ({manifest.fingerprint})")
-    return RunRecord(params=params, metrics=metrics,
-                     tags={COPIED_FROM_TAG: json.dumps(lineage, sort_keys=True)},
-                     alias=request.move_alias, reason=reason)
+    tags = {COPIED_FROM_TAG: json.dumps(lineage, sort_keys=True)}
+    if proof is not None:
+        tags[COPY_PROOF_TAG] = json.dumps(proof, sort_keys=True)
+    return RunRecord(params=params, metrics=metrics, tags=tags, alias=request.move_alias,
+                     reason=reason)
 
 
 class _ProofChecks:
@@ -252,6 +323,8 @@ class _ProofChecks:
             source = self.source.run(Path(source_dir).resolve(), plan)
         copied = self.copy.run(copy_dir.resolve(), plan)
         proof = {"fresh_load": _agreement(copied, source, atol, rtol, "the copy")}
+        if not manifest.warmup_records:
+            proof["fresh_load"]["note"] = "load only: the version has no warmup requests"
         if self.runtime is not None:
             outcome = self.runtime.run(copy_dir.resolve(), plan)
             proof["serving_runtime"] = (
@@ -291,4 +364,4 @@ def _agreement(got: RuntimeOutcome, expected: RuntimeOutcome, atol: float, rtol:
         raise VerificationError(f"{what} answers its warmup requests otherwise than the source "
                                 "version; nothing was published:\n"
                                 + "\n".join(f"  - {p}" for p in problems[:20]))
-    return {**got.record, "answers": len(ours.files), "max_abs_error": worst}
+    return {**got.record, "outputs_compared": len(ours.files), "max_abs_error": worst}
