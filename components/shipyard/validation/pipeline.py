@@ -213,15 +213,14 @@ class _MapBatches(beam.DoFn):
         self._batch = _BatchMapper(self.job).map if self.vectorized else None
 
     def process(self, records: list[Any]) -> Iterator[Any]:
-        mapped = None
         if self._batch is not None:
             try:
                 mapped = self._batch(records)
             except batches.BatchFallback:
-                mapped = None
-        if mapped is not None:
-            yield mapped
-            return
+                pass  # some record does not fit: each is mapped (or named) on its own below
+            else:
+                yield mapped
+                return
         good = []
         for record in records:
             try:
