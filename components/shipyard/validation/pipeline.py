@@ -36,6 +36,7 @@ from shipyard.validation.examples import (
     to_example,
     to_inputs,
 )
+from shipyard.validation.runners import resolve_runner
 
 UNMAPPABLE = "unmappable"
 _KEPT_ERRORS = 5
@@ -401,7 +402,7 @@ def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
     tested against)."""
     options = PipelineOptions(["--runner", runner, *beam_args])
     prefix = f"{results_dir.rstrip('/')}/shipyard-validate-{uuid.uuid4().hex[:8]}"
-    with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
+    with beam.Pipeline(runner=resolve_runner(runner), options=options) as pipeline:
         # Raw records are batched first and mapped a batch at a time (_MapBatches): per
         # element, Beam and Python cost more than the models' work on it.
         if job.fmt == "tfrecord":
@@ -450,15 +451,3 @@ def run_pipeline(job: ValidationJob, *, runner: str, beam_args: list[str],
     return {"stats": result.get("stats", {}), "examples": result.get("examples", 0),
             "unmappable": result.get("unmappable", 0),
             "unmappable_examples": sorted(result.get("unmappable_examples", []))}
-
-
-def _runner(name: str) -> Any:
-    """DirectRunner means Beam's in-process FnApiRunner (which honours --direct_num_workers
-    and --direct_running_mode). Beam's own DirectRunner first tries Prism, downloading its
-    binary from GitHub where it can: a validation must not depend on that, nor behave
-    differently on a machine with internet access. Other names go to Beam as they are."""
-    if name == "DirectRunner":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return None
