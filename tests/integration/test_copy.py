@@ -285,3 +285,27 @@ def test_the_same_content_exported_separately_in_the_destination_is_not_taken_fo
     versions = client_for(production["uri"]).search_model_versions("name='churn'")
     assert [str(v.version) for v in versions] == ["1"]
     assert "shipyard.copied_from" not in versions[0].tags
+
+
+def test_a_copy_between_two_mlflow_servers(cli, staging, mlflow_server, tmp_path):
+    """Both registries behind real `mlflow server` processes: staging's store served by a
+    second server, production the session's."""
+    from support.mlflow_server import MlflowServer
+
+    source_server = MlflowServer(Path(staging["uri"].removeprefix("sqlite:///")).parent)
+    try:
+        result = cli("copy", "churn", "--alias", "champion", "--from-repo", str(staging["repo"]),
+                     "--from-tracking-uri", source_server.uri, "--to-repo",
+                     str(tmp_path / "repo"), "--to-tracking-uri", mlflow_server.uri,
+                     "--to-name", "churn-served", "--json")
+    finally:
+        source_server.stop()
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["copied_from"]["registry"] == source_server.uri
+    assert doc["fingerprint"] == staging["registered"].fingerprint
+    version = client_for(mlflow_server.uri).get_model_version("churn-served",
+                                                              str(doc["version"]))
+    assert json.loads(version.tags["shipyard.copied_from"])["run_id"] == \
+        staging["registered"].run_id
+    assert version.tags["shipyard.published"] == "true"
