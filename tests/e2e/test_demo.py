@@ -10,6 +10,7 @@ libraries' output is in the run's log file under the workdir."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def aliases_and_history(uri: str):
 
 STEPS = ("check MLflow at", "TFX pipeline (LocalDagRunner, SQLite MLMD)",
          "train a challenger", "register the challenger", "write 500 sample examples",
-         "offline canary: version")
+         "offline canary: version", "copy champion version")
 
 
 def demo_env() -> dict[str, str]:
@@ -121,6 +122,18 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     assert {p.name for p in tmp_path.iterdir()} == {"demo"}  # no ./mlruns, no .shipyard
     assert re.search(r"├── 1/\n.*└── 2/\n", told, re.S), told
     assert f"ui --backend-store-uri {uri} --port 5000" in unwrapped
+    # Production: the champion copied into a second environment, byte for byte.
+    assert ("Production: version 1, a copy of staging's champion version 2 (hard links; "
+            "checksums and answers verified)") in told, told
+    production_uri = f"sqlite:///{workdir / 'prod' / 'mlflow.db'}"
+    assert f"shipyard status --repo {workdir / 'prod' / 'models'}" in unwrapped
+    from mlflow import MlflowClient
+
+    copied = MlflowClient(tracking_uri=production_uri, registry_uri=production_uri)
+    version = copied.get_model_version("demo-model", "1")
+    assert json.loads(version.tags["shipyard.copied_from"])["version"] == 2
+    assert (workdir / "prod" / "models" / "demo-model" / "1" / "saved_model.pb").read_bytes() \
+        == (workdir / "models" / "demo-model" / "2" / "saved_model.pb").read_bytes()
 
     # Run again, as a pipeline runs it: no terminal, one line per step on stderr.
     again = subprocess.run([sys.executable, "-m", "shipyard", "demo", "--workdir",
@@ -139,6 +152,7 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     assert "Challenger: version 3\n" in told
     assert "offline canary vs version 2, 500 examples" in told
     assert "promoted: version 3 is stable and champion" in told
+    assert "Production: version 2, a copy of staging's champion version 3" in told, told
     aliases, moves = aliases_and_history(uri)
     assert aliases["champion"] == 3
     assert [m["to"] for m in moves if m["alias"] == "champion"] == [1, 2, 3]

@@ -186,9 +186,17 @@ def describe_demo(doc: dict[str, Any]) -> str:
         lines.append(f"  promoted: version {canary['version']} is stable and champion")
     else:
         lines.append(f"  offline canary skipped: {canary['reason']}")
+    production = doc.get("production")
+    if production:
+        reused = " (already there)" if production["reused"] else ""
+        lines.append(f"Production: version {production['version']}{reused}, a copy of staging's "
+                     f"champion version {production['copied_from']['version']} "
+                     f"({production['transfer']}; checksums and answers verified)")
     lines += ["", "Where everything is:",
               f"  MLflow UI:     {where['mlflow_ui']}  (then open http://127.0.0.1:5000)",
               f"  status:        {where['status']}",
+              *([f"  production:    {where['production_status']}"]
+                if "production_status" in where else []),
               f"  alias history: {where['alias_history']}",
               f"  TFX MLMD:      {where['mlmd']}",
               f"  models.config: {where['models_config']}",

@@ -10,7 +10,10 @@
 2. A challenger, trained by the same module file on other data with other weights, is
    registered and taken through the offline canary (shipyard.steps.canary): canary label, Beam
    validation against the champion on sample examples, agreement gate, promotion.
-3. The document says where everything is and how to look at it.
+3. The champion is copied into a second environment, `<workdir>/prod` (its own repository
+   and SQLite MLflow store), as a team promotes staging's winner to production
+   (shipyard.steps.copy: byte for byte, proven, with its lineage).
+4. The document says where everything is and how to look at it.
 
 Re-runnable: the pipeline's data and weights come from a fixed seed, so a re-run exports the
 same content and reuses its version; each run's challenger is seeded by the newest version
@@ -88,17 +91,36 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
         raise GateError(str(err), document=document) from None
     from shipyard.steps.status import model_status
 
-    document["where"] = _where(paths)
     document["champion"] = _champion(registry)
+    with progress.step(f"copy champion version {document['champion']} into production "
+                       f"({paths['prod']})"):
+        document["production"] = _copy_to_production(paths, location, run_id, progress)
+    document["where"] = _where(paths)
     document["status"] = model_status(repo, DEMO_NAME, read_aliases=registry.aliases,
                                       read_server=None).to_json()
     return document
+
+
+def _copy_to_production(paths: dict[str, Any], location: Any, run_id: str,
+                        progress: Progress) -> dict[str, Any]:
+    """Staging's champion, copied into the production environment under <workdir>/prod."""
+    from shipyard.registry.client import RegistryLocation
+    from shipyard.steps.copy import CopyRequest, copy_version
+
+    request = CopyRequest(name=DEMO_NAME, alias=CHAMPION, from_repo=str(paths["models"]),
+                          to_repo=str(paths["prod_models"]), source=location,
+                          destination=RegistryLocation.resolve(paths["prod_tracking_uri"]),
+                          reason=f"the demo's promotion of staging's champion ({run_id})",
+                          pipeline_run_id=run_id)
+    return copy_version(request, progress=progress).to_json()
 
 
 def _layout(workdir: Path) -> dict[str, Any]:
     return {"workdir": workdir, "spec": workdir / "spec.yaml",
             "models": workdir / "models", "tfx": workdir / "tfx",
             "mlflow_db": workdir / "mlflow.db",
+            "prod": workdir / "prod", "prod_models": workdir / "prod" / "models",
+            "prod_tracking_uri": f"sqlite:///{workdir / 'prod' / 'mlflow.db'}",
             "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
             "examples": workdir / "examples" / "sample.jsonl",
             "challenger": workdir / "challenger"}
@@ -197,6 +219,8 @@ def _where(paths: dict[str, Any]) -> dict[str, Any]:
                   f"--tracking-uri {paths['tracking_uri']}",
         "alias_history": f"shipyard alias history {DEMO_NAME} "
                          f"--tracking-uri {paths['tracking_uri']}",
+        "production_status": f"shipyard status --repo {paths['prod_models']} --name "
+                             f"{DEMO_NAME} --tracking-uri {paths['prod_tracking_uri']}",
     }
 
 
