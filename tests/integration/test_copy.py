@@ -309,3 +309,28 @@ def test_a_copy_between_two_mlflow_servers(cli, staging, mlflow_server, tmp_path
     assert json.loads(version.tags["shipyard.copied_from"])["run_id"] == \
         staging["registered"].run_id
     assert version.tags["shipyard.published"] == "true"
+
+
+def test_a_copy_within_one_object_store_is_made_server_side(cli, staging, tmp_path):
+    """staging (local) -> memory://mid (a first copy) -> memory://end: the second copy's
+    files are copied inside the store, and still verified against the manifest."""
+    import fsspec
+
+    mid_uri, end_uri = sqlite_uri(tmp_path / "mid"), sqlite_uri(tmp_path / "end")
+    first = cli("copy", "churn", "--version", "1", "--from-repo", str(staging["repo"]),
+                "--from-tracking-uri", staging["uri"], "--to-repo", "memory://mid-repo",
+                "--to-tracking-uri", mid_uri, "--json")
+    assert first.exit_code == 0, first.stderr
+    second = cli("copy", "churn", "--version", "1", "--from-repo", "memory://mid-repo",
+                 "--from-tracking-uri", mid_uri, "--to-repo", "memory://end-repo",
+                 "--to-tracking-uri", end_uri, "--json")
+    assert second.exit_code == 0, second.stderr
+    doc = json.loads(second.stdout)
+    assert doc["transfer"] == "downloaded for the proof; copied server-side in the store"
+    assert doc["fingerprint"] == staging["registered"].fingerprint
+    fs = fsspec.filesystem("memory")
+    mid, end = "/mid-repo/churn/1", "/end-repo/churn/1"
+    names = sorted(p.removeprefix(mid) for p in fs.find(mid))
+    assert names == sorted(p.removeprefix(end) for p in fs.find(end))
+    for name in names:
+        assert fs.cat_file(end + name) == fs.cat_file(mid + name)

@@ -103,6 +103,9 @@ class StagingDir:
     path: Path
     _lock: FileLock = field(repr=False)
     published: bool = False
+    # Where the same files already are in an object store (a version being copied): a
+    # repository on that store copies them there, server-side, instead of uploading them.
+    copy_from: str | None = None
     # Directories above <repo>/<name> that creating the staging directory made (a repository
     # that did not exist yet), innermost first: a failed run removes them again if empty.
     _created: tuple[Path, ...] = field(default=(), repr=False)

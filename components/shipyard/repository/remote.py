@@ -209,12 +209,12 @@ class ObjectStoreRepository:
             self.ensure_version_free(name, version)
             manifest = read_manifest(staging.path)
             target = self._path(name, str(version))
+            source = self._same_store(getattr(staging, "copy_from", None))
             try:
                 for entry in list_files(staging.path):  # everything but the manifest
-                    self.fs.put_file(str(staging.path / entry["path"]),
-                                     f"{target}/{entry['path']}")
+                    self._put(staging.path, source, entry["path"], target)
                 # Last: a version without a manifest is an unfinished upload to everyone.
-                self.fs.put_file(str(staging.path / MANIFEST_PATH), f"{target}/{MANIFEST_PATH}")
+                self._put(staging.path, source, MANIFEST_PATH, target)
                 problems = self.checksum_problems(name, version, manifest)
                 if problems:
                     listed = "\n".join(f"  - {p}" for p in problems)
@@ -228,6 +228,27 @@ class ObjectStoreRepository:
                 raise
         log.info("published %s", self.version_location(name, version))
         return version
+
+    def server_side_from(self, location: str | None) -> bool:
+        """Whether a version at `location` is copied server-side when published here."""
+        return self._same_store(location) is not None
+
+    def _same_store(self, location: str | None) -> str | None:
+        """`location`'s path on this repository's store, if it is on the same one (then files
+        are copied server-side: fsspec's `copy`, e.g. GCS's rewrite, S3's CopyObject)."""
+        if location is None:
+            return None
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        return path if type(fs) is type(self.fs) and fs.storage_options == \
+            self.fs.storage_options else None
+
+    def _put(self, local: Path, source: str | None, relative: str, target: str) -> None:
+        if source is not None:
+            self.fs.copy(f"{source}/{relative}", f"{target}/{relative}")
+        else:
+            self.fs.put_file(str(local / relative), f"{target}/{relative}")
 
     def _remove_unfinished_upload(self, name: str, version: int) -> None:
         """A directory N without a manifest is an upload a killed run left behind (the

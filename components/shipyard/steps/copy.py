@@ -180,7 +180,10 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
         with destination_repo.create_staging(request.destination_name) as staging:
             started = time.monotonic()
             with progress.step(f"copy version {number}'s files"):
-                transfer = _materialize(source_repo, request.name, number, staging.path)
+                transfer = _materialize(source_repo, request.name, number, staging)
+                server_side = getattr(destination_repo, "server_side_from", None)
+                if server_side is not None and server_side(staging.copy_from):
+                    transfer = "downloaded for the proof; copied server-side in the store"
             with progress.step("verify the copy's checksums"):
                 problems = checksum_mismatches(staging.path, manifest)
                 if problems:
@@ -274,12 +277,16 @@ def _checked_source(repo: Any, name: str, version: int) -> Manifest:
     return manifest
 
 
-def _materialize(repo: Any, name: str, version: int, into: Path) -> str:
-    """The version's files in `into`; how they came there."""
+def _materialize(repo: Any, name: str, version: int, staging: Any) -> str:
+    """The version's files in `staging`; how they came there. From an object store they are
+    downloaded (the proof loads them here), and a destination on the same store copies them
+    server-side when it publishes (`staging.copy_from`)."""
+    into = staging.path
     location = repo.version_location(name, version)
     materialize(location, into)
     local = repo.local_version_dir(name, version)
     if local is None:
+        staging.copy_from = location
         return "downloaded"
     probe = next((p for p in local.rglob("*") if p.is_file()), None)
     if probe is not None and (into / probe.relative_to(local)).stat().st_ino == probe.stat().st_ino:
