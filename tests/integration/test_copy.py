@@ -167,11 +167,14 @@ def test_a_source_that_cannot_be_named_is_exit_2(cli, staging, tmp_path, argumen
 def test_a_copy_into_an_object_store_repository_under_another_name(cli, staging, tmp_path):
     import fsspec
 
-    result, production = copy(cli, staging, tmp_path, "--to-name", "churn-prod",
-                              to_repo="memory://prod-repo")
+    # As the synopsis reads: --alias champion names the source, a second --alias the
+    # destination's alias.
+    result, production = copy(cli, staging, tmp_path, "--to-name", "churn-prod", "--alias",
+                              "prod-candidate", to_repo="memory://prod-repo")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert (doc["name"], doc["version"]) == ("churn-prod", 1)
+    assert doc["aliases"] == {"prod-candidate": 1}
     assert doc["path"] == "memory://prod-repo/churn-prod/1"
     fs, path = fsspec.core.url_to_fs(doc["path"])
     manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST_PATH}"))

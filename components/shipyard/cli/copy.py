@@ -25,8 +25,10 @@ def describe_copy(doc: dict) -> str:
 @click.argument("name")
 @click.option("--version", "version", type=int, default=None,
               help="The source version N (or --alias).")
-@click.option("--alias", "source_alias", default=None,
-              help="The source version by alias in the source registry, e.g. champion.")
+@click.option("--alias", "aliases", multiple=True, metavar="ALIAS",
+              help="Without --version: the source version by its alias in the source "
+                   "registry (e.g. champion); a second --alias (or the only one, with "
+                   "--version) is the destination's alias (default candidate).")
 @click.option("--from-repo", required=True, callback=checked_repo,
               help="The source model repository (path or fsspec URL).")
 @click.option("--to-repo", required=True, callback=checked_repo,
@@ -42,8 +44,9 @@ def describe_copy(doc: dict) -> str:
                    "URI).")
 @click.option("--to-name", default=None, help="The model's name in the destination (default: "
                                               "NAME).")
-@click.option("--to-alias", "move_alias", default="candidate", show_default=True,
-              help="The destination's alias pointed at the copy (--alias names the source's).")
+@click.option("--to-alias", "to_alias", default=None,
+              help="The destination's alias pointed at the copy, named apart from --alias "
+                   "(default candidate).")
 @click.option("--reason", default=None, help="Recorded with the destination's alias move.")
 @click.option("--pipeline-run-id", default=None, help="Recorded on the run, version and alias.")
 @click.option("--serving-runtime", default=None, metavar="VERSION", callback=checked_runtime,
@@ -52,10 +55,10 @@ def describe_copy(doc: dict) -> str:
 @click.option("--allow-breaking", is_flag=True,
               help="Publish even if the signatures break the destination's latest version.")
 @json_option()
-def copy_command(name: str, version: int | None, source_alias: str | None, from_repo: str,
+def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_repo: str,
                  to_repo: str, from_tracking_uri: str | None, from_registry_uri: str | None,
                  to_tracking_uri: str | None, to_registry_uri: str | None,
-                 to_name: str | None, move_alias: str, reason: str | None,
+                 to_name: str | None, to_alias: str | None, reason: str | None,
                  pipeline_run_id: str | None, serving_runtime: str | None,
                  allow_breaking: bool, as_json: bool) -> None:
     """Copy a published version of NAME from one environment to another, byte for byte.
@@ -76,6 +79,7 @@ def copy_command(name: str, version: int | None, source_alias: str | None, from_
     from shipyard.registry.client import RegistryLocation
     from shipyard.steps.copy import CopyRequest, copy_version
 
+    source_alias, move_alias = split_aliases(version, aliases, to_alias)
     request = CopyRequest(
         name=name, from_repo=from_repo, to_repo=to_repo, version=version, alias=source_alias,
         source=RegistryLocation.resolve(from_tracking_uri, from_registry_uri),
@@ -88,3 +92,23 @@ def copy_command(name: str, version: int | None, source_alias: str | None, from_
                               **injected(start_check="start_check"))
     doc = result.to_json()
     emit(doc, as_json, describe_copy(doc))
+
+
+def split_aliases(version: int | None, aliases: tuple[str, ...],
+                  to_alias: str | None) -> tuple[str | None, str]:
+    """(the source's alias, the destination's) from the command line, as the synopsis reads:
+    `shipyard copy NAME (--version N | --alias ALIAS) ... [--alias candidate]`. With
+    --version every --alias is the destination's; without it, the first names the source
+    version and a second the destination's. `--to-alias` names the destination's apart."""
+    from shipyard.core.errors import UsageError
+    from shipyard.core.vocabulary import CANDIDATE
+
+    source = None if version is not None or not aliases else aliases[0]
+    destination = list(aliases if version is not None else aliases[1:])
+    if to_alias is not None:
+        destination.append(to_alias)
+    if len(set(destination)) > 1 or len(destination) > 2:
+        raise UsageError(f"alias: the destination's alias is given more than once "
+                         f"({', '.join(destination)}); give it once, as the second --alias or "
+                         "as --to-alias", param="alias")
+    return source, destination[0] if destination else CANDIDATE
