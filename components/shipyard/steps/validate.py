@@ -23,6 +23,7 @@ from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.repository import ModelRepository
 from shipyard.core.vocabulary import CHAMPION
+from shipyard.validation.runners import option_value  # imports no Beam
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def validate_version_on_examples(
 
     runner_class(request.runner)  # a runner Beam cannot make is a usage error, found now
     direct = is_direct(request.runner)  # DirectRunner, by any name Beam gives it
-    if not direct and _option(request.beam_args, "--temp_location") is None:
+    if not direct and option_value(request.beam_args, "--temp_location") is None:
         raise UsageError(f"runner {request.runner}: pass -- --temp_location URL (a bucket "
                          "path the workers can write to); the results are collected there",
                          param="runner")
@@ -149,13 +150,13 @@ def validate_version_on_examples(
         atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
         sample=request.sample)
     beam_args = list(request.beam_args)
-    if direct and _option(request.beam_args, "--direct_num_workers") is None:
+    if direct and option_value(request.beam_args, "--direct_num_workers") is None:
         # One in-memory worker: measured fastest (bench/validate.py), since parsing and
         # mapping examples is Python and threads contend for the GIL; worker processes would
         # each pay TensorFlow's import (~6 s here).
         beam_args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
     with contextlib.ExitStack() as stack:
-        results_dir = _option(request.beam_args, "--temp_location") or stack.enter_context(
+        results_dir = option_value(request.beam_args, "--temp_location") or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="shipyard-validate-"))
         with progress.step(f"run the validation pipeline on {len(files)} file(s) "
                            f"({request.runner})"):
@@ -290,15 +291,6 @@ def _resolve_against(repo: ModelRepository, request: ValidateRequest,
                          param="against")
     check_published(repo, request.name, other, param="against")
     return other
-
-
-def _option(args: tuple[str, ...], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-    return None
 
 
 def metrics_of(document: dict[str, Any]) -> dict[str, float]:
