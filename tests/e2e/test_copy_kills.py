@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 
 import pytest
 from support.copy_environments import staging_environment
-from support.processes import SHIPYARD, kill_session, subprocess_env
+from support.processes import run_until_killed
 from support.register_faults import client_for, inconsistencies
 
 
@@ -29,16 +28,8 @@ def test_a_copy_killed_at_its_alias_move_is_completed_by_the_same_command(
                  "--to-tracking-uri", proxy.uri, "--to-name", name, "--serving-runtime",
                  "none", "--json"]
     proxy.arm("kill", matching="POST /api/2.0/mlflow/registered-models/alias")
-    child = subprocess.Popen([SHIPYARD, *arguments], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=subprocess_env(),
-                             start_new_session=True)
-    proxy.set_victim(child.pid)
-    try:
-        _, err = child.communicate(timeout=600)
-    finally:
-        kill_session(child)  # its proof children, if the kill orphaned them
-    assert proxy.fired and child.returncode == -signal.SIGKILL, (child.returncode,
-                                                                  err[-2000:])
+    code, err = run_until_killed(arguments, proxy)
+    assert proxy.fired and code == -signal.SIGKILL, (code, err[-2000:])
     proxy.arm(None)
     assert inconsistencies(proxy.uri, name, tmp_path / "repo"), "the kill left nothing to do"
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 import yaml
-from support.processes import SHIPYARD, kill_session, subprocess_env
+from support.processes import run_until_killed
 from support.register_faults import inconsistencies, register_copy
 from support.specs import SEQUENTIAL_SPEC
 
@@ -25,18 +24,11 @@ def _kill_at(k: int, proxy, models, tmp_path, spec: str, staged) -> tuple[list, 
     name = f"kill-{k:02d}"
     repo_dir = tmp_path / name
     proxy.arm("kill", at=k)
-    child = subprocess.Popen(
-        [SHIPYARD, "register", str(models.path("sequential")), "--spec", spec, "--repo",
-         str(repo_dir), "--name", name, "--tracking-uri", proxy.uri,
-         "--serving-runtime", "none", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(),
-        start_new_session=True)
-    proxy.set_victim(child.pid)
-    try:
-        _, err = child.communicate(timeout=600)
-    finally:
-        kill_session(child)  # its verifier child, if the kill orphaned it
-    assert proxy.fired and child.returncode == -signal.SIGKILL, (k, child.returncode, err[-2000:])
+    code, err = run_until_killed(
+        ["register", str(models.path("sequential")), "--spec", spec, "--repo", str(repo_dir),
+         "--name", name, "--tracking-uri", proxy.uri, "--serving-runtime", "none", "--json"],
+        proxy)
+    assert proxy.fired and code == -signal.SIGKILL, (k, code, err[-2000:])
     proxy.arm(None)
     before = inconsistencies(proxy.uri, name, repo_dir)
     register_copy(proxy.uri, repo_dir, name, staged)

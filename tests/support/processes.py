@@ -22,6 +22,20 @@ def subprocess_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="2")
 
 
+def run_until_killed(arguments: list[str], proxy, timeout: float = 600) -> tuple[int, str]:
+    """Runs `shipyard ARGUMENTS` as its own session, the victim of the fault proxy's armed
+    "kill"; returns (its return code, its stderr) once it and its children are gone."""
+    child = subprocess.Popen([SHIPYARD, *arguments], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=subprocess_env(),
+                             start_new_session=True)
+    proxy.set_victim(child.pid)
+    try:
+        _, err = child.communicate(timeout=timeout)
+    finally:
+        kill_session(child)  # its children (verifier, proof checks), if the kill orphaned them
+    return child.returncode, err.decode(errors="replace")
+
+
 def kill_session(leader: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGKILLs every process of the session `leader` started (its process group), as a killed
     job is, and waits until the kernel has torn them all down.
