@@ -212,7 +212,8 @@ class KubeCluster:
             for item in found.items:
                 try:
                     api.call(what, resource.delete, name=item.metadata.name,
-                             namespace=self.namespace, sleep=self.sleep)
+                             namespace=self.namespace, sleep=self.sleep,
+                             before_each=self._check_lease)
                 except Exception as err:
                     if not api.is_api_error(err):
                         raise
