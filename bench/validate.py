@@ -9,8 +9,10 @@ endpoint and the source Keras model on the same batches of 256, and compare them
   per batch the SavedModel signature and the Keras model (through `tf.function`, as Keras's
   own `predict` and validate's DoFn call it), compared with validate's own `compare_batch` at
   the export's default tolerance.
-- **validate**: `validate_version_on_examples` (the CLI's code path) on Beam's DirectRunner
-  with shipyard's default settings (one in-memory worker).
+- **validate**: `validate_version_on_examples` (the CLI's code path) with shipyard's
+  defaults: the in-process runner, batches of 1024.
+- **validate_beam**: the same on Beam's DirectRunner (`--runner DirectRunner`: one in-memory
+  worker), the pipeline any Beam runner runs.
 - **python_loop**: tf.data to read, protobuf to parse each record, numpy to batch, the
   signature and the Keras model called eagerly (the reference of the earlier runs), compared
   the same way.
@@ -18,7 +20,7 @@ endpoint and the source Keras model on the same batches of 256, and compare them
 Each side runs in its own process (`--side`), one after another, so that its peak memory
 (ru_maxrss) is its own: that process imports TensorFlow and loads the models before its timer
 starts (tfdata and python_loop also trace their functions on one batch first); validate loads
-them again in its DoFn's setup, which is part of what it costs. `rss_before_mib` is the
+and traces them again inside its run, which is part of what it costs. `rss_before_mib` is the
 process's resident size when its timer starts: peak minus that is what the work itself held.
 
 Reported: examples per second for each side, each side against tfdata (`ratio_vs_tfdata`,
@@ -178,7 +180,7 @@ def side_python_loop(workdir: Path) -> tuple[int, dict[str, Any], float]:
     return count, {**totals["stats"]["parity"]["out"], **totals}, started
 
 
-def side_validate(workdir: Path) -> tuple[int, dict[str, Any], float]:
+def side_validate(workdir: Path, runner: str = "in-process") -> tuple[int, dict[str, Any], float]:
     import tensorflow  # noqa: F401  (imported before the timer, as on the other sides)
 
     from shipyard.repository import open_repository
@@ -186,7 +188,7 @@ def side_validate(workdir: Path) -> tuple[int, dict[str, Any], float]:
 
     request = ValidateRequest(name="bench", version=1,
                               examples=str(workdir / "examples.tfrecord"),
-                              source=workdir / "model.keras")
+                              source=workdir / "model.keras", runner=runner)
     state: dict[str, Any] = {}
     started = _start_timer(state)
     doc = validate_version_on_examples(open_repository(workdir / "repo"), request,
@@ -197,7 +199,9 @@ def side_validate(workdir: Path) -> tuple[int, dict[str, Any], float]:
                           **state}, started
 
 
-SIDES = {"tfdata": side_tfdata, "validate": side_validate, "python_loop": side_python_loop}
+SIDES = {"tfdata": side_tfdata, "validate": side_validate,
+         "validate_beam": lambda workdir: side_validate(workdir, "DirectRunner"),
+         "python_loop": side_python_loop}
 
 
 def run_side(side: str, workdir: Path, result: Path) -> None:

@@ -134,13 +134,14 @@ def test_validate_bench_smoke():
                         "examples_per_second", "ratio_vs_tfdata", "ratio_vs_loop",
                         "peak_rss_mib", "rss_before_mib", "load_seconds"}
     assert doc["smoke"] is True and doc["repeat"] == 1 and doc["examples"] == 200
-    sides = {"tfdata", "validate", "python_loop"}
+    sides = {"tfdata", "validate", "validate_beam", "python_loop"}
     for figure in ("seconds", "examples_per_second", "ratio_vs_tfdata", "ratio_vs_loop",
                    "peak_rss_mib", "rss_before_mib", "load_seconds"):
         assert set(doc[figure]) == sides, figure
     assert_finite_positive(doc["ratio_vs_tfdata"])
     assert_finite_positive(doc["ratio_vs_loop"])
     assert_finite_positive(doc["peak_rss_mib"])
-    # validate loads its models inside its timed run; the other sides before it.
-    assert doc["load_seconds"]["validate"] is None
+    # validate loads its models inside its timed run (on either runner); the other sides
+    # before it.
+    assert doc["load_seconds"]["validate"] is None and doc["load_seconds"]["validate_beam"] is None
     assert doc["load_seconds"]["tfdata"] > 0 and doc["load_seconds"]["python_loop"] > 0

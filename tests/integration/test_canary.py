@@ -1,4 +1,4 @@
-"""The offline canary on a real SQLite MLflow and real Beam validation: first deployment, a
+"""The offline canary on a real SQLite MLflow and real validation (in process): first deployment, a
 canary that misses its gate and is rolled back, the same canary passing and being promoted."""
 
 from __future__ import annotations

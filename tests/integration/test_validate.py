@@ -1,4 +1,4 @@
-"""`shipyard validate`: real Apache Beam DirectRunner pipelines over TFRecord, CSV and JSONL
+"""`shipyard validate`: its default in-process runner over TFRecord, CSV and JSONL
 files written here, against exported versions of the test models."""
 
 from __future__ import annotations

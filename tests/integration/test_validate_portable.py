@@ -56,9 +56,14 @@ ARGS = ("validate", "--repo", "repo", "--name", "v", "--version", "1", "--exampl
 def test_the_portable_runner_gives_the_direct_runners_results_from_relative_paths(
         cli, services, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    direct = cli(*ARGS)
+    direct = cli(*ARGS, "--runner", "DirectRunner")
     assert direct.exit_code == 0, direct.stderr
     expected = json.loads(direct.stdout)
+    # The default runner, in process, finds the same on the same examples.
+    in_process = cli(*ARGS)
+    assert in_process.exit_code == 0, in_process.stderr
+    assert json.loads(in_process.stdout)["runner"] == "in-process"
+    assert same_figures(json.loads(in_process.stdout), expected, ignore=("runner", "time"))
 
     started = time.monotonic()
     command = [SHIPYARD, *ARGS, "--output", "result.json", "--runner", "PortableRunner",

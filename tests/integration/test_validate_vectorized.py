@@ -1,6 +1,7 @@
 """validate's vectorized path (whole batches: one tf.io.parse_example, pyarrow's readers)
-against its per-record path, on the same files: real Beam pipelines (DirectRunner), real
-SavedModels, files written here with good and bad records in the middle of a batch."""
+against its per-record path, on the same files, on both runners: the in-process loop and a
+real Beam pipeline (DirectRunner), with real SavedModels and files written here with good and
+bad records in the middle of a batch. Each runner is checked against the other too."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def job_for(published: Path, models, examples: Path, fmt: str, **changes):
     """The ValidationJob `shipyard validate --source ... --against 2` builds, on model m."""
     from shipyard.repository import open_repository
     from shipyard.validation.examples import declared_inputs, examples_input
-    from shipyard.validation.pipeline import ValidationJob
+    from shipyard.validation.stages import ValidationJob
 
     repo = open_repository(published)
     manifest = repo.read_manifest("m", 1)
@@ -101,17 +102,28 @@ def job_for(published: Path, models, examples: Path, fmt: str, **changes):
     return dataclasses.replace(job, **changes)
 
 
-@pytest.mark.parametrize("fmt", ["tfrecord", "csv", "jsonl"])
-def test_the_vectorized_and_the_per_record_path_find_the_same(published, models, x, tmp_path,
-                                                              fmt):
+RUNNERS = ["in-process", "DirectRunner"]
+
+
+def run(job, runner: str, tmp_path: Path, *, vectorized: bool = True) -> dict:
+    """The outcome of one validation run on `runner`, as steps/validate.py gets it."""
+    if runner == "in-process":
+        from shipyard.validation.in_process import matching_files, run_in_process
+
+        return run_in_process(job, matching_files(job.examples), vectorized=vectorized)
     from shipyard.validation.pipeline import run_pipeline
 
+    return run_pipeline(job, runner=runner, results_dir=str(tmp_path), vectorized=vectorized,
+                        beam_args=["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("fmt", ["tfrecord", "csv", "jsonl"])
+def test_the_vectorized_and_the_per_record_path_find_the_same(published, models, x, tmp_path,
+                                                              fmt, runner):
     path = WRITERS[fmt](tmp_path / f"examples.{fmt}", x)
     job = job_for(published, models, path, fmt)
-    vectorized, per_record = (
-        run_pipeline(job, runner="DirectRunner", results_dir=str(tmp_path), vectorized=v,
-                     beam_args=["--direct_num_workers=1", "--direct_running_mode=in_memory"])
-        for v in (True, False))
+    vectorized, per_record = (run(job, runner, tmp_path, vectorized=v) for v in (True, False))
 
     assert vectorized["examples"] == per_record["examples"] == RECORDS - len(BAD)
     assert vectorized["unmappable"] == per_record["unmappable"] == len(BAD)
@@ -144,7 +156,7 @@ def test_a_good_batch_is_mapped_in_one_step_to_what_each_record_maps_to(publishe
 
     from shipyard.validation.batches import BatchFallback
     from shipyard.validation.examples import batch
-    from shipyard.validation.pipeline import _BatchMapper, _RecordMapper
+    from shipyard.validation.stages import BatchMapper, RecordMapper
 
     path = WRITERS[fmt](tmp_path / f"examples.{fmt}", x)
     if fmt == "tfrecord":
@@ -152,7 +164,7 @@ def test_a_good_batch_is_mapped_in_one_step_to_what_each_record_maps_to(publishe
     else:
         records = path.read_text().splitlines()[1 if fmt == "csv" else 0:]
     job = job_for(published, models, path, fmt)
-    one_step, each = _BatchMapper(job).map, _RecordMapper(job).map
+    one_step, each = BatchMapper(job).map, RecordMapper(job).map
 
     mapped = one_step(records[:BATCH])
     expected = batch(each(record) for record in records[:BATCH])
@@ -206,14 +218,12 @@ def test_tables_map_like_rows_nested_lists_text_integers_and_strings():
         read_jsonl([json.dumps({"ids": 1}), ""])  # the empty line is a bad example
 
 
-def test_more_bad_examples_than_are_listed_are_all_counted(published, models, tmp_path):
-    from shipyard.validation.pipeline import run_pipeline
-
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_more_bad_examples_than_are_listed_are_all_counted(published, models, tmp_path, runner):
     path = tmp_path / "mostly-bad.jsonl"
     path.write_text("".join(json.dumps({"x": [i, i]}) + "\n" for i in range(7))
                     + json.dumps({"x": [1, 2, 3]}) + "\n")
-    outcome = run_pipeline(job_for(published, models, path, "jsonl"), runner="DirectRunner",
-                           beam_args=[], results_dir=str(tmp_path))
+    outcome = run(job_for(published, models, path, "jsonl"), runner, tmp_path)
     assert outcome["examples"] == 1 and outcome["unmappable"] == 7
     assert len(outcome["unmappable_examples"]) == 5  # a sample of them
     assert all(re_match(r"^example '\{\"x\": \[(\d), \1\]\}': feature x: expected 3 value",
@@ -221,12 +231,12 @@ def test_more_bad_examples_than_are_listed_are_all_counted(published, models, tm
     assert outcome["stats"]["parity"]["logits"]["examples"] == 1
 
 
-def test_tfrecord_files_are_read_whole_compressed_or_not(published, models, x, tmp_path):
-    """Each file is read in batches by one DoFn; a .gz name means GZIP, as Beam's
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_tfrecord_files_are_read_whole_compressed_or_not(published, models, x, tmp_path,
+                                                        runner):
+    """Each file is read in batches (by one DoFn on Beam); a .gz name means GZIP, as Beam's
     ReadFromTFRecord reads it."""
     import tensorflow as tf
-
-    from shipyard.validation.pipeline import run_pipeline
 
     for part, rows in enumerate((x[:20], x[20:])):
         options = tf.io.TFRecordOptions(compression_type="GZIP" if part else None)
@@ -236,7 +246,7 @@ def test_tfrecord_files_are_read_whole_compressed_or_not(published, models, x, t
                 writer.write(tf.train.Example(features=tf.train.Features(feature={
                     "x": tf.train.Feature(float_list=tf.train.FloatList(value=row))}))
                     .SerializeToString())
-    outcome = run_pipeline(job_for(published, models, tmp_path / "part-*", "tfrecord"),
-                           runner="DirectRunner", beam_args=[], results_dir=str(tmp_path))
+    outcome = run(job_for(published, models, tmp_path / "part-*", "tfrecord"), runner,
+                  tmp_path)
     assert outcome["examples"] == RECORDS and outcome["unmappable"] == 0
     assert outcome["stats"]["parity"]["logits"]["within"] == RECORDS

@@ -108,7 +108,7 @@ def test_integer_inputs_refuse_fractions():
 
 
 # A tf.Example record's numbers reach to_inputs as one numpy array (float32 for a float_list,
-# int64 for an int64_list; pipeline._feature_values), not as a list of Python numbers.
+# int64 for an int64_list; stages._feature_values), not as a list of Python numbers.
 @pytest.mark.parametrize("values, decl", [
     (np.array([0.1, 2.5, -3], np.float32), InputDecl("x", "float32", (None, 3))),
     (np.array([0.1, 2.5, -3], np.float32), InputDecl("x", "float64", (None, 3))),

@@ -20,7 +20,7 @@ def demo_command(workdir: Path, as_json: bool) -> None:
 
     Runs the reference TFX pipeline locally (train, export, verify, MLflow on SQLite, publish,
     models.config; the first version becomes stable and champion), then trains a challenger
-    and takes it through an offline canary (Beam validation against the champion on sample
+    and takes it through an offline canary (validation against the champion on sample
     data, agreement gate) to promotion. Run it again: the pipeline's version is reused and a
     new challenger takes over.
     """

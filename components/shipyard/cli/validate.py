@@ -42,9 +42,13 @@ log = logging.getLogger(__name__)
 @import_option("Import MODULE first (custom Keras objects of --source). Repeatable.")
 @click.option("--unsafe", is_flag=True, help="Load a .keras --source with safe_mode off.")
 @registry_options
-@click.option("--runner", default="DirectRunner", show_default=True,
-              help="Beam runner: a name Beam registers (PortableRunner, FlinkRunner, "
-                   "SparkRunner, DataflowRunner, ...) or a class path package.module.Class.")
+@click.option("--runner", default="in-process", show_default=True,
+              help="in-process (this process, no Beam), or a Beam runner: a name Beam "
+                   "registers (DirectRunner, PortableRunner, FlinkRunner, SparkRunner, "
+                   "DataflowRunner, ...) or a class path package.module.Class.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Examples per model call. Lower it for large inputs (images): a batch's "
+                   "inputs and outputs, and a few batches read ahead, are held at once.")
 @click.option("--sample", type=int, default=None, metavar="K",
               help="Validate on a uniform sample of K examples.")
 @click.option("--max-abs-error", type=float, default=None,
@@ -61,16 +65,17 @@ log = logging.getLogger(__name__)
 def validate_command(repo: str, name: str, version: int, examples: str, fmt: str | None,
                      endpoint: str | None, source: Path | None, against: str | None,
                      imports: tuple[str, ...], unsafe: bool, tracking_uri: str | None,
-                     registry_uri: str | None, runner: str, sample: int | None,
+                     registry_uri: str | None, runner: str, batch_size: int,
+                     sample: int | None,
                      max_abs_error: float | None, min_agreement: float | None,
                      agreement_outputs: tuple[str, ...], output: str | None, as_json: bool,
                      beam_args: tuple[str, ...]) -> None:
-    """Run version N of NAME on real examples in an Apache Beam pipeline.
+    """Run version N of NAME on real examples, in this process or on a Beam runner.
 
     Reports parity with the --source model and agreement with --against (champion or a
     version), to stdout, --output and MLflow (metrics and a JSON artifact on the version's
-    run). Arguments after `--` go to Beam unchanged (e.g. -- --project P --region R
-    --temp_location gs://b/tmp for Dataflow).
+    run). With a Beam --runner, arguments after `--` go to Beam unchanged (e.g. -- --project P
+    --region R --temp_location gs://b/tmp for Dataflow).
 
     Exit codes: 0 all gates met, 8 parity or agreement outside the thresholds, 2 bad arguments
     or unmappable examples, 6 MLflow unreachable, 1 anything else.
@@ -80,6 +85,7 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     from shipyard.validation.runners import (
         absolute,
         absolute_option,
+        is_in_process,
         local_path_warnings,
         option_value,
     )
@@ -92,7 +98,7 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     output = absolute(output) if output is not None else None
     beam = absolute_option(tuple(a for a in beam_args if a != "--"), "--temp_location")
     # --output is written by this process, not by the workers: it needs no warning.
-    for warning in local_path_warnings(runner, beam, [
+    for warning in [] if is_in_process(runner) else local_path_warnings(runner, beam, [
             ("--repo", repo), ("--examples", examples),
             ("--source", str(source) if source is not None else None),
             ("--temp_location", option_value(beam, "--temp_location"))]):
@@ -101,7 +107,7 @@ def validate_command(repo: str, name: str, version: int, examples: str, fmt: str
     request = ValidateRequest(
         name=name, version=version, examples=examples, fmt=fmt, endpoint=endpoint,
         source=source, against=against, imports=imports, unsafe=unsafe, runner=runner,
-        beam_args=beam, sample=sample, max_abs_error=max_abs_error,
+        beam_args=beam, batch_size=batch_size, sample=sample, max_abs_error=max_abs_error,
         min_agreement=min_agreement, agreement_outputs=agreement_outputs, output=output)
 
     def registry() -> Any:

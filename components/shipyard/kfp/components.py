@@ -73,7 +73,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     def validate(repository: str, model_name: str, version: int, examples: str,
                  against: str, tracking_uri: str, min_agreement: float,
                  agreement_outputs: str = "") -> str:
-        """Beam validation of a version against another one (e.g. the champion); a missed
+        """Validation of a version against another one (e.g. the champion); a missed
         gate fails the task. `agreement_outputs`: comma-separated, "" for all outputs."""
         import json
 

@@ -1,7 +1,8 @@
-"""`shipyard validate`: a published version on real examples, through Apache Beam.
+"""`shipyard validate`: a published version on real examples, in process or on a Beam runner.
 
 Composes: the repository (the version and its manifest), the registry (champion, and where the
-results are logged), the example mapping and the Beam pipeline, the gates. Nothing is written
+results are logged), the example mapping and the runner (in_process.py, or the Beam pipeline),
+the gates. Nothing is written
 into the version directory: published versions are immutable.
 """
 
@@ -39,8 +40,11 @@ class ValidateRequest:
     against: str | None = None  # "champion" or a version number
     imports: tuple[str, ...] = ()
     unsafe: bool = False
-    runner: str = "DirectRunner"
+    runner: str = "in-process"  # validation/in_process.py IN_PROCESS; else a Beam runner
     beam_args: tuple[str, ...] = ()
+    # Examples per model call: each call has a fixed cost (bench/validate.py), and a batch's
+    # inputs and outputs are held at once.
+    batch_size: int = 1024
     sample: int | None = None
     max_abs_error: float | None = None
     min_agreement: float | None = None
@@ -96,7 +100,6 @@ def validate_version_on_examples(
         declared_inputs,
         examples_input,
         format_of,
-        matching_files,
         shared_csv_header,
     )
 
@@ -107,14 +110,7 @@ def validate_version_on_examples(
         raise UsageError("nothing to compare: pass --source MODEL (parity with the source "
                          "model) and/or --against champion|VERSION (agreement with another "
                          "version)")
-    from shipyard.validation.runners import is_direct, runner_class
-
-    runner_class(request.runner)  # a runner Beam cannot make is a usage error, found now
-    direct = is_direct(request.runner)  # DirectRunner, by any name Beam gives it
-    if not direct and option_value(request.beam_args, "--temp_location") is None:
-        raise UsageError(f"runner {request.runner}: pass -- --temp_location URL (a bucket "
-                         "path the workers can write to); the results are collected there",
-                         param="runner")
+    runner = _runner(request)
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)
@@ -124,7 +120,7 @@ def validate_version_on_examples(
     agreement_outputs = request.agreement_outputs or _default_agreement_outputs(kind,
                                                                                 signature)
     fmt = format_of(request.examples, request.fmt)
-    files = matching_files(request.examples)
+    files = runner.matching_files(request.examples)
     against = _resolve_against(repo, request, read_aliases)
     if against is not None:
         _check_same_signature(manifest, repo.read_manifest(request.name, against), endpoint,
@@ -134,12 +130,12 @@ def validate_version_on_examples(
 
         check_model_path(request.source)
 
-    from shipyard.validation.pipeline import ValidationJob, run_pipeline
+    from shipyard.validation.stages import ValidationJob
 
     tolerance = manifest.spec.get("tolerance", {})
     job = ValidationJob(
         examples=request.examples, fmt=fmt,
-        csv_header=shared_csv_header(files) if fmt == "csv" else None,
+        csv_header=shared_csv_header(files, runner.first_line) if fmt == "csv" else None,
         decls=tuple(declared_inputs(signature)),
         examples_input=examples_input(manifest.spec, endpoint), kind=kind,
         endpoint=endpoint,
@@ -148,20 +144,10 @@ def validate_version_on_examples(
         imports=request.imports, unsafe=request.unsafe,
         against_dir=repo.version_location(request.name, against) if against else None,
         atol=float(tolerance.get("atol", 1e-5)), rtol=float(tolerance.get("rtol", 1e-5)),
-        sample=request.sample)
-    beam_args = list(request.beam_args)
-    if direct and option_value(request.beam_args, "--direct_num_workers") is None:
-        # One in-memory worker: measured fastest (bench/validate.py), since parsing and
-        # mapping examples is Python and threads contend for the GIL; worker processes would
-        # each pay TensorFlow's import (~6 s here).
-        beam_args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
-    with contextlib.ExitStack() as stack:
-        results_dir = option_value(request.beam_args, "--temp_location") or stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="shipyard-validate-"))
-        with progress.step(f"run the validation pipeline on {len(files)} file(s) "
-                           f"({request.runner})"):
-            outcome = run_pipeline(job, runner=request.runner, beam_args=beam_args,
-                                   results_dir=results_dir)
+        sample=request.sample, min_batch_size=request.batch_size,
+        max_batch_size=request.batch_size)
+    with progress.step(f"run the validation on {len(files)} file(s) ({request.runner})"):
+        outcome = runner.run(job, files)
     if outcome["unmappable"]:
         listed = "\n".join(f"  - {e}" for e in outcome["unmappable_examples"])
         raise UsageError(
@@ -205,6 +191,9 @@ def validate_version_on_examples(
 
 
 def _check_thresholds(request: ValidateRequest) -> None:
+    if request.batch_size < 1:
+        raise UsageError(f"batch_size: expected a positive number of examples, got "
+                         f"{request.batch_size}", param="batch_size")
     if request.sample is not None and request.sample < 1:
         raise UsageError(f"sample: expected a positive number of examples, got "
                          f"{request.sample}", param="sample")
@@ -327,3 +316,58 @@ def _write(output: str, document: dict[str, Any]) -> None:
     except OSError as err:
         raise UsageError(f"output {output}: cannot write the results: {err}",
                          param="output") from None
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """Where the validation runs: how it lists and reads the example files, and runs."""
+
+    matching_files: Callable[[str], list[str]]
+    first_line: Callable[[str], str]
+    run: Callable[[Any, list[str]], dict[str, Any]]
+
+
+def _runner(request: ValidateRequest) -> _Runner:
+    """The in-process runner (no Beam imported), or a Beam runner; UsageError (param
+    `runner`) for a runner Beam cannot make or one that needs options it was not given."""
+    from shipyard.validation.runners import IN_PROCESS, is_in_process
+
+    if is_in_process(request.runner):
+        from shipyard.validation import in_process
+
+        if request.beam_args:
+            raise UsageError(
+                f"runner {IN_PROCESS} takes no Beam pipeline options (given: "
+                f"{' '.join(request.beam_args)}); pass --runner DirectRunner, or another Beam "
+                "runner, to run the Beam pipeline with them", param="runner")
+        return _Runner(in_process.matching_files, in_process.first_line,
+                       lambda job, files: in_process.run_in_process(job, files))
+
+    from shipyard.validation.runners import is_direct, runner_class
+
+    runner_class(request.runner)  # a runner Beam cannot make is a usage error, found now
+    direct = is_direct(request.runner)  # DirectRunner, by any name Beam gives it
+    if not direct and option_value(request.beam_args, "--temp_location") is None:
+        raise UsageError(f"runner {request.runner}: pass -- --temp_location URL (a bucket "
+                         "path the workers can write to); the results are collected there",
+                         param="runner")
+    beam_args = list(request.beam_args)
+    if direct and option_value(request.beam_args, "--direct_num_workers") is None:
+        # One in-memory worker: measured fastest (bench/validate.py), since parsing and
+        # mapping examples is Python and threads contend for the GIL; worker processes would
+        # each pay TensorFlow's import (~6 s here).
+        beam_args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+    def run(job: Any, files: list[str]) -> dict[str, Any]:
+        from shipyard.validation.pipeline import run_pipeline
+
+        with contextlib.ExitStack() as stack:
+            results_dir = option_value(request.beam_args, "--temp_location") or \
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="shipyard-validate-"))
+            return run_pipeline(job, runner=request.runner, beam_args=beam_args,
+                                results_dir=results_dir)
+
+    from shipyard.validation import pipeline
+
+    return _Runner(pipeline.matching_files, pipeline.first_line, run)
+

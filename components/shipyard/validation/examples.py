@@ -18,7 +18,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def parse_csv_header(line: str) -> list[str]:
 def csv_row(header: list[str], line: str) -> dict[str, Any]:
     """One CSV line -> {column: cell}. A tensor input `f` of shape [3] is either the columns
     f_0, f_1, f_2 or one cell "1 2 3" (numeric inputs only: text may contain spaces)."""
-    cells = next(csv.reader(io.StringIO(line)))
+    cells = next(csv.reader(io.StringIO(line)), [])  # an empty line: no cells
     if len(cells) != len(header):
         raise ExampleError(f"the row has {len(cells)} cells but the header names "
                            f"{len(header)} columns")
@@ -375,28 +375,13 @@ def batch(examples: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
 
 
-def matching_files(pattern: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as err:  # Beam raises BeamIOError for unknown schemes, missing dirs
-        raise UsageError(f"examples {pattern}: cannot list matching files: {err}",
-                         param="examples") from None
-    if not matched:
-        raise UsageError(f"examples {pattern}: no file matches; check the path or glob",
-                         param="examples")
-    return sorted(m.path for m in matched)
-
-
-def shared_csv_header(paths: list[str]) -> tuple[str, ...]:
-    """The header all CSV files share (each file's first line is skipped as its header)."""
-    from apache_beam.io.filesystems import FileSystems
-
+def shared_csv_header(paths: list[str], first_line: Callable[[str], str]
+                      ) -> tuple[str, ...]:
+    """The header all CSV files share (each file's first line is skipped as its header);
+    `first_line` reads a file's first line, through the runner's file systems."""
     headers = {}
     for path in paths:
-        with FileSystems.open(path) as f:
-            first = f.readline().decode().rstrip("\r\n")
+        first = first_line(path)
         if not first:
             raise UsageError(f"examples: {path} is empty; a CSV file needs a header line",
                              param="examples")

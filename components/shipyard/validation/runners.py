@@ -1,4 +1,6 @@
-"""Which Beam runner `--runner` names, and where its workers run.
+"""Which runner `--runner` names, and where its workers run.
+
+`in-process` (IN_PROCESS, the default) is shipyard's own loop (in_process.py), not Beam.
 
 `--runner` takes what Beam's own `--runner` option takes (`create_runner` in
 apache_beam/runners/runner.py): one of Beam's registered runner names, in any case and with
@@ -24,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 from shipyard.core.errors import UsageError
 
+IN_PROCESS = "in-process"
 DIRECT_RUNNER = "apache_beam.runners.direct.direct_runner.DirectRunner"
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 PORTABLE_RUNNER = "apache_beam.runners.portability.portable_runner.PortableRunner"
@@ -50,6 +53,11 @@ DASK_REFUSAL = (
     "FlinkRunner, SparkRunner or DataflowRunner")
 
 _DOTTED_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def is_in_process(name: str) -> bool:
+    """Whether `--runner NAME` is the in-process runner rather than a Beam runner."""
+    return name.strip().lower() == IN_PROCESS
 
 
 def runner_path(name: str) -> str:
