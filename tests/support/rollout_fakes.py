@@ -22,6 +22,7 @@ class FakeCluster:
         self.holder = holder  # who holds the Lease now
         self.canary: int | None = None
         self.weight = 0
+        self.mirror = 0  # the share of stable's traffic copied to the canary
         self.states: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple] = []
@@ -76,6 +77,11 @@ class FakeCluster:
     def set_weight(self, name: str, weight: int) -> None:
         self._record("set_weight", weight)
         self.weight = weight
+        self.mirror = 0  # a weighted route carries no mirror (kube.cluster renders none)
+
+    def set_mirror(self, name: str, percent: int) -> None:
+        self._record("set_mirror", percent)
+        self.mirror = percent
 
     def promote_stable(self, name: str, version: int) -> None:
         self._record("promote_stable", version)
@@ -84,6 +90,7 @@ class FakeCluster:
     def remove_canary(self, name: str) -> None:
         self._record("remove_canary")
         self.canary = None
+        self.mirror = 0
 
 
 class ScriptedObserver:

@@ -57,6 +57,7 @@ class ServingTarget:
     stable_version: int = 1
     canary_version: int | None = None
     canary_weight: int = 0
+    gateway_api_version: str = "v1.3.0"  # the policy's serving.gateway_api_version
 
     @property
     def base_path(self) -> str:

@@ -6,9 +6,12 @@ MLflow registry (alias moves through the audited path).
 
 The state is saved after every action, in the cluster, so a controller that is restarted (the
 same `rollout start`) resumes where it stopped: it first finishes the actions that were
-decided, then goes on checking. `rollout promote|abort` never write that state: they store a
-request under its own key, which only they write, so no request is lost to a controller
-saving its state at the same moment.
+decided, then goes on checking. `rollout promote|abort|approve` never write that state: they
+store a request under its own key, which only they write, so no request is lost to a
+controller saving its state at the same moment.
+
+Each saved state that says something happened (rollout/events.py) is told to `notify`, after
+it is stored.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, Callable, ContextManager, Protocol
 
 from shipyard.core.errors import LeaseHeldError, ShipyardError, UsageError
 from shipyard.rollout import machine
+from shipyard.rollout.events import events
 from shipyard.rollout.gates import GateResult, Observation, evaluate
 from shipyard.rollout.machine import RolloutState
 from shipyard.rollout.policy import RolloutPolicy
@@ -41,6 +45,8 @@ class Cluster(Protocol):
     def stable_version(self, name: str) -> int | None: ...
     def deploy_canary(self, name: str, version: int) -> None: ...
     def set_weight(self, name: str, weight: int) -> None: ...
+    def set_mirror(self, name: str, percent: int) -> None:
+        """Copy `percent` of the stable track's requests to the canary (0: stop)."""
     def promote_stable(self, name: str, version: int) -> None: ...
     def remove_canary(self, name: str) -> None: ...
 
@@ -57,12 +63,17 @@ class Aliases(Protocol):
                       gates: dict[str, Any]) -> None: ...
 
 
+Notify = Callable[[str, dict[str, Any]], None]  # (event type, data); never raises
+
+
 class Ports:
     def __init__(self, cluster: Cluster, observer: Observer, aliases: Aliases, *,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, notify: Notify | None = None):
         self.cluster, self.observer, self.aliases = cluster, observer, aliases
         self.clock, self.sleep = clock, sleep
+        self.notify = notify
+        self.saved: dict[str, RolloutState] = {}  # the last state saved, per model
 
 
 def current(ports: Ports, name: str) -> RolloutState | None:
@@ -77,6 +88,8 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
     the model's Lease throughout. Resumes a stored rollout of the same version."""
     with ports.cluster.lease(name, holder, lease_wait_s) as lease:
         state = current(ports, name)
+        if state is not None:
+            ports.saved[name] = state  # its events were told when it was saved
         unfinished = state is not None and not state.terminal
         if unfinished and state.version != version:
             raise UsageError(
@@ -92,6 +105,25 @@ def start(ports: Ports, name: str, version: int, policy: RolloutPolicy, *, holde
             log.info("resuming the rollout of %s version %s at step %s", name, version,
                      state.step + 1)
         return _run(ports, lease, state, policy, on_change)
+
+
+def approve(ports: Ports, name: str, reason: str, *, by: str) -> RolloutState:
+    """`rollout approve`: stored as a request for the approval step the rollout waits at,
+    which the controller acts on at its next check (or the same `rollout start`, run again,
+    if no controller runs). It never drives the rollout itself: only the controller holds
+    the policy's remaining steps."""
+    state = current(ports, name)
+    if state is None or state.terminal:
+        raise UsageError(f"name {name}: no rollout of {name} is in progress"
+                         + (f" (the last one ended {state.phase}: {state.reason})"
+                            if state else ""), param="name")
+    if state.phase != machine.AWAITING_APPROVAL:
+        raise UsageError(f"name {name}: the rollout of version {state.version} is not waiting "
+                         f"for an approval (phase {state.phase}, step {state.step + 1}); "
+                         "approve once `rollout status` says awaiting_approval", param="name")
+    ports.cluster.save_request(name, {"rollout_id": state.rollout_id, "what": machine.APPROVE,
+                                      "reason": reason, "by": by, "step": state.step})
+    return machine.request(state, machine.APPROVE, reason, by)
 
 
 def _stable_version(ports: Ports, name: str, version: int) -> int | None:
@@ -114,7 +146,8 @@ def _stable_version(ports: Ports, name: str, version: int) -> int | None:
 
 
 def request(ports: Ports, name: str, what: str, reason: str | None, *, holder: str,
-            lease_wait_s: float = 0.0, policy: RolloutPolicy | None = None) -> RolloutState:
+            lease_wait_s: float = 0.0, policy: RolloutPolicy | None = None,
+            by: str | None = None) -> RolloutState:
     """`rollout promote|abort`: stored as a request, which a running controller acts on at its
     next check. The command then waits up to `lease_wait_s` for the Lease: once no controller
     holds it (the running one finished, or a dead one's Lease expired), it carries out what is
@@ -125,27 +158,31 @@ def request(ports: Ports, name: str, what: str, reason: str | None, *, holder: s
                          + (f" (the last one ended {state.phase}: {state.reason})"
                             if state else ""), param="name")
     ports.cluster.save_request(name, {"rollout_id": state.rollout_id, "what": what,
-                                      "reason": reason})
+                                      "reason": reason, "by": by})
     with contextlib.ExitStack() as stack:
         try:
             lease = stack.enter_context(ports.cluster.lease(name, holder, lease_wait_s))
         except LeaseHeldError as err:
             log.warning("%s; the request is recorded and the controller acts on it at its "
                         "next check", err)
-            return machine.request(state, what, reason)
-        state = _with_stored_request(ports, current(ports, name) or state)
+            return machine.request(state, what, reason, by)
+        state = current(ports, name) or state
+        ports.saved[name] = state
+        state = _with_stored_request(ports, state)
         if state.terminal:
             return state  # the running controller finished (with our request, or before it)
         policy = policy or _ANY_POLICY
         # An abort preempts what is pending; a promote comes after it.
-        state = _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None)
-        return _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None)
+        state = _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None,
+                       policy)
+        return _drain(ports, lease, machine.decide(state, policy, None, ports.clock()), None,
+                      policy)
 
 
 def _run(ports: Ports, lease: Lease, state: RolloutState, policy: RolloutPolicy,
          on_change: Callable[[RolloutState], None] | None) -> RolloutState:
     while True:
-        state = _drain(ports, lease, _decide_request(ports, state, policy), on_change)
+        state = _drain(ports, lease, _decide_request(ports, state, policy), on_change, policy)
         if state.terminal:
             return state
         ports.sleep(policy.check_interval_seconds)
@@ -181,7 +218,8 @@ def _decide_request(ports: Ports, state: RolloutState, policy: RolloutPolicy) ->
 
 
 def _drain(ports: Ports, lease: Lease, state: RolloutState,
-           on_change: Callable[[RolloutState], None] | None) -> RolloutState:
+           on_change: Callable[[RolloutState], None] | None,
+           policy: RolloutPolicy) -> RolloutState:
     """Carries out the pending actions in order, saving after each (a restart redoes at most
     the one that was under way; every action is idempotent). A failing forward action rolls
     the rollout back; an abort stored meanwhile preempts the rest. A failing rollback action
@@ -209,7 +247,7 @@ def _drain(ports: Ports, lease: Lease, state: RolloutState,
         else:
             state = machine.done(state, ports.clock())
         if state.requested is None:
-            state = _decide_request(ports, state, _ANY_POLICY)
+            state = _decide_request(ports, state, policy)
         _save(ports, state, on_change)
     return state
 
@@ -223,6 +261,8 @@ def _carry_out(ports: Ports, state: RolloutState, action: machine.Action) -> Non
         ports.cluster.deploy_canary(name, action.version)
     elif action.kind == "set_weight":
         ports.cluster.set_weight(name, action.weight)
+    elif action.kind == "set_mirror":
+        ports.cluster.set_mirror(name, action.percent or 0)
     elif action.kind == "promote_stable":
         ports.cluster.promote_stable(name, action.version)
     elif action.kind == "remove_canary":
@@ -250,9 +290,12 @@ def _with_stored_request(ports: Ports, state: RolloutState, *,
         log.warning("%s: could not read the promote/abort requests (%s); reading them again "
                     "at the next check", state.name, err)
         return state
-    if (stored and not state.requested and stored.get("rollout_id") == state.rollout_id):
-        return machine.request(state, stored["what"], stored.get("reason"))
-    return state
+    if not stored or state.requested or stored.get("rollout_id") != state.rollout_id:
+        return state
+    if stored["what"] == machine.APPROVE and not (
+            state.phase == machine.AWAITING_APPROVAL and stored.get("step") == state.step):
+        return state  # an approval of an earlier step, already given
+    return machine.request(state, stored["what"], stored.get("reason"), stored.get("by"))
 
 
 def _save(ports: Ports, state: RolloutState,
@@ -267,6 +310,10 @@ def _save(ports: Ports, state: RolloutState,
             + ("; ".join(machine.describe(a) for a in state.pending) or "nothing")
             + "); the cluster keeps the last one saved before it, if any: run the same "
             "command again to resume from there") from err
+    before, ports.saved[state.name] = ports.saved.get(state.name), state
+    if ports.notify is not None:
+        for event_type, data in events(before, state):
+            ports.notify(event_type, data)
     if on_change is not None:
         on_change(state)
 

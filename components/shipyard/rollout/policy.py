@@ -1,9 +1,13 @@
 """POLICY.yaml: the canary's steps and gates, validated with pydantic. Pure.
 
-    steps:                          # traffic weight on the canary, and how long to hold it
-      - {weight: 10, pause_seconds: 120}
+    steps:                          # in order; each step is one of:
+      - {mirror: 20, pause_seconds: 300}   # shadow: weight 0, 20% of stable's traffic copied
+                                           #   to the canary (mirror steps come first)
+      - {approval: true, timeout_seconds: 3600}  # wait for `rollout approve` (abort on timeout)
+      - {weight: 10, pause_seconds: 120}   # traffic weight on the canary, and how long to hold it
       - {weight: 50, pause_seconds: 300}
     gates:
+      min_requests: 100             # fewer canary requests in a check: error/latency no data
       max_error_rate: 0.01          # canary's share of non-OK requests during the step
       max_p99_latency_ms: 250       # canary's p99 request latency during the step
       agreement:                    # stable vs canary on sample requests
@@ -20,6 +24,8 @@
       hostnames: []                 # route only these hosts (and the model's REST paths)
       rollout_timeout_seconds: 600  # how long a Deployment may take to become ready
       canary_grace_seconds: 15      # the canary's Service outlives its last weight change
+      gateway_api_version: v1.3.0   # the cluster's Gateway API (RequestMirror percent: v1.3+)
+    notify: [https://hooks.example.com/shipyard]   # CloudEvents receivers (and SHIPYARD_NOTIFY)
     check_interval_seconds: 30
     no_data: pause                  # pause | fail | pass: what a check without data does
     max_checks_without_data: 10     # after this many, no data fails the rollout
@@ -28,6 +34,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -43,9 +50,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+WEIGHT, MIRROR, APPROVAL = "weight", "mirror", "approval"
+
+
 class Step(_Strict):
-    weight: Annotated[int, Field(ge=1, le=100)]
+    """One step: exactly one of `weight` (the canary's share of the traffic), `mirror` (the
+    share of stable's traffic copied to the canary, whose answers nobody sees) or
+    `approval: true` (wait for `rollout approve`)."""
+
+    weight: Annotated[int, Field(ge=1, le=100)] | None = None
+    mirror: Annotated[int, Field(ge=1, le=100)] | None = None
+    approval: Literal[True] | None = None
     pause_seconds: Annotated[float, Field(ge=0)] = 60.0
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None  # approval steps only
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        given = [k for k in (WEIGHT, MIRROR, APPROVAL) if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of weight, mirror and approval: true"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.approval and "pause_seconds" in self.model_fields_set:
+            raise ValueError("an approval step waits for `shipyard rollout approve`, not "
+                             "pause_seconds; use timeout_seconds to bound the wait")
+        if self.timeout_seconds is not None and not self.approval:
+            raise ValueError("timeout_seconds bounds an approval step's wait; this step has "
+                             "none (use pause_seconds)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return WEIGHT if self.weight is not None else MIRROR if self.mirror else APPROVAL
 
 
 class Agreement(_Strict):
@@ -61,6 +96,9 @@ class Agreement(_Strict):
 
 
 class Gates(_Strict):
+    # Fewer canary requests than this in a check's window: the error and latency gates have
+    # no data (the policy's no_data applies), rather than judging on a handful.
+    min_requests: Annotated[int, Field(ge=1)] | None = None
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = None
     max_p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
     agreement: Agreement | None = None
@@ -87,6 +125,14 @@ class Serving(_Strict):
     # The controller's own settings (not the objects'):
     rollout_timeout_seconds: Annotated[float, Field(gt=0)] = 600
     canary_grace_seconds: Annotated[float, Field(ge=0)] = 15
+    # The Gateway API release the cluster serves: RequestMirror's `percent` is in its
+    # standard channel from v1.3.0 (before it, a mirror copies all requests).
+    gateway_api_version: Annotated[str, Field(pattern=r"^v\d+\.\d+(\.\d+)?$")] = "v1.3.0"
+
+    @property
+    def mirror_percent_supported(self) -> bool:
+        major, minor = (int(n) for n in re.findall(r"\d+", self.gateway_api_version)[:2])
+        return (major, minor) >= (1, 3)
 
 
 class RolloutPolicy(_Strict):
@@ -97,12 +143,25 @@ class RolloutPolicy(_Strict):
     check_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     no_data: Literal["pause", "fail", "pass"] = "pause"
     max_checks_without_data: Annotated[int, Field(ge=1)] = 10
+    notify: tuple[str, ...] = ()  # CloudEvents receivers, beside --notify and SHIPYARD_NOTIFY
 
     @model_validator(mode="after")
-    def _weights_rise(self) -> RolloutPolicy:
-        weights = [s.weight for s in self.steps]
+    def _steps_in_order(self) -> RolloutPolicy:
+        weights = [s.weight for s in self.steps if s.weight is not None]
         if weights != sorted(weights):
             raise ValueError(f"steps: weights must not decrease, got {weights}")
+        kinds = [s.kind for s in self.steps]
+        if MIRROR in kinds and WEIGHT in kinds and (
+                max(i for i, k in enumerate(kinds) if k == MIRROR)
+                > kinds.index(WEIGHT)):
+            raise ValueError("steps: mirror steps come before the first weight step (the "
+                             "mirror is removed when the canary first takes traffic)")
+        partial = [s.mirror for s in self.steps if s.mirror is not None and s.mirror < 100]
+        if partial and not self.serving.mirror_percent_supported:
+            raise ValueError(
+                f"steps: mirror {partial[0]} needs RequestMirror's percent, which the Gateway "
+                f"API has from v1.3.0; serving.gateway_api_version is "
+                f"{self.serving.gateway_api_version}: upgrade the Gateway API, or mirror 100")
         return self
 
 
