@@ -117,3 +117,46 @@ def test_without_a_cluster_the_error_says_how_to_configure_one(policy_file, tmp_
                                        "--policy", policy_file])
     assert result.exit_code == 1
     assert "no Kubernetes cluster configured: set KUBECONFIG" in result.stderr
+
+
+def test_approve_stores_the_approval_for_the_waiting_step(tmp_path):
+    from shipyard.rollout import machine
+    from shipyard.rollout.policy import parse_policy
+
+    world = World([GOOD])
+    refused = world.run("rollout", "approve", "--name", "m", "--reason", "ok")
+    assert refused.exit_code == 2
+    assert "name m: no rollout of m is in progress" in refused.stderr
+    waiting = machine.begin("m", 2, 1, parse_policy({"steps": [{"approval": True}]}),
+                            world.clock())
+    world.cluster.states["m"] = waiting.to_json()
+    blank = world.run("rollout", "approve", "--name", "m", "--reason", " ")
+    assert blank.exit_code == 2 and "reason: say why the step is approved" in blank.stderr
+
+    result = world.run("rollout", "approve", "--name", "m", "--reason", "load test passed",
+                       "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["phase"] == "awaiting_approval" and doc["requested"] == "approve"
+    stored = world.cluster.requests["m"]
+    assert stored["what"] == "approve" and stored["step"] == 0
+    assert stored["reason"] == "load test passed" and "@" in stored["by"]
+
+
+def test_plan_checks_a_policy_without_a_cluster(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"steps": [{"mirror": 10, "pause_seconds": 30},
+                                              {"approval": True}, {"weight": 50}],
+                                    "gates": {"min_requests": 20, "max_error_rate": 0.01}}))
+    result = CliRunner().invoke(main, ["rollout", "plan", "--policy", str(good), "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [s["kind"] for s in doc["steps"]] == ["mirror", "approval", "weight", "promote"]
+    text = CliRunner().invoke(main, ["rollout", "plan", "--policy", str(good)])
+    assert "3. stop mirroring; canary weight 50% for 60 s" in text.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"steps": [{"weight": 50}, {"mirror": 10}]}))
+    refused = CliRunner().invoke(main, ["rollout", "plan", "--policy", str(bad)])
+    assert refused.exit_code == 2
+    assert "steps: mirror steps come before the first weight step" in refused.stderr

@@ -1,6 +1,7 @@
-"""`shipyard rollout start|status|promote|abort`: canary rollouts on Kubernetes, carried out
-by shipyard.steps.rollout. Tests pass fakes of the rollout's adapters through click's context
-object: obj={"rollout_ports": factory}, factory(name, namespace, policy) -> Ports."""
+"""`shipyard rollout start|status|promote|abort|approve|plan`: canary rollouts on Kubernetes,
+carried out by shipyard.steps.rollout (`plan` needs no cluster). Tests pass fakes of the
+rollout's adapters through click's context object: obj={"rollout_ports": factory},
+factory(name, namespace, policy) -> Ports."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
 
     Holds the model's Lease for the whole rollout and records its state in the cluster; run
     the same command again to resume a rollout whose controller stopped. A first deployment
-    (nothing serves NAME yet) goes straight to stable.
+    (nothing serves NAME yet) goes straight to stable. Steps are weights, mirrors (shadow
+    traffic) and approvals; `shipyard rollout plan --policy POLICY` shows them.
 
     Exit codes: 0 promoted, 8 rolled back or aborted, 9 another rollout holds NAME,
     2 bad policy or arguments, 6 MLflow unreachable, 1 anything else.
@@ -124,3 +126,43 @@ def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: 
     """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
     _request(name, namespace, "abort", reason, tracking_uri, registry_uri, lease_wait,
              as_json)
+
+
+@rollout_group.command("approve")
+@click.option("--name", required=True, help="Model name.")
+@click.option("--reason", required=True, help="Why (recorded with the champion move).")
+@namespace_option
+@json_option("Print the state as JSON.")
+def rollout_approve_command(name: str, reason: str, namespace: str, as_json: bool) -> None:
+    """Approve the step the rollout of NAME waits at (phase awaiting_approval).
+
+    The approval is stored where the running `rollout start` picks it up at its next check
+    (if none runs, run the same `rollout start` again to resume). It is recorded with who
+    gave it, and goes into the audit of the champion move. `rollout abort` rejects instead.
+
+    Exit codes: 0 stored, 2 no rollout waiting for an approval, 1 anything else.
+    """
+    from shipyard.steps.rollout import approve_rollout
+
+    with library_prints_to_stderr():
+        state = approve_rollout(name, namespace, reason, **injected(rollout_ports="ports"))
+    doc = state.to_json()
+    emit(doc, as_json, f"approval of step {state.step + 1} stored for the rollout of {name} "
+                       f"version {state.version}; its controller continues at its next check")
+
+
+@rollout_group.command("plan")
+@click.option("--policy", "policy_path", required=True, type=click.Path(path_type=Path),
+              help="POLICY.yaml to check.")
+@json_option("Print the plan as JSON.")
+def rollout_plan_command(policy_path: Path, as_json: bool) -> None:
+    """Check POLICY.yaml without a cluster, and print the steps a rollout will take:
+    mirrors, weights, approvals, gates and their minimums, and the promotion.
+
+    Exit codes: 0 a valid policy, 2 a bad policy (the field is named).
+    """
+    from shipyard.rollout.plan import describe, plan
+    from shipyard.rollout.policy import load_policy
+
+    planned = plan(load_policy(policy_path))
+    emit(planned, as_json, describe(planned))

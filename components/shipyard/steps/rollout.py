@@ -1,6 +1,6 @@
 """The canary rollout on a cluster: the controller's adapters wired together, and the rollout
-started, read or asked to promote or abort (what `shipyard rollout` and the KFP rollout
-component both call).
+started, read, asked to promote or abort, or approved (what `shipyard rollout` and the KFP
+rollout component both call).
 
 The adapters are the cluster and its metrics (kube.cluster, kube.observe) and the MLflow
 registry, whose alias moves go through the audited alias path (shipyard.steps.alias). Every
@@ -165,4 +165,25 @@ def request_rollout(name: str, namespace: str, what: str, reason: str | None, *,
     controller, or carried out here once no controller holds the Lease (controller.request)."""
     made = _factory(ports, tracking_uri, registry_uri)(name, namespace, None)
     return controller.request(made, name, what, reason, holder=holder(),
-                              lease_wait_s=lease_wait_s)
+                              lease_wait_s=lease_wait_s, by=requester())
+
+
+def approve_rollout(name: str, namespace: str, reason: str, *,
+                    ports: PortsFactory | None = None) -> RolloutState:
+    """`rollout approve`: the approval the rollout of NAME waits for, stored for its
+    controller (controller.approve), with who gave it."""
+    validate_rollout_name(name)
+    if not reason.strip():
+        raise UsageError("reason: say why the step is approved (it is recorded with the "
+                         "champion move)", param="reason")
+    return controller.approve((ports or cluster_ports)(name, namespace, None), name, reason,
+                              by=requester())
+
+
+def requester() -> str:
+    """Who asks for a promotion, abort or approval: user@host, recorded in the audit."""
+    import socket
+
+    from shipyard.registry.client import current_user
+
+    return f"{current_user()}@{socket.gethostname()}"
