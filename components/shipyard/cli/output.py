@@ -146,7 +146,14 @@ def describe_validation(doc: dict[str, Any]) -> str:
 
 def describe_rollout(doc: dict[str, Any]) -> str:
     text = (f"{doc['name']}: version {doc['version']} over stable {doc['stable_version']}, "
-            f"{doc['phase']}, step {doc['step'] + 1}, canary weight {doc['weight']}%")
+            f"{doc['phase']}, step {doc['step'] + 1}, canary weight {doc['weight']}%"
+            + (f", mirroring {doc['mirror']}% of stable's traffic" if doc.get("mirror") else ""))
+    if doc.get("phase") == "awaiting_approval":
+        text += (f"\n  waiting for `shipyard rollout approve --name {doc['name']} --reason ...` "
+                 f"(or `rollout abort`)")
+    for approval in doc.get("approvals") or ():
+        text += (f"\n  step {approval['step']} approved by {approval['user']}: "
+                 f"{approval['reason']}")
     if doc.get("reason"):
         text += f"\n  {doc['reason']}"
     if doc.get("figures"):
