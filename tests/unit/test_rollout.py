@@ -97,12 +97,13 @@ SCRAPE = """\
 def test_a_metrics_window_gives_error_rate_and_p99_of_the_requests_in_it():
     before = parse_scrape(SCRAPE.format(ok=100, bad=0, fast=100, slow=100), "m")
     after = parse_scrape(SCRAPE.format(ok=295, bad=5, fast=298, slow=300), "m")
-    error_rate, p99 = window(before, after)
+    error_rate, p99, requests = window(before, after)
     assert error_rate == pytest.approx(5 / 200)
     assert p99 == 10.0  # 198 of 200 (99%) answered within 10 000 µs
     slower = parse_scrape(SCRAPE.format(ok=300, bad=0, fast=290, slow=300), "m")
     assert window(before, slower)[1] == 100.0
-    assert window(after, after) == (None, None)  # no requests: no data
+    assert requests == 200
+    assert window(after, after) == (None, None, 0.0)  # no requests: no data
     pods = before + before
     assert pods.requests["OK"] == 200
 
@@ -413,7 +414,8 @@ def test_a_restarted_pod_counts_its_new_requests_not_a_negative_window():
 
     before = {"pod-a": parse_scrape(SCRAPE.format(ok=1000, bad=0, fast=1000, slow=1000), "m")}
     after = {"pod-a": parse_scrape(SCRAPE.format(ok=5, bad=40, fast=45, slow=45), "m")}
-    error_rate, _ = per_pod_window(before, after)
+    error_rate, _, requests = per_pod_window(before, after)
+    assert requests == 45
     assert error_rate == pytest.approx(40 / 45)  # a crash-looping canary shows its errors
 
 

@@ -5,7 +5,10 @@ Metrics: from a Prometheus server (`metrics.prometheus_url`, queried over the la
 interval; the canary's series are told apart by a `pod` label starting with NAME-canary-, as
 annotation-based scraping labels them), or by scraping the canary pods'
 /monitoring/prometheus/metrics through the API server, pod by pod, and differencing
-consecutive scrapes. Agreement: each sample request (one JSON object per line, TF Serving's
+consecutive scrapes. Either way the same window gives the error rate, the p99 latency and
+the number of requests the canary served (kube.metrics says what TF Serving counts; a
+request mirrored to the canary is one of them), which the gates' min_requests judges.
+Agreement: each sample request (one JSON object per line, TF Serving's
 REST predict body, e.g. {"instances": [[0.1, 0.2, 0.3]]}) goes to the stable and the canary
 Service through the API server's service proxy, and the predictions are compared.
 
@@ -28,6 +31,7 @@ from shipyard.kube.metrics import (
     REQUEST_COUNT,
     REQUEST_LATENCY,
     Scrape,
+    Window,
     parse_scrape,
     per_pod_window,
 )
@@ -53,13 +57,14 @@ class ClusterObserver:
         self._last: dict[str, Scrape] | None = None
 
     def observe(self, name: str, state: Any) -> Observation:
-        error_rate, p99 = self._metrics(name)
+        measured = self._metrics(name)
         top1, max_abs, errors = self._agreement(name)
-        return Observation(error_rate=error_rate, p99_latency_ms=p99, top1_agreement=top1,
-                           max_abs_diff=max_abs, errors=errors)
+        return Observation(error_rate=measured.error_rate,
+                           p99_latency_ms=measured.p99_latency_ms, requests=measured.requests,
+                           top1_agreement=top1, max_abs_diff=max_abs, errors=errors)
 
     # --- metrics ------------------------------------------------------------------------
-    def _metrics(self, name: str) -> tuple[float | None, float | None]:
+    def _metrics(self, name: str) -> Window:
         try:
             if self.policy.metrics.prometheus_url:
                 return prometheus_window(self.policy.metrics.prometheus_url, name,
@@ -72,7 +77,7 @@ class ClusterObserver:
         except Exception as err:  # unreadable metrics are no data, not a dead controller
             log.warning("cannot read the metrics of %s's canary: %s%s", name, err,
                         "" if self.policy.metrics.prometheus_url else PROXY_HINT)
-            return None, None
+            return Window(None, None, None)
 
     def _scrape_pods(self, name: str) -> dict[str, Scrape]:
         from kubernetes import client
@@ -185,17 +190,24 @@ def prometheus_queries(name: str, seconds: float) -> dict[str, str]:
     span = f"{max(int(seconds), 30)}s"
     pods = f'model_name="{name}",pod=~"{name}-canary-.*"'
     total = f"sum(rate({REQUEST_COUNT}{{{pods}}}[{span}]))"
+    # The REST GETs of model status answered OK (readiness probes), as metrics.is_status_read
+    # tells them in a scrape; `or vector(0)` where there are none.
+    reads = f'{REQUEST_LATENCY}_count{{{pods},API="",entrypoint="REST"}}'
     return {
         # No failed request means no failed series at all: count that as 0, not as no data.
         "error_rate": (f'(sum(rate({REQUEST_COUNT}{{{pods},status!="OK"}}[{span}])) '
                        f"or vector(0)) / {total} > -1"),
         "p99": (f"histogram_quantile(0.99, sum by (le) "
                 f"(rate({REQUEST_LATENCY}_bucket{{{pods}}}[{span}]))) / 1000"),
+        # Empty (unknown) when Prometheus has no series of the canary at all.
+        "requests": (f"sum(increase({REQUEST_COUNT}{{{pods}}}[{span}])) "
+                     f"- (sum(increase({reads}[{span}])) or vector(0))"),
     }
 
 
-def prometheus_window(url: str, name: str, seconds: float) -> tuple[float | None, float | None]:
-    """Error rate and p99 (ms) of the canary pods over the last `seconds`, from Prometheus."""
+def prometheus_window(url: str, name: str, seconds: float) -> Window:
+    """Error rate, p99 (ms) and requests of the canary pods over the last `seconds` (at
+    least 30 s), from Prometheus."""
     import requests
 
     values: dict[str, float | None] = {}
@@ -206,4 +218,8 @@ def prometheus_window(url: str, name: str, seconds: float) -> tuple[float | None
         result = response.json()["data"]["result"]
         value = float(result[0]["value"][1]) if result else None
         values[key] = value if value is None or np.isfinite(value) else None
-    return values["error_rate"], values["p99"]
+    served = values["requests"]
+    # increase() extrapolates to the window's edges: not a whole number, and slightly
+    # below 0 where the reads' series grew faster than the requests' in the same span.
+    return Window(values["error_rate"], values["p99"],
+                  None if served is None else max(served, 0.0))
