@@ -28,6 +28,7 @@ from shipyard.cli.alias import alias_group
 from shipyard.cli.copy import copy_command
 from shipyard.cli.demo import demo_command
 from shipyard.cli.export import export_command, register_command
+from shipyard.cli.reconcile import reconcile_command
 from shipyard.cli.rollout import rollout_group
 from shipyard.cli.schedule import schedule_group
 from shipyard.cli.serving import gc_command, push_command, status_command
@@ -118,8 +119,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 
 
 for command in (export_command, register_command, copy_command, alias_group, push_command,
-                status_command, gc_command, validate_command, rollout_group, schedule_group,
-                demo_command):
+                status_command, gc_command, reconcile_command, validate_command, rollout_group,
+                schedule_group, demo_command):
     main.add_command(command)
 del command
 _log_leaf_commands(main)

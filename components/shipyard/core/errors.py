@@ -83,6 +83,14 @@ class LeaseHeldError(ShipyardError):
     exit_code = 9
 
 
+class DriftError(ShipyardError):
+    """`shipyard reconcile` found the registry, the repository, models.config and the servers
+    disagreeing, and (with --fix) not everything could be repaired (exit 10). Carries the
+    reconcile document, which is still printed."""
+
+    exit_code = 10
+
+
 class ClusterError(ShipyardError):
     """The Kubernetes API refused a call, or could not be reached after bounded retries
     (exit 1). The message names the call, the API server's answer and the fix; a rollout
