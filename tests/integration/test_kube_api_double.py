@@ -377,7 +377,7 @@ def test_a_route_without_matches_is_defaulted_to_a_catch_all(double, api):
             "metadata": {"name": "r", "namespace": NS},
             "spec": {"parentRefs": [{"name": "shipyard-gateway"}],
                      "rules": [{"backendRefs": [{"name": "m", "port": 8501}]}]}}
-    assert validate_httproute(bare) == [] and GATEWAY_API_RELEASE == "v1.2.1"
+    assert validate_httproute(bare) == [] and GATEWAY_API_RELEASE == "v1.3.0"
     resource = dynamic.DynamicClient(api).resources.get(
         api_version="gateway.networking.k8s.io/v1", kind="HTTPRoute")
     dynamic.DynamicClient(api).server_side_apply(resource, body=bare, field_manager="t")
@@ -429,7 +429,7 @@ def test_without_the_crd_routing_is_a_cluster_error_naming_the_crds(double, kube
     with pytest.raises(ClusterError, match=r"Kubernetes API: apply HTTPRoute shipyard/m "
                                            r"\(server-side apply\) failed: "
                                            r"ResourceNotFoundError: No matches found .* install "
-                                           r"the Gateway API CRDs \(v1.2.1"):
+                                           r"the Gateway API CRDs \(v1.3.0 or newer"):
         kube.set_weight("m", 10)
 
 

@@ -1,6 +1,10 @@
-"""The Gateway API's HTTPRoute schema, pinned: the CRD of release v1.2.1 (standard channel),
-vendored in data/gateway.networking.k8s.io_httproutes.v1.2.1.yaml (source URL and commit in its
-header), and what the API server does with a CRD's structural schema on a write:
+"""The Gateway API's HTTPRoute schema, pinned: the CRD of release v1.3.0 (standard channel),
+vendored in data/gateway.networking.k8s.io_httproutes.v1.3.0.yaml (source URL and commit in its
+header), and what the API server does with a CRD's structural schema on a write. The CRD of
+v1.2.1 (data/gateway.networking.k8s.io_httproutes.v1.2.1.yaml) stays for the tests of a
+cluster that has the older release: every function takes `release`. The two differ where
+shipyard cares in RequestMirror's `percent`, which v1.3.0 brought to the standard channel
+(v1.2.1 prunes it).
 
 - defaulting (`default:` of a missing field whose parent exists, applied recursively; e.g. a
   rule without `matches` gets `[{path: {type: PathPrefix, value: /}}]`, a backendRef without
@@ -31,11 +35,23 @@ from typing import Any
 import jsonschema
 import yaml
 
-GATEWAY_API_RELEASE = "v1.2.1"
-CRD_FILE = (Path(__file__).parent / "data"
-            / f"gateway.networking.k8s.io_httproutes.{GATEWAY_API_RELEASE}.yaml")
-SOURCE_URL = ("https://github.com/kubernetes-sigs/gateway-api/blob/v1.2.1/config/crd/standard/"
-              "gateway.networking.k8s.io_httproutes.yaml")
+GATEWAY_API_RELEASE = "v1.3.0"  # the release shipyard's README names (the default)
+RELEASES = ("v1.2.1", "v1.3.0")  # the vendored CRDs
+
+
+def crd_file(release: str = GATEWAY_API_RELEASE) -> Path:
+    if release not in RELEASES:
+        raise KeyError(f"no vendored HTTPRoute CRD of Gateway API {release} (have {RELEASES})")
+    return Path(__file__).parent / "data" / f"gateway.networking.k8s.io_httproutes.{release}.yaml"
+
+
+def source_url(release: str = GATEWAY_API_RELEASE) -> str:
+    return (f"https://github.com/kubernetes-sigs/gateway-api/blob/{release}/config/crd/"
+            "standard/gateway.networking.k8s.io_httproutes.yaml")
+
+
+CRD_FILE = crd_file()
+SOURCE_URL = source_url()
 
 
 @dataclass(frozen=True)
@@ -51,28 +67,29 @@ class FieldError:
 
 
 @functools.cache
-def httproute_crd() -> dict[str, Any]:
-    return yaml.safe_load(CRD_FILE.read_text())
+def httproute_crd(release: str = GATEWAY_API_RELEASE) -> dict[str, Any]:
+    return yaml.safe_load(crd_file(release).read_text())
 
 
 @functools.cache
-def _schema_json(version: str) -> str:
-    for served in httproute_crd()["spec"]["versions"]:
+def _schema_json(version: str, release: str) -> str:
+    for served in httproute_crd(release)["spec"]["versions"]:
         if served["name"] == version:
             return json.dumps(served["schema"]["openAPIV3Schema"])
-    raise KeyError(f"the HTTPRoute CRD of {GATEWAY_API_RELEASE} serves no version {version}")
+    raise KeyError(f"the HTTPRoute CRD of {release} serves no version {version}")
 
 
-def httproute_schema(version: str = "v1") -> dict[str, Any]:
+def httproute_schema(version: str = "v1", release: str = GATEWAY_API_RELEASE) -> dict[str, Any]:
     """The openAPIV3Schema of one served version (a fresh copy)."""
-    return json.loads(_schema_json(version))
+    return json.loads(_schema_json(version, release))
 
 
-def default_and_prune(obj: dict[str, Any], version: str = "v1") -> tuple[dict[str, Any], list[str]]:
+def default_and_prune(obj: dict[str, Any], version: str = "v1",
+                      release: str = GATEWAY_API_RELEASE) -> tuple[dict[str, Any], list[str]]:
     """`obj` defaulted and pruned as the API server stores it, and the pruned field paths."""
     out = copy.deepcopy(obj)
     pruned: list[str] = []
-    schema = httproute_schema(version)
+    schema = httproute_schema(version, release)
     for key in list(out):
         if key not in schema["properties"]:
             pruned.append(key)
@@ -101,9 +118,10 @@ def _walk(value: Any, schema: dict[str, Any], path: str, pruned: list[str]) -> A
     return value
 
 
-def validate_httproute(obj: dict[str, Any], version: str = "v1") -> list[FieldError]:
+def validate_httproute(obj: dict[str, Any], version: str = "v1",
+                       release: str = GATEWAY_API_RELEASE) -> list[FieldError]:
     """Field errors of `obj` (already defaulted) against the pinned schema; [] when valid."""
-    schema = httproute_schema(version)
+    schema = httproute_schema(version, release)
     schema["properties"]["metadata"] = {"type": "object"}
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))

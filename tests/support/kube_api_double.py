@@ -68,14 +68,17 @@ What it models, and where that comes from:
   Progressing False / ProgressDeadlineExceeded ("Deployments", Failed Deployment,
   https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#failed-deployment),
   and pods whose container waits in CrashLoopBackOff.
-- **HTTPRoute** (Gateway API v1.2.1, see gateway_api_schema.py): POST/PUT/apply are
+- **HTTPRoute** (Gateway API v1.3.0 by default, v1.2.1 with `gateway_api_release="v1.2.1"`;
+  see gateway_api_schema.py): POST/PUT/apply are
   defaulted, pruned and validated against the CRD's openAPIV3Schema; an invalid object is
   422 Invalid with the field paths ("HTTPRoute.gateway.networking.k8s.io "m" is invalid:
   spec.rules[0].backendRefs[0].weight: ..."). Status is a subresource: a hook sets
   status.parents[].conditions (Accepted, ResolvedRefs, with the reasons of
   apis/v1/shared_types.go); by default the double plays a Gateway controller that accepts
-  each parentRef and resolves refs when the backend Services exist (else ResolvedRefs False,
-  BackendNotFound).
+  each parentRef and resolves refs when the backend Services exist, those of RequestMirror
+  filters included (else ResolvedRefs False, BackendNotFound; HTTPRequestMirrorFilter's
+  BackendRef: "If the referent cannot be found, this BackendRef is invalid ... The controller
+  must ensure the "ResolvedRefs" condition on the Route status is set to `status: False`").
 - **Names and labels**: a Service's name must be a DNS-1035 label, other names DNS-1123
   subdomains, label values at most 63 characters (422 Invalid, apimachinery
   util/validation).
@@ -493,17 +496,21 @@ class _Server(http.server.ThreadingHTTPServer):
 class KubeApiDouble:
     def __init__(self, *, namespace: str = "shipyard", ready_after_reads: int | None = 1,
                  make_pods: bool = True, gateway_controller: bool = True,
-                 httproute_crd: bool = True, git_version: str = "v1.31.0"):
+                 httproute_crd: bool = True, git_version: str = "v1.31.0",
+                 gateway_api_release: str = gateway_api_schema.GATEWAY_API_RELEASE):
         """`ready_after_reads`: a Deployment becomes ready on this many GETs after its
         generation changed (None: only when a test says so). `make_pods`: ready Deployments
         get Running pods. `gateway_controller`: HTTPRoutes get a status like a Gateway
-        controller's at every generation."""
+        controller's at every generation. `gateway_api_release`: whose HTTPRoute CRD the
+        cluster has (gateway_api_schema.RELEASES)."""
         self.namespace = namespace
         self.ready_after_reads = ready_after_reads
         self.make_pods = make_pods
         self.gateway_controller = gateway_controller
         self.git_version = git_version
         self._crd = httproute_crd
+        self.gateway_api_release = gateway_api_release
+        gateway_api_schema.crd_file(gateway_api_release)  # a release that is vendored
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._objects: dict[tuple[str, str, str, str], _Stored] = {}
@@ -714,7 +721,8 @@ class KubeApiDouble:
             if parents is None:
                 parents = _route_parents(stored.obj, accepted, resolved_refs, reason, message)
             stored.obj["status"] = {"parents": copy.deepcopy(parents)}
-            errors = gateway_api_schema.validate_httproute(stored.obj)
+            errors = gateway_api_schema.validate_httproute(
+                stored.obj, release=self.gateway_api_release)
             if errors:
                 raise ValueError(f"status not valid for the HTTPRoute schema: {errors}")
             self._bump(stored)
@@ -1033,13 +1041,15 @@ class KubeApiDouble:
                                "'.', and must start and end with an alphanumeric character"})
         warnings: list[str] = []
         if kind is HTTPROUTE:
-            defaulted, pruned = gateway_api_schema.default_and_prune(obj)
+            defaulted, pruned = gateway_api_schema.default_and_prune(
+                obj, release=self.gateway_api_release)
             obj.clear()
             obj.update(defaulted)
             obj["metadata"] = meta
             warnings = [f'unknown field "{p}"' for p in pruned]
             causes += [{"reason": e.reason, "field": e.field, "message": e.message}
-                       for e in gateway_api_schema.validate_httproute(obj)]
+                       for e in gateway_api_schema.validate_httproute(
+                           obj, release=self.gateway_api_release)]
         if causes:
             raise invalid(kind, name, causes)
         return warnings
@@ -1273,9 +1283,7 @@ class KubeApiDouble:
         namespace = route["metadata"]["namespace"]
         services = self._kind_named("Service")
         return all(self._key(services, ref.get("namespace", namespace), ref["name"])
-                   in self._objects
-                   for rule in route["spec"].get("rules", [])
-                   for ref in rule.get("backendRefs", []))
+                   in self._objects for ref in _route_backends(route))
 
     def _on_deployment_read(self, stored: _Stored) -> None:
         meta = stored.obj["metadata"]
@@ -1395,6 +1403,20 @@ def _builtin_defaults(kind: Kind, obj: dict[str, Any]) -> None:
             spec["clusterIP"] = f"10.96.{digest[0]}.{digest[1] or 1}"
         for port in spec.get("ports") or []:
             port.setdefault("protocol", "TCP")
+
+
+def _route_backends(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every backendRef of the route: the rules', and those of RequestMirror filters on a
+    rule or on a backendRef."""
+    refs = []
+    for rule in route["spec"].get("rules", []):
+        filters = list(rule.get("filters") or [])
+        for ref in rule.get("backendRefs", []):
+            refs.append(ref)
+            filters += ref.get("filters") or []
+        refs += [f["requestMirror"]["backendRef"] for f in filters
+                 if f.get("type") == "RequestMirror" and f.get("requestMirror")]
+    return refs
 
 
 def _template_hash(deployment: dict[str, Any]) -> str:

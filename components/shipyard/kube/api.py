@@ -113,7 +113,7 @@ def refused(what: str, err: BaseException, *, attempts: int = 1) -> ClusterError
                 "again resumes")
     if is_missing_kind(err):
         hint = ("the kind is not served by this cluster: install the Gateway API CRDs "
-                "(v1.2.1, standard channel) for HTTPRoute")
+                "(v1.3.0 or newer, standard channel) for HTTPRoute")
     elif status in RETRIED_STATUSES:
         hint = "the API server is overloaded or failing; running the same command again resumes"
     return ClusterError(f"Kubernetes API: {what} failed{tried}: {describe(err)}"

@@ -21,6 +21,11 @@ What a real API server adds to what the controller's fakes show, and how this mo
   names must report it Accepted and its backends ResolvedRefs, for the route's current
   generation. The canary's objects outlive its last weight change by a grace period, so the
   Gateway has moved the traffic before the Service goes.
+- **The shadow step** (set_mirror) is the same route with a RequestMirror filter to the
+  canary's Service and the canary's weight 0, gated the same way; the route of any weight
+  (set_weight, remove_canary) has no filter, so it also ends a mirror. A CRD older than
+  Gateway API v1.3.0 prunes the filter's `percent` (its Gateway would mirror everything):
+  the route applied is checked for it, and the mirror is taken off again when it is gone.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from shipyard.core.errors import ClusterError, LeaseHeldError, ShipyardError
 from shipyard.core.vocabulary import CANARY, STABLE
 from shipyard.kube import api
 from shipyard.kube.lease import HeldLease, Leases
-from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, render, route
+from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, canary_service, render, route
+from shipyard.kube.routes import mirror_of, percent_pruned, route_problems, stable_only
 
 log = logging.getLogger(__name__)
 STATE_KEY = "state.json"
@@ -128,13 +134,18 @@ class KubeCluster:
         return self._dynamic
 
     # --- objects ------------------------------------------------------------------------
-    def apply(self, objects: list[dict[str, Any]]) -> None:
+    def apply(self, objects: list[dict[str, Any]]) -> list[Any]:
+        """Server-side applies each object; returns the objects as the API server stored
+        them (defaulted and pruned)."""
+        applied = []
         for obj in objects:
             what = (f"apply {obj['kind']} {self.namespace}/{obj['metadata']['name']} "
                     "(server-side apply)")
             resource = self._resource(obj["apiVersion"], obj["kind"], what)
-            self._call(what, self.dynamic.server_side_apply, resource, body=obj,
-                       field_manager=FIELD_MANAGER, force_conflicts=True)
+            applied.append(self._call(what, self.dynamic.server_side_apply, resource,
+                                      body=obj, field_manager=FIELD_MANAGER,
+                                      force_conflicts=True))
+        return applied
 
     def _resource(self, api_version: str, kind: str, what: str) -> Any:
         try:
@@ -167,12 +178,35 @@ class KubeCluster:
         self._apply_route(name, route(target))
 
     def set_weight(self, name: str, weight: int) -> None:
-        target = self._target(name, canary_weight=weight)
-        routed = route(target)
-        if weight == 0 and not self._exists("apps/v1", "Deployment", f"{name}-canary"):
-            routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0][
-                "backendRefs"][:1]  # the canary's Service is gone: stable only
+        """The route with the canary's weight, and no mirror."""
+        routed = route(self._target(name, canary_weight=weight))
+        if weight == 0 and not self._exists("apps/v1", "Deployment", canary_service(name)):
+            routed = stable_only(routed)  # the canary's Service is gone: stable only
         self._apply_route(name, routed, taking_traffic_off=weight == 0)
+
+    def set_mirror(self, name: str, percent: int) -> None:
+        """The shadow step: the canary's weight stays 0 and `percent` % (1 to 100) of the
+        route's requests are copied to the canary's Service, whose answers the Gateway
+        drops (manifests.mirror_filter); gated on the route's status as a weight is.
+        0: the route without the mirror, as set_weight(name, 0) renders it."""
+        if percent == 0:
+            self.set_weight(name, 0)
+            return
+        routed = route(self._target(name, canary_weight=0, mirror_percent=percent))
+        asked = (mirror_of(routed) or {}).get("percent")
+        self._apply_route(name, routed, check=lambda applied: self._kept_percent(
+            name, asked, applied))
+
+    def _kept_percent(self, name: str, asked: int | None, applied: dict[str, Any]) -> None:
+        """Refuses a mirror whose `percent` the API server pruned, after taking it off."""
+        if asked in (None, 100) or (mirror_of(applied) or {}).get("percent") == asked:
+            return  # (without percent, a mirror takes every request: what 100 asks)
+        try:
+            self.set_weight(name, 0)
+            undone = "the mirror was taken off again"
+        except ClusterError as err:
+            undone = f"taking the mirror off again failed too ({err})"
+        raise ClusterError(percent_pruned(f"{self.namespace}/{name}", asked, undone))
 
     def promote_stable(self, name: str, version: int) -> None:
         target = self._target(name, stable_version=version)
@@ -186,9 +220,7 @@ class KubeCluster:
         objects. Where the route cannot be applied, the canary is kept (deleting it would turn
         its share of the traffic into errors) and the ClusterError says so; where the cluster
         has no HTTPRoute kind at all, no route can send it traffic, and it is deleted."""
-        target = self._target(name, canary_weight=0)
-        routed = route(target)
-        routed["spec"]["rules"][0]["backendRefs"] = routed["spec"]["rules"][0]["backendRefs"][:1]
+        routed = stable_only(route(self._target(name, canary_weight=0)))
         try:
             self._apply_route(name, routed, taking_traffic_off=True)
         except ClusterError as err:
@@ -296,13 +328,17 @@ class KubeCluster:
         return None
 
     def _apply_route(self, name: str, routed: dict[str, Any], *,
-                     taking_traffic_off: bool = False) -> None:
-        """Applies the route and waits for its Gateways to accept it. A route that takes the
-        traffic off the canary (weight 0: a rollback, a promotion's end, a removal) is not
-        held up by a Gateway that does not accept it: waiting or failing would only keep the
-        canary serving longer; it is logged."""
-        self.apply([routed])
+                     taking_traffic_off: bool = False,
+                     check: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Applies the route (`check` sees it as stored) and waits for its Gateways to
+        accept it. A route that takes the traffic off the canary (weight 0, no mirror: a
+        rollback, a promotion's end, a removal) is not held up by a Gateway that does not
+        accept it: waiting or failing would only keep the canary serving longer; it is
+        logged."""
+        applied = self.apply([routed])[0]
         self._route_changed[name] = self.clock()
+        if check is not None:
+            check(applied.to_dict() if hasattr(applied, "to_dict") else dict(applied))
         try:
             self.wait_for_route(name, [p["name"] for p in routed["spec"]["parentRefs"]])
         except ClusterError as err:
@@ -452,39 +488,6 @@ class _Holding:
     def __exit__(self, *exc: Any) -> Any:
         self.cluster._held.pop(self.name, None)
         return self._context.__exit__(*exc)
-
-
-def route_problems(httproute: dict[str, Any], gateways: list[str]) -> list[str]:
-    """What keeps the route from carrying traffic as written, per Gateway in `gateways`
-    (empty: it does). Pure. A condition for an older generation does not count.
-    Entries starting with "refused" will not get better by waiting (a condition False)."""
-    generation = (httproute.get("metadata") or {}).get("generation")
-    parents = ((httproute.get("status") or {}).get("parents")) or []
-    problems = []
-    for gateway in gateways:
-        status = next((p for p in parents
-                       if (p.get("parentRef") or p.get("parent_ref") or {}).get("name")
-                       == gateway), None)
-        if status is None:
-            problems.append(f"not yet accepted by Gateway {gateway} (no status from it)")
-            continue
-        conditions = {c.get("type"): c for c in status.get("conditions") or []}
-        for kind in ("Accepted", "ResolvedRefs"):
-            condition = conditions.get(kind)
-            observed = (condition or {}).get("observedGeneration",
-                                             (condition or {}).get("observed_generation"))
-            if condition is None or (generation is not None and observed is not None
-                                     and observed < generation):
-                problems.append(f"Gateway {gateway} has not yet reported {kind} for "
-                                f"generation {generation}")
-            elif condition.get("status") == "Unknown":  # e.g. Pending: not reconciled yet
-                problems.append(f"Gateway {gateway} reports {kind} Unknown "
-                                f"({condition.get('reason')})")
-            elif condition.get("status") != "True":
-                problems.append(f"refused by Gateway {gateway}: {kind} is "
-                                f"{condition.get('status')} ({condition.get('reason')}: "
-                                f"{condition.get('message')})")
-    return problems
 
 
 def _json(found: Any | None, key: str) -> dict[str, Any] | None:

@@ -9,12 +9,14 @@ the two cannot drift.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from shipyard.core.errors import UsageError
 from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 from shipyard.core.vocabulary import CANARY, STABLE
 
@@ -57,7 +59,12 @@ class ServingTarget:
     stable_version: int = 1
     canary_version: int | None = None
     canary_weight: int = 0
-    gateway_api_version: str = "v1.3.0"  # the policy's serving.gateway_api_version
+    # The Gateway API release whose HTTPRoute CRD the cluster has (the policy's
+    # serving.gateway_api_version): RequestMirror's `percent` is in its standard channel from
+    # v1.3.0 on. mirror_percent > 0 (canary_weight 0) mirrors that share of the route's
+    # requests to the canary's Service: the shadow step.
+    gateway_api_version: str = "v1.3.0"
+    mirror_percent: int = 0
 
     @property
     def base_path(self) -> str:
@@ -179,8 +186,9 @@ PUSHER_RULES = [
      "verbs": ["get", "list", "create", "patch", "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
      "verbs": ["create", "patch"]},
+    # The route's status (Accepted, ResolvedRefs) is read back before a weight moves.
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
-     "verbs": ["create", "patch"]},
+     "verbs": ["get", "create", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["get", "create", "update"]},
 ]
@@ -218,16 +226,77 @@ def route(target: ServingTarget) -> dict[str, Any]:
     """Gateway API HTTPRoute splitting this model's REST traffic (its paths only, and its
     hostnames where given) between the stable and canary Services. Paths of versions and
     labels (…/versions/N:predict) are matched by the prefix too: requests that name a
-    version reach whichever track serves it (TF Serving answers NOT_FOUND otherwise)."""
+    version reach whichever track serves it (TF Serving answers NOT_FOUND otherwise).
+    With `mirror_percent`, the rule also mirrors that share of its requests to the canary
+    (see mirror_filter); without, the route has no filter, so any mirror is cleared."""
     spec: dict[str, Any] = {"parentRefs": [{"name": target.gateway}]}
     if target.hostnames:
         spec["hostnames"] = list(target.hostnames)
-    spec["rules"] = [{"matches": route_matches(target.name), "backendRefs": [
+    rule: dict[str, Any] = {"matches": route_matches(target.name)}
+    if target.mirror_percent:
+        if target.canary_weight:
+            raise ValueError(f"a mirrored canary takes no weighted traffic: mirror_percent "
+                             f"{target.mirror_percent} with canary_weight "
+                             f"{target.canary_weight}")
+        rule["filters"] = [mirror_filter(target)]
+    rule["backendRefs"] = [
         {"name": target.name, "port": REST_PORT, "weight": 100 - target.canary_weight},
-        {"name": f"{target.name}-canary", "port": REST_PORT,
-         "weight": target.canary_weight}]}]
+        {"name": canary_service(target.name), "port": REST_PORT,
+         "weight": target.canary_weight}]
+    spec["rules"] = [rule]
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": _meta(target, target.name), "spec": spec}
+
+
+def canary_service(name: str) -> str:
+    return f"{name}-canary"
+
+
+# Gateway API, apis/v1/httproute_types.go: HTTPRequestMirrorFilter's `percent` ("Percent
+# represents the percentage of requests that should be mirrored to BackendRef ... If neither
+# field is specified, 100% of requests will be mirrored") is in the standard channel from
+# v1.3.0 on; v1.2's standard CRD has no such field, and the API server prunes it there
+# (so a route asking for 10 % would mirror everything).
+MIRROR_PERCENT_SINCE = (1, 3)
+
+
+def gateway_api_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a Gateway API release name: "v1.3.0" -> (1, 3)."""
+    found = re.fullmatch(r"v?(\d+)\.(\d+)(\.\d+)?(-[0-9A-Za-z.-]+)?", version.strip())
+    if found is None:
+        raise UsageError(f"serving.gateway_api_version: expected a Gateway API release such "
+                         f"as v1.3.0, got {version!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def mirror_filter(target: ServingTarget) -> dict[str, Any]:
+    """The rule-level RequestMirror filter of the shadow step: a copy of `mirror_percent` %
+    of the rule's requests goes to the canary's Service; the users' requests themselves go
+    to the backendRefs, where the canary's weight is 0.
+
+    Users only ever see stable's answers: the Gateway API says of RequestMirror "Requests
+    are sent to the specified destination, but responses from that destination are
+    ignored" (HTTPRouteFilter.RequestMirror), and of the filter type "The responses from
+    this backend MUST be ignored by the Gateway" (HTTPRouteFilterRequestMirror), both in
+    apis/v1/httproute_types.go of v1.3.0. "Support: Extended": a Gateway that does not
+    support it reports the route not Accepted, which the route's status gate turns into a
+    ClusterError (and a rollback) before anything is judged."""
+    percent = target.mirror_percent
+    if not 1 <= percent <= 100:
+        raise ValueError(f"mirror_percent: expected 1 to 100, got {percent}")
+    mirror: dict[str, Any] = {"backendRef": {"name": canary_service(target.name),
+                                             "port": REST_PORT}}
+    if gateway_api_release(target.gateway_api_version) >= MIRROR_PERCENT_SINCE:
+        mirror["percent"] = percent
+    elif percent < 100:
+        raise UsageError(
+            f"serving.gateway_api_version is {target.gateway_api_version}: the Gateway API "
+            f"has RequestMirror's `percent` in its standard channel only from v1.3.0 on, so "
+            f"mirror: {percent} cannot be rendered (before v1.3 a mirror takes 100 % of the "
+            "traffic). Install the Gateway API v1.3.0 CRDs or newer (standard channel) and "
+            "set serving.gateway_api_version: v1.3.0, or use mirror: 100")
+    # Before v1.3 a mirror without `percent` mirrors every request, which is what 100 asks.
+    return {"type": "RequestMirror", "requestMirror": mirror}
 
 
 def gpu_patch(target: ServingTarget) -> dict[str, Any]:
