@@ -46,6 +46,7 @@ SLOW_FILES_FIRST = (  # seconds of test time each in a 2-worker run (2026-12-05)
     "integration/test_runtime_check.py",  # ~44 s
     "integration/test_tfx_component.py",  # ~42 s
     "integration/test_cli.py",  # ~36 s
+    "integration/test_notify.py",  # ~39 s alone (an MLflow server of its own, one register)
     "integration/test_saved_model_vocabulary.py",  # ~32 s
     "integration/test_kfp_pipeline.py",  # ~31 s, one test
     "integration/test_kfp_promotion.py",  # ~40 s, one test

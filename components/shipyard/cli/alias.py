@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shipyard.cli.options import json_option, registry_options
+from shipyard.cli.options import json_option, notifier, notify_option, registry_options
 from shipyard.cli.output import (
     describe_alias_history,
     describe_alias_move,
@@ -27,14 +27,19 @@ def alias_group() -> None:
 @click.option("--pipeline-run-id", default=None, help="Recorded with the move.")
 @click.option("--force", is_flag=True, help="Allow moving 'champion' outside a rollout.")
 @registry_options
+@notify_option
 @json_option("Print the recorded move as JSON.")
 def alias_set_command(name: str, alias: str, version: int, reason: str,
                       pipeline_run_id: str | None, force: bool, tracking_uri: str | None,
-                      registry_uri: str | None, as_json: bool) -> None:
+                      registry_uri: str | None, notify: tuple[str, ...],
+                      as_json: bool) -> None:
     """Point ALIAS of registered model NAME at VERSION, and record the move.
 
     The version must be published; 'champion' moves only through a rollout or with --force.
+    With --notify, the move's audit record is sent as io.shipyard.alias.moved once it is
+    recorded.
     """
+    from shipyard.notify import ALIAS_MOVED
     from shipyard.registry.client import ModelRegistry, RegistryLocation
     from shipyard.steps.alias import move_alias
 
@@ -44,6 +49,7 @@ def alias_set_command(name: str, alias: str, version: int, reason: str,
                           pipeline_run_id=pipeline_run_id, force=force)
     doc = move.to_json()
     emit(doc, as_json, describe_alias_move(doc, name, alias))
+    notifier(notify).emit(ALIAS_MOVED, name, doc)
 
 
 @alias_group.command("history")

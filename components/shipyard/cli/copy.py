@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from shipyard.cli.options import checked_repo, checked_runtime, injected, json_option
+from shipyard.cli.export import registered_events
+from shipyard.cli.options import (
+    checked_repo,
+    checked_runtime,
+    injected,
+    json_option,
+    notifier,
+    notify_option,
+)
 from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
 
 
@@ -54,13 +62,14 @@ def describe_copy(doc: dict) -> str:
                    "(as for export); 'none' skips that part of the proof.")
 @click.option("--allow-breaking", is_flag=True,
               help="Publish even if the signatures break the destination's latest version.")
+@notify_option
 @json_option()
 def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_repo: str,
                  to_repo: str, from_tracking_uri: str | None, from_registry_uri: str | None,
                  to_tracking_uri: str | None, to_registry_uri: str | None,
                  to_name: str | None, to_alias: str | None, reason: str | None,
                  pipeline_run_id: str | None, serving_runtime: str | None,
-                 allow_breaking: bool, as_json: bool) -> None:
+                 allow_breaking: bool, notify: tuple[str, ...], as_json: bool) -> None:
     """Copy a published version of NAME from one environment to another, byte for byte.
 
     The source (--version N, or --alias through the source registry) must be published and
@@ -75,6 +84,10 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
     Exit codes: as `shipyard register` (6: an MLflow unreachable); 4 when the source or the
     copy fails its checksums or its proof. Running the same command again completes a copy
     that was killed; content the destination has already is reused.
+
+    With --notify, once the copy succeeded: io.shipyard.version.published (the result
+    document, lineage included) when the destination's version was published by this run,
+    then io.shipyard.alias.moved (the audit record) when the destination's alias moved.
     """
     from shipyard.registry.client import RegistryLocation
     from shipyard.steps.copy import CopyRequest, copy_version
@@ -92,6 +105,7 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
                               **injected(start_check="start_check"))
     doc = result.to_json()
     emit(doc, as_json, describe_copy(doc))
+    notifier(notify).emit_all(registered_events(doc, result.registered.alias_move))
 
 
 def split_aliases(version: int | None, aliases: tuple[str, ...],

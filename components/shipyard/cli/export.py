@@ -11,6 +11,8 @@ from shipyard.cli.options import (
     injected,
     json_option,
     model_arguments,
+    notifier,
+    notify_option,
     registry_options,
 )
 from shipyard.cli.output import (
@@ -74,13 +76,14 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
               show_default=True, metavar="SECONDS",
               help="How long to wait for a concurrent registration of the same content to "
                    "publish its version before publishing it from this run.")
+@notify_option
 @json_option()
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
                      examples: str | None, examples_limit: int, warmup_from_examples: bool,
                      serving_runtime: str | None, tracking_uri: str | None,
                      registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
-                     wait_timeout_s: float, as_json: bool) -> None:
+                     wait_timeout_s: float, notify: tuple[str, ...], as_json: bool) -> None:
     """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
 
     The TF Serving version directory N is the MLflow registered model version N. Content that
@@ -91,6 +94,10 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     is registered nothing is published). A registration that was killed or cut off at any
     point is completed by running the same command again (tags, run, `candidate` and its
     audit record).
+
+    With --notify, once the command succeeded: io.shipyard.version.published (the result
+    document) when this run published the version, then io.shipyard.alias.moved (the audit
+    record) when it moved `candidate`.
     """
     from shipyard.core.names import validate_model_name
     from shipyard.core.spec import load_spec
@@ -111,3 +118,15 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
                                 **injected(launch_verifier="launch_verifier"))
     doc = result.to_json()
     emit(doc, as_json, describe_register(doc))
+    notifier(notify).emit_all(registered_events(doc, result.alias_move))
+
+
+def registered_events(doc: dict, alias_move: dict | None) -> list[tuple[str, str, dict]]:
+    """What a register (or a copy, in its destination) announces: the version, when this run
+    published it (not when it reused it), then the alias move, when it made one."""
+    from shipyard.notify import ALIAS_MOVED, VERSION_PUBLISHED
+
+    events = [] if doc["reused"] else [(VERSION_PUBLISHED, doc["name"], doc)]
+    if alias_move is not None:
+        events.append((ALIAS_MOVED, doc["name"], alias_move))
+    return events

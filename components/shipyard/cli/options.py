@@ -4,11 +4,13 @@ passed through click's context object, and the registry's alias reader."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from shipyard.cli import console
 from shipyard.cli.output import library_prints_to_stderr
 
 Decorator = Callable[[Any], Any]
@@ -109,6 +111,41 @@ serving_address_option = click.option(
 
 namespace_option = click.option("--namespace", default="shipyard", show_default=True,
                                 help="Kubernetes namespace of the TF Serving Deployments.")
+
+
+def checked_notify(ctx: click.Context, param: click.Parameter,
+                   value: tuple[str, ...]) -> tuple[str, ...]:
+    """--notify and $SHIPYARD_NOTIFY are checked while the arguments are read: a target that
+    is not an http(s) URL is a usage error (exit 2) before anything changes."""
+    from shipyard.notify.events import TARGETS_ENV, targets
+
+    targets(value, os.environ.get(TARGETS_ENV))
+    return value
+
+
+notify_option = click.option(
+    "--notify", "notify", multiple=True, metavar="URL", callback=checked_notify,
+    help="Once the change is made, send it to URL as a CloudEvent (HTTP POST, structured "
+         "JSON; signed with $SHIPYARD_NOTIFY_SECRET). Repeatable; added to the "
+         "comma-separated URLs of $SHIPYARD_NOTIFY. Delivery never fails the command: what "
+         "is not delivered within 10 s is reported and kept in "
+         ".shipyard/undelivered-events.jsonl.")
+
+
+def notifier(urls: tuple[str, ...]) -> Any:
+    """The Notifier of --notify and $SHIPYARD_NOTIFY for the running command (source
+    shipyard://<host>/<command>); an undelivered event is reported on the terminal's stderr
+    (even with --quiet) and in the run's log."""
+    from shipyard.notify import Notifier
+
+    command = "-".join(click.get_current_context().command_path.split()[1:]) or "shipyard"
+    return Notifier.from_options(urls, command=command, report=_report)
+
+
+def _report(line: str) -> None:
+    if console.log_path() is not None:
+        console.write_log(line)
+    print(line, file=console.err(), flush=True)
 
 
 def injected(**params: str) -> dict[str, Any]:

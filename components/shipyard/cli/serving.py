@@ -8,6 +8,8 @@ import click
 
 from shipyard.cli.options import (
     json_option,
+    notifier,
+    notify_option,
     registry_aliases,
     registry_options,
     serving_address_option,
@@ -25,9 +27,10 @@ from shipyard.core.vocabulary import LABELS
 @serving_address_option
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
               help="Seconds the whole push may wait for the server (reloads and loading).")
+@notify_option
 @json_option()
 def push_command(repo: str, name: str, version: int, label: str, serving_address: str | None,
-                 timeout_s: float, as_json: bool) -> None:
+                 timeout_s: float, notify: tuple[str, ...], as_json: bool) -> None:
     """Point LABEL of NAME at published version N in REPO/models.config.
 
     A label in use moves in two steps, as TF Serving requires: first N is loaded next to the
@@ -37,6 +40,9 @@ def push_command(repo: str, name: str, version: int, label: str, serving_address
 
     Exit codes: 0 ok, 2 N is not published or fails its checksums, 7 the server refused,
     failed or timed out (the previous config is restored, file and server), 1 anything else.
+
+    With --notify, a push that changed NAME's labels sends io.shipyard.serving.labels_changed
+    (the result document) once the config is written (and, with a server, taken).
     """
     from shipyard.repository import open_repository
     from shipyard.steps.push import push_version
@@ -46,6 +52,10 @@ def push_command(repo: str, name: str, version: int, label: str, serving_address
                           progress=progress(quiet()))
     doc = result.to_json()
     emit(doc, as_json, describe_push(doc, name, version, label, serving_address))
+    if (doc["before"] or {}).get("labels", {}) != doc["after"]["labels"]:
+        from shipyard.notify import SERVING_LABELS_CHANGED
+
+        notifier(notify).emit(SERVING_LABELS_CHANGED, name, doc)
 
 
 @click.command("status")

@@ -56,10 +56,12 @@ def clear_alias(registry: ModelRegistry, name: str, alias: str, *, reason: str,
 
 def point_alias(registry: ModelRegistry, name: str, model: Any, alias: str, version: int,
                 version_tags: dict[str, str], *, reason: str,
-                pipeline_run_id: str | None = None) -> dict[str, int]:
+                pipeline_run_id: str | None = None) -> tuple[dict[str, int], AliasMove | None]:
     """Makes `alias` point at `version` with its record, doing only what is missing: the
     completion step of `shipyard register`, safe to repeat. `model` and `version_tags` are
-    what the caller already read (no second read). Returns the aliases afterwards.
+    what the caller already read (no second read). Returns the aliases afterwards, and the
+    move when this call moved the alias (None when it was there already: a record written
+    afterwards moves nothing).
 
     Besides moving the alias when it points elsewhere, it records a move the trail lacks: an
     alias already at `version` whose latest record says otherwise was moved without its
@@ -67,9 +69,9 @@ def point_alias(registry: ModelRegistry, name: str, model: Any, alias: str, vers
     aliases, tags = settle_pending(registry, name, model)
     if aliases.get(alias) != version:
         check_move(alias, version_tags=version_tags, force=False, by_rollout=False)
-        _record_move(registry, name, alias, aliases.get(alias), version, reason,
-                     pipeline_run_id, None)
-        return {**aliases, alias: version}
+        move = _record_move(registry, name, alias, aliases.get(alias), version, reason,
+                            pipeline_run_id, None)
+        return {**aliases, alias: version}, move
     found, recorded = last_recorded_target(tags, alias)
     if not found or recorded != version:
         move = _new_move(alias, recorded, version,
@@ -77,7 +79,7 @@ def point_alias(registry: ModelRegistry, name: str, model: Any, alias: str, vers
                          f"record of that move ({reason})", pipeline_run_id, None)
         key, value = log_tag(move)
         registry.append_log(name, key, value)  # nothing moves: the record alone is the fix
-    return aliases
+    return aliases, None
 
 
 def settle_pending(registry: ModelRegistry, name: str,

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from shipyard.core.audit import AliasMove
 from shipyard.core.descriptions import lineage, model_description, version_description
 from shipyard.core.errors import VersionExistsError
 from shipyard.core.manifest import MANIFEST_PATH, Manifest
@@ -76,6 +77,9 @@ class RegisterResult:
     reused: bool
     path: str  # the version directory: an absolute path or a URL
     aliases: dict[str, int] = field(default_factory=dict)
+    # The audit record of the alias move this run made; None when the alias was there
+    # already. Not in the result document: notifications announce it (alias.moved).
+    alias_move: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "run_id": self.run_id,
@@ -138,14 +142,14 @@ def register_staged(registry: ModelRegistry, repo: ModelRepository, request: Exp
             with progress.step(f"publish version {version}"):
                 _publish(repo, request, staging, version, manifest)
         with progress.step(f"complete version {version} in MLflow"):
-            aliases = _complete(registry, request.name, version, run_id, fingerprint,
+            aliases, move = _complete(registry, request.name, version, run_id, fingerprint,
                                 version_tags, pipeline_run_id, registered_now=chosen.created,
                                 record=record)
             _describe(registry, request.name, version, manifest,
                       repo.version_location(request.name, version), version_tags)
     path = repo.version_location(request.name, version)
     return RegisterResult(request.name, version, run_id, fingerprint, chosen.published, path,
-                          aliases)
+                          aliases, move.to_json() if move is not None else None)
 
 
 def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportRequest,
@@ -184,11 +188,13 @@ def _register(registry: ModelRegistry, repo: ModelRepository, request: ExportReq
 
 def _complete(registry: ModelRegistry, name: str, version: int, run_id: str, fingerprint: str,
               version_tags: dict[str, str], pipeline_run_id: str | None, *,
-              registered_now: bool, record: RunRecord = RunRecord()) -> dict[str, int]:
+              registered_now: bool, record: RunRecord = RunRecord()
+              ) -> tuple[dict[str, int], AliasMove | None]:
     """Brings version N, its run and `candidate` to the registered state, writing only what
     is missing, so it is cheap after a clean run and repairs any interrupted one. Returns the
-    model's aliases afterwards. `version_tags`: the version's tags as last read or written;
-    `registered_now`: this process created the version (and already dropped duplicates)."""
+    model's aliases afterwards, and the alias move it made (None: none was needed).
+    `version_tags`: the version's tags as last read or written; `registered_now`: this
+    process created the version (and already dropped duplicates)."""
     wanted = {**record.tags, SERVING_VERSION_TAG: str(version), PUBLISHED_TAG: "true"}
     # The pipeline run id of the registration that made the version stays; only a missing
     # tag (a version registered before the tag was always written) gets this run's.
