@@ -36,7 +36,8 @@ def test_the_event_types_are_the_issue_s_list():
         "io.shipyard.version.published", "io.shipyard.alias.moved",
         "io.shipyard.serving.labels_changed", "io.shipyard.rollout.started",
         "io.shipyard.rollout.step", "io.shipyard.rollout.paused",
-        "io.shipyard.rollout.approval_requested", "io.shipyard.rollout.promoted",
+        "io.shipyard.rollout.approval_requested", "io.shipyard.rollout.approved",
+        "io.shipyard.rollout.promoted",
         "io.shipyard.rollout.rolled_back", "io.shipyard.rollout.aborted",
         "io.shipyard.gate.failed")
 

@@ -160,3 +160,57 @@ def test_plan_checks_a_policy_without_a_cluster(tmp_path):
     refused = CliRunner().invoke(main, ["rollout", "plan", "--policy", str(bad)])
     assert refused.exit_code == 2
     assert "steps: mirror steps come before the first weight step" in refused.stderr
+
+
+def test_start_and_approve_send_the_rollout_s_events_to_the_policy_s_and_the_flag_s_targets(
+        tmp_path, monkeypatch):
+    """A real receiver on 127.0.0.1 (support/event_receiver.py) gets each change once, as
+    CloudEvents the SDK parses, signed; the policy's `notify:` and --notify both count."""
+    from support.event_receiver import SECRET, Receiver
+
+    from shipyard.notify import EVENT_TYPES
+    from shipyard.rollout import events as rollout_events
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHIPYARD_NOTIFY_SECRET", SECRET)
+    monkeypatch.delenv("SHIPYARD_NOTIFY", raising=False)
+    from_policy, from_flag = Receiver(), Receiver()
+    try:
+        world = World([GOOD])
+
+        def approve():  # someone approves once the rollout waits
+            state = world.cluster.states.get("m")
+            if state and state["phase"] == "awaiting_approval" and not world.cluster.requests:
+                result = world.run("rollout", "approve", "--name", "m", "--reason", "ok",
+                                   "--notify", from_flag.url)
+                assert result.exit_code == 0, result.stderr
+        world.observer.hooks = {i: approve for i in range(10)}
+        path = tmp_path / "policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "steps": [{"approval": True}, {"weight": 50, "pause_seconds": 30}],
+            "gates": {"max_error_rate": 0.01}, "check_interval_seconds": 30,
+            "notify": [from_policy.url]}))
+        result = world.run("rollout", "start", "--name", "m", "--version", "2", "--policy",
+                           str(path), "--notify", from_flag.url)
+        assert result.exit_code == 0, result.stderr
+
+        sent = [e.get_type() for e in from_policy.events()]
+        assert sent == ["io.shipyard.rollout.started", "io.shipyard.rollout.approval_requested",
+                        "io.shipyard.rollout.step", "io.shipyard.rollout.promoted"]
+        assert all(signed for _, _, signed in from_policy.requests + from_flag.requests)
+        by_flag = [e.get_type() for e in from_flag.events()]
+        assert by_flag == ["io.shipyard.rollout.started", "io.shipyard.rollout.approval_requested",
+                           "io.shipyard.rollout.approved", "io.shipyard.rollout.step",
+                           "io.shipyard.rollout.promoted"]
+        promoted = from_policy.events()[-1]
+        assert promoted.get_subject() == "m"
+        assert promoted.get_data()["approvals"][0]["reason"] == "ok"
+    finally:
+        from_policy.close()
+        from_flag.close()
+    # Every type the rollout tells is one notify knows (one list, checked).
+    told = {getattr(rollout_events, n) for n in dir(rollout_events)
+            if isinstance(getattr(rollout_events, n), str)
+            and getattr(rollout_events, n).startswith("io.shipyard.")
+            and getattr(rollout_events, n) != rollout_events.PREFIX}
+    assert told <= set(EVENT_TYPES) and len(told) == 8

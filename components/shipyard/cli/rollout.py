@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from shipyard.cli.options import injected, json_option, namespace_option, registry_options, stack
+from shipyard.cli.options import (
+    injected,
+    json_option,
+    namespace_option,
+    notifier,
+    notify_option,
+    registry_options,
+    stack,
+)
 from shipyard.cli.output import describe_rollout, emit, library_prints_to_stderr, note
 
 
@@ -28,10 +36,11 @@ def rollout_group() -> None:
 @registry_options
 @click.option("--lease-wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another rollout of NAME to finish first.")
+@notify_option
 @json_option("Print the final state as JSON.")
 def rollout_start_command(name: str, version: int, policy_path: Path, namespace: str,
                           tracking_uri: str | None, registry_uri: str | None,
-                          lease_wait: float, as_json: bool) -> None:
+                          lease_wait: float, notify: tuple[str, ...], as_json: bool) -> None:
     """Roll version N of NAME out behind a canary, step by step, to promotion or rollback.
 
     Holds the model's Lease for the whole rollout and records its state in the cluster; run
@@ -49,6 +58,8 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
     validate_model_name(name)  # before the policy is read, as start_rollout does
     validate_version(version)
     policy = load_policy(policy_path)
+    # The policy's receivers beside --notify's and $SHIPYARD_NOTIFY's.
+    events = notifier(tuple(notify) + tuple(policy.notify))
 
     def show(state: Any) -> None:
         note(describe_rollout(state.to_json()))
@@ -57,7 +68,7 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
         state = start_rollout(name, version, policy, namespace=namespace,
                               tracking_uri=tracking_uri, registry_uri=registry_uri,
                               lease_wait_s=lease_wait, on_change=show,
-                              **injected(rollout_ports="ports"))
+                              notify=_told(events, name), **injected(rollout_ports="ports"))
     doc = state.to_json()
     emit(doc, as_json, describe_rollout(doc))
     require_promoted(state)
@@ -75,15 +86,23 @@ def rollout_status_command(name: str, namespace: str, as_json: bool) -> None:
     emit(doc, as_json, describe_rollout(doc))
 
 
+def _told(events: Any, name: str) -> Any:
+    """The controller's notify port on a Notifier: the model is each event's subject."""
+    if not events.enabled:
+        return None
+    return lambda event_type, data: events.emit(event_type, name, data)
+
+
 def _request(name: str, namespace: str, what: str, reason: str | None,
              tracking_uri: str | None, registry_uri: str | None, lease_wait: float,
-             as_json: bool) -> None:
+             notify: tuple[str, ...], as_json: bool) -> None:
     from shipyard.steps.rollout import request_rollout
 
+    events = notifier(notify)
     with library_prints_to_stderr():
         state = request_rollout(name, namespace, what, reason, tracking_uri=tracking_uri,
                                 registry_uri=registry_uri, lease_wait_s=lease_wait,
-                                **injected(rollout_ports="ports"))
+                                notify=_told(events, name), **injected(rollout_ports="ports"))
     doc = state.to_json()
     emit(doc, as_json, describe_rollout(doc))
 
@@ -95,6 +114,7 @@ _request_options = stack(
     click.option("--lease-wait", type=float, default=75.0, show_default=True,
                  help="Seconds to wait for the controller to finish (or a dead one's Lease to "
                       "expire) before leaving the request to it."),
+    notify_option,
     json_option("Print the state as JSON."),
 )
 
@@ -106,7 +126,7 @@ _request_options = stack(
 @_request_options
 def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
                             registry_uri: str | None, lease_wait: float,
-                            as_json: bool) -> None:
+                            notify: tuple[str, ...], as_json: bool) -> None:
     """Promote the canary of NAME now, skipping the remaining steps and gates.
 
     The request is stored where a running `rollout start` picks it up at its next check;
@@ -114,7 +134,7 @@ def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri
     Lease to expire, and then carries out what is left itself.
     """
     _request(name, namespace, "promote", reason, tracking_uri, registry_uri, lease_wait,
-             as_json)
+             notify, as_json)
 
 
 @rollout_group.command("abort")
@@ -122,18 +142,21 @@ def rollout_promote_command(name: str, reason: str, namespace: str, tracking_uri
 @click.option("--reason", required=True, help="Why (recorded in the alias audit trail).")
 @_request_options
 def rollout_abort_command(name: str, reason: str, namespace: str, tracking_uri: str | None,
-                          registry_uri: str | None, lease_wait: float, as_json: bool) -> None:
+                          registry_uri: str | None, lease_wait: float,
+                          notify: tuple[str, ...], as_json: bool) -> None:
     """Roll the canary of NAME back now: weight 0, canary removed, champion unchanged."""
     _request(name, namespace, "abort", reason, tracking_uri, registry_uri, lease_wait,
-             as_json)
+             notify, as_json)
 
 
 @rollout_group.command("approve")
 @click.option("--name", required=True, help="Model name.")
 @click.option("--reason", required=True, help="Why (recorded with the champion move).")
 @namespace_option
+@notify_option
 @json_option("Print the state as JSON.")
-def rollout_approve_command(name: str, reason: str, namespace: str, as_json: bool) -> None:
+def rollout_approve_command(name: str, reason: str, namespace: str, notify: tuple[str, ...],
+                            as_json: bool) -> None:
     """Approve the step the rollout of NAME waits at (phase awaiting_approval).
 
     The approval is stored where the running `rollout start` picks it up at its next check
@@ -142,10 +165,15 @@ def rollout_approve_command(name: str, reason: str, namespace: str, as_json: boo
 
     Exit codes: 0 stored, 2 no rollout waiting for an approval, 1 anything else.
     """
+    from shipyard.notify import ROLLOUT_APPROVED
     from shipyard.steps.rollout import approve_rollout
 
+    events = notifier(notify)
     with library_prints_to_stderr():
         state = approve_rollout(name, namespace, reason, **injected(rollout_ports="ports"))
+    events.emit(ROLLOUT_APPROVED, name, {
+        "name": name, "version": state.version, "step": state.step + 1,
+        "by": state.request_by, "reason": reason, "rollout_id": state.rollout_id})
     doc = state.to_json()
     emit(doc, as_json, f"approval of step {state.step + 1} stored for the rollout of {name} "
                        f"version {state.version}; its controller continues at its next check")

@@ -41,12 +41,15 @@ ROLLOUT_STARTED: Final = PREFIX + "rollout.started"
 ROLLOUT_STEP: Final = PREFIX + "rollout.step"
 ROLLOUT_PAUSED: Final = PREFIX + "rollout.paused"
 ROLLOUT_APPROVAL_REQUESTED: Final = PREFIX + "rollout.approval_requested"
+# Beyond the list: `rollout approve` tells who approved which step, when it stores it.
+ROLLOUT_APPROVED: Final = PREFIX + "rollout.approved"
 ROLLOUT_PROMOTED: Final = PREFIX + "rollout.promoted"
 ROLLOUT_ROLLED_BACK: Final = PREFIX + "rollout.rolled_back"
 ROLLOUT_ABORTED: Final = PREFIX + "rollout.aborted"
 GATE_FAILED: Final = PREFIX + "gate.failed"
 EVENT_TYPES: Final = (VERSION_PUBLISHED, ALIAS_MOVED, SERVING_LABELS_CHANGED, ROLLOUT_STARTED,
-                      ROLLOUT_STEP, ROLLOUT_PAUSED, ROLLOUT_APPROVAL_REQUESTED, ROLLOUT_PROMOTED,
+                      ROLLOUT_STEP, ROLLOUT_PAUSED, ROLLOUT_APPROVAL_REQUESTED, ROLLOUT_APPROVED,
+                      ROLLOUT_PROMOTED,
                       ROLLOUT_ROLLED_BACK, ROLLOUT_ABORTED, GATE_FAILED)
 
 CONTENT_TYPE: Final = "application/cloudevents+json"

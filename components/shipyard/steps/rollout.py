@@ -129,12 +129,15 @@ def start_rollout(name: str, version: int, policy: RolloutPolicy, *,
                   namespace: str = "shipyard", tracking_uri: str | None = None,
                   registry_uri: str | None = None, lease_wait_s: float = 0.0,
                   on_change: Callable[[RolloutState], None] | None = None,
-                  ports: PortsFactory | None = None) -> RolloutState:
+                  ports: PortsFactory | None = None,
+                  notify: controller.Notify | None = None) -> RolloutState:
     """Rolls version N of NAME out to its end (promoted, rolled back or aborted), or resumes
-    the stored rollout of that version; `require_promoted` turns another end into an error."""
+    the stored rollout of that version; `require_promoted` turns another end into an error.
+    `notify(event type, data)` hears each change once it is stored (rollout/events.py)."""
     validate_rollout_name(name)
     validate_version(version)
     made = _factory(ports, tracking_uri, registry_uri)(name, namespace, policy)
+    made.notify = notify
     return controller.start(made, name, version, policy, holder=holder(),
                             lease_wait_s=lease_wait_s, on_change=on_change)
 
@@ -160,10 +163,13 @@ def rollout_status(name: str, namespace: str = "shipyard", *,
 def request_rollout(name: str, namespace: str, what: str, reason: str | None, *,
                     tracking_uri: str | None = None, registry_uri: str | None = None,
                     lease_wait_s: float = 0.0,
-                    ports: PortsFactory | None = None) -> RolloutState:
+                    ports: PortsFactory | None = None,
+                    notify: controller.Notify | None = None) -> RolloutState:
     """`what` ("promote" or "abort") for the rollout of NAME in progress: stored for its
-    controller, or carried out here once no controller holds the Lease (controller.request)."""
+    controller, or carried out here once no controller holds the Lease (controller.request;
+    `notify` then hears the ending, as the controller's own would)."""
     made = _factory(ports, tracking_uri, registry_uri)(name, namespace, None)
+    made.notify = notify
     return controller.request(made, name, what, reason, holder=holder(),
                               lease_wait_s=lease_wait_s, by=requester())
 
