@@ -111,6 +111,10 @@ def validate_version_on_examples(
                          "model) and/or --against champion|VERSION (agreement with another "
                          "version)")
     runner = _runner(request)
+    from shipyard.validation.runners import IN_PROCESS, is_in_process
+
+    if is_in_process(request.runner):  # one name in the results, however it was spelled
+        request = dataclasses.replace(request, runner=IN_PROCESS)
     check_published(repo, request.name, request.version)
     manifest = repo.read_manifest(request.name, request.version)
     endpoint = _endpoint(manifest, request.endpoint)

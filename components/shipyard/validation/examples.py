@@ -129,7 +129,10 @@ def parse_csv_header(line: str) -> list[str]:
 def csv_row(header: list[str], line: str) -> dict[str, Any]:
     """One CSV line -> {column: cell}. A tensor input `f` of shape [3] is either the columns
     f_0, f_1, f_2 or one cell "1 2 3" (numeric inputs only: text may contain spaces)."""
-    cells = next(csv.reader(io.StringIO(line)), [])  # an empty line: no cells
+    try:
+        cells = next(csv.reader(io.StringIO(line)), [])  # an empty line: no cells
+    except csv.Error as err:  # a lone \r in an unquoted cell, ...
+        raise ExampleError(f"not a CSV row: {err}") from None
     if len(cells) != len(header):
         raise ExampleError(f"the row has {len(cells)} cells but the header names "
                            f"{len(header)} columns")

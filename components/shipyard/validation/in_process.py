@@ -21,7 +21,9 @@ import contextlib
 import gzip
 import lzma
 import queue
+import re
 import threading
+import zlib
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -45,33 +47,106 @@ KEPT_ERRORS = 5
 # Compression by file name, as Beam's ReadFromTFRecord and ReadFromText read it
 # (CompressionTypes.AUTO). TFRecord readers in TensorFlow know GZIP and ZLIB only.
 _TFRECORD_COMPRESSION = {".gz": "GZIP", ".deflate": "ZLIB", ".zlib": "ZLIB"}
+# Text, as Beam's ReadFromText decompresses it (and .zlib, as TFRecord files above).
 _TEXT_COMPRESSION: dict[str, Callable[[Any], Any]] = {
     ".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": lambda f: bz2.BZ2File(f),
-    ".xz": lambda f: lzma.LZMAFile(f), ".lzma": lambda f: lzma.LZMAFile(f)}
+    ".xz": lambda f: lzma.LZMAFile(f), ".lzma": lambda f: lzma.LZMAFile(f),
+    ".deflate": lambda f: _ZlibReader(f), ".zlib": lambda f: _ZlibReader(f),
+    ".zst": lambda f: _zstd_reader(f), ".zstd": lambda f: _zstd_reader(f)}
+# Text is read in chunks of this size and split at \n here: TensorFlow's GFile.readline drops
+# every \r of a line, where ReadFromText drops only the one before the \n.
+_CHUNK = 1 << 20
+_GLOB = re.compile(r"[*?[]")
 
 
 def matching_files(pattern: str) -> list[str]:
-    """The files PATTERN (a path or glob, local or any URL TensorFlow reads) matches, sorted;
-    UsageError (param `examples`) when none does or TensorFlow cannot list them."""
+    """The files PATTERN (a path or glob, local or any URL TensorFlow reads) matches, sorted,
+    as Beam's FileSystems.match matches them: `*` within a directory, `**` across
+    directories, a trailing / for a directory's files, directories never; UsageError (param
+    `examples`) when none does or TensorFlow cannot list them."""
     import tensorflow as tf
 
+    if pattern.endswith("/"):
+        pattern += "*"
     try:
-        matched = [path for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)]
+        if "**" in pattern:  # TensorFlow's glob takes ** for *: listed and matched here
+            matched = _recursive_match(pattern)
+        else:
+            matched = [path for path in tf.io.gfile.glob(pattern)
+                       if not tf.io.gfile.isdir(path)]
+        directory = not matched and not _GLOB.search(pattern) and tf.io.gfile.isdir(pattern)
     except (tf.errors.OpError, ValueError) as err:  # an unknown scheme, a missing bucket
         raise UsageError(f"examples {pattern}: cannot list matching files: {_reason(err)}; "
                          f"the {IN_PROCESS} runner reads what TensorFlow's file systems read "
                          "(local paths, gs://); for other URLs pass --runner DirectRunner, "
                          "which reads through Beam's", param="examples") from None
+    if directory:
+        raise UsageError(f"examples {pattern}: a directory, not a file; pass '{pattern}/*' "
+                         f"for its files, or '{pattern}/**' with its subdirectories'",
+                         param="examples")
     if not matched:
         raise UsageError(f"examples {pattern}: no file matches; check the path or glob",
                          param="examples")
     return sorted(matched)
 
 
+def _recursive_match(pattern: str) -> list[str]:
+    """The files under the pattern's fixed directory whose paths match it, with Beam's
+    translation of a pattern (FileSystem.translate_pattern): `**` any characters, `*` any
+    but /, `?` one, `[...]` a class."""
+    import tensorflow as tf
+
+    fixed = pattern[:_GLOB.search(pattern).start()]  # type: ignore[union-attr]  (** in it)
+    top = fixed.rsplit("/", 1)[0] if "/" in fixed else "."
+    regex = re.compile(_translate(pattern), re.S)
+    found = []
+    for directory, _, files in tf.io.gfile.walk(top):
+        for name in files:
+            path = f"{directory.rstrip('/')}/{name}"
+            if regex.fullmatch(path if "/" in fixed else path.removeprefix("./")):
+                found.append(path if "/" in fixed else path.removeprefix("./"))
+    return found
+
+
+def _translate(pattern: str) -> str:
+    """A glob -> a regular expression for whole paths, as Beam's translate_pattern reads it."""
+    parts, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if pattern[i:i + 1] == "*":
+                parts.append(".*")
+                i += 1
+            else:
+                parts.append("[^/\\\\]*")
+        elif c == "?":
+            parts.append(".")
+        elif c == "[":
+            j = i + (pattern[i:i + 1] == "!")
+            j += pattern[j:j + 1] == "]"
+            j = pattern.find("]", j)
+            if j < 0:
+                parts.append("\\[")
+                continue
+            body = pattern[i:j].replace("\\", "\\\\")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            parts.append(f"[{body}]")
+        else:
+            parts.append(re.escape(c))
+    return "".join(parts)
+
+
 def first_line(path: str) -> str:
     """A text file's first line, without its line ending (a CSV file's header)."""
     with _open_text(path) as f:
-        return f.readline().decode().rstrip("\r\n")
+        for line in _lines(f):
+            return _decoded(line.rstrip(b"\r"), path, 1)
+    return ""
 
 
 def run_in_process(job: ValidationJob, files: list[str], *, vectorized: bool = True
@@ -183,14 +258,14 @@ def _tfrecord_batches(path: str, size: int) -> Iterator[np.ndarray]:
 
 
 def _line_batches(path: str, size: int, *, skip: bool) -> Iterator[list[str]]:
-    """Lines as Beam's ReadFromText reads them: split at \\n, a \\r before it dropped, UTF-8."""
+    """Lines as Beam's ReadFromText reads them: split at \\n, a \\r just before it dropped
+    (any other \\r kept), UTF-8; a last line without \\n as it is."""
     lines: list[str] = []
     with _open_text(path) as f:
-        if skip:
-            f.readline()
-        for raw in f:
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            lines.append((line[:-1] if line.endswith(b"\r") else line).decode())
+        for number, line in enumerate(_lines(f), start=1):
+            if skip and number == 1:
+                continue
+            lines.append(_decoded(line, path, number))
             if len(lines) == size:
                 yield lines
                 lines = []
@@ -198,12 +273,66 @@ def _line_batches(path: str, size: int, *, skip: bool) -> Iterator[list[str]]:
         yield lines
 
 
-def _open_text(path: str) -> Any:
+def _lines(f: Any) -> Iterator[bytes]:
+    rest = b""
+    while chunk := f.read(_CHUNK):
+        *complete, rest = (rest + chunk).split(b"\n")
+        for line in complete:
+            yield line[:-1] if line.endswith(b"\r") else line
+    if rest:
+        yield rest
+
+
+def _decoded(line: bytes, path: str, number: int) -> str:
+    try:
+        return line.decode()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"examples: {path} line {number} is not UTF-8 text ({err.reason} at "
+                         f"byte {err.start}); save the file as UTF-8, the encoding examples "
+                         "are read in (on Beam too)", param="examples") from None
+
+
+@contextlib.contextmanager
+def _open_text(path: str) -> Iterator[Any]:
+    """The file's bytes, decompressed by its suffix; both files closed after."""
     import tensorflow as tf
 
-    raw = tf.io.gfile.GFile(path, "rb")
-    suffix = _suffix(path)
-    return _TEXT_COMPRESSION[suffix](raw) if suffix in _TEXT_COMPRESSION else raw
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        opener = _TEXT_COMPRESSION.get(_suffix(path))
+        if opener is None:
+            yield raw
+            return
+        with contextlib.closing(opener(raw)) as f:
+            yield f
+
+
+class _ZlibReader:
+    """A zlib stream (Beam's DEFLATE: zlib.decompressobj()'s format) read as a file."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self._decompressor = zlib.decompressobj()
+
+    def read(self, size: int) -> bytes:
+        while not self._decompressor.eof:
+            compressed = self._f.read(size)
+            if not compressed:
+                return self._decompressor.flush()
+            data = self._decompressor.decompress(compressed)
+            if data:
+                return data
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+def _zstd_reader(f: Any) -> Any:
+    import zstandard  # a dependency of Beam's, which reads .zst with it
+
+    # The window Beam allows (apache_beam/io/filesystem.py), frames one after another.
+    return zstandard.ZstdDecompressor(max_window_size=2147483648).stream_reader(
+        f, read_across_frames=True, closefd=False)
 
 
 def _compression(path: str, known: dict[str, str], kind: str) -> str | None:
@@ -240,9 +369,7 @@ class _Reservoir:
 
     def add(self, inputs: dict[str, np.ndarray]) -> None:
         n = count(inputs)
-        if self.rows is None:
-            self.rows = {name: np.empty((self.size, *values.shape[1:]), values.dtype)
-                         for name, values in inputs.items()}
+        self._grow(inputs, min(self.seen + n, self.size))
         position = np.arange(self.seen, self.seen + n)
         # Example t (0-based) fills slot t while there is room; after that it replaces a
         # random slot with probability size / (t + 1).
@@ -254,9 +381,23 @@ class _Reservoir:
         last_first = taken[::-1]
         _, first_of_each = np.unique(slot[last_first], return_index=True)
         chosen = last_first[first_of_each]
+        assert self.rows is not None
         for name, values in inputs.items():
             self.rows[name][slot[chosen]] = values[chosen]
         self.seen += n
+
+    def _grow(self, inputs: dict[str, np.ndarray], needed: int) -> None:
+        """Room for NEEDED rows: doubled as they come, never above `size`. A K far above the
+        input (every example, once) holds the input, not K rows."""
+        held = 0 if self.rows is None else count(self.rows)
+        if needed <= held:
+            return
+        room = min(self.size, max(needed, 2 * held))
+        grown = {name: np.empty((room, *values.shape[1:]), values.dtype)
+                 for name, values in inputs.items()}
+        for name, values in (self.rows or {}).items():
+            grown[name][:held] = values
+        self.rows = grown
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         kept = min(self.seen, self.size)

@@ -56,8 +56,10 @@ _DOTTED_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
 def is_in_process(name: str) -> bool:
-    """Whether `--runner NAME` is the in-process runner rather than a Beam runner."""
-    return name.strip().lower() == IN_PROCESS
+    """Whether `--runner NAME` is the in-process runner rather than a Beam runner: in any
+    case, with a hyphen, an underscore or nothing between the words (`In-Process`,
+    `in_process`, `InProcess`)."""
+    return re.sub(r"[\s_-]", "", name.lower()) == IN_PROCESS.replace("-", "")
 
 
 def runner_path(name: str) -> str:
@@ -80,7 +82,8 @@ def runner_path(name: str) -> str:
             f"runner {name!r}: not a Beam runner; pass one of Beam's registered names "
             f"({', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}; any case, `Runner` may be "
             "left out) or the dotted path of a PipelineRunner subclass "
-            "(package.module.ClassName)", param="runner")
+            f"(package.module.ClassName); or {IN_PROCESS} (the default: this process, "
+            "without Beam)", param="runner")
     if path == DASK_RUNNER:
         raise UsageError(f"runner {name}: {DASK_REFUSAL}", param="runner")
     return path

@@ -190,8 +190,11 @@ class BatchMapper:
 
 
 def unbatch(inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """One example at a time, each value an array (0-d for a vector input): `batch` stacks
+    them back to the same dtype. A bare bytes value would be stacked into a fixed-width bytes
+    array, which drops trailing NUL bytes (a serialized tf.Example ending in a 0.0 float)."""
     for i in range(count(inputs)):
-        yield {name: values[i] for name, values in inputs.items()}
+        yield {name: values[i, ...] for name, values in inputs.items()}
 
 
 def count(inputs: dict[str, np.ndarray]) -> int:
