@@ -166,3 +166,29 @@ def registry_aliases(tracking_uri: str | None, registry_uri: str | None) -> Any:
             return ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri)
                                  ).aliases(name)
     return read
+
+
+def _sign_key_help() -> str:
+    return ("Sign the version with this PEM elliptic-curve private key (model-signing's key "
+            "method) before it is published: N/assets.extra/model.sig covers every other file. "
+            "Default: $SHIPYARD_SIGNING_KEY; without either, the version is published "
+            "unsigned.")
+
+
+sign_options = stack(
+    click.option("--sign-key", "sign_key", default=None, metavar="PEM", help=_sign_key_help()),
+    click.option("--sign-cert", "sign_cert", default=None, metavar="PEM",
+                 help="With --sign-key: sign with this certificate of the key "
+                      "(model-signing's certificate method). Default: $SHIPYARD_SIGNING_CERT."),
+    click.option("--sign-chain", "sign_chain", multiple=True, metavar="PEM",
+                 help="With --sign-cert: the certificates up to the root, carried in the "
+                      "signature. Repeatable. Default: $SHIPYARD_SIGNING_CHAIN "
+                      "(comma-separated)."),
+)
+
+verify_key_option = click.option(
+    "--verify-key", "verify_key", default=None, metavar="PEM",
+    help="Trust key: a version must carry a signature that verifies with this PEM public key "
+         "(or chains up to this PEM CA certificate) before it is used; otherwise exit 4 and "
+         "nothing changes. Default: $SHIPYARD_VERIFY_KEY; without either, signatures are not "
+         "checked.")

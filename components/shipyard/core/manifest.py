@@ -23,6 +23,9 @@ from typing import Any
 MANIFEST_DIR = "assets.extra"
 MANIFEST_NAME = "shipyard.json"
 MANIFEST_PATH = f"{MANIFEST_DIR}/{MANIFEST_NAME}"
+# The version's signature (a model-signing bundle over every other file, the manifest
+# included): written after the manifest, so never listed in it.
+SIGNATURE_PATH = f"{MANIFEST_DIR}/model.sig"
 MANIFEST_FORMAT = 1
 _FINGERPRINTED_DIRS = ("assets",)
 _CHUNK = 1 << 20
@@ -82,14 +85,14 @@ def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
 
 
 def list_files(root: Path, stop: threading.Event | None = None) -> list[dict[str, Any]]:
-    """Every file under `root` (except the manifest itself) with size and sha256, sorted;
-    `stop`, once set, ends it with HashingStopped at the next chunk."""
+    """Every file under `root` (except the manifest and the signature) with size and sha256,
+    sorted; `stop`, once set, ends it with HashingStopped at the next chunk."""
     entries = []
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
             path = Path(dirpath) / filename
             rel = path.relative_to(root).as_posix()
-            if rel == MANIFEST_PATH:
+            if rel in (MANIFEST_PATH, SIGNATURE_PATH):
                 continue
             entries.append({"path": rel, "size": path.stat().st_size,
                             "sha256": sha256_file(path, stop)})
