@@ -10,6 +10,9 @@ import re
 
 TF_SERVING_IMAGE = "tensorflow/serving:2.19.0"
 TF_SERVING_GPU_IMAGE = f"{TF_SERVING_IMAGE}-gpu"
+# shipyard's own image (the Dockerfile at the repository root): the KFP components run in it,
+# and so does the TF Serving pods' signature check (kube/verify.py), model-signing included.
+SHIPYARD_IMAGE = "ghcr.io/shipyard-mlops/shipyard:0.1.0"
 
 _RELEASE_TAG = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?(?:-gpu)?")
 

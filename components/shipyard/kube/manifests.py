@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from shipyard.core.errors import UsageError
-from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+from shipyard.core.images import SHIPYARD_IMAGE, TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 from shipyard.core.vocabulary import CANARY, STABLE
 
 GRPC_PORT = 8500
@@ -65,6 +65,12 @@ class ServingTarget:
     # requests to the canary's Service: the shadow step.
     gateway_api_version: str = "v1.3.0"
     mirror_percent: int = 0
+    # With a Secret or a ConfigMap holding the trust key (the policy's serving.verify_key_*),
+    # each Deployment first checks its version's signature in an init container (kube/verify.py).
+    verify_key_secret: str | None = None
+    verify_key_configmap: str | None = None
+    verify_key_item: str = "verify_key.pem"
+    verify_image: str = SHIPYARD_IMAGE
 
     @property
     def base_path(self) -> str:

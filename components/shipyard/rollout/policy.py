@@ -25,6 +25,9 @@
       rollout_timeout_seconds: 600  # how long a Deployment may take to become ready
       canary_grace_seconds: 15      # the canary's Service outlives its last weight change
       gateway_api_version: v1.3.0   # the cluster's Gateway API (RequestMirror percent: v1.3+)
+      verify_key_secret: null       # a Secret (or verify_key_configmap: a ConfigMap) with the
+      verify_key_item: verify_key.pem #   trust key: an init container checks the signature of
+      verify_image: ghcr.io/shipyard-mlops/shipyard:0.1.0  # each pod's version (kube/verify.py)
     notify: [https://hooks.example.com/shipyard]   # CloudEvents receivers (and SHIPYARD_NOTIFY)
     check_interval_seconds: 30
     no_data: pause                  # pause | fail | pass: what a check without data does
@@ -42,7 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shipyard.core.errors import SpecError
-from shipyard.core.images import TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
+from shipyard.core.images import SHIPYARD_IMAGE, TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 from shipyard.core.spec import format_validation_error
 
 
@@ -108,6 +111,10 @@ class Metrics(_Strict):
     prometheus_url: str | None = None  # None: scrape the canary pods' metrics endpoint
 
 
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a Secret's or ConfigMap's name (DNS-1123)
+VERIFY_KEY_ITEM = "verify_key.pem"
+
+
 class Serving(_Strict):
     """How the tracks are deployed (kube.manifests.ServingTarget's settings)."""
 
@@ -128,6 +135,33 @@ class Serving(_Strict):
     # The Gateway API release the cluster serves: RequestMirror's `percent` is in its
     # standard channel from v1.3.0 (before it, a mirror copies all requests).
     gateway_api_version: Annotated[str, Field(pattern=r"^v\d+\.\d+(\.\d+)?$")] = "v1.3.0"
+    # The signature check before TF Serving starts (kube/verify.py): the trust key is the
+    # item `verify_key_item` of this Secret or ConfigMap; the check runs in `verify_image`.
+    verify_key_secret: Annotated[str, Field(pattern=_K8S_NAME, max_length=253)] | None = None
+    verify_key_configmap: Annotated[str, Field(pattern=_K8S_NAME, max_length=253)] | None = None
+    verify_key_item: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$",
+                                          max_length=253)] = VERIFY_KEY_ITEM
+    verify_image: Annotated[str, Field(min_length=1)] = SHIPYARD_IMAGE
+
+    @model_validator(mode="after")
+    def _verify_key_source(self) -> Serving:
+        if self.verify_key_secret and self.verify_key_configmap:
+            raise ValueError("give at most one of verify_key_secret and verify_key_configmap "
+                             "(the Secret or the ConfigMap holding the trust key)")
+        if not (self.verify_key_secret or self.verify_key_configmap):
+            if self.verify_key_item != VERIFY_KEY_ITEM:
+                raise ValueError("verify_key_item names the trust key inside "
+                                 "verify_key_secret or verify_key_configmap; set one of them")
+            return self
+        if self.pvc is None or "://" in self.model_root:
+            raise ValueError(
+                "verify_key_secret/verify_key_configmap need the repository on a PVC: the "
+                "signature check runs model-signing's CLI on the version's files, mounted "
+                f"read-only from serving.pvc, and cannot read model_root {self.model_root!r} "
+                f"(pvc {self.pvc!r}). Serve from a PVC (serving.pvc: NAME, model_root: "
+                "/models), or leave these out and verify before the rollout (--verify-key, "
+                "or the policy's verify_key)")
+        return self
 
     @property
     def mirror_percent_supported(self) -> bool:
