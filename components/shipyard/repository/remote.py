@@ -29,6 +29,7 @@ from shipyard.core.errors import ShipyardError, UsageError, VersionExistsError
 from shipyard.core.manifest import (
     MANIFEST_NAME,
     MANIFEST_PATH,
+    SIGNATURE_PATH,
     Manifest,
     list_files,
     read_manifest,
@@ -211,10 +212,14 @@ class ObjectStoreRepository:
             target = self._path(name, str(version))
             source = self._same_store(getattr(staging, "copy_from", None))
             try:
-                for entry in list_files(staging.path):  # everything but the manifest
+                for entry in list_files(staging.path):  # but the manifest and signature
                     self._put(staging.path, source, entry["path"], target)
+                # The signature and the manifest from staging itself, never server-side: a
+                # copy re-signed for this repository has its own (steps.copy).
+                if (staging.path / SIGNATURE_PATH).is_file():
+                    self._put(staging.path, None, SIGNATURE_PATH, target)
                 # Last: a version without a manifest is an unfinished upload to everyone.
-                self._put(staging.path, source, MANIFEST_PATH, target)
+                self._put(staging.path, None, MANIFEST_PATH, target)
                 problems = self.checksum_problems(name, version, manifest)
                 if problems:
                     listed = "\n".join(f"  - {p}" for p in problems)
