@@ -14,6 +14,7 @@ from shipyard.cli.options import (
     notifier,
     notify_option,
     registry_options,
+    sign_options,
 )
 from shipyard.cli.output import (
     describe_export,
@@ -36,23 +37,27 @@ from shipyard.cli.output import (
               help="Publish even if signatures break clients of the latest version.")
 @click.option("--device", default=None, metavar="DEVICE",
               help="Where the export runs (e.g. /GPU:0, /TPU:0); verification is CPU-only.")
+@sign_options
 @json_option()
 def export_command(model: Path, spec_path: Path, repo: str, name: str,
                    examples: str | None, examples_limit: int, warmup_from_examples: bool,
                    serving_runtime: str | None, version: int | None,
                    imports: tuple[str, ...], unsafe: bool, allow_breaking: bool,
-                   device: str | None, as_json: bool) -> None:
+                   device: str | None, sign_key: str | None, sign_cert: str | None,
+                   sign_chain: tuple[str, ...], as_json: bool) -> None:
     """Export MODEL (.keras file or SavedModel directory) as a verified TF Serving version.
 
     Writes REPO/NAME/N atomically: the SavedModel is written under a staging name, verified in a
     fresh CPU-only process against the original model and on the TF Serving image's TensorFlow
-    (--serving-runtime), and only then renamed to N.
+    (--serving-runtime), then signed (with --sign-key or $SHIPYARD_SIGNING_KEY), and only then
+    renamed to N.
 
     Exit codes: 0 ok, 2 bad spec/arguments/name, 3 version exists, 4 verification failed,
     5 breaking signature change, 1 anything else.
     """
     from shipyard.core.names import validate_model_name
     from shipyard.core.spec import load_spec
+    from shipyard.signing.keys import signing_key
     from shipyard.steps.export import ExportRequest, export_model
 
     validate_model_name(name)
@@ -61,7 +66,8 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
                             imports=imports, unsafe=unsafe, allow_breaking=allow_breaking,
                             device=device, serving_runtime=serving_runtime,
                             examples=examples, examples_limit=examples_limit,
-                            warmup_from_examples=warmup_from_examples)
+                            warmup_from_examples=warmup_from_examples,
+                            sign=signing_key(sign_key, sign_cert, sign_chain))
     result = export_model(request, progress=progress(quiet()),
                           **injected(launch_verifier="launch_verifier"))
     emit(result.to_json(), as_json, describe_export(result.to_json()))
@@ -76,6 +82,7 @@ def export_command(model: Path, spec_path: Path, repo: str, name: str,
               show_default=True, metavar="SECONDS",
               help="How long to wait for a concurrent registration of the same content to "
                    "publish its version before publishing it from this run.")
+@sign_options
 @notify_option
 @json_option()
 def register_command(model: Path, spec_path: Path, repo: str, name: str,
@@ -83,7 +90,9 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
                      serving_runtime: str | None, tracking_uri: str | None,
                      registry_uri: str | None,
                      pipeline_run_id: str | None, imports: tuple[str, ...],
-                     wait_timeout_s: float, notify: tuple[str, ...], as_json: bool) -> None:
+                     wait_timeout_s: float, sign_key: str | None, sign_cert: str | None,
+                     sign_chain: tuple[str, ...], notify: tuple[str, ...],
+                     as_json: bool) -> None:
     """Export and verify MODEL, record it in MLflow as version N, publish REPO/NAME/N.
 
     The TF Serving version directory N is the MLflow registered model version N. Content that
@@ -98,10 +107,14 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     With --notify, once the command succeeded: io.shipyard.version.published (the result
     document) when this run published the version, then io.shipyard.alias.moved (the audit
     record) when it moved `candidate`.
+
+    With --sign-key (or $SHIPYARD_SIGNING_KEY) the version is signed after verification and
+    before it is published (N/assets.extra/model.sig).
     """
     from shipyard.core.names import validate_model_name
     from shipyard.core.spec import load_spec
     from shipyard.registry.client import RegistryLocation
+    from shipyard.signing.keys import signing_key
     from shipyard.steps.export import ExportRequest
     from shipyard.steps.register import register_model
 
@@ -110,7 +123,8 @@ def register_command(model: Path, spec_path: Path, repo: str, name: str,
     request = ExportRequest(model=model, spec=spec, repo=repo, name=name, imports=imports,
                             serving_runtime=serving_runtime, examples=examples,
                             examples_limit=examples_limit,
-                            warmup_from_examples=warmup_from_examples)
+                            warmup_from_examples=warmup_from_examples,
+                            sign=signing_key(sign_key, sign_cert, sign_chain))
     with library_prints_to_stderr():
         result = register_model(request, RegistryLocation.resolve(tracking_uri, registry_uri),
                                 pipeline_run_id=pipeline_run_id, progress=progress(quiet()),

@@ -27,10 +27,12 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
     def ship(model: dsl.Input[dsl.Model], model_name: str, export_spec: str, repository: str,
              tracking_uri: str, serving_label: str, device: str,
              exported: dsl.Output[dsl.Model], pipeline_run_id: str = "",
-             serving_runtime: str = "") -> int:
+             serving_runtime: str = "", sign_key: str = "") -> int:
         """Export, verify (CPU only, and on the serving image's TensorFlow: `serving_runtime`,
-        "" for the default, "none" to skip), register in MLflow, publish; label when asked.
-        Pass dsl.PIPELINE_JOB_ID_PLACEHOLDER as `pipeline_run_id` to tag the MLflow version."""
+        "" for the default, "none" to skip), sign (`sign_key`: a PEM private key's path in the
+        container, e.g. a mounted Secret; "" for $SHIPYARD_SIGNING_KEY, else unsigned),
+        register in MLflow, publish; label when asked. Pass dsl.PIPELINE_JOB_ID_PLACEHOLDER as
+        `pipeline_run_id` to tag the MLflow version."""
         from pathlib import Path
 
         import yaml
@@ -38,6 +40,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
         from shipyard.core.spec import parse_spec
         from shipyard.files.trees import materialize
         from shipyard.registry.client import RegistryLocation
+        from shipyard.signing.keys import signing_key
         from shipyard.steps.export import ExportRequest
         from shipyard.steps.ship import ship_model
 
@@ -48,7 +51,8 @@ def make_components(image: str = DEFAULT_IMAGE) -> SimpleNamespace:
             ExportRequest(model=source, repo=repository, name=model_name,
                           device=device or None,  # "": TensorFlow places it (CPU here)
                           serving_runtime=serving_runtime or None,
-                          spec=parse_spec(yaml.safe_load(export_spec), source="export_spec")),
+                          spec=parse_spec(yaml.safe_load(export_spec), source="export_spec"),
+                          sign=signing_key(sign_key or None)),
             RegistryLocation.resolve(tracking_uri or None),
             label=serving_label or None, pipeline_run_id=pipeline_run_id or None)
         materialize(result.registered.path, Path(exported.path))

@@ -79,6 +79,9 @@ class ExportRequest:
     # object store): what the manifest and the MLflow run record as the source's path,
     # rather than a temporary directory that is gone once the export ends.
     source_location: str | None = None
+    # The key the version is signed with after verification, before it is published
+    # (signing.keys.SigningKey); None: published unsigned.
+    sign: Any = None
 
 
 @dataclass
@@ -286,8 +289,15 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                       "version_loader": outcome.get("loader", "tf.saved_model.load")},
         producer={"shipyard": __version__, **source.library_versions()},
         files=files,
+        extra={"signing": signing_record(request.sign)} if request.sign else {},
     )
     write_manifest(staging.path, manifest)
+    if request.sign is not None:
+        # Verified, and not yet published: the signature covers the manifest too.
+        with progress.step("sign the version"):
+            from shipyard.signing.bundle import sign_version
+
+            sign_version(staging.path, request.sign)
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds,
                       # how long the hashing outlasted the verification (0: fully hidden)
                       "hash_wait_seconds": hash_wait_seconds}
@@ -368,6 +378,17 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
     return _Staged(model, built, signatures, rng_states, references, warmed, warmup_records,
                    digests, inputs_path, expected_path, independent, found,
                    None if early else verify_job)
+
+
+def signing_record(key: Any) -> dict[str, Any]:
+    """What the manifest says of a version's signature: the method and the key's
+    fingerprint, never the key."""
+    from importlib.metadata import version
+
+    from shipyard.core.manifest import SIGNATURE_PATH
+
+    return {"method": key.method, "key_fingerprint": key.fingerprint,
+            "signature": SIGNATURE_PATH, "library": f"model-signing {version('model-signing')}"}
 
 
 def build(model: Any, spec: ExportSpec) -> Any:

@@ -58,6 +58,10 @@ class ShipyardPusherSpec(ComponentSpec):
         # MLMD stores it as one anyway, and KubeflowV2DagRunner's compiler puts a bool in an
         # int_value field, which protobuf deprecates.
         "warmup_from_examples": ExecutionParameter(type=int, optional=True),
+        # A PEM private key on the worker (a mounted Secret): the version is signed with it
+        # before it is published (shipyard export --sign-key). Unset: $SHIPYARD_SIGNING_KEY,
+        # else unsigned.
+        "sign_key": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         MODEL: ChannelParameter(type=standard_artifacts.Model),
@@ -123,10 +127,12 @@ class ShipyardPusher(base_component.BaseComponent):
                  tracking_uri: str | None = None, registry_uri: str | None = None,
                  serving_label: str | None = None, serving_address: str | None = None,
                  rollout_policy: str | None = None, serving_runtime: str | None = None,
-                 examples: types.BaseChannel | None = None, warmup_from_examples: bool = False):
+                 examples: types.BaseChannel | None = None, warmup_from_examples: bool = False,
+                 sign_key: str | None = None):
         spec = ShipyardPusherSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
             examples=examples, warmup_from_examples=int(warmup_from_examples),
+            sign_key=sign_key,
             model_name=model_name, export_spec=export_spec, repository=repository,
             tracking_uri=tracking_uri, registry_uri=registry_uri, serving_label=serving_label,
             serving_address=serving_address, rollout_policy=rollout_policy,
@@ -144,6 +150,7 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
     import yaml
 
     from shipyard.core.spec import parse_spec
+    from shipyard.signing.keys import signing_key
     from shipyard.steps.export import ExportRequest
 
     model = artifact_utils.get_single_instance(input_dict[MODEL])
@@ -160,7 +167,8 @@ def export_request(input_dict: dict[str, list[types.Artifact]],
         serving_runtime=exec_properties.get("serving_runtime") or None,
         examples=examples_location(artifact_utils.get_single_instance(examples))
         if examples else None,
-        warmup_from_examples=bool(exec_properties.get("warmup_from_examples") or 0))
+        warmup_from_examples=bool(exec_properties.get("warmup_from_examples") or 0),
+        sign=signing_key(exec_properties.get("sign_key") or None))
 
 
 def examples_location(examples: types.Artifact) -> str:
