@@ -31,9 +31,10 @@ def aliases_and_history(uri: str):
     return dict(model.aliases), history(dict(model.tags))
 
 
-STEPS = ("check MLflow at", "TFX pipeline (LocalDagRunner, SQLite MLMD)",
+STEPS = ("signing keys in", "check MLflow at", "TFX pipeline (LocalDagRunner, SQLite MLMD)",
          "train a challenger", "register the challenger", "write 500 sample examples",
-         "offline canary: version", "copy champion version")
+         "offline canary: version", "copy champion version",
+         "verify every version's signature with model-signing")
 
 
 def demo_env() -> dict[str, str]:
@@ -105,6 +106,20 @@ def test_demo_ships_a_champion_then_promotes_a_challenger_and_runs_again(tmp_pat
     for version in (1, 2):
         version_dir = workdir / "models" / "demo-model" / str(version)
         assert checksum_mismatches(version_dir, read_manifest(version_dir)) == []
+    # Signed with the key the demo made (by ShipyardPusher, and by register for the
+    # challenger), and verified by the library's own CLI with the public half.
+    keys = workdir / "keys"
+    assert re.search(r"Signed and verified \(model-signing, key sha256:[0-9a-f]{12}\.\.\.\): "
+                     r"staging 1, 2; production 1", told), told
+    for version_dir in (workdir / "models" / "demo-model" / "1",
+                        workdir / "models" / "demo-model" / "2",
+                        workdir / "prod" / "models" / "demo-model" / "1"):
+        checked = subprocess.run(
+            [sys.executable, "-m", "model_signing", "verify", "key", str(version_dir),
+             "--signature", str(version_dir / "assets.extra" / "model.sig"), "--public_key",
+             str(keys / "verify-key.pem")], capture_output=True, text=True, timeout=120)
+        assert checked.returncode == 0, (version_dir, checked.stdout, checked.stderr)
+        assert read_manifest(version_dir).extra["signing"]["method"] == "key"
 
     config = parse_config((workdir / "models" / "models.config").read_text())
     served = model_serving(config, "demo-model")

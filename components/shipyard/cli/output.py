@@ -107,14 +107,17 @@ def describe_push(doc: dict[str, Any], name: str, version: int, label: str,
 def describe_status(doc: dict[str, Any]) -> str:
     lines = [f"{doc['name']} in {doc['repository']} (config {doc['config']})",
              f"{'version':>7}  {'size':>11}  {'loaded':<6}  {'labels':<13} {'aliases':<24} "
-             f"{'server':<10} fingerprint"]
+             f"{'server':<10} {'fingerprint':<12}  signed"]
     for row in doc["versions"]:
         size = (f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] is not None else
                 "symlink" if row.get("symlink") else "not on disk")
         fingerprint = (row["fingerprint"] or "-").removeprefix("sha256:")[:12]
+        signing = row.get("signing")
+        signed = (f"{signing['method']} {(signing['key_fingerprint'] or '?')[:19]}" if signing
+                  else "unsigned" if row["fingerprint"] else "-")
         lines.append(f"{row['version']:>7}  {size:>11}  {'yes' if row['in_config'] else 'no':<6}"
                      f"  {','.join(row['labels']) or '-':<13} {','.join(row['aliases']) or '-':<24}"
-                     f" {row['server'] or '-':<10} {fingerprint}")
+                     f" {row['server'] or '-':<10} {fingerprint:<12}  {signed}")
     if not doc["versions"]:
         lines.append("  (no versions)")
     lines += [f"warning: {w}" for w in doc.get("warnings", [])]
@@ -170,6 +173,21 @@ def describe_schedule(doc: dict[str, Any], name: str, host: str) -> str:
             f"cron {doc['cron']}, one run at a time, no catch-up")
 
 
+def _describe_signatures(found: dict[str, Any]) -> str:
+    """The demo's signature check in a line: which versions verified with the trust key."""
+    parts, failed = [], []
+    for environment in ("staging", "production"):
+        versions = found.get(environment) or {}
+        good = [v for v, problem in versions.items() if problem is None]
+        failed += [f"{environment} {v}: {problem}" for v, problem in versions.items()
+                   if problem is not None]
+        if good:
+            parts.append(f"{environment} {', '.join(sorted(good, key=int))}")
+    line = (f"Signed and verified (model-signing, key {found['key_fingerprint'][:19]}...): "
+            + ("; ".join(parts) or "no version"))
+    return line + "".join(f"\n  not verified: {item}" for item in failed)
+
+
 def describe_demo(doc: dict[str, Any]) -> str:
     pipeline, challenger, canary, where = (doc["pipeline"], doc["challenger"], doc["canary"],
                                            doc["where"])
@@ -199,6 +217,9 @@ def describe_demo(doc: dict[str, Any]) -> str:
         lines.append(f"Production: version {production['version']}{reused}, a copy of staging's "
                      f"champion version {production['copied_from']['version']} "
                      f"({production['transfer']}; checksums and answers verified)")
+    signatures = doc.get("signatures")
+    if signatures:
+        lines.append(_describe_signatures(signatures))
     lines += ["", "Where everything is:",
               f"  MLflow UI:     {where['mlflow_ui']}  (then open http://127.0.0.1:5000)",
               f"  status:        {where['status']}",

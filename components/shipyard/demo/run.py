@@ -58,6 +58,8 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     registry = ModelRegistry(location)
     repo = open_repository(str(paths["models"]))
     run_id = "shipyard-demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    with progress.step(f"signing keys in {paths['keys']}"):
+        _make_keys(paths)
 
     with progress.step(f"check MLflow at {location.tracking_uri}"):
         registry.check_reachable()
@@ -95,6 +97,8 @@ def run_demo(workdir: Path, *, progress: Progress = NullProgress(),
     with progress.step(f"copy champion version {document['champion']} into production "
                        f"({paths['prod']})"):
         document["production"] = _copy_to_production(paths, location, run_id, progress)
+    with progress.step("verify every version's signature with model-signing"):
+        document["signatures"] = _check_signatures(paths)
     document["where"] = _where(paths)
     document["status"] = model_status(repo, DEMO_NAME, read_aliases=registry.aliases,
                                       read_server=None).to_json()
@@ -115,8 +119,50 @@ def _copy_to_production(paths: dict[str, Any], location: Any, run_id: str,
     return copy_version(request, progress=progress).to_json()
 
 
+def _make_keys(paths: dict[str, Any]) -> None:
+    """The demo's signing key (ECDSA P-256, as a team would keep in a Secret) and its public
+    half (the trust key), made once per workdir."""
+    if paths["signing_key"].is_file() and paths["verify_key"].is_file():
+        return
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    paths["keys"].mkdir(parents=True, exist_ok=True)
+    private = paths["signing_key"].with_suffix(".tmp")
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    paths["verify_key"].write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    os.replace(private, paths["signing_key"])
+
+
+def _check_signatures(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each published version of both environments, checked by model-signing's verifier
+    with the demo's trust key: {"key_fingerprint", "staging": {N: problem or None}, ...}."""
+    from shipyard.repository import open_repository
+    from shipyard.signing.bundle import check_version
+    from shipyard.signing.keys import trust_key
+
+    trust = trust_key(paths["verify_key"])
+    assert trust is not None
+    found: dict[str, Any] = {"key_fingerprint": trust.fingerprint,
+                             "verify_key": str(paths["verify_key"])}
+    for environment, root in (("staging", paths["models"]), ("production", paths["prod_models"])):
+        repo = open_repository(str(root))
+        found[environment] = {
+            str(version): check_version(Path(repo.version_location(DEMO_NAME, version)),
+                                        trust).problem
+            for version in repo.versions(DEMO_NAME)}
+    return found
+
+
 def _layout(workdir: Path) -> dict[str, Any]:
     return {"workdir": workdir, "spec": workdir / "spec.yaml",
+            "keys": workdir / "keys", "signing_key": workdir / "keys" / "signing-key.pem",
+            "verify_key": workdir / "keys" / "verify-key.pem",
             "models": workdir / "models", "tfx": workdir / "tfx",
             "mlflow_db": workdir / "mlflow.db",
             "prod": workdir / "prod", "prod_models": workdir / "prod" / "models",
@@ -144,7 +190,7 @@ def _run_tfx_pipeline(paths: dict[str, Any], *, serving_label: str | None,
         LocalDagRunner().run(build_pipeline(
             paths["tfx"], repository=str(paths["models"]),
             tracking_uri=paths["tracking_uri"], model_name=DEMO_NAME,
-            serving_label=serving_label, seed=0))
+            serving_label=serving_label, seed=0, sign_key=str(paths["signing_key"])))
         return last_push(paths["tfx"])
 
 
@@ -152,6 +198,7 @@ def _register_challenger(paths: dict[str, Any], location: Any, *, seed: int,
                          launch_verifier: Callable[[], VerifierProcess],
                          progress: Progress) -> dict[str, Any]:
     from shipyard.core.spec import parse_spec
+    from shipyard.signing.keys import signing_key
     from shipyard.steps.export import ExportRequest
     from shipyard.steps.register import register_model
 
@@ -164,7 +211,8 @@ def _register_challenger(paths: dict[str, Any], location: Any, *, seed: int,
         raise
     request = ExportRequest(model=model_dir,
                             spec=parse_spec(DEMO_SPEC, source=str(paths["spec"])),
-                            repo=str(paths["models"]), name=DEMO_NAME)
+                            repo=str(paths["models"]), name=DEMO_NAME,
+                            sign=signing_key(paths["signing_key"]))
     with progress.step("register the challenger: export, verify, MLflow run and version, "
                        "publish"):
         return register_model(request, location, progress=progress,

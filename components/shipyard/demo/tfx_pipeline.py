@@ -39,7 +39,8 @@ DEMO_CSV = "demo.csv"
 
 def build_pipeline(root: Path, *, repository: str, tracking_uri: str,
                    model_name: str = DEMO_NAME, serving_label: Optional[str] = "stable",
-                   seed: int = 0, data_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
+                   seed: int = 0, data_root: Optional[str] = None,
+                   sign_key: Optional[str] = None) -> tfx_pipeline.Pipeline:
     """The pipeline with its TFX state under `root`: pipeline-root/ (artifacts) and
     mlmd.sqlite (the SQLite MLMD store). Without `data_root`, the demo CSV (rows drawn with
     `seed`) is written to root/data/ for CsvExampleGen; `seed` also seeds the weights."""
@@ -58,7 +59,7 @@ def build_pipeline(root: Path, *, repository: str, tracking_uri: str,
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         model_name=model_name,
         export_spec=json.dumps(DEMO_SPEC), repository=repository, tracking_uri=tracking_uri,
-        serving_label=serving_label)
+        serving_label=serving_label, sign_key=sign_key)
     return tfx_pipeline.Pipeline(
         pipeline_name=PIPELINE_NAME, pipeline_root=str(root / "pipeline-root"),
         components=[example_gen, trainer, pusher],
