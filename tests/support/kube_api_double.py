@@ -67,7 +67,8 @@ What it models, and where that comes from:
   pods labelled with its template labels and pod-template-hash. Hooks set any status, e.g.
   Progressing False / ProgressDeadlineExceeded ("Deployments", Failed Deployment,
   https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#failed-deployment),
-  and pods whose container waits in CrashLoopBackOff.
+  and pods whose container waits in CrashLoopBackOff, or whose init container keeps failing
+  (Init:CrashLoopBackOff, the signature check of kube/verify.py refusing a version).
 - **HTTPRoute** (Gateway API v1.3.0 by default, v1.2.1 with `gateway_api_release="v1.2.1"`;
   see gateway_api_schema.py): POST/PUT/apply are
   defaulted, pruned and validated against the CRD's openAPIV3Schema; an invalid object is
@@ -705,6 +706,57 @@ class KubeApiDouble:
                             container=container,
                             waiting_message=f"back-off 5m0s restarting failed container="
                                             f"{container} pod={pod_name}_{namespace}(uid)")
+
+    def init_crash_loop(self, deployment: str, *, message: str, namespace: str | None = None,
+                        restart_count: int = 3) -> dict[str, Any]:
+        """A pod of `deployment`'s current template whose first init container keeps failing
+        (exit 1, `message` as its termination message, as terminationMessagePolicy
+        FallbackToLogsOnError makes of its log), as the kubelet reports it: phase Pending,
+        Initialized and Ready False, the init container waiting in CrashLoopBackOff
+        (`kubectl get pods`: Init:CrashLoopBackOff) and the app containers in PodInitializing.
+        The Deployment never becomes ready (its behaviour is set to None)."""
+        namespace = namespace or self.namespace
+        with self._lock:
+            self._behaviour[(namespace, deployment)] = None
+            obj = self._stored(self._kind_named("Deployment"), namespace, deployment).obj
+            template = copy.deepcopy(obj["spec"]["template"])
+            labels = dict(template["metadata"].get("labels", {}))
+            labels["pod-template-hash"] = _template_hash(obj)
+        pod_name = f"{deployment}-{labels['pod-template-hash']}-init"
+        (init, *_), containers = template["spec"]["initContainers"], template["spec"]["containers"]
+        started = _time()
+        failed = {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
+                                 "startedAt": started, "finishedAt": started}}
+
+        def waiting(container: dict[str, Any], reason: str, said: str) -> dict[str, Any]:
+            return {"name": container["name"], "image": container["image"], "imageID": "",
+                    "ready": False, "restartCount": 0, "started": False,
+                    "state": {"waiting": {"reason": reason, "message": said}},
+                    "lastState": {}}
+
+        init_status = waiting(init, "CrashLoopBackOff",
+                              f"back-off 40s restarting failed container={init['name']} "
+                              f"pod={pod_name}_{namespace}(uid)")
+        init_status.update(restartCount=restart_count, lastState=failed)
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
+                            "annotations": template["metadata"].get("annotations", {})},
+               "spec": template["spec"],
+               "status": {"phase": "Pending", "startTime": started,
+                          "conditions": [
+                              {"type": "Initialized", "status": "False",
+                               "reason": "ContainersNotInitialized",
+                               "message": f"containers with incomplete status: "
+                                          f"[{init['name']}]"},
+                              {"type": "Ready", "status": "False",
+                               "reason": "ContainersNotReady"}],
+                          "initContainerStatuses": [init_status],
+                          "containerStatuses": [waiting(c, "PodInitializing", "")
+                                                for c in containers]}}
+        with self._lock:
+            kind = self._kind_named("Pod")
+            self._objects.pop(self._key(kind, namespace, pod_name), None)
+            return copy.deepcopy(self._create(kind, namespace, pod, "kubelet").obj)
 
     def set_route_status(self, name: str, *, accepted: bool = True, resolved_refs: bool = True,
                          reason: str | None = None, message: str = "",

@@ -16,6 +16,7 @@ from shipyard.kube.manifests import (
     CANARY_EXAMPLE_WEIGHT,
     KUSTOMIZE_TARGET,
     PUSHER_RULES,
+    VERIFY_KEY_EXAMPLE,
     ServingTarget,
     kustomize_tree,
     render,
@@ -28,6 +29,7 @@ OVERLAYS = {
     "overlays/canary": replace(KUSTOMIZE_TARGET, canary_version=CANARY_EXAMPLE_VERSION,
                                canary_weight=CANARY_EXAMPLE_WEIGHT),
     "overlays/gpu": replace(KUSTOMIZE_TARGET, gpu=True),
+    "overlays/verify-signature": replace(KUSTOMIZE_TARGET, verify_key_secret=VERIFY_KEY_EXAMPLE),
 }
 
 

@@ -41,6 +41,7 @@ from shipyard.core.vocabulary import CANARY, STABLE
 from shipyard.kube import api
 from shipyard.kube.lease import HeldLease, Leases
 from shipyard.kube.manifests import FIELD_MANAGER, ServingTarget, canary_service, render, route
+from shipyard.kube.pods import stuck_reason
 from shipyard.kube.routes import mirror_of, percent_pruned, route_problems, stable_only
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,6 @@ REQUEST_KEY = "request.json"
 POLL_S = 2.0
 CANARY_GRACE_S = 15.0  # how long the canary's Service outlives its last weight change
 ROUTE_TIMEOUT_S = 120.0  # how long the Gateway may take to accept a route
-# Waiting reasons of a container that does not get better by waiting longer.
-STUCK_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                 "CreateContainerConfigError", "CreateContainerError")
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 VERSION_ANNOTATION = "shipyard.dev/version"
 ABSENT = ""  # a state ConfigMap known not to exist (created, never replaced, on first save)
@@ -272,8 +270,9 @@ class KubeCluster:
     # --- waits --------------------------------------------------------------------------
     def wait_for_deployment(self, name: str) -> None:
         """Until every replica runs the current template and is ready. Fails at once on
-        ProgressDeadlineExceeded or a pod stuck in CrashLoopBackOff (or an image that cannot
-        be pulled), and after `rollout_timeout_s` otherwise; checks the Lease every poll."""
+        ProgressDeadlineExceeded or a pod stuck in CrashLoopBackOff, Init:CrashLoopBackOff (the
+        signature check, kube/verify.py) or an image that cannot be pulled (kube.pods), and
+        after `rollout_timeout_s` otherwise; checks the Lease every poll."""
         deadline = self.clock() + self.rollout_timeout_s
         what = f"read Deployment {self.namespace}/{name}"
         while True:
@@ -317,14 +316,10 @@ class KubeCluster:
                           label_selector=selector)
         for pod in pods.items:
             pod_version = (pod.metadata.annotations or {}).get(VERSION_ANNOTATION)
-            if pod_version is not None and pod_version != version:
-                continue
-            for container in (pod.status.container_statuses or []) if pod.status else []:
-                waiting = container.state.waiting if container.state else None
-                if waiting is not None and waiting.reason in STUCK_REASONS:
-                    return (f"pod {pod.metadata.name} is {waiting.reason} "
-                            f"({container.restart_count or 0} restarts): "
-                            f"{(waiting.message or '').strip()[:300]}")
+            if pod_version is None or pod_version == version:
+                problem = stuck_reason(pod)  # a crash loop, an image, a failing signature check
+                if problem:
+                    return problem
         return None
 
     def _apply_route(self, name: str, routed: dict[str, Any], *,

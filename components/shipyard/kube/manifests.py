@@ -1,8 +1,8 @@
 """TF Serving on Kubernetes, as plain dicts. Pure: the one source of truth for k8s/.
 
 `render(target)` builds the objects shipyard applies for one model; `write_kustomize(root)`
-writes the same objects as the kustomize tree in k8s/ (base and the canary and gpu overlays),
-and tests check that `kubectl kustomize` of that tree gives exactly what `render` gives, so
+writes the same objects as the kustomize tree in k8s/ (base and the canary, gpu and
+verify-signature overlays; the last is kube/verify.py's signature check), and tests check that `kubectl kustomize` of that tree gives exactly what `render` gives, so
 the two cannot drift.
 """
 
@@ -19,6 +19,7 @@ import yaml
 from shipyard.core.errors import UsageError
 from shipyard.core.images import SHIPYARD_IMAGE, TF_SERVING_GPU_IMAGE, TF_SERVING_IMAGE
 from shipyard.core.vocabulary import CANARY, STABLE
+from shipyard.kube import verify
 
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -120,10 +121,17 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
         {"name": "config", "configMap": {"name": config_map_name(target, track, version)}}]
     mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_MOUNT,
                                      "readOnly": True}]
+    model_mount = {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True}
     if target.pvc:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": target.pvc,
                                                                      "readOnly": True}})
-        mounts.append({"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True})
+        mounts.append(model_mount)
+    pod: dict[str, Any] = {"containers": [], "volumes": volumes}
+    if verify.enabled(target):  # the version's signature is checked before TF Serving starts
+        checked = verify.pod_patch(target, version, model_mount)
+        # (the key's volume first: where kustomize's strategic merge puts the overlay's)
+        pod = {"initContainers": checked["initContainers"], "containers": [],
+               "volumes": checked["volumes"] + volumes}
     container = {
         "name": "tf-serving",
         "image": target.image,
@@ -142,6 +150,7 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
         "resources": {"requests": dict(target.requests), "limits": dict(target.limits)},
         "volumeMounts": mounts,
     }
+    pod["containers"].append(container)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(target, name, track),
         "spec": {
@@ -155,7 +164,7 @@ def _deployment(target: ServingTarget, track: str) -> dict[str, Any]:
                                              "prometheus.io/scrape": "true",
                                              "prometheus.io/port": str(REST_PORT),
                                              "prometheus.io/path": MONITORING_PATH}},
-                "spec": {"containers": [container], "volumes": volumes},
+                "spec": pod,
             },
         },
     }
@@ -348,6 +357,7 @@ def render(target: ServingTarget, *, with_rbac: bool = True) -> list[dict[str, A
 KUSTOMIZE_TARGET = ServingTarget()  # k8s/ serves model "model"; rename it in your overlay
 CANARY_EXAMPLE_VERSION = 2
 CANARY_EXAMPLE_WEIGHT = 10
+VERIFY_KEY_EXAMPLE = "shipyard-verify-key"  # the Secret overlays/verify-signature reads
 
 
 def kustomize_tree(target: ServingTarget = KUSTOMIZE_TARGET) -> dict[str, str]:
@@ -366,6 +376,16 @@ def kustomize_tree(target: ServingTarget = KUSTOMIZE_TARGET) -> dict[str, str]:
     files["overlays/gpu/kustomization.yaml"] = _yaml({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": ["../../base"], "patches": [{"path": "deployment-gpu.yaml"}]})
+    checked = replace(target, verify_key_secret=VERIFY_KEY_EXAMPLE)
+    files["overlays/verify-signature/deployment-verify-signature.yaml"] = _yaml(
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": target.name, "namespace": target.namespace},
+         "spec": {"template": {"spec": verify.pod_patch(
+             checked, target.stable_version,
+             {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True})}}})
+    files["overlays/verify-signature/kustomization.yaml"] = _yaml({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../../base"], "patches": [{"path": "deployment-verify-signature.yaml"}]})
     return {path: HEADER + text for path, text in sorted(files.items())}
 
 
