@@ -95,7 +95,9 @@ def _problem(err: Exception, trust: TrustKey) -> str:
         return (f"the signature was not made by the trust key {trust.fingerprint}, or is "
                 f"damaged: {text.strip()}")
     issues = [f"{path}: its content differs from what was signed"
-              for path in re.findall(r"Hash mismatch for '([^']+)'", text)]
+              # A digest holding the byte ' makes Python's list repr escape the quotes
+              # around the path (\'path\'): both spellings name the file.
+              for path in re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)]
     added = re.findall(r"Extra files found in model '[^']*': ([^\"\]]+)", text)
     issues += [f"{path}: added after signing" for files in added
                for path in files.split(", ")]
