@@ -2,7 +2,8 @@
 
 `render(target)` builds the objects shipyard applies for one model; `write_kustomize(root)`
 writes the same objects as the kustomize tree in k8s/ (base and the canary, gpu and
-verify-signature overlays; the last is kube/verify.py's signature check), and tests check that `kubectl kustomize` of that tree gives exactly what `render` gives, so
+verify-signature overlays; the last is kube/verify.py's signature check), and tests check
+that `kubectl kustomize` of that tree gives exactly what `render` gives, so
 the two cannot drift.
 """
 
