@@ -275,3 +275,29 @@ def test_unbatched_examples_stack_back_to_the_same_values():
     again = batch(unbatch(inputs))
     assert again["inputs"].dtype == object and again["inputs"].tolist() == [b"ab\0\0", b"c", b""]
     assert again["x"].dtype == np.float32 and again["x"].tolist() == inputs["x"].tolist()
+
+
+@pytest.mark.parametrize("name,data", [
+    ("plain.csv.gz", b"x_0,x_1,x_2\n1,2,3\n"),  # named .gz, not compressed
+    ("cut.csv.gz", None),  # compressed, cut short
+    ("plain.csv.bz2", b"x_0,x_1,x_2\n1,2,3\n"), ("plain.csv.xz", b"x_0,x_1,x_2\n1,2,3\n"),
+    ("plain.csv.deflate", b"x_0,x_1,x_2\n1,2,3\n"), ("plain.csv.zst", b"x_0,x_1,x_2\n1,2,3\n")])
+def test_a_text_file_that_does_not_decompress_is_named(published, models, tmp_path, name, data):
+    import gzip
+
+    from shipyard.core.errors import UsageError
+    from shipyard.validation.in_process import first_line
+
+    if data is None:
+        data = gzip.compress(b"x_0,x_1,x_2\n" + b"".join(
+            b"%d,%d,%d\n" % (i, i * 7, i * 13) for i in range(20000)))[:-100]
+    path = tmp_path / name
+    path.write_bytes(data)
+    message = (rf"examples: .*{re.escape(name)} is not a readable "
+               rf"{re.escape(name.rsplit('.', 1)[1])} file \(.+\); check the file, or rename it")
+    if name.startswith("cut"):  # the header reads: the reader thread meets the cut
+        with pytest.raises(UsageError, match=message):
+            run(job_for(published, models, path, "csv"), "in-process", tmp_path)
+    else:
+        with pytest.raises(UsageError, match=message):
+            first_line(str(path))

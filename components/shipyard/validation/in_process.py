@@ -144,7 +144,7 @@ def _translate(pattern: str) -> str:
 def first_line(path: str) -> str:
     """A text file's first line, without its line ending (a CSV file's header)."""
     with _open_text(path) as f:
-        for line in _lines(f):
+        for line in _lines(f, path):
             return _decoded(line.rstrip(b"\r"), path, 1)
     return ""
 
@@ -262,7 +262,7 @@ def _line_batches(path: str, size: int, *, skip: bool) -> Iterator[list[str]]:
     (any other \\r kept), UTF-8; a last line without \\n as it is."""
     lines: list[str] = []
     with _open_text(path) as f:
-        for number, line in enumerate(_lines(f), start=1):
+        for number, line in enumerate(_lines(f, path), start=1):
             if skip and number == 1:
                 continue
             lines.append(_decoded(line, path, number))
@@ -273,14 +273,32 @@ def _line_batches(path: str, size: int, *, skip: bool) -> Iterator[list[str]]:
         yield lines
 
 
-def _lines(f: Any) -> Iterator[bytes]:
+def _lines(f: Any, path: str) -> Iterator[bytes]:
     rest = b""
-    while chunk := f.read(_CHUNK):
+    while chunk := _read(f, path):
         *complete, rest = (rest + chunk).split(b"\n")
         for line in complete:
             yield line[:-1] if line.endswith(b"\r") else line
     if rest:
         yield rest
+
+
+def _read(f: Any, path: str) -> bytes:
+    """The next chunk of the file; a UsageError naming it when it does not decompress."""
+    suffix = _suffix(path)
+    if suffix not in _TEXT_COMPRESSION:
+        return f.read(_CHUNK)
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, zlib.error)
+    if suffix in (".zst", ".zstd"):
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    try:
+        return f.read(_CHUNK)
+    except errors as err:  # not compressed so, or cut short
+        raise UsageError(f"examples: {path} is not a readable {suffix[1:]} file ({err}); "
+                         f"check the file, or rename it without {suffix} if it is not "
+                         "compressed", param="examples") from None
 
 
 def _decoded(line: bytes, path: str, number: int) -> str:
