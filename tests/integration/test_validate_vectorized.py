@@ -1,7 +1,8 @@
 """validate's vectorized path (whole batches: one tf.io.parse_example, pyarrow's readers)
 against its per-record path, on the same files, on both runners: the in-process loop and a
 real Beam pipeline (DirectRunner), with real SavedModels and files written here with good and
-bad records in the middle of a batch. Each runner is checked against the other too."""
+bad records in the middle of a batch. (The runners against each other:
+test_validate_in_process.py and test_validate_in_process_review.py.)"""
 
 from __future__ import annotations
 

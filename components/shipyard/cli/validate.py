@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 @serving_repo_options
 @click.option("--version", "version", type=int, required=True, help="Published version N.")
 @click.option("--examples", required=True, metavar="PATTERN",
-              help="Files of examples: a path or glob, local or any Beam/fsspec URL.")
+              help="Files of examples: a path or glob; in process, any path or URL TensorFlow "
+                   "reads (gs://); with a Beam --runner, any URL Beam reads.")
 @click.option("--format", "fmt", type=click.Choice(["tfrecord", "csv", "jsonl"]), default=None,
               help="Example format (default: from the file suffix).")
 @click.option("--endpoint", default=None, help="Endpoint to run (default: the default one).")
