@@ -33,6 +33,7 @@ from shipyard.cli.rollout import rollout_group
 from shipyard.cli.schedule import schedule_group
 from shipyard.cli.serving import gc_command, push_command, status_command
 from shipyard.cli.validate import validate_command
+from shipyard.cli.verify import verify_command
 from shipyard.core.errors import ShipyardError, cli_message
 
 
@@ -119,7 +120,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 
 
 for command in (export_command, register_command, copy_command, alias_group, push_command,
-                status_command, gc_command, reconcile_command, validate_command, rollout_group,
+                status_command, gc_command, verify_command, reconcile_command, validate_command,
+                rollout_group,
                 schedule_group, demo_command):
     main.add_command(command)
 del command

@@ -7,7 +7,12 @@ from typing import Any
 
 import click
 
-from shipyard.cli.options import json_option, registry_options, serving_repo_options
+from shipyard.cli.options import (
+    json_option,
+    registry_options,
+    serving_repo_options,
+    verify_key_option,
+)
 from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
 
 
@@ -21,9 +26,11 @@ from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
               help="Repair what is safe: labels follow the aliases (champion -> stable, "
                    "canary -> canary) as `shipyard push` moves them, and missing shipyard.* "
                    "tags are completed from the manifests; then compare again.")
+@verify_key_option
 @json_option("Print {name, in_sync, drift, fixed} as JSON on stdout.")
 def reconcile_command(repo: str, name: str, tracking_uri: str | None, registry_uri: str | None,
-                      servers: tuple[str, ...], fix: bool, as_json: bool) -> None:
+                      servers: tuple[str, ...], fix: bool, verify_key: str | None,
+                      as_json: bool) -> None:
     """Compare NAME in the registry, the repository, models.config and on TF Serving.
 
     Reports each disagreement as a drift item (kind, what each side says, whether --fix can
@@ -32,6 +39,10 @@ def reconcile_command(repo: str, name: str, tracking_uri: str | None, registry_u
     and the versions each --server reports AVAILABLE. --fix never deletes a directory, moves
     an alias or overwrites a tag; with one --server its label moves wait for that server.
 
+    With a trust key (--verify-key or $SHIPYARD_VERIFY_KEY) each published version's
+    signature is checked with model-signing's verifier: one that does not verify is a
+    signature_failed item (never fixable), and --fix moves no label onto it.
+
     Exit codes: 0 everything agrees (after --fix: it repaired everything), 10 drift remains,
     2 bad arguments or a registry without NAME, 6 MLflow unreachable, 7 a server unreachable,
     or refused a --fix label move (the previous config is restored), 1 anything else.
@@ -39,12 +50,14 @@ def reconcile_command(repo: str, name: str, tracking_uri: str | None, registry_u
     from shipyard.core.errors import DriftError
     from shipyard.registry.client import ModelRegistry, RegistryLocation
     from shipyard.repository import open_repository
+    from shipyard.signing.keys import trust_key
     from shipyard.steps.reconcile import reconcile
 
+    trust = trust_key(verify_key)
     with library_prints_to_stderr():
         registry = ModelRegistry(RegistryLocation.resolve(tracking_uri, registry_uri))
         result = reconcile(open_repository(repo), name, registry, servers=servers, fix=fix,
-                           progress=progress(quiet()))
+                           progress=progress(quiet()), trust=trust)
     doc = result.to_json()
     emit(doc, as_json, describe_reconcile(doc))
     if not doc["in_sync"]:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from shipyard.cli.options import (
+    checked_repo,
     injected,
     json_option,
     namespace_option,
@@ -36,11 +37,22 @@ def rollout_group() -> None:
 @registry_options
 @click.option("--lease-wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another rollout of NAME to finish first.")
+@click.option("--verify-key", "verify_key", default=None, metavar="PEM",
+              help="Trust key: version N's signature must verify with this PEM public key (or "
+                   "chain up to this PEM CA certificate) before anything is deployed; "
+                   "otherwise exit 4. Default: the policy's verify_key, else "
+                   "$SHIPYARD_VERIFY_KEY; without any, signatures are not checked.")
+@click.option("--repo", default=None, callback=checked_repo,
+              help="The model repository (path or fsspec URL) the tracks serve from, read "
+                   "for the signature check. Default: the policy's serving.model_root when it "
+                   "is an object store's URL; needed with a trust key when the tracks read a "
+                   "PVC.")
 @notify_option
 @json_option("Print the final state as JSON.")
 def rollout_start_command(name: str, version: int, policy_path: Path, namespace: str,
                           tracking_uri: str | None, registry_uri: str | None,
-                          lease_wait: float, notify: tuple[str, ...], as_json: bool) -> None:
+                          lease_wait: float, verify_key: str | None, repo: str | None,
+                          notify: tuple[str, ...], as_json: bool) -> None:
     """Roll version N of NAME out behind a canary, step by step, to promotion or rollback.
 
     Holds the model's Lease for the whole rollout and records its state in the cluster; run
@@ -48,8 +60,15 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
     (nothing serves NAME yet) goes straight to stable. Steps are weights, mirrors (shadow
     traffic) and approvals; `shipyard rollout plan --policy POLICY` shows them.
 
+    With a trust key (--verify-key, the policy's verify_key, or $SHIPYARD_VERIFY_KEY), N is
+    checked as `push` checks it, its signature included, before anything is deployed: from
+    --repo, or the policy's serving.model_root when it is an object store's URL. With a trust
+    key and the repository on a PVC, --repo is required (exit 2 otherwise): the check never
+    is skipped.
+
     Exit codes: 0 promoted, 8 rolled back or aborted, 9 another rollout holds NAME,
-    2 bad policy or arguments, 6 MLflow unreachable, 1 anything else.
+    2 bad policy or arguments, 4 N fails its signature check (nothing deployed),
+    6 MLflow unreachable, 1 anything else.
     """
     from shipyard.core.names import validate_model_name, validate_version
     from shipyard.rollout.policy import load_policy
@@ -68,7 +87,8 @@ def rollout_start_command(name: str, version: int, policy_path: Path, namespace:
         state = start_rollout(name, version, policy, namespace=namespace,
                               tracking_uri=tracking_uri, registry_uri=registry_uri,
                               lease_wait_s=lease_wait, on_change=show,
-                              notify=_told(events, name), **injected(rollout_ports="ports"))
+                              notify=_told(events, name), verify_key=verify_key, repo=repo,
+                              **injected(rollout_ports="ports"))
     doc = state.to_json()
     emit(doc, as_json, describe_rollout(doc))
     require_promoted(state)

@@ -14,6 +14,7 @@ from shipyard.cli.options import (
     registry_options,
     serving_address_option,
     serving_repo_options,
+    verify_key_option,
 )
 from shipyard.cli.output import describe_gc, describe_push, describe_status, emit, progress, quiet
 from shipyard.core.vocabulary import LABELS
@@ -27,10 +28,12 @@ from shipyard.core.vocabulary import LABELS
 @serving_address_option
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
               help="Seconds the whole push may wait for the server (reloads and loading).")
+@verify_key_option
 @notify_option
 @json_option()
 def push_command(repo: str, name: str, version: int, label: str, serving_address: str | None,
-                 timeout_s: float, notify: tuple[str, ...], as_json: bool) -> None:
+                 timeout_s: float, verify_key: str | None, notify: tuple[str, ...],
+                 as_json: bool) -> None:
     """Point LABEL of NAME at published version N in REPO/models.config.
 
     A label in use moves in two steps, as TF Serving requires: first N is loaded next to the
@@ -38,18 +41,26 @@ def push_command(repo: str, name: str, version: int, label: str, serving_address
     --serving-address each step is sent to the server (HandleReloadConfigRequest) and the push
     waits until the versions are AVAILABLE. One push or gc per model at a time.
 
-    Exit codes: 0 ok, 2 N is not published or fails its checksums, 7 the server refused,
-    failed or timed out (the previous config is restored, file and server), 1 anything else.
+    With a trust key (--verify-key or $SHIPYARD_VERIFY_KEY), N's signature
+    (N/assets.extra/model.sig) must verify with it, checked by model-signing before
+    models.config is touched; an object store's version is downloaded for the check.
+
+    Exit codes: 0 ok, 2 N is not published or fails its checksums, 4 N's signature does not
+    verify with the trust key (a file changed or added, no signature, another key; nothing is
+    changed), 7 the server refused, failed or timed out (the previous config is restored,
+    file and server), 1 anything else.
 
     With --notify, a push that changed NAME's labels sends io.shipyard.serving.labels_changed
     (the result document) once the config is written (and, with a server, taken).
     """
     from shipyard.repository import open_repository
+    from shipyard.signing.keys import trust_key
     from shipyard.steps.push import push_version
 
+    trust = trust_key(verify_key)  # a bad key file: exit 2 before anything is read
     result = push_version(open_repository(repo), name, version, label,
                           serving_address=serving_address, timeout_s=timeout_s,
-                          progress=progress(quiet()))
+                          progress=progress(quiet()), trust=trust)
     doc = result.to_json()
     emit(doc, as_json, describe_push(doc, name, version, label, serving_address))
     if (doc["before"] or {}).get("labels", {}) != doc["after"]["labels"]:

@@ -29,6 +29,8 @@
       verify_key_item: verify_key.pem #   trust key: an init container checks the signature of
       verify_image: ghcr.io/shipyard-mlops/shipyard:0.1.0  # each pod's version (kube/verify.py)
     notify: [https://hooks.example.com/shipyard]   # CloudEvents receivers (and SHIPYARD_NOTIFY)
+    verify_key: keys/shipyard-pub.pem  # trust key (relative to this file): `rollout start`
+                                    #   verifies the version's signature before deploying it
     check_interval_seconds: 30
     no_data: pause                  # pause | fail | pass: what a check without data does
     max_checks_without_data: 10     # after this many, no data fails the rollout
@@ -178,6 +180,10 @@ class RolloutPolicy(_Strict):
     no_data: Literal["pause", "fail", "pass"] = "pause"
     max_checks_without_data: Annotated[int, Field(ge=1)] = 10
     notify: tuple[str, ...] = ()  # CloudEvents receivers, beside --notify and SHIPYARD_NOTIFY
+    # The trust key the version's signature must verify with before `rollout start` deploys
+    # it (a PEM public key or CA certificate; relative to the policy file). --verify-key
+    # overrides it; without either, $SHIPYARD_VERIFY_KEY.
+    verify_key: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> RolloutPolicy:
@@ -218,6 +224,14 @@ def load_policy(path: str | Path) -> RolloutPolicy:
     except yaml.YAMLError as err:
         raise SpecError(f"policy {path}: not valid YAML: {err}", param="policy") from None
     policy = parse_policy(data, source=str(path))
+    if policy.verify_key is not None:
+        # Relative to the policy file, as gates.agreement.samples; read when the rollout
+        # starts (signing.keys.trust_key), checked to exist now.
+        key = (path.parent / Path(policy.verify_key).expanduser()).resolve()
+        if not key.is_file():
+            raise SpecError(f"{path}: verify_key: {key} is not a file (a PEM public key or "
+                            "CA certificate, relative to the policy file)")
+        policy = policy.model_copy(update={"verify_key": str(key)})
     agreement = policy.gates.agreement
     if agreement is None:
         return policy

@@ -7,7 +7,7 @@ for the user. A fixable item also carries its `Repair`, which is all `--fix` may
 - move a label of models.config to the version its alias names (`champion` -> `stable`,
   `canary` -> `canary`), or drop `canary` when no `canary` alias is set, as `shipyard push`
   does (steps.push: its two-step moves and its lock), and only onto a published version whose
-  files match its checksums;
+  files match its checksums (and, with a trust key, whose signature verifies);
 - complete the `shipyard.*` tags a registry version is missing, from its directory's manifest.
 Nothing else is repaired: directories are never deleted, aliases (`champion` above all) never
 moved, tags that disagree never overwritten.
@@ -42,14 +42,15 @@ ALIAS_UNPUBLISHED = "alias_unpublished"
 DIRECTORY_UNREGISTERED = "directory_unregistered"
 REGISTERED_WITHOUT_DIRECTORY = "registered_without_directory"
 CHECKSUM_FAILED = "checksum_failed"
+SIGNATURE_FAILED = "signature_failed"
 TAGS_MISSING = "tags_missing"
 TAGS_DIFFER = "tags_differ"
 SERVER_EXTRA_VERSION = "server_extra_version"
 SERVER_MISSING_VERSION = "server_missing_version"
 KINDS = (CHAMPION_STABLE, CANARY_LABEL, LABEL_UNPUBLISHED, LABEL_NOT_LOADED,
          UNLABELLED_VERSION, ALIAS_UNPUBLISHED, DIRECTORY_UNREGISTERED,
-         REGISTERED_WITHOUT_DIRECTORY, CHECKSUM_FAILED, TAGS_MISSING, TAGS_DIFFER,
-         SERVER_EXTRA_VERSION, SERVER_MISSING_VERSION)
+         REGISTERED_WITHOUT_DIRECTORY, CHECKSUM_FAILED, SIGNATURE_FAILED, TAGS_MISSING,
+         TAGS_DIFFER, SERVER_EXTRA_VERSION, SERVER_MISSING_VERSION)
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,15 @@ class PublishedVersion:
     fingerprint: str
     tags: dict[str, str]  # the shipyard.* tags its manifest determines (steps.reconcile)
     problems: tuple[str, ...] = ()  # checksum failures; () when every file matches
+    # What fails in its signature against the trust key (a file, the missing signature,
+    # another key); None when it verifies, or when no trust key was given.
+    signature: str | None = None
 
     @property
     def intact(self) -> bool:
-        return not self.problems
+        """Its files match its checksums and (with a trust key) its signature verifies: a
+        version --fix may move a label onto."""
+        return not self.problems and self.signature is None
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ def find_drift(name: str, registry: RegistryView, repo: RepositoryView, config: 
     items += _config_against_repository(sides)
     items += _registry_against_repository(sides)
     items += _checksums(sides)
+    items += _signatures(sides)
     for server in servers:
         items += _server_against_config(sides, server)
     return items
@@ -157,7 +164,9 @@ class _Sides:
         """What the repository says about VERSION, in a few words."""
         found = self.repo.published.get(version)
         if found is not None:
-            return "published" if found.intact else "published, fails its checksums"
+            return ("published, fails its checksums" if found.problems else
+                    "published, fails its signature" if found.signature is not None else
+                    "published")
         return self.repo.unpublished.get(version, "no directory")
 
     def label_repair(self, label: str, alias: str) -> tuple[Repair | None, str]:
@@ -177,7 +186,8 @@ class _Sides:
         if not self.intact(target):
             return None, (f"{alias} names version {target}, which is {self.on_disk(target)}; "
                           "--fix moves labels only onto published versions whose files match "
-                          f"their checksums: restore version {target}'s directory, or move "
+                          "their checksums (and, with a trust key, whose signature verifies): "
+                          f"restore version {target}'s directory, or move "
                           f"{alias} to an intact version (`shipyard alias set`), then run "
                           "reconcile --fix")
         return (Repair("push", label=label, version=target),
@@ -311,7 +321,7 @@ def _registry_against_repository(sides: _Sides) -> list[DriftItem]:
 def _checksums(sides: _Sides) -> list[DriftItem]:
     items = []
     for version, found in sorted(sides.repo.published.items()):
-        if found.intact:
+        if not found.problems:
             continue
         labels = sorted(k for k, v in sides.config.labels.items() if v == version)
         aliases = sorted(k for k, v in sides.registry.aliases.items() if v == version)
@@ -324,6 +334,30 @@ def _checksums(sides: _Sides) -> list[DriftItem]:
             + (f"; move {', '.join(labels + aliases)} to an intact version first"
                if labels or aliases else "")
             + ". reconcile never rewrites or deletes a version"))
+    return items
+
+
+def _signatures(sides: _Sides) -> list[DriftItem]:
+    """Versions whose signature does not verify with the trust key: never fixable (only the
+    signer can sign, and a version is never rewritten), and never labelled by --fix."""
+    items = []
+    for version, found in sorted(sides.repo.published.items()):
+        if found.signature is None:
+            continue
+        labels = sorted(k for k, v in sides.config.labels.items() if v == version)
+        aliases = sorted(k for k, v in sides.registry.aliases.items() if v == version)
+        items.append(DriftItem(
+            SIGNATURE_FAILED, f"version {version}",
+            {"repository": {"version": version, "signature": found.signature},
+             "config": {"labels": labels}, "registry": {"aliases": aliases}},
+            f"version {version}'s signature does not verify with the trust key: "
+            + ("re-publish it signed (`shipyard register` or `shipyard copy` with --sign-key), "
+               "or restore its files from a backup if they were changed"
+               if not found.signature.startswith("no signature") else
+               "it was published unsigned: publish the model again with --sign-key")
+            + (f"; move {', '.join(labels + aliases)} to a version that verifies first"
+               if labels or aliases else "")
+            + ". reconcile never signs, rewrites or deletes a version"))
     return items
 
 

@@ -22,6 +22,8 @@ from shipyard.core.vocabulary import LABELS
 from shipyard.serving.config import ModelServing
 from shipyard.serving.config_file import current_serving, write_entry
 from shipyard.serving.plan import label_move_steps, label_removal_steps
+from shipyard.signing.keys import TrustKey
+from shipyard.steps.verify import require_trusted
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
@@ -53,9 +55,11 @@ class PushResult:
 
 
 def check_published(repo: ModelRepository, name: str, version: int,
-                    param: str = "version") -> None:
-    """A version may be served only if shipyard published it and every file is intact. `param`:
-    the parameter `version` came from, which the errors name."""
+                    param: str = "version", trust: TrustKey | None = None) -> None:
+    """A version may be served only if shipyard published it and every file is intact; with a
+    trust key, only if its signature verifies with it too (VerificationError, exit 4, checked
+    before the checksums: it covers every file, the manifest included). `param`: the
+    parameter `version` came from, which the errors name."""
     links = repo.symlinked_versions(name)
     if version in links:
         raise UsageError(
@@ -69,6 +73,7 @@ def check_published(repo: ModelRepository, name: str, version: int,
         raise UsageError(f"{param} {version}: {where} is not a published version of {name} "
                          f"(no shipyard.json); verified published versions: "
                          f"{_listed(verified_versions(repo, name))}", param=param)
+    require_trusted(repo, name, version, trust, manifest)
     problems = repo.checksum_problems(name, version, manifest)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
@@ -98,20 +103,25 @@ def _listed(versions: list[int]) -> str:
 
 def push_version(repo: ModelRepository, name: str, version: int, label: str, *,
                  serving_address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 progress: Progress = NullProgress()) -> PushResult:
+                 progress: Progress = NullProgress(),
+                 trust: TrustKey | None = None) -> PushResult:
     """Moves `label` to `version` in the steps `label_move_steps` plans.
 
     With a server, each step is sent and waited for, all within `timeout_s`. Without one, the
     steps stop after one that loads a new version: a server polling the file refuses a label on
     a version it has not loaded yet, and would then never load it. The result says
     `complete: false`; the same push run again once the version is loaded finishes the move.
+
+    With `trust`, version N's signature must verify with it (model-signing's verifier), under
+    the serving lock and before models.config is touched: else VerificationError (exit 4).
     """
     validate_model_name(name)
     validate_version(version)
     _check_label(label)
     return _apply(repo, name, label, version,
                   lambda before: label_move_steps(before, label, version),
-                  serving_address=serving_address, timeout_s=timeout_s, progress=progress)
+                  serving_address=serving_address, timeout_s=timeout_s, progress=progress,
+                  trust=trust)
 
 
 def drop_label(repo: ModelRepository, name: str, label: str, *,
@@ -122,7 +132,8 @@ def drop_label(repo: ModelRepository, name: str, label: str, *,
     validate_model_name(name)
     _check_label(label)
     return _apply(repo, name, label, None, lambda before: label_removal_steps(before, label),
-                  serving_address=serving_address, timeout_s=timeout_s, progress=progress)
+                  serving_address=serving_address, timeout_s=timeout_s, progress=progress,
+                  trust=None)
 
 
 def _check_label(label: str) -> None:
@@ -133,7 +144,8 @@ def _check_label(label: str) -> None:
 
 def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
            plan: Callable[[ModelServing | None], list[ModelServing]], *,
-           serving_address: str | None, timeout_s: float, progress: Progress) -> PushResult:
+           serving_address: str | None, timeout_s: float, progress: Progress,
+           trust: TrustKey | None) -> PushResult:
     """Writes (and with a server, sends and waits for) the steps `plan` lays out from NAME's
     current entry, under the model's serving lock; restores the entry if a step fails."""
     if timeout_s <= 0:
@@ -149,8 +161,9 @@ def _apply(repo: ModelRepository, name: str, label: str, version: int | None,
         with progress.step(f"wait for other pushes of {name}"):
             stack.enter_context(repo.serving_lock(name))
         if version is not None:
-            with progress.step(f"check {name} version {version}"):
-                check_published(repo, name, version)
+            with progress.step(f"check {name} version {version}"
+                               + (" and its signature" if trust is not None else "")):
+                check_published(repo, name, version, trust=trust)
         if client is not None:
             with progress.step(f"reach TF Serving at {serving_address}"):
                 client.version_states(name)  # unreachable: fail before touching the file

@@ -9,6 +9,10 @@ models.config is changed as `shipyard push` without --serving-address changes it
 that loads a new version: the servers that poll the file must load it before the label can
 move), and a second `--fix` once they have finishes the move.
 
+With a trust key, each published version's signature is checked too (model-signing's
+verifier, steps.verify; an object store's versions are downloaded for it): a version that
+fails is a `signature_failed` item, never fixable, and --fix moves no label onto it.
+
 A side that cannot be read fails the whole run with its error (MLflow: exit 6; a server:
 exit 7): without it, nothing can be said to agree.
 """
@@ -27,6 +31,7 @@ from shipyard.core.repository import ModelRepository
 from shipyard.core.vocabulary import COLLECTIONS_TAG, ENDPOINTS_TAG, FINGERPRINT_TAG
 from shipyard.registry.client import ModelRegistry, to_json_tag
 from shipyard.serving.config_file import current_serving
+from shipyard.signing.keys import TrustKey
 from shipyard.steps.drift import (
     LABEL_ALIASES,
     ConfigView,
@@ -39,6 +44,7 @@ from shipyard.steps.drift import (
     find_drift,
 )
 from shipyard.steps.push import DEFAULT_TIMEOUT_S, drop_label, push_version
+from shipyard.steps.verify import signature_check
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +68,13 @@ class ReconcileResult:
 def reconcile(repo: ModelRepository, name: str, registry: ModelRegistry, *,
               servers: Sequence[str] = (), fix: bool = False,
               timeout_s: float = DEFAULT_TIMEOUT_S,
-              progress: Progress = NullProgress()) -> ReconcileResult:
-    """Compares, and with `fix` repairs what is safe and compares again."""
+              progress: Progress = NullProgress(),
+              trust: TrustKey | None = None) -> ReconcileResult:
+    """Compares, and with `fix` repairs what is safe and compares again. With `trust`, the
+    versions' signatures are compared with it too."""
     validate_model_name(name)
     servers = [_checked_server(address) for address in servers]
-    drift = _compare(repo, name, registry, servers, progress)
+    drift = _compare(repo, name, registry, servers, progress, trust)
     repairs = _repairs(drift) if fix else []
     if not repairs:
         return ReconcileResult(name, drift, [])
@@ -76,8 +84,8 @@ def reconcile(repo: ModelRepository, name: str, registry: ModelRegistry, *,
                     "push` without --serving-address does; the servers load it on their next "
                     "config poll", name, len(servers))
     for repair in repairs:
-        _make(repair, repo, name, registry, address, timeout_s, progress)
-    after = _compare(repo, name, registry, servers, progress)
+        _make(repair, repo, name, registry, address, timeout_s, progress, trust)
+    after = _compare(repo, name, registry, servers, progress, trust)
     remaining = {item.key for item in after}
     return ReconcileResult(name, after, [item for item in drift if item.key not in remaining])
 
@@ -93,11 +101,13 @@ def _checked_server(address: str) -> str:
 
 
 def _compare(repo: ModelRepository, name: str, registry: ModelRegistry,
-             servers: list[str], progress: Progress) -> list[DriftItem]:
+             servers: list[str], progress: Progress,
+             trust: TrustKey | None = None) -> list[DriftItem]:
     with progress.step(f"read the registry at {registry.location.registry_uri}"):
         registry_view = read_registry(registry, name)
-    with progress.step(f"read {name} in {repo.location} and verify its checksums"):
-        repo_view = read_repository(repo, name)
+    with progress.step(f"read {name} in {repo.location} and verify its checksums"
+                       + (" and signatures" if trust is not None else "")):
+        repo_view = read_repository(repo, name, trust)
     config = current_serving(repo, name)
     config_view = ConfigView(config.versions, dict(config.labels)) if config else ConfigView()
     server_views = []
@@ -120,9 +130,11 @@ def read_registry(registry: ModelRegistry, name: str) -> RegistryView:
     return RegistryView(aliases=aliases, versions=version_tags(registry, name))
 
 
-def read_repository(repo: ModelRepository, name: str) -> RepositoryView:
+def read_repository(repo: ModelRepository, name: str,
+                    trust: TrustKey | None = None) -> RepositoryView:
     """Published versions with their checksum problems (repo.checksum_problems, as `push`
-    verifies a version); numbered entries that are not published versions, with why."""
+    verifies a version) and, with `trust`, what fails in their signature; numbered entries
+    that are not published versions, with why."""
     published: dict[int, PublishedVersion] = {}
     unpublished = {version: f"a symlink to {target}, not a published version"
                    for version, target in repo.symlinked_versions(name).items()}
@@ -137,7 +149,9 @@ def read_repository(repo: ModelRepository, name: str) -> RepositoryView:
             continue
         published[version] = PublishedVersion(
             manifest.fingerprint, manifest_tags(manifest),
-            tuple(repo.checksum_problems(name, version, manifest)))
+            tuple(repo.checksum_problems(name, version, manifest)),
+            signature_check(repo, name, version, trust, manifest) if trust is not None
+            else None)
     return RepositoryView(published, dict(sorted(unpublished.items())))
 
 
@@ -174,7 +188,8 @@ def _repairs(drift: list[DriftItem]) -> list[Repair]:
 
 
 def _make(repair: Repair, repo: ModelRepository, name: str, registry: ModelRegistry,
-          address: str | None, timeout_s: float, progress: Progress) -> None:
+          address: str | None, timeout_s: float, progress: Progress,
+          trust: TrustKey | None) -> None:
     if repair.action == "complete_tags":
         assert repair.version is not None
         with progress.step(f"complete the tags of registry version {repair.version}"):
@@ -186,8 +201,9 @@ def _make(repair: Repair, repo: ModelRepository, name: str, registry: ModelRegis
                    progress=progress)
         return
     assert repair.version is not None
+    # The push checks the signature again, under the serving lock (it may have changed since).
     result = push_version(repo, name, repair.version, repair.label, serving_address=address,
-                          timeout_s=timeout_s, progress=progress)
+                          timeout_s=timeout_s, progress=progress, trust=trust)
     if not result.complete:
         log.warning("%s: version %d is now loaded by models.config, but label %s can move to "
                     "it only once TF Serving has loaded it; run `shipyard reconcile --fix` "

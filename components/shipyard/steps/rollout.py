@@ -6,6 +6,14 @@ The adapters are the cluster and its metrics (kube.cluster, kube.observe) and th
 registry, whose alias moves go through the audited alias path (shipyard.steps.alias). Every
 function takes a `ports` factory, `(name, namespace, policy) -> Ports`, so tests run them on
 fakes; `policy` is None when the command acts on the stored rollout (status, promote, abort).
+
+With a trust key (the `verify_key` given, else the policy's `verify_key`, else
+$SHIPYARD_VERIFY_KEY), `start_rollout` checks the version as `push` does, its signature
+included (steps.push.check_published), before it connects to the cluster: a version that
+fails is refused (exit 4) and nothing is deployed. The check reads the version's files from
+the model repository: `repo`, else the policy's serving.model_root when it is an object
+store's URL (serving.pvc null). A repository on a PVC is not readable from here, so with a
+trust key and no `repo` the rollout is refused (exit 2) rather than deployed unchecked.
 """
 
 from __future__ import annotations
@@ -130,16 +138,51 @@ def start_rollout(name: str, version: int, policy: RolloutPolicy, *,
                   registry_uri: str | None = None, lease_wait_s: float = 0.0,
                   on_change: Callable[[RolloutState], None] | None = None,
                   ports: PortsFactory | None = None,
-                  notify: controller.Notify | None = None) -> RolloutState:
+                  notify: controller.Notify | None = None,
+                  verify_key: str | None = None,
+                  repo: str | None = None) -> RolloutState:
     """Rolls version N of NAME out to its end (promoted, rolled back or aborted), or resumes
     the stored rollout of that version; `require_promoted` turns another end into an error.
-    `notify(event type, data)` hears each change once it is stored (rollout/events.py)."""
+    `notify(event type, data)` hears each change once it is stored (rollout/events.py).
+    `verify_key`, `repo`: the signature check before anything is deployed (module
+    docstring)."""
     validate_rollout_name(name)
     validate_version(version)
+    verify_before_deploy(name, version, policy, verify_key, repo)
     made = _factory(ports, tracking_uri, registry_uri)(name, namespace, policy)
     made.notify = notify
     return controller.start(made, name, version, policy, holder=holder(),
                             lease_wait_s=lease_wait_s, on_change=on_change)
+
+
+def verify_before_deploy(name: str, version: int, policy: RolloutPolicy,
+                         verify_key: str | None, repo: str | None) -> None:
+    """With a trust key, version N must be published, intact and signed with it (as `push`
+    checks it) before the rollout deploys anything; without one, nothing is checked here."""
+    from shipyard.signing.keys import trust_key
+
+    trust = trust_key(verify_key or policy.verify_key)
+    if trust is None:
+        return
+    location = repo or rollout_repository(policy)
+    if location is None:
+        raise UsageError(
+            f"repo: a trust key is set ({trust.fingerprint}, {trust.path}), so version "
+            f"{version} of {name} must be verified before it is deployed, but its files are "
+            f"on the PVC {policy.serving.pvc!r}, which this command cannot read: pass --repo "
+            "with the repository the PVC holds (a path or an fsspec URL). Nothing was "
+            "deployed", param="repo")
+    from shipyard.repository import open_repository
+    from shipyard.steps.push import check_published
+
+    check_published(open_repository(location), name, version, trust=trust)
+
+
+def rollout_repository(policy: RolloutPolicy) -> str | None:
+    """The model repository a rollout's versions are read from, when this process can read
+    it: serving.model_root when the tracks read an object store (no PVC)."""
+    serving = policy.serving
+    return serving.model_root if serving.pvc is None and "://" in serving.model_root else None
 
 
 def require_promoted(state: RolloutState) -> RolloutState:

@@ -4,6 +4,9 @@ and what the server reports, side by side.
 A part that cannot be read (registry or server unreachable) is reported in `errors` while
 the rest is still shown; the CLI then exits with that error's code.
 
+Each version on disk says whether it is signed (the method and the key's fingerprint its
+manifest records) or unsigned; `shipyard verify` checks a signature against a trust key.
+
 A version directory that is a symlink gets a row with `symlink` set to its target and a
 warning; it is not followed (no size, no manifest read through it).
 """
@@ -17,6 +20,7 @@ from shipyard.core.errors import ShipyardError, UsageError
 from shipyard.core.names import validate_model_name
 from shipyard.core.repository import ModelRepository
 from shipyard.serving.config_file import current_serving
+from shipyard.steps.verify import signing_of
 
 AliasReader = Callable[[str], dict[str, int] | None]
 StateReader = Callable[[str], dict[int, dict[str, Any]]]
@@ -61,6 +65,9 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
             "bytes": repo.version_bytes(name, version) if version in on_disk else None,
             "fingerprint": manifest.fingerprint if manifest else None,
             "created_at": manifest.created_at if manifest else None,
+            # As the manifest records it (method, key fingerprint); None: unsigned. Whether
+            # the signature holds is `shipyard verify`'s to say (it needs a trust key).
+            "signing": _signing(manifest),
             "in_config": bool(serving and version in serving.versions),
             "labels": sorted(k for k, v in (serving.labels if serving else {}).items()
                              if v == version),
@@ -80,6 +87,13 @@ def model_status(repo: ModelRepository, name: str, *, read_aliases: AliasReader 
     return ModelStatus(name=name, repository=repo.location, config=repo.config_location,
                        labels=dict(sorted(serving.labels.items())) if serving else {},
                        aliases=aliases, versions=rows, warnings=warnings, errors=errors)
+
+
+def _signing(manifest: Any) -> dict[str, Any] | None:
+    record = signing_of(manifest)
+    if record is None:
+        return None
+    return {"method": record.get("method"), "key_fingerprint": record.get("key_fingerprint")}
 
 
 def _attempt(read: Callable[[], Any], source: str, errors: list[dict[str, Any]]) -> Any:
