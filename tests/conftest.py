@@ -52,6 +52,8 @@ SLOW_FILES_FIRST = (  # seconds of test time each in a 2-worker run (2026-12-05)
     "integration/test_kfp_promotion.py",  # ~40 s, one test
     "integration/test_validate_portable.py",  # ~30 s, one test
     "integration/test_copy.py",  # ~25 s
+    "integration/test_signing_copy.py",  # ~25 s (a signed register, copies with their proofs)
+    "integration/test_signing.py",  # ~20 s
     "e2e/test_copy_kills.py",  # ~25 s, one test
     "integration/test_kube_api_double.py",  # ~25 s
     "integration/test_tf_serving_warmup.py",  # ~24 s

@@ -12,6 +12,8 @@ from shipyard.cli.options import (
     json_option,
     notifier,
     notify_option,
+    sign_options,
+    verify_key_option,
 )
 from shipyard.cli.output import emit, library_prints_to_stderr, progress, quiet
 
@@ -26,7 +28,9 @@ def describe_copy(doc: dict) -> str:
             f"  proven: " + ", ".join(
                 f"{what} ({figures.get('tensorflow', figures.get('status'))})"
                 for what, figures in doc["proof"].items()) + "\n"
-            f"  run: {doc['run_id']}\n  aliases: {doc['aliases']}")
+            f"  run: {doc['run_id']}\n  aliases: {doc['aliases']}\n"
+            f"  signed: " + (f"{signing['method']} {signing['key_fingerprint']}"
+                             if (signing := doc.get("signing")) else "no"))
 
 
 @click.command("copy")
@@ -62,6 +66,8 @@ def describe_copy(doc: dict) -> str:
                    "(as for export); 'none' skips that part of the proof.")
 @click.option("--allow-breaking", is_flag=True,
               help="Publish even if the signatures break the destination's latest version.")
+@verify_key_option
+@sign_options
 @notify_option
 @json_option()
 def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_repo: str,
@@ -69,7 +75,9 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
                  to_tracking_uri: str | None, to_registry_uri: str | None,
                  to_name: str | None, to_alias: str | None, reason: str | None,
                  pipeline_run_id: str | None, serving_runtime: str | None,
-                 allow_breaking: bool, notify: tuple[str, ...], as_json: bool) -> None:
+                 allow_breaking: bool, verify_key: str | None, sign_key: str | None,
+                 sign_cert: str | None, sign_chain: tuple[str, ...], notify: tuple[str, ...],
+                 as_json: bool) -> None:
     """Copy a published version of NAME from one environment to another, byte for byte.
 
     The source (--version N, or --alias through the source registry) must be published and
@@ -81,8 +89,17 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
     lineage), and the alias (candidate by default) through the audited path. The source is
     never changed.
 
+    Signatures: with a trust key (--verify-key or $SHIPYARD_VERIFY_KEY) the SOURCE version's
+    signature must verify with it before anything is copied (an object store's version is
+    downloaded for the check). With --sign-key (or $SHIPYARD_SIGNING_KEY) the copy is signed
+    with the destination's key after its proof and before it is published: its manifest's
+    `signing` record and assets.extra/model.sig are the destination's own, every other file
+    is the source's. Without a signing key the copy keeps the source's signature, if any.
+    A reused destination version keeps the signature it was published with.
+
     Exit codes: as `shipyard register` (6: an MLflow unreachable); 4 when the source or the
-    copy fails its checksums or its proof. Running the same command again completes a copy
+    copy fails its checksums or its proof, or the source's signature does not verify with
+    the trust key (nothing is copied). Running the same command again completes a copy
     that was killed; content the destination has already is reused.
 
     With --notify, once the copy succeeded: io.shipyard.version.published (the result
@@ -90,6 +107,7 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
     then io.shipyard.alias.moved (the audit record) when the destination's alias moved.
     """
     from shipyard.registry.client import RegistryLocation
+    from shipyard.signing.keys import signing_key, trust_key
     from shipyard.steps.copy import CopyRequest, copy_version
 
     source_alias, move_alias = split_aliases(version, aliases, to_alias)
@@ -99,7 +117,8 @@ def copy_command(name: str, version: int | None, aliases: tuple[str, ...], from_
         destination=RegistryLocation.resolve(to_tracking_uri, to_registry_uri),
         to_name=to_name, move_alias=move_alias, reason=reason,
         pipeline_run_id=pipeline_run_id, serving_runtime=serving_runtime,
-        allow_breaking=allow_breaking)
+        allow_breaking=allow_breaking, trust=trust_key(verify_key),
+        sign=signing_key(sign_key, sign_cert, sign_chain))
     with library_prints_to_stderr():
         result = copy_version(request, progress=progress(quiet()),
                               **injected(start_check="start_check"))

@@ -22,13 +22,23 @@ Order, and why a re-run completes what a killed or failed one left:
   and `--alias` (default `candidate`) moves through the audited path. Content the destination
   already has is reused, concurrent copies of one version give one destination version, and
   a re-run completes a killed one: the same machinery as `register` (steps.versions).
+
+Signatures (issue 28):
+- With a trust key (`trust`), the source version's signature must verify with it
+  (model-signing's verifier, steps.verify) before anything is copied or any alias moves; an
+  object-store source is downloaded into a temporary directory for that check.
+- With a signing key (`sign`), the copy is signed with it after its proof and before it is
+  published: its manifest's `signing` record names that key and N/assets.extra/model.sig is
+  the destination's own. Without one the copy is byte for byte, the source's signature (if
+  any) included, which still verifies with the source's key.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,7 +47,7 @@ import numpy as np
 
 from shipyard.core.audit import check_move
 from shipyard.core.errors import UsageError, VerificationError
-from shipyard.core.manifest import Manifest, checksum_mismatches
+from shipyard.core.manifest import MANIFEST_PATH, Manifest, checksum_mismatches, write_manifest
 from shipyard.core.names import validate_model_name, validate_version
 from shipyard.core.progress import NullProgress, Progress
 from shipyard.core.vocabulary import (
@@ -57,9 +67,12 @@ from shipyard.exporter.runtime import (
 from shipyard.files.trees import materialize
 from shipyard.registry.client import ModelRegistry, RegistryLocation
 from shipyard.repository import open_repository
-from shipyard.steps.export import check_compatibility
+from shipyard.steps.export import check_compatibility, signing_record
 from shipyard.steps.register import RegisterResult, RunRecord, register_staged
+from shipyard.steps.verify import require_trusted, signing_of
 from shipyard.steps.versions import WAIT_TIMEOUT_S
+
+log = logging.getLogger(__name__)
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit: the check replays at most this many
 
@@ -79,6 +92,8 @@ class CopyRequest:
     pipeline_run_id: str | None = None
     serving_runtime: str | None = None
     allow_breaking: bool = False
+    trust: Any = None  # signing.keys.TrustKey the source must verify with; None: not checked
+    sign: Any = None  # signing.keys.SigningKey the copy is signed with; None: kept as it is
 
     @property
     def destination_name(self) -> str:
@@ -91,10 +106,12 @@ class CopyResult:
     copied_from: dict[str, Any]
     transfer: str  # how the bytes moved: "hard links", "downloaded", "copied"
     proof: dict[str, Any] = field(default_factory=dict)
+    # The destination version's signature as its manifest records it; None: unsigned.
+    signing: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.registered.to_json(), "copied_from": self.copied_from,
-                "transfer": self.transfer, "proof": self.proof}
+                "transfer": self.transfer, "proof": self.proof, "signing": self.signing}
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,9 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
             f"{manifest.fingerprint}, but the source registry's version {number} of "
             f"{request.name!r} is {registered_as}: --from-repo is not that registry's "
             "repository", param="from_repo")
+    if request.trust is not None:
+        with progress.step(f"verify the signature of the source version {number}"):
+            require_trusted(source_repo, request.name, number, request.trust, manifest)
     source_run = source_registry.run(source_version.run_id)
     lineage = {"registry": public_uri(request.source.registry_uri),
                "name": request.name, "version": number, "run_id": source_version.run_id,
@@ -163,17 +183,21 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
     destination_repo = open_repository(request.to_repo)
     target = _Target(request.destination_name, request.allow_breaking)
     check_compatibility(destination_repo, target, manifest.signatures)  # before any copy
-    if _published_already(destination_registry, destination_repo, request.destination_name,
-                          manifest):
+    there = _published_already(destination_registry, destination_repo,
+                               request.destination_name, manifest)
+    if there is not None:
         # Copied and proven before (a re-run, or another copy of this version finished
-        # first): only what is missing is completed, as `register` reuses a version.
+        # first): only what is missing is completed, as `register` reuses a version. A
+        # published version is never rewritten, so it keeps the signature it was published
+        # with (its manifest, `there`, describes it).
+        _warn_if_signed_otherwise(there, request)
         with destination_repo.create_staging(request.destination_name) as staging:
             registered = register_staged(
-                destination_registry, destination_repo, target, staging, manifest, {},
+                destination_registry, destination_repo, target, staging, there, {},
                 pipeline_run_id=request.pipeline_run_id, progress=progress,
                 wait_timeout_s=wait_timeout_s,
                 record=_record(source_run, manifest, lineage, request, 0.0))
-        return CopyResult(registered, lineage, "none: reused", {})
+        return CopyResult(registered, lineage, "none: reused", {}, signing_of(there))
     # Started now, so their TensorFlow imports overlap the copy.
     checks = _ProofChecks(choice, start_check)
     try:
@@ -194,6 +218,9 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
             with progress.step("prove the copy in fresh CPU-only processes"):
                 proof = checks.prove(source_repo, request.name, number, staging.path,
                                      manifest)
+            if request.sign is not None:
+                with progress.step("sign the copy with the destination's key"):
+                    manifest = _resign(staging.path, manifest, request.sign)
             record = _record(source_run, manifest, lineage, request, copy_seconds, proof)
             registered = register_staged(
                 destination_registry, destination_repo, target, staging, manifest, {},
@@ -201,14 +228,49 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                 wait_timeout_s=wait_timeout_s, record=record)
     finally:
         checks.close()
-    return CopyResult(registered, lineage, transfer, proof)
+    return CopyResult(registered, lineage, transfer, proof, signing_of(manifest))
+
+
+def _resign(directory: Path, manifest: Manifest, key: Any) -> Manifest:
+    """The staged copy signed with `key`: its manifest's `signing` record names the key, and
+    the signature covers every other file, that manifest included. The staged files may be
+    hard links to the source's (one file system): the manifest and the signature are new
+    files put in place of the links, never written through them, so the source is unchanged
+    (sign_version removes an earlier signature before it writes)."""
+    from shipyard.signing.bundle import sign_version
+
+    signed = replace(manifest, extra={**manifest.extra, "signing": signing_record(key)})
+    (directory / MANIFEST_PATH).unlink()
+    write_manifest(directory, signed)
+    sign_version(directory, key)
+    return signed
+
+
+def _warn_if_signed_otherwise(there: Manifest, request: CopyRequest) -> None:
+    """A reused version signed otherwise than --sign-key asks is said, not changed."""
+    if request.sign is None:
+        return
+    said = (signing_of(there) or {}).get("key_fingerprint")
+    if said != request.sign.fingerprint:
+        log.warning("%s: the destination's version of this content is reused as it was "
+                    "published (%s), not signed again with %s: published versions are never "
+                    "rewritten. To publish it signed with that key, copy it under another "
+                    "--to-name", request.destination_name,
+                    f"signed with {said}" if said else "unsigned", request.sign.fingerprint)
 
 
 def _published_already(registry: ModelRegistry, repo: Any, name: str,
-                       manifest: Manifest) -> bool:
-    """Whether the destination holds this version already: published in its registry, and
-    its directory holding exactly the source's files (a fingerprint names content, not
-    bytes: a separate export of the same model has the fingerprint and other bytes)."""
+                       manifest: Manifest) -> Manifest | None:
+    """The destination's manifest of this version if it holds it already: published in its
+    registry, and its directory holding exactly the source's files (a fingerprint names
+    content, not bytes: a separate export of the same model has the fingerprint and other
+    bytes); None otherwise.
+
+    "Exactly the source's files" compares the manifests' `files`, which list every file but
+    the manifest itself and the signature (core.manifest.list_files). A copy signed with the
+    destination's key differs from its source in just those two (its manifest's `signing`
+    record, and model.sig), so a re-run of that copy still finds it here and completes it
+    (idempotent), while a version of other bytes is still refused."""
     for version in registry.versions_with_fingerprint(name, manifest.fingerprint):
         if version.tags.get(PUBLISHED_TAG) != "true":
             continue
@@ -231,8 +293,8 @@ def _published_already(registry: ModelRegistry, repo: Any, name: str,
             raise VerificationError(
                 f"the destination's version {number} of {name!r} ({location}) does not match "
                 "its manifest; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
-        return True
-    return False
+        return there
+    return None
 
 
 def public_uri(uri: str) -> str:
