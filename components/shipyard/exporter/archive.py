@@ -8,22 +8,30 @@ serves its first endpoint as `serving_default`.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from shipyard.core.errors import SpecError, UsageError
-from shipyard.core.spec import Endpoint, ExportSpec, RegexSelect, TensorDecl
+from shipyard.core.spec import Endpoint, ExportSpec, TensorDecl
 from shipyard.exporter import reusable
+
+# Re-exported: the export step, bench/export.py (which wraps checkpoint_digests here) and the
+# tests reach them as archive.<name>; they live in content.py.
+from shipyard.exporter.content import (  # noqa: F401
+    architecture_digest,
+    checkpoint_digests,
+    keras_config_digest,
+    read_signatures,
+    rng_state_digests,
+    rng_states,
+)
 from shipyard.exporter.samples import Vocabularies
 from shipyard.exporter.source import SourceModel
+from shipyard.exporter.variable_collections import select_variables
 
 EndpointFn = Callable[..., dict[str, Any]]
 _LOOKUP_LAYERS = (keras.layers.StringLookup, keras.layers.IntegerLookup,
@@ -125,7 +133,7 @@ def build_archive(source: SourceModel, spec: ExportSpec) -> BuiltArchive:
         endpoint_fns[endpoint.name] = fn
     collections = {}
     for index, collection in enumerate(spec.variable_collections):
-        variables = _select_variables(source, collection.select, index)
+        variables = select_variables(source, collection.select, index)
         archive.add_variable_collection(collection.name, [backend_variable(v) for v in variables])
         collections[collection.name] = variables
     lookups = _lookup_vocabularies(source)
@@ -387,93 +395,6 @@ def _own_methods(model: Any) -> list[str]:
     return sorted(names)
 
 
-def _select_variables(source: SourceModel, select: Any, index: int) -> list[Any]:
-    obj = source.obj
-    field = f"variable_collections[{index}].select"
-    if select == "optimizer":
-        optimizer = getattr(obj, "optimizer", None)
-        variables = list(getattr(optimizer, "variables", []) or [])
-        if optimizer is None or not variables:
-            raise SpecError(f"{field}: 'optimizer' selected, but the model has no optimizer "
-                            "state (it was saved without compile(), or never built its "
-                            "optimizer); compile and train it before saving, or choose another "
-                            "selection")
-        _check_optimizer_restored(source, optimizer, variables, field)
-        return variables
-    attribute = {"trainable": "trainable_variables", "non_trainable": "non_trainable_variables",
-                 "all": "variables"}.get(select if isinstance(select, str) else "all")
-    variables = list(getattr(obj, attribute, None) or [])
-    if isinstance(select, RegexSelect):
-        optimizer = getattr(obj, "optimizer", None)
-        optimizer_variables = list(getattr(optimizer, "variables", []) or [])
-        pool = variables + optimizer_variables
-        pattern = re.compile(select.regex)
-        variables = [v for v in pool if pattern.search(variable_path(v))]
-        if not variables:
-            examples = [variable_path(v) for v in pool[:8]]
-            raise SpecError(f"{field}.regex: {select.regex!r} matches no variable; variable "
-                            f"paths look like {examples}")
-        if any(v is w for v in variables for w in optimizer_variables):
-            _check_optimizer_restored(source, optimizer, optimizer_variables, f"{field}.regex")
-        return variables
-    if not variables and select != "non_trainable":
-        raise SpecError(f"{field}: {select!r} selects no variables from this model")
-    return variables
-
-
-def _check_optimizer_restored(source: SourceModel, optimizer: Any, variables: list[Any],
-                              field: str) -> None:
-    """Refuses an optimizer whose variables are not the ones the .keras file stores.
-
-    Keras's load_model rebuilds the optimizer from the compile config and, when its variables
-    do not match the saved ones in number, skips loading them with a warning: the optimizer
-    then holds fresh values (e.g. a LossScaleOptimizer saved under a mixed_float16 policy and
-    loaded under float32 comes back as its inner optimizer)."""
-    saved = _saved_optimizer_variable_count(source)
-    if saved is None or saved == len(variables):
-        return
-    raise SpecError(
-        f"{field}: the optimizer's variables are selected, but {source.path.name} stores {saved} "
-        f"optimizer variables and the loaded model's {type(optimizer).__name__} has "
-        f"{len(variables)}: "
-        "Keras did not restore the saved optimizer state, so the collection would hold fresh "
-        "values, not the trained ones. Load the model with the optimizer it was saved with "
-        "(a model compiled under keras.mixed_precision.set_dtype_policy('mixed_float16') "
-        "saved a LossScaleOptimizer: set that policy in an --import module; an optimizer "
-        "that never took a step: train it before saving), or choose another selection")
-
-
-def _saved_optimizer_variable_count(source: SourceModel) -> int | None:
-    """How many optimizer variables the .keras file stores (Keras's layout:
-    model.weights.h5 `optimizer/vars/<i>`); None if it cannot tell (a SavedModel source,
-    another layout)."""
-    if source.format != "keras":
-        return None
-    import zipfile
-
-    import h5py
-
-    from shipyard.exporter.keras_loading import WEIGHTS_MEMBER, FileWindow, weights_member
-
-    try:
-        with contextlib.ExitStack() as stack:
-            member = weights_member(source.path)
-            if member is not None:  # stored whole: read in place
-                raw = stack.enter_context(FileWindow(source.path, *member))
-            else:
-                archive = stack.enter_context(zipfile.ZipFile(source.path))
-                raw = stack.enter_context(archive.open(WEIGHTS_MEMBER))
-            weights = stack.enter_context(h5py.File(raw, "r"))
-            group = weights.get("optimizer/vars")
-            return len(group) if isinstance(group, h5py.Group) else None
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return None
-
-
-def variable_path(variable: Any) -> str:
-    return getattr(variable, "path", None) or variable.name
-
-
 def _lookup_vocabularies(source: SourceModel) -> list[list[Any]]:
     if source.format == "saved_model":  # its tables' keys, read from its graph and assets
         from shipyard.exporter.saved_model_vocabulary import table_keys
@@ -509,108 +430,6 @@ def _all_layers(model: Any) -> list[Any]:
         return list(model._flatten_layers(include_self=False, recursive=True))
     except AttributeError:  # not a Keras layer tree
         return list(getattr(model, "layers", []))
-
-
-def architecture_digest(source: SourceModel) -> str:
-    """What the model computes beyond its weights: activations, constants, layer wiring.
-
-    For a .keras file, its config.json; for a SavedModel source, its saved_model.pb (one
-    source directory, one graph).
-    """
-    import hashlib
-    import zipfile
-
-    if source.format == "keras":
-        with zipfile.ZipFile(source.path) as archive:
-            return keras_config_digest(json.loads(archive.read("config.json")))
-    graph = next(source.path / name for name in ("saved_model.pb", "saved_model.pbtxt")
-                 if (source.path / name).is_file())
-    return hashlib.sha256(graph.read_bytes()).hexdigest()
-
-
-def keras_config_digest(config: Any) -> str:
-    """A digest of a Keras config that equal models share across processes: the
-    `shared_object_id`s Keras writes are Python object ids, so they are renumbered in order
-    of first appearance (which objects are shared is kept, where they lived is not)."""
-    import hashlib
-
-    renumbered: dict[Any, int] = {}
-
-    def canonical(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: (renumbered.setdefault(value, len(renumbered))
-                          if key == "shared_object_id" else canonical(value))
-                    for key, value in sorted(node.items())}
-        if isinstance(node, list):
-            return [canonical(item) for item in node]
-        return node
-
-    return hashlib.sha256(json.dumps(canonical(config), sort_keys=True).encode()).hexdigest()
-
-
-def rng_states(source: SourceModel) -> list[np.ndarray]:
-    """The Keras SeedGenerator states (random-number state, not learned weights), in variable
-    order. An unseeded Dropout starts from a random state in every process, and Keras does
-    not restore it from a .keras file: hashing it would give each export of one trained model
-    a new fingerprint, and a fresh load would draw other dropout masks. Call it right after
-    the write, before anything advances the states."""
-    if source.format != "keras":
-        return []
-    return [np.asarray(v) for v in getattr(source.obj, "variables", [])
-            if variable_path(v).endswith("seed_generator_state")]
-
-
-def rng_state_digests(states: list[np.ndarray]) -> set[str]:
-    """Digests of `rng_states`, left out of the fingerprint."""
-    from shipyard.exporter.verifier import array_digest
-
-    return {array_digest(state) for state in states}
-
-
-def checkpoint_digests(saved_model_dir: Path, leave_out: set[str] = frozenset(),
-                       stop: threading.Event | None = None) -> list[str]:
-    """One digest per tensor in the SavedModel's checkpoint (object graph excluded), less
-    those in `leave_out`; numeric tensors are read a few MiB at a time (checkpoint_bundle).
-    `stop`, once set, ends it with HashingStopped."""
-    from shipyard.exporter.checkpoint_bundle import checkpoint_digests as bundle_digests
-    from shipyard.exporter.verifier import array_digest
-
-    prefix = saved_model_dir / "variables" / "variables"
-    reader = tf.train.load_checkpoint(str(prefix))
-
-    def whole_tensor(key: str) -> np.ndarray:
-        value = reader.get_tensor(key)
-        return np.asarray([value]) if isinstance(value, bytes) else value
-
-    # The object graph is layout, not content: it varies between exports of one model.
-    keys = [key for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-    digests = bundle_digests(prefix, keys, whole_tensor, array_digest, stop=stop)
-    return [d for d in digests if d not in leave_out]
-
-
-def read_signatures(saved_model_dir: Path) -> dict[str, Any]:
-    """The signature defs of a SavedModel as plain data (what TF Serving will expose)."""
-    from shipyard.exporter.source import read_saved_model
-
-    proto = read_saved_model(saved_model_dir)
-    meta_graph = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
-    return {
-        name: {
-            "method_name": sig.method_name,
-            "inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
-            "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
-        }
-        for name, sig in sorted(meta_graph.signature_def.items())
-        # TF2 adds `__saved_model_init_op` (initialisation, not a signature clients call).
-        if not name.startswith("__")
-    }
-
-
-def _tensor_info(info: Any) -> dict[str, Any]:
-    shape = info.tensor_shape
-    dims = None if shape.unknown_rank else [None if d.size < 0 else d.size for d in shape.dim]
-    return {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": dims}
 
 
 def _shape_text(shape: list[int | None]) -> str:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from shipyard.core.errors import SpecError
 from shipyard.core.spec import METHOD_NAMES, ExportSpec
-from shipyard.exporter import archive, whole
+from shipyard.exporter import archive, variable_collections, whole
 from shipyard.exporter.samples import Vocabularies
 from shipyard.exporter.source import SourceModel
 from shipyard.files.trees import empty_directory
@@ -133,8 +133,8 @@ def build_whole(source: SourceModel, spec: ExportSpec) -> WholeArchive:
             _trace_or_refuse(endpoint_fns[endpoint.name], endpoint, index)
     collections = {}
     for index, collection in enumerate(spec.variable_collections):
-        collections[collection.name] = archive._select_variables(source, collection.select,
-                                                                index)
+        collections[collection.name] = variable_collections.select_variables(
+            source, collection.select, index)
     lookups = archive._lookup_vocabularies(source)
     return WholeArchive(source, spec, graph, shipping, endpoint_fns, collections,
                         archive._sample_vocabularies(lookups), lookups, calls, unverifiable)
