@@ -110,9 +110,9 @@ def test_every_tf_serving_container_allows_its_labels_before_the_versions_load(t
         assert container["args"].count("--allow_version_labels_for_unavailable_models=true") == 1
 
 
-def test_every_start_command_the_readme_gives_passes_the_label_flag():
+def test_every_start_command_the_docs_give_passes_the_label_flag():
     # A reader copies these: a start command without the flag fails on shipyard's configs.
-    text = (REPO_ROOT / "README.md").read_text()
+    text = (REPO_ROOT / "docs" / "serving.md").read_text()
     blocks = [b for b in text.split("\n\n")
               if "--model_config_file=" in b or "tensorflow_model_server " in b]
     assert len(blocks) >= 3  # the push section's sentence and "Starting TF Serving"'s examples

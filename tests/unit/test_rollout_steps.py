@@ -271,21 +271,23 @@ def test_events_between_states():
     assert [t for t, _ in events(aborted, other)][0] == "io.shipyard.rollout.started"
 
 
-def test_the_readme_s_example_policy_is_valid_and_plans_as_shown():
-    """The README's policy uses every kind of step and field: it must stay a policy
-    `rollout start` accepts, and its printed plan the one the README shows."""
+def test_the_docs_example_policy_is_valid_and_plans_as_shown():
+    """The docs' policy (docs/rollout-policy.md) uses every kind of step and field: it must stay
+    a policy `rollout start` accepts, and its printed plan the one the page shows.
+    (tests/integration/test_docs_examples.py also runs `rollout plan` on it.)"""
     import re
     from pathlib import Path
 
     import yaml
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    block = readme.split("`POLICY.yaml`, with every kind of step and field:\n\n```yaml\n")[1]
-    policy = parse_policy(yaml.safe_load(block.split("```")[0]), source="README.md")
+    page = (Path(__file__).parents[2] / "docs" / "rollout-policy.md").read_text()
+    block = page.split("`POLICY.yaml`, with every kind of step and field:\n")[1]
+    block = block.split("```yaml\n", 1)[1]
+    policy = parse_policy(yaml.safe_load(block.split("```")[0]), source="rollout-policy.md")
     assert {s.kind for s in policy.steps} == {"mirror", "approval", "weight"}
     assert policy.gates.min_requests and policy.notify
-    shown = readme.split("For the policy above:\n\n```\n")[1].split("```")[0]
+    shown = page.split("For the policy above:\n\n```\n")[1].split("```")[0]
     printed = describe(plan(policy)).replace(policy.gates.agreement.samples,
                                              "/srv/policies/samples.jsonl")
     assert printed.strip() == shown.strip()
-    assert re.search(r"rollout plan --policy POLICY.yaml", readme)
+    assert re.search(r"rollout plan --policy POLICY.yaml", page)
