@@ -3,7 +3,7 @@
 Runs only when KUBECONFIG points at a reachable cluster (kind, minikube, GKE...) that has the
 Gateway API CRDs and a Gateway named `shipyard-gateway`, and a PVC `shipyard-models` in the
 namespace given by SHIPYARD_TEST_NAMESPACE (default shipyard-e2e) whose contents are the
-directory SHIPYARD_TEST_REPO on this machine (e.g. kind with an extraMount, see the README).
+directory SHIPYARD_TEST_REPO on this machine (e.g. kind with an extraMount, see docs/rollouts.md).
 It installs the base, pushes two versions, rolls one canary to promotion and one to rollback
 against the real tensorflow/serving image. Everything else skips with the reason.
 """

@@ -1,7 +1,7 @@
 """One sweep of the bad inputs a new user would try, each through the real CLI.
 
 Every case runs `shipyard.cli.main` in-process (click's CliRunner, so TensorFlow is imported at
-most once) and checks the documented exit code (README's table, errors.py: 2 bad spec,
+most once) and checks the documented exit code (docs/exit-codes.md, errors.py: 2 bad spec,
 arguments or name; 3 the version exists; 4 verification; 5 breaking change; 6 MLflow
 unreachable; 7 TF Serving; 1 a missing or corrupt model), a message that names the field,
 file or flag (and the fix where shipyard gives one), no Python traceback, and nothing created:

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from shipyard.core.errors import UsageError
 
-# The event types, spelled once. Who emits which, and what its data is: README, Notifications.
+# The event types, spelled once. Who emits which, and what its data is: docs/notifications.md.
 PREFIX: Final = "io.shipyard."
 VERSION_PUBLISHED: Final = PREFIX + "version.published"
 ALIAS_MOVED: Final = PREFIX + "alias.moved"
