@@ -115,3 +115,21 @@ def test_every_page_is_in_the_navigation():
 
     assert sorted(pages(config["nav"])) == sorted(p.name for p in DOCS.glob("*.md"))
     assert "::: mkdocs-click" in (DOCS / "cli.md").read_text()
+
+
+def test_the_readme_links_resolve():
+    """mkdocs checks the site's links; the README is outside the site, so its links into
+    docs/ are checked here: the file exists and the anchor is one of its headings."""
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert len(links) >= 20
+    for target, anchor in links:
+        if target.startswith(("http://", "https://")):
+            continue
+        path = ROOT / target
+        assert path.is_file(), target
+        if anchor:
+            headings = re.findall(r"^#+ (.+?)\s*$", path.read_text(), re.M)
+            assert anchor in {slugify(h, "-") for h in headings}, f"{target}#{anchor}"
