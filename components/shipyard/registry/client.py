@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,17 @@ MODEL_ARTIFACT_PATH = "model"
 RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+_ALIAS_RACE_ATTEMPTS = 5
+
+
+def _lost_alias_insert_race(err: Exception) -> bool:
+    """A concurrent first set of the same alias won the insert (SQLite, MySQL, PostgreSQL
+    wordings of the unique-key violation on registered_model_aliases)."""
+    text = str(err)
+    return "registered_model_aliases" in text and any(
+        word in text for word in ("UNIQUE constraint", "Duplicate entry", "duplicate key"))
 
 
 @dataclass(frozen=True)
@@ -363,11 +375,24 @@ class ModelRegistry:
                 raise
 
     def set_alias(self, name: str, alias: str, version: int | None) -> None:
+        from mlflow.exceptions import MlflowException
+
         with translate_errors(self.location):
             if version is None:
                 self.client.delete_registered_model_alias(name, alias)
-            else:
-                self.client.set_registered_model_alias(name, alias, str(version))
+                return
+            for attempt in range(_ALIAS_RACE_ATTEMPTS):
+                try:
+                    self.client.set_registered_model_alias(name, alias, str(version))
+                    return
+                except MlflowException as err:
+                    if not _lost_alias_insert_race(err) or attempt + 1 == _ALIAS_RACE_ATTEMPTS:
+                        raise
+                    # MLflow's SQL store sets an alias by reading, then inserting or updating:
+                    # two first setters of one alias at once both insert, and the second
+                    # breaks the unique key. Once the first insert is committed, the same
+                    # call updates the row (seen: 10 of 90 concurrent first sets on SQLite).
+                    time.sleep(0.05 * (attempt + 1))
 
     def append_log(self, name: str, key: str, value: str) -> None:
         with translate_errors(self.location):
