@@ -17,7 +17,8 @@ endpoint and the source Keras model on the same batches of 256, and compare them
   signature and the Keras model called eagerly (the reference of the earlier runs), compared
   the same way.
 
-Each side runs in its own process (`--side`), one after another, so that its peak memory
+Each side runs in its own process (`--side`), one after another (a smoke run starts them at
+once), so that its peak memory
 (ru_maxrss) is its own: that process imports TensorFlow and loads the models before its timer
 starts (tfdata and python_loop also trace their functions on one batch first); validate loads
 and traces them again inside its run, which is part of what it costs. `rss_before_mib` is the
@@ -27,7 +28,7 @@ Reported: examples per second for each side, each side against tfdata (`ratio_vs
 above 1: faster than tf.data) and against the loop (`ratio_vs_loop`), peak memory per side.
 
     .venv/bin/python bench/validate.py [--examples 100000] [--repeat 3] [--json]
-    .venv/bin/python bench/validate.py --smoke --json   # 200 examples, one repeat
+    .venv/bin/python bench/validate.py --smoke --json   # 200 examples, one repeat, sides at once
 """
 
 from __future__ import annotations
@@ -244,16 +245,21 @@ def main() -> None:
         workdir = Path(tmp)
         build(workdir, args.examples)
         for _ in range(args.repeat):
-            for side in SIDES:
-                result = workdir / f"{side}.json"
-                subprocess.run([sys.executable, __file__, "--side", side, "--workdir",
-                                str(workdir), "--result", str(result)], check=True)
-                run = json.loads(result.read_text())
-                # Same examples, same comparison: every side must see them all, within the
-                # tolerance (the export is faithful).
-                assert run["count"] == args.examples and run["within"] == args.examples, (
-                    side, run)
-                runs[side].append(run)
+            # One side after another, so that none slows another; a smoke run (whose figures
+            # measure nothing) starts them all at once, to take less of a CI machine's time.
+            for group in ([list(SIDES)] if args.smoke else [[side] for side in SIDES]):
+                children = {side: subprocess.Popen(
+                    [sys.executable, __file__, "--side", side, "--workdir", str(workdir),
+                     "--result", str(workdir / f"{side}.json")]) for side in group}
+                for side, child in children.items():
+                    if child.wait() != 0:
+                        raise SystemExit(f"the {side} side failed (exit {child.returncode})")
+                    run = json.loads((workdir / f"{side}.json").read_text())
+                    # Same examples, same comparison: every side must see them all, within
+                    # the tolerance (the export is faithful).
+                    assert run["count"] == args.examples and run["within"] == args.examples, (
+                        side, run)
+                    runs[side].append(run)
     medians = {side: statistics.median(r["seconds"] for r in rs) for side, rs in runs.items()}
     result = {"smoke": args.smoke, "examples": args.examples, "repeat": args.repeat,
               "loadavg_before": loadavg_before, "seconds": {}, "examples_per_second": {},

@@ -34,7 +34,8 @@ SLOW_FILES_FIRST = (  # seconds of test time each in a 2-worker run (2026-12-05)
     "e2e/test_demo.py",  # ~80 s, one test
     "integration/test_register_kills.py",  # ~95 s
     "e2e/test_register_concurrency.py",  # ~66 s, one test
-    "e2e/test_bench_smoke.py",  # ~95 s
+    "e2e/test_bench_smoke.py",  # ~60 s alone, ~140 s in a 3-worker run (export, register)
+    "e2e/test_bench_smoke_more.py",  # ~110 s in a 3-worker run (runtime check, validate)
     "integration/test_export.py",  # ~140 s
     "integration/test_register.py",  # ~97 s
     "integration/test_model_corpus.py",  # ~90 s
@@ -50,6 +51,7 @@ SLOW_FILES_FIRST = (  # seconds of test time each in a 2-worker run (2026-12-05)
     "integration/test_saved_model_vocabulary.py",  # ~32 s
     "integration/test_kfp_pipeline.py",  # ~31 s, one test
     "integration/test_kfp_promotion.py",  # ~40 s, one test
+    "integration/test_validate_in_process_review.py",  # ~37 s alone
     "integration/test_validate_portable.py",  # ~30 s, one test
     "integration/test_copy.py",  # ~25 s
     "integration/test_signing_copy.py",  # ~25 s (a signed register, copies with their proofs)
@@ -58,6 +60,9 @@ SLOW_FILES_FIRST = (  # seconds of test time each in a 2-worker run (2026-12-05)
     "integration/test_kube_api_double.py",  # ~25 s
     "integration/test_tf_serving_warmup.py",  # ~24 s
     "integration/test_rollout_on_the_wire.py",  # ~20 s
+    "integration/test_push.py",  # ~19 s alone
+    "integration/test_shadow_on_the_wire.py",  # ~15 s alone
+    "integration/test_reconcile.py",  # ~11 s alone
 )
 
 
