@@ -291,3 +291,17 @@ def test_the_docs_example_policy_is_valid_and_plans_as_shown():
                                              "/srv/policies/samples.jsonl")
     assert printed.strip() == shown.strip()
     assert re.search(r"rollout plan --policy POLICY.yaml", page)
+
+
+def test_a_pending_abort_is_never_overwritten_by_an_approval():
+    """promote, abort and approve share one request key per model: an approval must not
+    replace an abort the controller has not read yet."""
+    cluster, aliases, clock, made = setup([GOOD])
+    waiting = machine.begin("m", 2, 1, parse_policy({"steps": [{"approval": True}]}), clock())
+    cluster.states["m"] = waiting.to_json()
+    cluster.save_request("m", {"rollout_id": waiting.rollout_id, "what": "abort",
+                               "reason": "bad latency"})
+    with pytest.raises(UsageError, match=r"name m: the abort request of this rollout is pending "
+                                         r"\(bad latency\)"):
+        controller.approve(made, "m", "looks fine", by="ana")
+    assert cluster.requests["m"]["what"] == "abort"

@@ -121,6 +121,14 @@ def approve(ports: Ports, name: str, reason: str, *, by: str) -> RolloutState:
         raise UsageError(f"name {name}: the rollout of version {state.version} is not waiting "
                          f"for an approval (phase {state.phase}, step {state.step + 1}); "
                          "approve once `rollout status` says awaiting_approval", param="name")
+    stored = ports.cluster.load_request(name)
+    if (stored and stored.get("rollout_id") == state.rollout_id
+            and stored.get("what") in (machine.ABORT, machine.PROMOTE)):
+        # One request key per model: an approval stored now would overwrite it, and an
+        # abort must never be lost to a later approval.
+        raise UsageError(f"name {name}: the {stored['what']} request of this rollout is pending "
+                         f"({stored.get('reason') or 'no reason'}); the controller acts on it "
+                         "at its next check, so there is nothing to approve", param="name")
     ports.cluster.save_request(name, {"rollout_id": state.rollout_id, "what": machine.APPROVE,
                                       "reason": reason, "by": by, "step": state.step})
     return machine.request(state, machine.APPROVE, reason, by)
