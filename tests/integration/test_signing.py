@@ -91,15 +91,19 @@ def test_a_signed_version_verifies_pushes_and_model_signings_own_cli_accepts_it(
 
 def test_verify_without_a_trust_key_checks_the_checksums_and_says_the_signature_was_not(
         cli, templates, repo, keys, monkeypatch):
+    """Exit 0 only when both hold (issue 28): an unchecked signature is exit 4."""
     monkeypatch.delenv("SHIPYARD_VERIFY_KEY", raising=False)
     signed_version(repo, "m", 1, templates[1], keys["key"])
     result = verify(cli, repo, 1, "--json")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 4, result.stderr
+    assert "the signature was not checked (no trust key: pass --verify-key PEM" in result.stderr
     signature = json.loads(result.stdout)["signature"]
     assert (signature["checked"], signature["ok"]) == (False, None)
     assert signature["problem"].startswith("not checked: no trust key")
     human = verify(cli, repo, 1)
-    assert human.exit_code == 0
+    assert human.exit_code == 4
+    assert "m version 1 at" in human.stdout and ": NOT VERIFIED" in human.stdout
+    assert "checksums: ok" in human.stdout
     assert ("signature: not checked: no trust key (pass --verify-key PEM or set "
             f"SHIPYARD_VERIFY_KEY); signed with key {keys['key'].fingerprint}") in human.stdout
 

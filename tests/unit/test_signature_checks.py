@@ -70,14 +70,14 @@ def result(problems=(), signature_problem=None, trust=TRUST, recorded=None) -> V
                         signature_problem, trust, recorded)
 
 
-def test_verify_passes_without_a_trust_key_and_says_the_signature_was_not_checked():
+def test_verify_fails_without_a_trust_key_and_says_the_signature_was_not_checked():
     unchecked = result(trust=None)
-    assert unchecked.ok and unchecked.signature_ok is None
+    assert not unchecked.ok and unchecked.signature_ok is None and unchecked.checksums_ok
     doc = unchecked.to_json()
     assert doc["signature"] == {"checked": False, "ok": None, "problem": NO_TRUST_KEY,
                                 "trust_key": None, "recorded": None}
     assert describe_verify(doc).splitlines() == [
-        "m version 3 at /repo/m/3: verified",
+        "m version 3 at /repo/m/3: NOT VERIFIED",
         "  checksums: ok (7 files match shipyard.json)",
         f"  signature: {NO_TRUST_KEY}; its manifest records no signature"]
 

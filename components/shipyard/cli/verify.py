@@ -26,13 +26,13 @@ def verify_command(repo: str, name: str, version: int, verify_key: str | None,
     signature made with another key. An object store's version is downloaded into a
     temporary directory for the signature check.
 
-    Without a trust key (--verify-key or $SHIPYARD_VERIFY_KEY) only the checksums are
-    checked: the signature is reported as "not checked: no trust key" and does not fail the
-    command, since there is nothing to check it against. Give a key to require a signature:
-    a version without one is then exit 4.
+    Without a trust key (--verify-key or $SHIPYARD_VERIFY_KEY) the checksums are still
+    checked and reported, but the signature is "not checked: no trust key", and the version
+    is not verified (exit 4): a version passes only when both hold.
 
-    Exit codes: 0 the checksums hold and (with a trust key) the signature verifies, 4 either
-    fails, 2 no version N or a bad trust key, 1 anything else.
+    Exit codes: 0 the checksums hold and the signature verifies with the trust key, 4
+    either fails or the signature could not be checked, 2 no version N or a bad trust key,
+    1 anything else.
     """
     from shipyard.core.errors import VerificationError
     from shipyard.repository import open_repository
@@ -47,13 +47,19 @@ def verify_command(repo: str, name: str, version: int, verify_key: str | None,
         failed = [part for part, ok in (("checksums", result.checksums_ok),
                                         ("signature", result.signature_ok is not False))
                   if not ok]
-        raise VerificationError(f"{name} version {version} ({result.location}): "
-                                f"{' and '.join(failed)} failed; see above", document=doc)
+        unchecked = ("" if result.signature_checked else
+                     "the signature was not checked (no trust key: pass --verify-key PEM or "
+                     "set SHIPYARD_VERIFY_KEY)")
+        what = "; ".join([f"{' and '.join(failed)} failed; see above"] * bool(failed)
+                         + [unchecked] * bool(unchecked))
+        raise VerificationError(f"{name} version {version} ({result.location}): {what}",
+                                document=doc)
 
 
 def describe_verify(doc: dict[str, Any]) -> str:
+    failed = doc["checksums"]["ok"] is False or doc["signature"]["ok"] is False
     lines = [f"{doc['name']} version {doc['version']} at {doc['location']}: "
-             + ("verified" if doc["ok"] else "FAILED")]
+             + ("verified" if doc["ok"] else "FAILED" if failed else "NOT VERIFIED")]
     checksums = doc["checksums"]
     if checksums["ok"]:
         lines.append(f"  checksums: ok ({checksums['files']} files match shipyard.json)")

@@ -50,8 +50,10 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        """The checksums hold and, when a trust key was given, so does the signature."""
-        return self.checksums_ok and self.signature_ok is not False
+        """The checksums hold and so does the signature (issue 28: exit 0 only when both
+        hold). Without a trust key the signature was not checked, so the version is not
+        verified: a pipeline step `shipyard verify` must not pass on an unchecked signature."""
+        return self.checksums_ok and self.signature_ok is True
 
     def to_json(self) -> dict[str, Any]:
         trust = (None if self.trust is None else
