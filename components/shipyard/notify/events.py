@@ -31,27 +31,24 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from shipyard.core.errors import UsageError
+from shipyard.core.event_types import (  # noqa: F401  (re-exported: shipyard.notify)
+    ALIAS_MOVED,
+    EVENT_TYPES,
+    GATE_FAILED,
+    PREFIX,
+    ROLLOUT_ABORTED,
+    ROLLOUT_APPROVAL_REQUESTED,
+    ROLLOUT_APPROVED,
+    ROLLOUT_PAUSED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_ROLLED_BACK,
+    ROLLOUT_STARTED,
+    ROLLOUT_STEP,
+    SERVING_LABELS_CHANGED,
+    VERSION_PUBLISHED,
+)
 
-# The event types, spelled once. Who emits which, and what its data is: docs/notifications.md.
-PREFIX: Final = "io.shipyard."
-VERSION_PUBLISHED: Final = PREFIX + "version.published"
-ALIAS_MOVED: Final = PREFIX + "alias.moved"
-SERVING_LABELS_CHANGED: Final = PREFIX + "serving.labels_changed"
-ROLLOUT_STARTED: Final = PREFIX + "rollout.started"
-ROLLOUT_STEP: Final = PREFIX + "rollout.step"
-ROLLOUT_PAUSED: Final = PREFIX + "rollout.paused"
-ROLLOUT_APPROVAL_REQUESTED: Final = PREFIX + "rollout.approval_requested"
-# Beyond the list: `rollout approve` tells who approved which step, when it stores it.
-ROLLOUT_APPROVED: Final = PREFIX + "rollout.approved"
-ROLLOUT_PROMOTED: Final = PREFIX + "rollout.promoted"
-ROLLOUT_ROLLED_BACK: Final = PREFIX + "rollout.rolled_back"
-ROLLOUT_ABORTED: Final = PREFIX + "rollout.aborted"
-GATE_FAILED: Final = PREFIX + "gate.failed"
-EVENT_TYPES: Final = (VERSION_PUBLISHED, ALIAS_MOVED, SERVING_LABELS_CHANGED, ROLLOUT_STARTED,
-                      ROLLOUT_STEP, ROLLOUT_PAUSED, ROLLOUT_APPROVAL_REQUESTED, ROLLOUT_APPROVED,
-                      ROLLOUT_PROMOTED,
-                      ROLLOUT_ROLLED_BACK, ROLLOUT_ABORTED, GATE_FAILED)
-
+# The event types: core/event_types.py (rollout/ decides its own with them too).
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SIGNATURE_HEADER: Final = "X-Shipyard-Signature"
 SIGNATURE_PREFIX: Final = "sha256="

@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from shipyard.core.event_types import (
+    GATE_FAILED,
+    ROLLOUT_ABORTED,
+    ROLLOUT_APPROVAL_REQUESTED,
+    ROLLOUT_PAUSED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_ROLLED_BACK,
+    ROLLOUT_STARTED,
+    ROLLOUT_STEP,
+)
 from shipyard.rollout.machine import (
     ABORTED,
     AWAITING_APPROVAL,
@@ -17,16 +27,8 @@ from shipyard.rollout.machine import (
     RolloutState,
 )
 
-PREFIX = "io.shipyard."
-STARTED = PREFIX + "rollout.started"
-STEP = PREFIX + "rollout.step"
-PAUSED = PREFIX + "rollout.paused"
-APPROVAL_REQUESTED = PREFIX + "rollout.approval_requested"
-PROMOTED_EVENT = PREFIX + "rollout.promoted"
-ROLLED_BACK_EVENT = PREFIX + "rollout.rolled_back"
-ABORTED_EVENT = PREFIX + "rollout.aborted"
-GATE_FAILED = PREFIX + "gate.failed"
-_ENDED = {PROMOTED: PROMOTED_EVENT, ROLLED_BACK: ROLLED_BACK_EVENT, ABORTED: ABORTED_EVENT}
+_ENDED = {PROMOTED: ROLLOUT_PROMOTED, ROLLED_BACK: ROLLOUT_ROLLED_BACK,
+          ABORTED: ROLLOUT_ABORTED}
 
 
 def events(before: RolloutState | None, after: RolloutState) -> list[tuple[str, dict[str, Any]]]:
@@ -36,16 +38,16 @@ def events(before: RolloutState | None, after: RolloutState) -> list[tuple[str, 
     found: list[tuple[str, dict[str, Any]]] = []
     data = _data(after)
     if before is None:
-        found.append((STARTED, data))
+        found.append((ROLLOUT_STARTED, data))
     entered_step = before is None or (before.step, before.phase) != (after.step, after.phase)
     if not after.ended and entered_step:
         if after.phase == AWAITING_APPROVAL:
-            found.append((APPROVAL_REQUESTED, data))
+            found.append((ROLLOUT_APPROVAL_REQUESTED, data))
         elif before is None or before.step != after.step:
-            found.append((STEP, data))
+            found.append((ROLLOUT_STEP, data))
     if (after.checks_without_data > (before.checks_without_data if before else 0)
             and not after.ended):
-        found.append((PAUSED, data))
+        found.append((ROLLOUT_PAUSED, data))
     if after.ended and (before is None or not before.ended):
         if after.phase == ROLLED_BACK and (after.reason or "").startswith("gates failed"):
             found.append((GATE_FAILED, data))
