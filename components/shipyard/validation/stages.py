@@ -241,9 +241,12 @@ class LoadedModels:
             # milliseconds each in Python. The export traced this same function, so it traces.
             # Without AutoGraph, as Keras traces both (ExportArchive's add_endpoint and
             # predict's step): converting the model's Python took 0.6 s of a validation.
-            self.source = tf.function(archive.endpoint_function(
-                source.load_source_model(job.source, unsafe=job.unsafe), spec, job.endpoint),
-                reduce_retracing=True, autograph=False)
+            # Loaded by Keras's own load_model, untouched (optimized=False): the parity
+            # reference must not share the optimized load that may have produced the export.
+            reference = source.load_source_model(job.source, unsafe=job.unsafe,
+                                                 optimized=False)
+            self.source = tf.function(archive.endpoint_function(reference, spec, job.endpoint),
+                                      reduce_retracing=True, autograph=False)
 
 
 def map_batch(records: list[Any], batch_mapper: Any, record_mapper: RecordMapper
