@@ -179,29 +179,24 @@ print("beam imported:", any(m == "apache_beam" or m.startswith("apache_beam.")
     assert "UsageError" in done.stdout and "3 example(s) do not map" in done.stdout, done.stdout
 
 
-def test_parity_is_measured_against_keras_own_load_not_the_optimized_one(launcher, tmp_path):
-    """The parity reference must not share the code path that produced the export: for a
-    model whose weight is read inside a tf.function in build() (support/build_time_reads.py),
-    shipyard's optimized load answers otherwise than Keras's own. The export falls back to
-    Keras's load (test_independent_reference.py); validate's reference is Keras's own load
-    too, so the faithful version passes. With the optimized load as the reference, this
-    version failed parity, and an export made wrongly by it would have passed."""
+def test_parity_is_measured_against_keras_own_load_not_the_optimized_one(published, tmp_path):
+    """The parity reference must not share the code path that may have produced the export:
+    for a model whose weight is read inside a tf.function in build()
+    (support/build_time_reads.py), shipyard's optimized load answers otherwise than Keras's
+    own (garbage from an unfilled variable; test_independent_reference.py). validate's
+    reference answers as keras.saving.load_model does: x * 3 + 6."""
+    import tensorflow as tf
     from support.build_time_reads import ReadsInFunction, saved_model_with
-    from support.exports import export
+    from support.specs import SEQUENTIAL_SPEC
 
+    from shipyard.core.spec import parse_spec
     from shipyard.repository import open_repository
-    from shipyard.steps.validate import ValidateRequest, validate_version_on_examples
+    from shipyard.validation.stages import LoadedModels, ValidationJob
 
-    spec = {"endpoints": [{"name": "serve", "method": "call",
-                           "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}]}]}
     source = saved_model_with(ReadsInFunction(), tmp_path / "in-function.keras")
-    export(launcher, source, spec, tmp_path / "repo")
-    examples = tmp_path / "x.jsonl"
-    examples.write_text("".join(json.dumps({"x": row}) + "\n"
-                                for row in [[1.0, 1.0, 1.0], [0.0, 2.0, -1.0], [3.0, 0.5, 2.0]]))
-    result = validate_version_on_examples(
-        open_repository(tmp_path / "repo"),
-        ValidateRequest(name="m", version=1, examples=str(examples), source=source),
-        read_aliases=lambda name: {})
-    (figures,) = result.parity.values()
-    assert result.passed and figures["within_tolerance"] == 1.0, result.parity
+    job = ValidationJob(examples="", fmt="jsonl", csv_header=None, decls=(), endpoint="serve",
+                        version_dir=open_repository(published).version_location("m", 1),
+                        spec=parse_spec(SEQUENTIAL_SPEC).normalized(), source=str(source))
+    x = np.array([[1.0, 1.0, 1.0], [0.0, 2.0, -1.0], [3.0, 0.5, 2.0]], np.float32)
+    (answered,) = LoadedModels(job).source(tf.constant(x)).values()  # the endpoint's outputs
+    np.testing.assert_allclose(np.asarray(answered), x * 3.0 + 6.0, atol=1e-6)
