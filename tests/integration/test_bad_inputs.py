@@ -380,6 +380,10 @@ class LazyVerifier:
     def reference(self):
         return self._process().reference
 
+    @property
+    def start_child(self):  # a fallback export's fresh verifier is started the same way
+        return self._process().start_child
+
     def run(self, job, timeout=None):
         return self._process().run(job, **({} if timeout is None else {"timeout": timeout}))
 

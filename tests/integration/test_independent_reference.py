@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -74,6 +75,26 @@ def test_a_wrong_optimized_load_is_caught_and_the_model_exported_from_keras_own_
     assert "shipyard's optimized load answers otherwise than Keras's own load" in caplog.text
     published = [n for n in os.listdir(tmp_path / "repo" / "m") if not n.startswith(".")]
     assert result.version == 1 and published == ["1"]  # the first attempt left nothing
+
+
+def test_nan_from_the_optimized_load_is_not_believed_before_keras_own_load_answers(
+        launcher, tmp_path, caplog):
+    """A layer answering NaN when its build-time read finds the variable unfilled: NaN from
+    the optimized load is that load's fault, not the model's. The export is not refused with
+    "the original model answers NaN"; the model is loaded Keras's own way and published from
+    that load, answering x * 3 + 1."""
+    from support.build_time_reads import NanUnlessInitialized, saved_model_with
+
+    path = saved_model_with(NanUnlessInitialized(), tmp_path / "nan-unless.keras")
+    with caplog.at_level(logging.WARNING, logger="shipyard.steps.export"):
+        result = export(launcher, path, SPEC, tmp_path / "repo")
+
+    np.testing.assert_allclose(served(Path(result.path), X), X * 3.0 + 1.0, atol=1e-6)
+    assert read_manifest(Path(result.path)).verification["export_loader"] == (
+        "keras.saving.load_model")
+    assert re.search(r"shipyard's optimized load answers otherwise than Keras's own load "
+                     r"\(endpoint 'serve' output '\w+': the original model answers NaN or "
+                     r"Inf", caplog.text)
 
 
 def test_a_model_that_answers_otherwise_on_every_load_is_refused(launcher, models, tmp_path):

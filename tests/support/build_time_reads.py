@@ -38,6 +38,24 @@ class ReadsInFunction(keras.layers.Layer):
         return x * self.w + self.init_sum
 
 
+@keras.saving.register_keras_serializable(package="shipyard_build_reads")
+class NanUnlessInitialized(keras.layers.Layer):
+    """Checks in build, inside a tf.function, that its weight holds its initializer's value,
+    and answers NaN if not: NaN from any load that leaves the variable unfilled there, while
+    Keras's own load answers finite values."""
+
+    INITIAL = 0.7071
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],),
+                                 initializer=keras.initializers.Constant(self.INITIAL), name="w")
+        filled = tf.function(lambda: tf.reduce_all(tf.equal(self.w.value, self.INITIAL)))()
+        self.offset = 1.0 if bool(filled) else float("nan")
+
+    def call(self, x):
+        return x * self.w + self.offset
+
+
 def saved_model_with(layer: keras.layers.Layer, path, trained_weight: float = 3.0):
     """A functional model around `layer` whose weight is then set to `trained_weight` (as
     training would), saved as `path`."""

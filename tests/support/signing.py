@@ -41,9 +41,8 @@ def make_key(path: Path) -> MadeKey:
 def sign(directory: Path, key: MadeKey) -> None:
     """DIRECTORY signed as a publish signs it: the manifest's `signing` record names the key,
     then model-signing signs every file but the signature."""
-    from shipyard.signing.bundle import sign_version
+    from shipyard.signing.bundle import sign_version, signing_record
     from shipyard.signing.keys import signing_key
-    from shipyard.steps.export import signing_record
 
     signing = signing_key(key.private)
     manifest = read_manifest(directory)

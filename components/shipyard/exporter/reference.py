@@ -98,11 +98,17 @@ def _reference(built: BuiltArchive, endpoint: Endpoint, sample: Sample,
     return Reference(sample, {k: to_numpy(v) for k, v in outputs.items()}, signature)
 
 
+class NonFiniteOutputs(VerificationError):
+    """The loaded model answered NaN or Inf on generated inputs. From shipyard's optimized
+    load that may be the load's fault (a variable read before it was filled), so the export
+    takes Keras's own load before it believes it."""
+
+
 def _refuse_non_finite(reference: Reference) -> None:
     for name, value in sorted(reference.outputs.items()):
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-            raise VerificationError(
+            raise NonFiniteOutputs(
                 f"endpoint {reference.signature!r} output {name!r}: the original model answers "
                 f"NaN or Inf ({bad} of {np.size(value)} values, batch "
                 f"{reference.sample.batch_size}) on inputs generated from its signature; "

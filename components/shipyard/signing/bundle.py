@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shipyard.core.errors import VerificationError
 from shipyard.core.manifest import SIGNATURE_PATH
@@ -29,6 +30,15 @@ class SignatureCheck:
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "problem": self.problem}
+
+
+def signing_record(key: SigningKey) -> dict[str, Any]:
+    """What the manifest says of a version's signature: the method and the key's
+    fingerprint, never the key."""
+    from importlib.metadata import version
+
+    return {"method": key.method, "key_fingerprint": key.fingerprint,
+            "signature": SIGNATURE_PATH, "library": f"model-signing {version('model-signing')}"}
 
 
 def sign_version(version_dir: Path, key: SigningKey) -> Path:

@@ -67,7 +67,8 @@ from shipyard.exporter.runtime import (
 from shipyard.files.trees import materialize
 from shipyard.registry.client import ModelRegistry, RegistryLocation
 from shipyard.repository import open_repository
-from shipyard.steps.export import check_compatibility, signing_record
+from shipyard.signing.bundle import signing_record
+from shipyard.steps.export import check_compatibility
 from shipyard.steps.register import RegisterResult, RunRecord, register_staged
 from shipyard.steps.verify import require_trusted, signing_of
 from shipyard.steps.versions import WAIT_TIMEOUT_S

@@ -42,6 +42,7 @@ from shipyard.exporter.verifier import DEFAULT_TIMEOUT_S, VerifierProcess, start
 from shipyard.files.storage import tree_bytes, writing_export, writing_verifier_inputs
 from shipyard.files.trees import empty_directory
 from shipyard.repository import StagingDir, open_repository
+from shipyard.signing import bundle as signing
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +189,21 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
     from shipyard.exporter import archive, source
 
     checker = verifier
-    staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
-                                optimized=True)
-    if staged.differences and staged.model.loader == source.OPTIMIZED_LOAD:
+    try:
+        staged = _write_and_compare(request, repo, staging, verifier, checker, progress,
+                                    optimized=True)
+        suspect = (staged.differences[0] if staged.differences
+                   and staged.model.loader == source.OPTIMIZED_LOAD else None)
+    except _OptimizedLoadNonFinite as err:
+        staged, suspect = None, str(err)
+    if suspect is not None:
         # The optimized load can be wrong where Keras's own is right (a custom layer doing
-        # what it did not foresee): it never gets to publish that. The model is loaded
-        # again, Keras's own way, and exported again, and a fresh verifier checks that
-        # export (the first one has loaded the discarded one).
+        # what it did not foresee, such as reading a variable before the load filled it): it
+        # never gets to publish that, nor to refuse the model. The model is loaded again,
+        # Keras's own way, and exported again, and a fresh verifier checks that export (the
+        # first one may have loaded the discarded one).
         log.warning("%s: shipyard's optimized load answers otherwise than Keras's own load "
-                    "(%s); exporting it again from Keras's own load", request.model,
-                    staged.differences[0])
+                    "(%s); exporting it again from Keras's own load", request.model, suspect)
         del staged
         gc.collect()
         empty_directory(staging.path)
@@ -289,15 +295,13 @@ def _checked_export(request: ExportRequest, repo: ModelRepository, staging: Stag
                       "version_loader": outcome.get("loader", "tf.saved_model.load")},
         producer={"shipyard": __version__, **source.library_versions()},
         files=files,
-        extra={"signing": signing_record(request.sign)} if request.sign else {},
+        extra={"signing": signing.signing_record(request.sign)} if request.sign else {},
     )
     write_manifest(staging.path, manifest)
     if request.sign is not None:
         # Verified, and not yet published: the signature covers the manifest too.
         with progress.step("sign the version"):
-            from shipyard.signing.bundle import sign_version
-
-            sign_version(staging.path, request.sign)
+            signing.sign_version(staging.path, request.sign)
     return manifest, {"export_seconds": export_seconds, "verify_seconds": verify_seconds,
                       # how long the hashing outlasted the verification (0: fully hidden)
                       "hash_wait_seconds": hash_wait_seconds}
@@ -330,10 +334,15 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
     spec = built.calls_spec or request.spec
     with progress.step("compute reference outputs"):
         digests = reference.collection_digests(built)
-        references = reference.compute_references(
-            built, spec, real_examples, optional=frozenset(e.name for e in spec.endpoints
-                                                           if e not in request.spec.endpoints),
-            skipped=built.unverifiable)
+        try:
+            references = reference.compute_references(
+                built, spec, real_examples, optional=frozenset(
+                    e.name for e in spec.endpoints if e not in request.spec.endpoints),
+                skipped=built.unverifiable)
+        except reference.NonFiniteOutputs as err:
+            if model.loader != source.OPTIMIZED_LOAD:
+                raise
+            raise _OptimizedLoadNonFinite(str(err).split(";")[0]) from None
         # Every call the verifier makes, serving_default included: it is a separate function
         # in the graph, so clients that omit signature_name would otherwise pay its first call.
         # Real examples only with warmup_from_examples: the version's files travel widely.
@@ -380,15 +389,8 @@ def _write_and_compare(request: ExportRequest, repo: ModelRepository, staging: S
                    None if early else verify_job)
 
 
-def signing_record(key: Any) -> dict[str, Any]:
-    """What the manifest says of a version's signature: the method and the key's
-    fingerprint, never the key."""
-    from importlib.metadata import version
-
-    from shipyard.core.manifest import SIGNATURE_PATH
-
-    return {"method": key.method, "key_fingerprint": key.fingerprint,
-            "signature": SIGNATURE_PATH, "library": f"model-signing {version('model-signing')}"}
+class _OptimizedLoadNonFinite(Exception):
+    """NaN or Inf from the model as the optimized load left it: Keras's own load decides."""
 
 
 def build(model: Any, spec: ExportSpec) -> Any:
