@@ -128,6 +128,15 @@ del command
 _log_leaf_commands(main)
 
 
+def program() -> None:
+    """The `shipyard` console script: `main` as click runs it, in a process that is shipyard's
+    own program (its verifier and reference children are forked: exporter/children.py)."""
+    from shipyard.exporter.children import fork_children_by_default
+
+    fork_children_by_default()
+    main()
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point returning the exit code (for tests and embedding)."""
     try:

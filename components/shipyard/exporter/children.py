@@ -1,6 +1,12 @@
-"""How the verifier and reference children start: as fresh interpreters (the default), or
-forked from a process that has already imported TensorFlow (for processes that export many
-models in a row).
+"""How the verifier and reference children start: as fresh interpreters, or forked from a
+process that has already imported TensorFlow.
+
+Forked is the default of shipyard's own program (`shipyard ...`, `python -m shipyard`: see
+`fork_children_by_default`), and of test sessions and long-lived workers that ask for it
+(verifier.PrefetchingLauncher). A library caller (a TFX component, a KFP component's Python
+function) gets fresh interpreters: the fork server is one per process, and its environment
+(CUDA hidden) would be inherited by any forkserver child that process later starts for itself.
+`SHIPYARD_CHILDREN=fresh` turns forking off for the program too.
 
 Why forking: each export starts two children, and each pays TensorFlow's import, about 5
 CPU-seconds here (bench/README.md). A test session or a long-lived worker that exports a
@@ -75,6 +81,45 @@ def fresh_process(module: str, args: list[str | PassedFd], log: Path) -> Child:
             [sys.executable, "-m", module, *argv], stdin=subprocess.PIPE, stdout=log_file,
             stderr=subprocess.STDOUT, env=dict(os.environ, **CHILD_ENVIRONMENT),
             pass_fds=passed)
+
+
+CHILDREN_VARIABLE = "SHIPYARD_CHILDREN"
+_forked_by_default = False
+_shared_forked: ForkedStarter | None = None
+
+
+def fork_children_by_default() -> None:
+    """Called by shipyard's program at start: the process is ours, so its children may be
+    forked from one fork server (one TensorFlow import for all of them, instead of one each:
+    about 3 CPU-seconds less per export here, docs/performance.md)."""
+    global _forked_by_default
+    _forked_by_default = True
+
+
+def choose_children(setting: str | None, *, program: bool, forkserver: bool,
+                    daemon: bool) -> str:
+    """"forked" or "fresh": $SHIPYARD_CHILDREN (`setting`) if given, else forked for
+    shipyard's own program. Forked needs multiprocessing's forkserver (not on Windows) and a
+    process that may have children (a daemonic multiprocessing worker may not)."""
+    if setting not in (None, "", "forked", "fresh"):
+        from shipyard.core.errors import UsageError
+
+        raise UsageError(f"{CHILDREN_VARIABLE}={setting!r}: expected 'forked' or 'fresh' (how "
+                         "the verifier and reference children start); unset it for the default")
+    wanted = setting or ("forked" if program else "fresh")
+    return "forked" if wanted == "forked" and forkserver and not daemon else "fresh"
+
+
+def default_starter() -> Starter:
+    """How this process starts verifier and reference children when its caller did not say."""
+    global _shared_forked
+    choice = choose_children(os.environ.get(CHILDREN_VARIABLE), program=_forked_by_default,
+                             forkserver="forkserver" in multiprocessing.get_all_start_methods(),
+                             daemon=bool(multiprocessing.current_process().daemon))
+    if choice == "fresh":
+        return fresh_process
+    _shared_forked = _shared_forked or ForkedStarter()
+    return _shared_forked
 
 
 class ForkedStarter:

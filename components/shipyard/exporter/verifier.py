@@ -33,6 +33,7 @@ import numpy as np
 from shipyard.exporter.children import (
     ForkedStarter,
     Starter,
+    default_starter,
     fresh_process,
     import_tensorflow_without_keras,
 )
@@ -161,7 +162,9 @@ class VerifierProcess:
 
 
 def start_verifier() -> VerifierProcess:
-    return VerifierProcess()
+    """A verifier (and its reference) started as this process starts children by default
+    (children.default_starter)."""
+    return VerifierProcess(start=default_starter())
 
 
 class PrefetchingLauncher:

@@ -57,7 +57,7 @@ from shipyard.core.vocabulary import (
     FINGERPRINT_TAG,
     PUBLISHED_TAG,
 )
-from shipyard.exporter.children import Starter
+from shipyard.exporter.children import Starter, default_starter
 from shipyard.exporter.runtime import (
     RuntimeCheck,
     RuntimeOutcome,
@@ -127,8 +127,8 @@ class _Target:
 def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                  wait_timeout_s: float = WAIT_TIMEOUT_S,
                  start_check: Starter | None = None) -> CopyResult:
-    """`start_check`: how the proof's children in this environment start (fresh processes by
-    default; see exporter/children.py)."""
+    """`start_check`: how the proof's children in this environment start (by default, as this
+    process starts children: exporter/children.py default_starter)."""
     validate_model_name(request.name)
     validate_model_name(request.destination_name, param="to_name")
     if (request.version is None) == (request.alias is None):
@@ -200,7 +200,7 @@ def copy_version(request: CopyRequest, *, progress: Progress = NullProgress(),
                 record=_record(source_run, manifest, lineage, request, 0.0))
         return CopyResult(registered, lineage, "none: reused", {}, signing_of(there))
     # Started now, so their TensorFlow imports overlap the copy.
-    checks = _ProofChecks(choice, start_check)
+    checks = _ProofChecks(choice, start_check or default_starter())
     try:
         with destination_repo.create_staging(request.destination_name) as staging:
             started = time.monotonic()

@@ -467,8 +467,6 @@ def _check_runtime(runtime: Any, saved_model_dir: Path, references: list[Any],
 def check_compatibility(repo: ModelRepository, request: ExportRequest,
                         signatures: dict[str, Any]) -> None:
     """Refuses signatures that break clients of the latest version (unless allowed)."""
-    from shipyard.exporter.archive import read_signatures
-
     latest = repo.latest_version(request.name)
     if latest is None or request.allow_breaking:
         return
@@ -478,7 +476,10 @@ def check_compatibility(repo: ModelRepository, request: ExportRequest,
         previous = latest_manifest.signatures if latest_manifest else None
         local_dir = repo.local_version_dir(request.name, latest)
         if previous is None and local_dir is not None:
-            # A version written by another tool: its SavedModel still has signatures.
+            # A version written by another tool: its SavedModel still has signatures. (Read
+            # with TensorFlow, imported only here: copy and register's re-runs need none.)
+            from shipyard.exporter.archive import read_signatures
+
             previous = read_signatures(local_dir)
     except Exception as err:  # unreadable JSON or proto: say which version and what to do
         raise ShipyardError(
