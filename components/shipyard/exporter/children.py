@@ -264,6 +264,7 @@ def _run_module(module: str, args: list[Any], stdin: int, log: str,
     if zygote.THREADS_STARTED_BY_IMPORT:
         print(f"shipyard: the fork server's TensorFlow import started threads "
               f"({zygote.THREADS_STARTED_BY_IMPORT}) that a fork would lose; start this child "
-              "as a fresh process (VerifierProcess's default starter)", file=sys.stderr)
+              f"as a fresh process ({CHILDREN_VARIABLE}=fresh, or VerifierProcess's default "
+              "starter)", file=sys.stderr)
         sys.exit(70)
     sys.exit(importlib.import_module(module)._main())
