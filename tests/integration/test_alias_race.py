@@ -42,3 +42,39 @@ def test_concurrent_first_sets_of_an_alias_all_succeed(mlflow_server):
             thread.join()
         assert client.get_registered_model(name).aliases[alias] in {"1", "2", "3"}
     assert errors == []
+
+
+def test_a_log_record_set_while_another_process_deletes_it_is_set(mlflow_server):
+    """MLflow sets a registered-model tag by reading, then updating the row it read; a delete
+    in between leaves the update matching no row ("expected to update 1 row(s); 0 were
+    matched": seen when a concurrent register settled another's in-flight intent).
+    ModelRegistry.append_log retries that one error, so each record is written."""
+    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
+    name = f"tags-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    errors: list[str] = []
+    for round_ in range(20):
+        key = f"shipyard.log.{round_:03d}"
+        client.set_registered_model_tag(name, key, "intent")
+        barrier = threading.Barrier(4)
+
+        def write(value: str, key: str = key, barrier=barrier) -> None:
+            registry = ModelRegistry(RegistryLocation.resolve(mlflow_server.uri))
+            barrier.wait()
+            try:
+                registry.append_log(name, key, value)
+            except Exception as err:  # every failure counts
+                errors.append(str(err))
+
+        def delete(key: str = key, barrier=barrier) -> None:
+            registry = ModelRegistry(RegistryLocation.resolve(mlflow_server.uri))
+            barrier.wait()
+            registry.delete_log(name, key)
+
+        threads = [threading.Thread(target=write, args=(f"record-{i}",)) for i in range(3)]
+        threads.append(threading.Thread(target=delete))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []

@@ -37,6 +37,8 @@ RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 
 
 _ALIAS_RACE_ATTEMPTS = 5
+# The unique-key violation as SQLite, MySQL and PostgreSQL word it.
+_UNIQUE_KEY_WORDS = ("UNIQUE constraint", "Duplicate entry", "duplicate key")
 
 
 def _lost_alias_insert_race(err: Exception) -> bool:
@@ -44,7 +46,16 @@ def _lost_alias_insert_race(err: Exception) -> bool:
     wordings of the unique-key violation on registered_model_aliases)."""
     text = str(err)
     return "registered_model_aliases" in text and any(
-        word in text for word in ("UNIQUE constraint", "Duplicate entry", "duplicate key"))
+        word in text for word in _UNIQUE_KEY_WORDS)
+
+
+def _lost_tag_write_race(err: Exception) -> bool:
+    """A concurrent write of one registered-model tag changed it between MLflow's read of it and
+    its write: a delete left the update matching no row (SQLAlchemy's stale-data wording, the
+    same on every database), or another first write won the insert (the unique key)."""
+    text = str(err)
+    return "registered_model_tags" in text and (
+        "0 were matched" in text or any(word in text for word in _UNIQUE_KEY_WORDS))
 
 
 @dataclass(frozen=True)
@@ -395,8 +406,22 @@ class ModelRegistry:
                     time.sleep(0.05 * (attempt + 1))
 
     def append_log(self, name: str, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
         with translate_errors(self.location):
-            self.client.set_registered_model_tag(name, key, value)
+            for attempt in range(_ALIAS_RACE_ATTEMPTS):
+                try:
+                    self.client.set_registered_model_tag(name, key, value)
+                    return
+                except MlflowException as err:
+                    if not _lost_tag_write_race(err) or attempt + 1 == _ALIAS_RACE_ATTEMPTS:
+                        raise
+                    # MLflow's SQL store sets a tag by reading it, then updating the row it
+                    # read or inserting one. A concurrent register settling what it took for a
+                    # killed move's intent (steps/alias.py settle_pending) can delete that row
+                    # in between, or insert it first; the same call then inserts or updates
+                    # (the first was seen in the concurrent-registration test).
+                    time.sleep(0.05 * (attempt + 1))
 
     def delete_log(self, name: str, key: str) -> None:
         from mlflow.exceptions import MlflowException
