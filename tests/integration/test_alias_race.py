@@ -14,6 +14,26 @@ from mlflow import MlflowClient
 from shipyard.registry.client import ModelRegistry, RegistryLocation
 
 
+def at_once(uri: str, calls: list, errors: list[str]) -> None:
+    """Runs each call(registry) in its own thread, each with its own ModelRegistry, released
+    together; every failure, whatever its kind, goes into `errors`."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call) -> None:
+        registry = ModelRegistry(RegistryLocation.resolve(uri))
+        barrier.wait()
+        try:
+            call(registry)
+        except Exception as err:  # the test counts every failure
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_concurrent_first_sets_of_an_alias_all_succeed(mlflow_server):
     client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
     name = f"race-{uuid.uuid4().hex[:8]}"
@@ -25,21 +45,9 @@ def test_concurrent_first_sets_of_an_alias_all_succeed(mlflow_server):
     errors: list[str] = []
     for round_ in range(12):
         alias = f"a{round_}"
-        barrier = threading.Barrier(6)
-
-        def set_it(version: int, alias: str = alias, barrier=barrier) -> None:
-            registry = ModelRegistry(RegistryLocation.resolve(mlflow_server.uri))
-            barrier.wait()
-            try:
-                registry.set_alias(name, alias, version)
-            except Exception as err:  # the test counts every failure, whatever its kind
-                errors.append(str(err))
-
-        threads = [threading.Thread(target=set_it, args=(1 + i % 3,)) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        at_once(mlflow_server.uri,
+                [lambda r, v=1 + i % 3, a=alias: r.set_alias(name, a, v) for i in range(6)],
+                errors)
         assert client.get_registered_model(name).aliases[alias] in {"1", "2", "3"}
     assert errors == []
 
@@ -47,8 +55,9 @@ def test_concurrent_first_sets_of_an_alias_all_succeed(mlflow_server):
 def test_a_log_record_set_while_another_process_deletes_it_is_set(mlflow_server):
     """MLflow sets a registered-model tag by reading, then updating the row it read; a delete
     in between leaves the update matching no row ("expected to update 1 row(s); 0 were
-    matched": seen when a concurrent register settled another's in-flight intent).
-    ModelRegistry.append_log retries that one error, so each record is written."""
+    matched": seen when a concurrent register settled another's in-flight intent), and two
+    first writes both insert. ModelRegistry.append_log retries those errors, so each record
+    is written."""
     client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
     name = f"tags-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
@@ -56,25 +65,7 @@ def test_a_log_record_set_while_another_process_deletes_it_is_set(mlflow_server)
     for round_ in range(20):
         key = f"shipyard.log.{round_:03d}"
         client.set_registered_model_tag(name, key, "intent")
-        barrier = threading.Barrier(4)
-
-        def write(value: str, key: str = key, barrier=barrier) -> None:
-            registry = ModelRegistry(RegistryLocation.resolve(mlflow_server.uri))
-            barrier.wait()
-            try:
-                registry.append_log(name, key, value)
-            except Exception as err:  # every failure counts
-                errors.append(str(err))
-
-        def delete(key: str = key, barrier=barrier) -> None:
-            registry = ModelRegistry(RegistryLocation.resolve(mlflow_server.uri))
-            barrier.wait()
-            registry.delete_log(name, key)
-
-        threads = [threading.Thread(target=write, args=(f"record-{i}",)) for i in range(3)]
-        threads.append(threading.Thread(target=delete))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        at_once(mlflow_server.uri,
+                [lambda r, v=f"record-{i}", k=key: r.append_log(name, k, v) for i in range(3)]
+                + [lambda r, k=key: r.delete_log(name, k)], errors)
     assert errors == []
