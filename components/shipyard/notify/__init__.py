@@ -7,8 +7,7 @@ signed with $SHIPYARD_NOTIFY_SECRET), delivered within a bound and never failing
 events.py builds and signs (pure); delivery.py sends, retries and keeps what was not
 delivered in .shipyard/undelivered-events.jsonl."""
 
-from shipyard.notify.delivery import UNDELIVERED_PATH, Notifier, Undelivered, notify
-from shipyard.notify.events import (
+from shipyard.core.event_types import (
     ALIAS_MOVED,
     EVENT_TYPES,
     GATE_FAILED,
@@ -23,6 +22,7 @@ from shipyard.notify.events import (
     SERVING_LABELS_CHANGED,
     VERSION_PUBLISHED,
 )
+from shipyard.notify.delivery import UNDELIVERED_PATH, Notifier, Undelivered, notify
 
 __all__ = ["ALIAS_MOVED", "EVENT_TYPES", "GATE_FAILED", "ROLLOUT_ABORTED",
            "ROLLOUT_APPROVAL_REQUESTED", "ROLLOUT_APPROVED", "ROLLOUT_PAUSED", "ROLLOUT_PROMOTED",

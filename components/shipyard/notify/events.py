@@ -31,24 +31,9 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from shipyard.core.errors import UsageError
-from shipyard.core.event_types import (  # noqa: F401  (re-exported: shipyard.notify)
-    ALIAS_MOVED,
-    EVENT_TYPES,
-    GATE_FAILED,
-    PREFIX,
-    ROLLOUT_ABORTED,
-    ROLLOUT_APPROVAL_REQUESTED,
-    ROLLOUT_APPROVED,
-    ROLLOUT_PAUSED,
-    ROLLOUT_PROMOTED,
-    ROLLOUT_ROLLED_BACK,
-    ROLLOUT_STARTED,
-    ROLLOUT_STEP,
-    SERVING_LABELS_CHANGED,
-    VERSION_PUBLISHED,
-)
+from shipyard.core.event_types import EVENT_TYPES
 
-# The event types: core/event_types.py (rollout/ decides its own with them too).
+# The event types are in core/event_types.py (shipyard.notify exports them).
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SIGNATURE_HEADER: Final = "X-Shipyard-Signature"
 SIGNATURE_PREFIX: Final = "sha256="
