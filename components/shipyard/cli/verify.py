@@ -47,13 +47,12 @@ def verify_command(repo: str, name: str, version: int, verify_key: str | None,
         failed = [part for part, ok in (("checksums", result.checksums_ok),
                                         ("signature", result.signature_ok is not False))
                   if not ok]
-        unchecked = ("" if result.signature_checked else
-                     "the signature was not checked (no trust key: pass --verify-key PEM or "
-                     "set SHIPYARD_VERIFY_KEY)")
-        what = "; ".join([f"{' and '.join(failed)} failed; see above"] * bool(failed)
-                         + [unchecked] * bool(unchecked))
-        raise VerificationError(f"{name} version {version} ({result.location}): {what}",
-                                document=doc)
+        problems = [f"{' and '.join(failed)} failed; see above"] if failed else []
+        if not result.signature_checked:
+            problems.append("the signature was not checked (no trust key: pass --verify-key "
+                            "PEM or set SHIPYARD_VERIFY_KEY)")
+        raise VerificationError(f"{name} version {version} ({result.location}): "
+                                f"{'; '.join(problems)}", document=doc)
 
 
 def describe_verify(doc: dict[str, Any]) -> str:
